@@ -1,0 +1,604 @@
+//! The conformance cases. Each takes a fresh, empty store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::{
+    Actor, AppendRequest, DocWrite, EventMetadata, EventStore, ExpectedVersion, IdempotencyRecord,
+    NewEvent, ReadModelStore, StoreError, StoredResponse, Subscription,
+};
+use uuid::Uuid;
+
+/// What a backend under test must be.
+pub trait Backend: EventStore + ReadModelStore {}
+impl<T: EventStore + ReadModelStore> Backend for T {}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "Tested".into(),
+        schema_version: 1,
+        event_time: DateTime::from_timestamp_micros(1_700_000_000_000_000 + n as i64).unwrap(),
+        metadata: EventMetadata::by(Actor::parse("user:conformance").unwrap()),
+        payload: format!("{{\"n\":{n}}}"),
+    }
+}
+
+fn events(from: u64, count: u64) -> Vec<NewEvent> {
+    (from..from + count).map(event).collect()
+}
+
+async fn append<S: Backend + ?Sized>(
+    store: &S,
+    stream: &str,
+    expected: ExpectedVersion,
+    evs: Vec<NewEvent>,
+) -> Result<eventfold_core::AppendOutcome, StoreError> {
+    store
+        .append(AppendRequest::new(stream, expected, evs))
+        .await
+}
+
+fn assert_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>, want_actual: u64) {
+    match r {
+        Err(StoreError::VersionConflict { actual, .. }) => assert_eq!(actual, want_actual),
+        other => panic!("expected a version conflict at {want_actual}, got {other:?}"),
+    }
+}
+
+/// `NoStream` creates a stream once; a second `NoStream` is a conflict naming version 1.
+pub async fn no_stream_then_conflict<S: Backend>(store: Arc<S>) {
+    let out = append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 1))
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 1);
+    assert!(!out.duplicate);
+    assert_conflict(
+        append(&*store, "s-1", ExpectedVersion::NoStream, events(2, 1)).await,
+        1,
+    );
+    assert_conflict(
+        append(&*store, "s-1", ExpectedVersion::Exact(0), events(2, 1)).await,
+        1,
+    );
+    assert_eq!(store.stream_version("s-1").await.unwrap(), 1);
+}
+
+/// `Exact(n)` appends only at version n.
+pub async fn exact_version_and_conflict<S: Backend>(store: Arc<S>) {
+    append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 2))
+        .await
+        .unwrap();
+    let out = append(&*store, "s-1", ExpectedVersion::Exact(2), events(3, 3))
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 5);
+    assert_eq!(out.last_position - out.first_position, 2);
+    assert_conflict(
+        append(&*store, "s-1", ExpectedVersion::Exact(2), events(6, 1)).await,
+        5,
+    );
+    assert_conflict(
+        append(&*store, "s-1", ExpectedVersion::Exact(9), events(6, 1)).await,
+        5,
+    );
+    assert_conflict(
+        append(&*store, "s-2", ExpectedVersion::Exact(1), events(6, 1)).await,
+        0,
+    );
+    assert_eq!(store.stream_version("s-2").await.unwrap(), 0);
+    assert_eq!(store.read_stream("s-1", 1, 100).await.unwrap().len(), 5);
+}
+
+/// `Any` appends whatever the version.
+pub async fn any_version_always_appends<S: Backend>(store: Arc<S>) {
+    for i in 0..3 {
+        let out = append(&*store, "s-1", ExpectedVersion::Any, events(i * 2, 2))
+            .await
+            .unwrap();
+        assert_eq!(out.stream_version, (i + 1) * 2);
+    }
+}
+
+/// A refused multi-event append leaves no event behind.
+pub async fn failed_append_writes_nothing<S: Backend>(store: Arc<S>) {
+    append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 1))
+        .await
+        .unwrap();
+    let before = store.head_position().await.unwrap();
+    assert_conflict(
+        append(&*store, "s-1", ExpectedVersion::Exact(0), events(2, 5)).await,
+        1,
+    );
+    // The third event reuses an id already stored: the first two must not stay either.
+    let stored = store.read_stream("s-1", 1, 1).await.unwrap()[0].event_id;
+    let mut evs = events(10, 3);
+    evs[2].event_id = stored;
+    let r = append(&*store, "s-2", ExpectedVersion::NoStream, evs).await;
+    assert!(matches!(r, Err(StoreError::EventIdReused { .. })), "{r:?}");
+    assert_eq!(store.head_position().await.unwrap(), before);
+    assert_eq!(store.stream_version("s-2").await.unwrap(), 0);
+    assert!(store.read_all(0, 100).await.unwrap().len() == 1);
+}
+
+/// Malformed requests are refused with `InvalidRequest` and change nothing.
+pub async fn invalid_requests_are_refused<S: Backend>(store: Arc<S>) {
+    let bad = [
+        AppendRequest::new("s-1", ExpectedVersion::Any, vec![]),
+        AppendRequest::new("", ExpectedVersion::Any, events(1, 1)),
+        AppendRequest::new("a\nb", ExpectedVersion::Any, events(1, 1)),
+        AppendRequest::new("x".repeat(201), ExpectedVersion::Any, events(1, 1)),
+        {
+            let mut e = events(1, 2);
+            e[1].event_id = e[0].event_id;
+            AppendRequest::new("s-1", ExpectedVersion::Any, e)
+        },
+        {
+            let mut e = events(1, 1);
+            e[0].schema_version = 0;
+            AppendRequest::new("s-1", ExpectedVersion::Any, e)
+        },
+    ];
+    for request in bad {
+        let r = store.append(request.clone()).await;
+        assert!(
+            matches!(r, Err(StoreError::InvalidRequest(_))),
+            "{request:?} gave {r:?}"
+        );
+    }
+    assert_eq!(store.head_position().await.unwrap(), 0);
+}
+
+/// Reading a stream from any version returns exactly that version onwards, in order.
+pub async fn read_stream_from_every_version<S: Backend>(store: Arc<S>) {
+    append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 4))
+        .await
+        .unwrap();
+    append(
+        &*store,
+        "other-1",
+        ExpectedVersion::NoStream,
+        events(100, 2),
+    )
+    .await
+    .unwrap();
+    append(&*store, "s-1", ExpectedVersion::Exact(4), events(5, 6))
+        .await
+        .unwrap();
+    for from in 1..=11 {
+        let read = store.read_stream("s-1", from, 1000).await.unwrap();
+        let versions: Vec<u64> = read.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, (from..=10).collect::<Vec<_>>(), "from {from}");
+        assert!(read.iter().all(|e| e.stream_id == "s-1"));
+        for e in &read {
+            assert_eq!(e.payload, format!("{{\"n\":{}}}", e.stream_version));
+        }
+    }
+    let limited = store.read_stream("s-1", 3, 2).await.unwrap();
+    assert_eq!(
+        limited.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert!(store
+        .read_stream("missing-1", 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.stream_version("s-1").await.unwrap(), 10);
+}
+
+/// Reading all from any position returns exactly the later events, in strictly increasing order.
+pub async fn read_all_from_every_position<S: Backend>(store: Arc<S>) {
+    for i in 0..6u64 {
+        let stream = format!("s-{}", i % 3);
+        append(
+            &*store,
+            &stream,
+            ExpectedVersion::Any,
+            events(i * 10, 1 + i % 2),
+        )
+        .await
+        .unwrap();
+    }
+    let all = store.read_all(0, 1000).await.unwrap();
+    assert_eq!(all.len(), 9);
+    assert!(all
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+    assert_eq!(
+        store.head_position().await.unwrap(),
+        all.last().unwrap().global_position
+    );
+    for (i, e) in all.iter().enumerate() {
+        let after = store.read_all(e.global_position, 1000).await.unwrap();
+        assert_eq!(after, all[i + 1..].to_vec());
+        let two = store.read_all(e.global_position, 2).await.unwrap();
+        assert_eq!(two, all[i + 1..(i + 3).min(all.len())].to_vec());
+    }
+    // Within a stream, global order follows stream order.
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for e in &all {
+        let prev = last.insert(&e.stream_id, e.stream_version).unwrap_or(0);
+        assert_eq!(e.stream_version, prev + 1);
+    }
+}
+
+/// Every envelope field comes back as written; the store sets the ingest time.
+pub async fn envelope_round_trips<S: Backend>(store: Arc<S>) {
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let e = NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "OrderCancelled".into(),
+        schema_version: 3,
+        event_time: DateTime::from_timestamp_micros(852_076_800_123_456).unwrap(),
+        metadata: EventMetadata {
+            actor: Actor::parse("admin:support-001").unwrap(),
+            causation_id: Some(Uuid::now_v7()),
+            correlation_id: Some(Uuid::now_v7()),
+            tenant_id: "tenant-a".into(),
+        },
+        payload: r#"{"reason":"customer asked \"twice\"","amount":"12.30","ü":"✓"}"#.into(),
+    };
+    let out = append(
+        &*store,
+        "order-12345",
+        ExpectedVersion::NoStream,
+        vec![e.clone()],
+    )
+    .await
+    .unwrap();
+    let read = store.read_stream("order-12345", 1, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let r = &read[0];
+    assert_eq!(r.event_id, e.event_id);
+    assert_eq!(r.event_type, e.event_type);
+    assert_eq!(r.schema_version, 3);
+    assert_eq!(r.event_time, e.event_time);
+    assert_eq!(r.metadata, e.metadata);
+    assert_eq!(r.payload, e.payload);
+    assert_eq!(r.stream_id, "order-12345");
+    assert_eq!(r.stream_version, 1);
+    assert_eq!(r.global_position, out.first_position);
+    assert!(r.ingest_time >= before && r.ingest_time <= Utc::now() + chrono::Duration::seconds(1));
+    assert_eq!(store.read_all(0, 10).await.unwrap(), read);
+}
+
+/// Of 16 concurrent `NoStream` appends to one stream, exactly one wins.
+pub async fn concurrent_no_stream_has_one_winner<S: Backend>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                append(&*store, "hot-1", ExpectedVersion::NoStream, events(i, 1)).await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::VersionConflict { actual: 1, .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.stream_version("hot-1").await.unwrap(), 1);
+}
+
+/// 16 writers each add 10 events to one stream with read-then-`Exact` and retry on conflict: every
+/// version 1..=160 holds exactly one event, and every writer's events are all there.
+pub async fn concurrent_retries_on_one_stream_keep_every_version<S: Backend>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..16u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut conflicts = 0;
+                for k in 0..10u64 {
+                    loop {
+                        let v = store.stream_version("hot-1").await.unwrap();
+                        match append(
+                            &*store,
+                            "hot-1",
+                            ExpectedVersion::Exact(v),
+                            vec![event(w * 100 + k)],
+                        )
+                        .await
+                        {
+                            Ok(out) => {
+                                assert_eq!(out.stream_version, v + 1);
+                                break;
+                            }
+                            Err(StoreError::VersionConflict { .. }) => conflicts += 1,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = store.read_stream("hot-1", 1, 1000).await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        (1..=160).collect::<Vec<_>>()
+    );
+    let mut payloads: Vec<String> = read.iter().map(|e| e.payload.clone()).collect();
+    payloads.sort();
+    let mut want: Vec<String> = (0..16u64)
+        .flat_map(|w| (0..10u64).map(move |k| format!("{{\"n\":{}}}", w * 100 + k)))
+        .collect();
+    want.sort();
+    assert_eq!(payloads, want);
+}
+
+/// 16 writers × 25 appends to their own streams: the log holds all 400, each stream in order,
+/// positions unique and increasing.
+pub async fn concurrent_writers_to_many_streams<S: Backend>(store: Arc<S>) {
+    let tasks: Vec<_> = (0..16u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for k in 0..25u64 {
+                    append(
+                        &*store,
+                        &format!("w-{w}"),
+                        ExpectedVersion::Exact(k),
+                        vec![event(k)],
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = store.read_all(0, 10_000).await.unwrap();
+    assert_eq!(all.len(), 400);
+    assert!(all
+        .windows(2)
+        .all(|w| w[0].global_position < w[1].global_position));
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for e in &all {
+        let v = versions.entry(&e.stream_id).or_insert(0);
+        *v += 1;
+        assert_eq!(e.stream_version, *v, "stream {}", e.stream_id);
+    }
+    assert!(versions.values().all(|v| *v == 25));
+}
+
+/// Appending the same events again is a no-op success; reusing an id elsewhere is refused.
+pub async fn retried_append_is_idempotent<S: Backend>(store: Arc<S>) {
+    let evs = events(1, 3);
+    let first = append(&*store, "s-1", ExpectedVersion::NoStream, evs.clone())
+        .await
+        .unwrap();
+    let again = append(&*store, "s-1", ExpectedVersion::NoStream, evs.clone())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (
+            again.first_position,
+            again.last_position,
+            again.stream_version
+        ),
+        (
+            first.first_position,
+            first.last_position,
+            first.stream_version
+        )
+    );
+    let any = append(&*store, "s-1", ExpectedVersion::Any, evs.clone())
+        .await
+        .unwrap();
+    assert!(any.duplicate);
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 3);
+    let elsewhere = append(&*store, "s-2", ExpectedVersion::Any, vec![evs[0].clone()]).await;
+    assert!(
+        matches!(elsewhere, Err(StoreError::EventIdReused { ref stream_id, .. }) if stream_id == "s-1"),
+        "{elsewhere:?}"
+    );
+    let reordered = append(
+        &*store,
+        "s-1",
+        ExpectedVersion::NoStream,
+        vec![evs[1].clone(), evs[0].clone()],
+    )
+    .await;
+    assert!(
+        matches!(reordered, Err(StoreError::EventIdReused { .. })),
+        "{reordered:?}"
+    );
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 3);
+}
+
+/// An idempotency key is stored with its events, once; a second use is refused and appends nothing.
+pub async fn idempotency_key_is_recorded_once<S: Backend>(store: Arc<S>) {
+    let record = IdempotencyRecord {
+        key: "POST /accounts:abc".into(),
+        fingerprint: "f1".into(),
+        response: StoredResponse {
+            status: 201,
+            body: "{\"ok\":true}".into(),
+        },
+    };
+    let mut request = AppendRequest::new("s-1", ExpectedVersion::NoStream, events(1, 1));
+    request.idempotency = Some(record.clone());
+    store.append(request).await.unwrap();
+    assert_eq!(
+        store.idempotency_record(&record.key).await.unwrap(),
+        Some(record.clone())
+    );
+    let mut retry = AppendRequest::new("s-2", ExpectedVersion::NoStream, events(2, 1));
+    retry.idempotency = Some(record.clone());
+    let r = store.append(retry).await;
+    assert!(
+        matches!(r, Err(StoreError::IdempotencyKeyUsed { .. })),
+        "{r:?}"
+    );
+    assert_eq!(store.stream_version("s-2").await.unwrap(), 0);
+    // A refused append does not record its key.
+    let mut refused = AppendRequest::new("s-1", ExpectedVersion::NoStream, events(3, 1));
+    refused.idempotency = Some(IdempotencyRecord {
+        key: "k2".into(),
+        ..record
+    });
+    assert!(store.append(refused).await.is_err());
+    assert_eq!(store.idempotency_record("k2").await.unwrap(), None);
+}
+
+/// `append_many` gives each request its own outcome.
+pub async fn append_many_results_are_independent<S: Backend>(store: Arc<S>) {
+    append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 1))
+        .await
+        .unwrap();
+    let results = store
+        .append_many(vec![
+            AppendRequest::new("s-2", ExpectedVersion::NoStream, events(2, 2)),
+            AppendRequest::new("s-1", ExpectedVersion::NoStream, events(4, 1)),
+            AppendRequest::new("s-2", ExpectedVersion::Exact(2), events(5, 1)),
+            AppendRequest::new("s-3", ExpectedVersion::Any, vec![]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0].as_ref().unwrap().stream_version, 2);
+    assert!(matches!(
+        results[1],
+        Err(StoreError::VersionConflict { actual: 1, .. })
+    ));
+    assert_eq!(results[2].as_ref().unwrap().stream_version, 3);
+    assert!(matches!(results[3], Err(StoreError::InvalidRequest(_))));
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 4);
+}
+
+/// A durable subscription resumes after its committed checkpoint, delivering each event once.
+pub async fn checkpoint_resume<S: Backend>(store: Arc<S>) {
+    for i in 0..10 {
+        append(
+            &*store,
+            &format!("s-{}", i % 4),
+            ExpectedVersion::Any,
+            events(i * 3, 3),
+        )
+        .await
+        .unwrap();
+    }
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let mut sub = Subscription::durable(dyn_store.clone(), "sub-a", 7)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.extend(sub.next_batch().await.unwrap());
+    }
+    sub.commit().await.unwrap();
+    assert_eq!(
+        store.load_checkpoint("sub-a").await.unwrap(),
+        Some(seen.last().unwrap().global_position)
+    );
+    // Read one more batch but crash before committing it: it must be delivered again.
+    let _uncommitted = sub.next_batch().await.unwrap();
+    drop(sub);
+    let mut resumed = Subscription::durable(dyn_store.clone(), "sub-a", 7)
+        .await
+        .unwrap();
+    while let Some(batch) = resumed.try_next_batch().await.unwrap() {
+        seen.extend(batch);
+    }
+    resumed.commit().await.unwrap();
+    let all = store.read_all(0, 1000).await.unwrap();
+    assert_eq!(seen, all);
+    assert_eq!(store.load_checkpoint("sub-b").await.unwrap(), None);
+    store.save_checkpoint("sub-b", 5).await.unwrap();
+    store.save_checkpoint("sub-b", 9).await.unwrap();
+    assert_eq!(store.load_checkpoint("sub-b").await.unwrap(), Some(9));
+    let mut from_b = Subscription::durable(dyn_store, "sub-b", 100)
+        .await
+        .unwrap();
+    let batch = from_b.next_batch().await.unwrap();
+    assert_eq!(
+        batch.first().unwrap().global_position,
+        all[9].global_position
+    );
+}
+
+/// A waiting subscriber wakes when an event is appended.
+pub async fn subscription_wakes_on_append<S: Backend>(store: Arc<S>) {
+    let dyn_store: Arc<dyn EventStore> = store.clone();
+    let mut sub = eventfold_core::catch_up(dyn_store, 0, 10);
+    let waiter = tokio::spawn(async move { sub.next_batch().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    append(&*store, "s-1", ExpectedVersion::Any, events(1, 2))
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("subscriber woke within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.len(), 2);
+}
+
+/// Projection commits write documents and checkpoint together, and refuse a moved checkpoint.
+pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
+    let commit = |from, to, writes: Vec<(&str, Option<&str>)>| ProjectionCommit {
+        projection: "p".into(),
+        writes: writes
+            .into_iter()
+            .map(|(k, d)| DocWrite {
+                key: k.into(),
+                doc: d.map(Into::into),
+            })
+            .collect(),
+        from_checkpoint: from,
+        to_checkpoint: to,
+    };
+    assert_eq!(store.projection_checkpoint("p").await.unwrap(), 0);
+    store
+        .commit_projections(vec![commit(
+            0,
+            5,
+            vec![("a|1", Some("1")), ("a|2", Some("2")), ("b|1", Some("3"))],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(store.projection_checkpoint("p").await.unwrap(), 5);
+    let moved = store
+        .commit_projections(vec![commit(0, 9, vec![("a|1", Some("99"))])])
+        .await;
+    assert!(
+        matches!(moved, Err(StoreError::CheckpointMoved { actual: 5, .. })),
+        "{moved:?}"
+    );
+    let docs = store
+        .get_docs("p", &["a|1".into(), "zz".into()])
+        .await
+        .unwrap();
+    assert_eq!(docs, vec![("a|1".to_string(), "1".to_string())]);
+    store
+        .commit_projections(vec![commit(5, 7, vec![("a|1", None), ("a|3", Some("4"))])])
+        .await
+        .unwrap();
+    let range = store.range_docs("p", "a|", "a|~", 10).await.unwrap();
+    assert_eq!(
+        range,
+        vec![("a|2".into(), "2".into()), ("a|3".into(), "4".into())]
+    );
+    assert!(store
+        .range_docs("other", "", "~", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store.reset_projection("p").await.unwrap();
+    assert_eq!(store.projection_checkpoint("p").await.unwrap(), 0);
+    assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
+}

@@ -1,0 +1,30 @@
+//! eventfold-core: the pieces every eventfold backend and domain shares, with no I/O.
+//!
+//! - [`envelope`]: the event envelope (M1): [`NewEvent`] going in, [`RecordedEvent`] coming out.
+//! - [`store`]: the [`EventStore`] trait (append with an [`ExpectedVersion`], read a stream, read all,
+//!   durable checkpoints, idempotency records) and its typed [`StoreError`].
+//! - [`aggregate`]: pure aggregates (`handle` / `apply`, the esrs / cqrs-es shape) and replay helpers.
+//! - [`read_model`]: the [`ReadModelStore`] trait, a keyed document store that commits a batch of
+//!   documents together with a projection's checkpoint.
+//! - [`projection`]: keyed-fold projections and the backend-agnostic [`ProjectionRunner`].
+//! - [`subscription`]: catch-up subscriptions over `read_all` that wake when the store appends.
+//!
+//! Nothing here touches a clock, a file, a socket or a runtime: backends and the service layer pass
+//! those in (see ARCHITECTURE.md).
+
+pub mod aggregate;
+pub mod envelope;
+pub mod projection;
+pub mod read_model;
+pub mod store;
+pub mod subscription;
+
+pub use aggregate::{Aggregate, Replayed};
+pub use envelope::{deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent};
+pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
+pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
+pub use store::{
+    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, IdempotencyRecord, StoreError,
+    StoredResponse,
+};
+pub use subscription::{catch_up, Subscription};

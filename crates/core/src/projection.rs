@@ -1,0 +1,348 @@
+//! Keyed-fold projections (M9) and the runner that feeds them from the global log.
+//!
+//! A projection maps each event to at most one document key and folds the event into that
+//! document: `apply(Option<Doc>, input, &event) -> Option<Doc>` (the Kafka Streams `aggregate`
+//! shape). Because every key is known from the event alone, the runner loads all documents a batch
+//! touches in one read, folds in memory, and commits the changed documents together with the new
+//! checkpoint in one transaction: a crash between batches replays nothing twice and loses nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::envelope::RecordedEvent;
+use crate::read_model::{DocWrite, ProjectionCommit, ReadModelStore};
+use crate::store::{EventStore, StoreError};
+
+/// A read model built by folding events into documents keyed by something the event names.
+pub trait Projection: Send + Sync + 'static {
+    /// The document stored per key (serialized as JSON).
+    type Doc: Serialize + DeserializeOwned + Send + Sync;
+    /// What [`Projection::select`] extracts from an event for [`Projection::apply`].
+    type Input: Send + Sync;
+
+    /// Stable name, e.g. `daily_sales_by_store`; also the checkpoint's name.
+    fn name(&self) -> &'static str;
+
+    /// The key this event updates and the decoded input, or `None` when the event does not matter.
+    ///
+    /// # Errors
+    /// A message when the event cannot be decoded; the runner stops at that event (a poison event
+    /// is never skipped silently).
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String>;
+
+    /// Folds the input into the document (`None` = absent); returning `None` deletes it.
+    fn apply(
+        &self,
+        doc: Option<Self::Doc>,
+        input: Self::Input,
+        event: &RecordedEvent,
+    ) -> Option<Self::Doc>;
+}
+
+/// Why the runner stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The event store or read-model store failed.
+    #[error("projection store failed")]
+    Store(#[from] StoreError),
+    /// A projection could not process an event.
+    #[error("projection {projection} failed at position {position} (stream {stream_id} version {stream_version}): {message}")]
+    Poison {
+        /// Projection name.
+        projection: String,
+        /// Global position of the event.
+        position: u64,
+        /// Stream of the event.
+        stream_id: String,
+        /// Version of the event in its stream.
+        stream_version: u64,
+        /// What went wrong.
+        message: String,
+    },
+    /// No projection has this name.
+    #[error("unknown projection {0:?}")]
+    UnknownProjection(String),
+}
+
+/// Where a projection stands.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProjectionStatus {
+    /// Projection name.
+    pub name: String,
+    /// Last global position applied.
+    pub checkpoint: u64,
+    /// The log's head when measured.
+    pub head: u64,
+    /// `head - checkpoint`, in events.
+    pub lag_events: u64,
+    /// Time from the ingest of the last event of the last batch to its commit here, in ms.
+    pub last_lag_ms: Option<f64>,
+    /// Events applied by this runner since it started.
+    pub events_applied: u64,
+}
+
+#[async_trait]
+trait DynProjection: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn process(
+        &self,
+        store: &dyn ReadModelStore,
+        events: &[RecordedEvent],
+    ) -> Result<Vec<DocWrite>, RunnerError>;
+}
+
+struct Erased<P>(P);
+
+#[async_trait]
+impl<P: Projection> DynProjection for Erased<P> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn process(
+        &self,
+        store: &dyn ReadModelStore,
+        events: &[RecordedEvent],
+    ) -> Result<Vec<DocWrite>, RunnerError> {
+        let name = self.0.name();
+        let mut selected = Vec::new();
+        let mut keys = HashSet::new();
+        for event in events {
+            match self.0.select(event) {
+                Ok(Some((key, input))) => {
+                    keys.insert(key.clone());
+                    selected.push((key, input, event));
+                }
+                Ok(None) => {}
+                Err(message) => return Err(poison(name, event, message)),
+            }
+        }
+        if selected.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut docs: HashMap<String, Option<P::Doc>> = HashMap::with_capacity(keys.len());
+        for (key, json) in store.get_docs(name, &keys).await? {
+            let doc = serde_json::from_str(&json).map_err(|e| {
+                StoreError::Corrupt(format!("projection {name} document {key}: {e}"))
+            })?;
+            docs.insert(key, Some(doc));
+        }
+        for (key, input, event) in selected {
+            let slot = docs.entry(key).or_insert(None);
+            *slot = self.0.apply(slot.take(), input, event);
+        }
+        docs.into_iter()
+            .map(|(key, doc)| {
+                let doc = doc
+                    .map(|d| serde_json::to_string(&d))
+                    .transpose()
+                    .map_err(|e| RunnerError::Poison {
+                        projection: name.into(),
+                        position: 0,
+                        stream_id: String::new(),
+                        stream_version: 0,
+                        message: format!("document {key} does not serialize: {e}"),
+                    })?;
+                Ok(DocWrite { key, doc })
+            })
+            .collect()
+    }
+}
+
+fn poison(projection: &str, event: &RecordedEvent, message: String) -> RunnerError {
+    RunnerError::Poison {
+        projection: projection.into(),
+        position: event.global_position,
+        stream_id: event.stream_id.clone(),
+        stream_version: event.stream_version,
+        message,
+    }
+}
+
+/// Runs registered projections over the global log, in batches, each batch committed with its
+/// checkpoints in one read-model transaction.
+pub struct ProjectionRunner {
+    events: Arc<dyn EventStore>,
+    read_models: Arc<dyn ReadModelStore>,
+    projections: Vec<Arc<dyn DynProjection>>,
+    batch_size: usize,
+    status: Mutex<HashMap<&'static str, ProjectionStatus>>,
+}
+
+impl ProjectionRunner {
+    /// A runner with no projections that reads batches of up to 2,000 events.
+    pub fn new(events: Arc<dyn EventStore>, read_models: Arc<dyn ReadModelStore>) -> Self {
+        Self {
+            events,
+            read_models,
+            projections: Vec::new(),
+            batch_size: 2_000,
+            status: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a projection.
+    pub fn register<P: Projection>(mut self, projection: P) -> Self {
+        self.projections.push(Arc::new(Erased(projection)));
+        self
+    }
+
+    /// Sets the batch size in events (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The registered projections' names, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    fn select(&self, only: Option<&str>) -> Result<Vec<Arc<dyn DynProjection>>, RunnerError> {
+        match only {
+            None => Ok(self.projections.clone()),
+            Some(name) => self
+                .projections
+                .iter()
+                .find(|p| p.name() == name)
+                .map(|p| vec![p.clone()])
+                .ok_or_else(|| RunnerError::UnknownProjection(name.to_owned())),
+        }
+    }
+
+    /// Applies every committed event not yet applied, then returns the position reached.
+    /// `progress(position, head)` is called after each batch.
+    ///
+    /// # Errors
+    /// A store failure or a poison event; what was committed before stays committed.
+    pub async fn catch_up(
+        &self,
+        only: Option<&str>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, RunnerError> {
+        let projections = self.select(only)?;
+        let mut checkpoints = Vec::with_capacity(projections.len());
+        for p in &projections {
+            checkpoints.push(self.read_models.projection_checkpoint(p.name()).await?);
+        }
+        let Some(mut from) = checkpoints.iter().copied().min() else {
+            return Ok(0);
+        };
+        loop {
+            let batch = self.events.read_all(from, self.batch_size).await?;
+            let Some(last) = batch.last() else {
+                return Ok(from);
+            };
+            let to = last.global_position;
+            let mut commits = Vec::with_capacity(projections.len());
+            let mut applied = Vec::with_capacity(projections.len());
+            for (p, checkpoint) in projections.iter().zip(&checkpoints) {
+                let start = batch.partition_point(|e| e.global_position <= *checkpoint);
+                let writes = p
+                    .process(self.read_models.as_ref(), &batch[start..])
+                    .await?;
+                applied.push((batch.len() - start) as u64);
+                commits.push(ProjectionCommit {
+                    projection: p.name().to_owned(),
+                    writes,
+                    from_checkpoint: *checkpoint,
+                    to_checkpoint: to,
+                });
+            }
+            self.read_models.commit_projections(commits).await?;
+            let lag_ms = (Utc::now() - last.ingest_time)
+                .num_microseconds()
+                .map(|us| us as f64 / 1000.0);
+            let head = self.events.head_position().await?.max(to);
+            {
+                let mut status = self.status.lock().expect("status lock");
+                for (p, n) in projections.iter().zip(applied) {
+                    let s = status.entry(p.name()).or_insert_with(|| ProjectionStatus {
+                        name: p.name().to_owned(),
+                        checkpoint: 0,
+                        head: 0,
+                        lag_events: 0,
+                        last_lag_ms: None,
+                        events_applied: 0,
+                    });
+                    s.checkpoint = to;
+                    s.head = head;
+                    s.lag_events = head - to;
+                    s.last_lag_ms = lag_ms;
+                    s.events_applied += n;
+                }
+            }
+            checkpoints.iter_mut().for_each(|c| *c = to);
+            from = to;
+            progress(to, head);
+        }
+    }
+
+    /// Deletes a projection's documents (or every projection's, with `None`) and rebuilds from
+    /// position 0; returns the position reached.
+    ///
+    /// # Errors
+    /// An unknown name, a store failure or a poison event.
+    pub async fn rebuild(
+        &self,
+        only: Option<&str>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, RunnerError> {
+        for p in self.select(only)? {
+            self.read_models.reset_projection(p.name()).await?;
+            self.status.lock().expect("status lock").remove(p.name());
+        }
+        self.catch_up(only, progress).await
+    }
+
+    /// Keeps every projection caught up until `stop` completes, waking on appends.
+    ///
+    /// # Errors
+    /// The first store failure or poison event; the caller decides whether to retry.
+    pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<(), RunnerError> {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let position = self.catch_up(None, &|_, _| {}).await?;
+            let wait = std::pin::pin!(self.events.wait_for_append(position));
+            if let futures::future::Either::Right(_) =
+                futures::future::select(wait, stop.as_mut()).await
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every projection's checkpoint and lag, measured now.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, RunnerError> {
+        let head = self.events.head_position().await?;
+        let mut out = Vec::with_capacity(self.projections.len());
+        for p in &self.projections {
+            let checkpoint = self.read_models.projection_checkpoint(p.name()).await?;
+            let known = self
+                .status
+                .lock()
+                .expect("status lock")
+                .get(p.name())
+                .cloned();
+            out.push(ProjectionStatus {
+                name: p.name().to_owned(),
+                checkpoint,
+                head,
+                lag_events: head.saturating_sub(checkpoint),
+                last_lag_ms: known.as_ref().and_then(|s| s.last_lag_ms),
+                events_applied: known.map_or(0, |s| s.events_applied),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,73 @@
+//! The read-model store: keyed JSON documents per projection, committed atomically with the
+//! projection's checkpoint so that a projection applies each event exactly once in effect.
+
+use async_trait::async_trait;
+
+use crate::store::StoreError;
+
+/// One document write: `doc: None` deletes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocWrite {
+    /// Document key within the projection.
+    pub key: String,
+    /// The new document (JSON text), or `None` to delete.
+    pub doc: Option<String>,
+}
+
+/// What one projection commits for one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionCommit {
+    /// Projection name.
+    pub projection: String,
+    /// Documents to write.
+    pub writes: Vec<DocWrite>,
+    /// The checkpoint the batch started from; the commit fails with
+    /// [`StoreError::CheckpointMoved`] if the stored one differs.
+    pub from_checkpoint: u64,
+    /// The checkpoint after the batch (the global position of its last event).
+    pub to_checkpoint: u64,
+}
+
+/// Storage for projections' documents and checkpoints (M9).
+#[async_trait]
+pub trait ReadModelStore: Send + Sync + 'static {
+    /// The documents stored under `keys` (missing keys are left out), as `(key, json)`.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn get_docs(
+        &self,
+        projection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Documents with `from_key <= key <= to_key` in key order, at most `limit`.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn range_docs(
+        &self,
+        projection: &str,
+        from_key: &str,
+        to_key: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// The projection's checkpoint (0 when it has processed nothing).
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError>;
+
+    /// Writes every commit's documents and checkpoints in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::CheckpointMoved`] (nothing written) or infrastructure failures.
+    async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError>;
+
+    /// Deletes a projection's documents and checkpoint, so it rebuilds from position 0.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError>;
+}

@@ -1,0 +1,294 @@
+//! The event-store trait (M1) and its typed errors.
+//!
+//! Versions and positions:
+//! - a stream's version is the number of events in it: 0 for a stream that does not exist, 1 after
+//!   its first event;
+//! - the global position is 1-based, strictly increasing in commit order, and never makes visible an
+//!   event below a position a reader has already passed (see ARCHITECTURE.md for how each backend
+//!   guarantees this).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::{NewEvent, RecordedEvent};
+
+/// What the caller believes the stream's version is before the append (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "version")]
+pub enum ExpectedVersion {
+    /// Append whatever the current version is.
+    Any,
+    /// The stream must not exist yet (version 0).
+    NoStream,
+    /// The stream must be at exactly this version; `Exact(0)` is the same as `NoStream`.
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream currently at `actual` satisfies this expectation.
+    pub fn matches(self, actual: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => actual == 0,
+            Self::Exact(v) => v == actual,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("any"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// The response a command produced, kept under its idempotency key so that a retry returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// HTTP status code of the first response, e.g. 201.
+    pub status: u16,
+    /// The first response's body (JSON text).
+    pub body: String,
+}
+
+/// An idempotency key written in the same transaction as the events it guards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The caller's key, scoped by the caller (e.g. `POST /orders:<Idempotency-Key>`).
+    pub key: String,
+    /// A digest of the request, so that the same key with another request is refused.
+    pub fingerprint: String,
+    /// The response to return on a retry.
+    pub response: StoredResponse,
+}
+
+/// One append: events for one stream with the version they expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRequest {
+    /// Target stream, 1 to 200 characters, no control characters.
+    pub stream_id: String,
+    /// The version the stream must be at.
+    pub expected: ExpectedVersion,
+    /// The events, in order; at least one.
+    pub events: Vec<NewEvent>,
+    /// An idempotency key to record atomically with the events.
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+impl AppendRequest {
+    /// An append without an idempotency key.
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        Self {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+            idempotency: None,
+        }
+    }
+
+    /// Checks what every backend must refuse before touching storage.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the field: an empty or over-long stream id, a stream id
+    /// with control characters, no events, two events with one id, an empty event type, schema
+    /// version 0.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let invalid = |m: String| Err(StoreError::InvalidRequest(m));
+        if self.stream_id.is_empty() || self.stream_id.len() > 200 {
+            return invalid(format!(
+                "stream id must be 1 to 200 bytes, got {}",
+                self.stream_id.len()
+            ));
+        }
+        if self.stream_id.chars().any(char::is_control) {
+            return invalid("stream id must not hold control characters".into());
+        }
+        if self.events.is_empty() {
+            return invalid(format!("append to {} holds no events", self.stream_id));
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if e.event_type.is_empty() || e.event_type.len() > 200 {
+                return invalid(format!("events[{i}].event_type must be 1 to 200 bytes"));
+            }
+            if e.schema_version == 0 {
+                return invalid(format!("events[{i}].schema_version must be at least 1"));
+            }
+            if self.events[..i].iter().any(|p| p.event_id == e.event_id) {
+                return invalid(format!("events[{i}].event_id {} repeats", e.event_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a successful append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    /// The stream's version after the append.
+    pub stream_version: u64,
+    /// Global position of the first appended event.
+    pub first_position: u64,
+    /// Global position of the last appended event.
+    pub last_position: u64,
+    /// True when these exact events were already stored (same ids, same stream, same order): the
+    /// append was a retry and wrote nothing.
+    pub duplicate: bool,
+}
+
+/// Why a store operation failed.
+///
+/// Caller mistakes ([`StoreError::VersionConflict`], [`StoreError::InvalidRequest`],
+/// [`StoreError::EventIdReused`], [`StoreError::IdempotencyKeyUsed`]) are kept apart from
+/// infrastructure failures ([`StoreError::Unavailable`], [`StoreError::Backend`],
+/// [`StoreError::Corrupt`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream is not at the expected version; nothing was written.
+    #[error("stream {stream_id} is at version {actual}, expected {expected}")]
+    VersionConflict {
+        /// The stream appended to.
+        stream_id: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version now.
+        actual: u64,
+    },
+    /// An event id is already stored elsewhere (another stream or another place in this one).
+    #[error("event id {event_id} is already stored in stream {stream_id}")]
+    EventIdReused {
+        /// The id that repeats.
+        event_id: Uuid,
+        /// Where it is stored.
+        stream_id: String,
+    },
+    /// The idempotency key is already recorded; look it up with
+    /// [`EventStore::idempotency_record`] and answer with the stored response.
+    #[error("idempotency key {key} is already used")]
+    IdempotencyKeyUsed {
+        /// The key.
+        key: String,
+    },
+    /// The request is malformed; the message names the field.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A projection's checkpoint moved under it (another runner committed first).
+    #[error("checkpoint {name} is at {actual}, expected {expected}")]
+    CheckpointMoved {
+        /// Checkpoint name.
+        name: String,
+        /// Position the committer started from.
+        expected: u64,
+        /// Position stored now.
+        actual: u64,
+    },
+    /// The store cannot be reached or is busy; retrying later may succeed.
+    #[error("event store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored data cannot be decoded; the message names the row.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Any other backend failure.
+    #[error("event store backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An append-only event store (M1).
+///
+/// Implementations: `eventfold-sqlite` (embedded default). Every implementation must pass the suite
+/// in `eventfold-conformance` unchanged.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events to one stream if its version matches `request.expected`; durable when it
+    /// returns `Ok`.
+    ///
+    /// Appending events whose ids are already stored in this stream, in the same order and at the
+    /// place the expectation names, succeeds with `duplicate: true` and writes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::VersionConflict`] (nothing written), [`StoreError::EventIdReused`],
+    /// [`StoreError::IdempotencyKeyUsed`], [`StoreError::InvalidRequest`], or an infrastructure error.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError>;
+
+    /// Appends several independent requests; each succeeds or fails on its own, as if appended one
+    /// by one, but backends may commit them together. Results are in request order.
+    ///
+    /// # Errors
+    /// The outer error is an infrastructure failure that stopped the whole batch.
+    async fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            out.push(self.append(r).await);
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `max_count` events of a stream, in version order, starting at version
+    /// `from_version` (1 = the first event). An unknown stream reads as empty.
+    ///
+    /// # Errors
+    /// Infrastructure failures or [`StoreError::Corrupt`].
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The stream's current version (0 when it does not exist).
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
+
+    /// Reads up to `max_count` events of the global log with position greater than
+    /// `after_position`, in position order.
+    ///
+    /// # Errors
+    /// Infrastructure failures or [`StoreError::Corrupt`].
+    async fn read_all(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The highest committed global position (0 for an empty store).
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn head_position(&self) -> Result<u64, StoreError>;
+
+    /// Waits until the head may have moved past `after_position`: returns early when this process
+    /// appends, and at the latest after the backend's poll interval (so appends by other processes
+    /// are seen too). Callers re-read; a spurious return is allowed.
+    async fn wait_for_append(&self, after_position: u64);
+
+    /// The durable checkpoint (last processed global position) of a named subscriber.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Stores a named subscriber's checkpoint durably.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
+
+    /// The record stored under an idempotency key, if any.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+}

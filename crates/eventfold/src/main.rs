@@ -1,0 +1,3 @@
+//! The eventfold binary (CLI and HTTP server); being built.
+
+fn main() {}

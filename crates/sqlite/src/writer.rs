@@ -1,0 +1,424 @@
+//! The single writer thread: group commit of every waiting job in one transaction.
+
+use std::sync::mpsc;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{oneshot, watch};
+
+use crate::{backend, micros, projection_checkpoint_name, read_checkpoint};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// Work for the writer; each job runs in its own savepoint inside the group's transaction.
+pub(crate) enum Job {
+    Append(
+        Vec<AppendRequest>,
+        Reply<Vec<Result<AppendOutcome, StoreError>>>,
+    ),
+    SaveCheckpoint(String, u64, Reply<()>),
+    CommitProjections(Vec<ProjectionCommit>, Reply<()>),
+    ResetProjection(String, Reply<()>),
+}
+
+impl Job {
+    fn weight(&self) -> usize {
+        match self {
+            Job::Append(requests, _) => requests.len(),
+            Job::CommitProjections(commits, _) => commits.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// A job's result, held until the group's commit decides whether it stands.
+enum Done {
+    Append(
+        Vec<Result<AppendOutcome, StoreError>>,
+        Reply<Vec<Result<AppendOutcome, StoreError>>>,
+    ),
+    Unit(Result<(), StoreError>, Reply<()>),
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    head: watch::Sender<u64>,
+    max_batch: usize,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        conn: Connection,
+        jobs: mpsc::Receiver<Job>,
+        head: watch::Sender<u64>,
+        max_batch: usize,
+    ) -> Result<(), StoreError> {
+        let writer = Writer {
+            conn,
+            jobs,
+            head,
+            max_batch: max_batch.max(1),
+        };
+        std::thread::Builder::new()
+            .name("eventfold-sqlite-writer".into())
+            .spawn(move || writer.run())
+            .map(|_| ())
+            .map_err(|e| StoreError::Backend(Box::new(e)))
+    }
+
+    fn run(self) {
+        while let Ok(first) = self.jobs.recv() {
+            let mut weight = first.weight();
+            let mut group = vec![first];
+            while weight < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => {
+                        weight += job.weight();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&self, group: Vec<Job>) {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let message = format!("cannot begin a write transaction: {e}");
+            tracing::warn!(%message, "sqlite group commit");
+            for job in group {
+                fail(job, &message);
+            }
+            return;
+        }
+        let now = Utc::now();
+        let done: Vec<Done> = group
+            .into_iter()
+            .map(|job| self.run_job(job, now))
+            .collect();
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                let head = self
+                    .conn
+                    .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap_or(0);
+                self.head.send_if_modified(|h| {
+                    let moved = head > *h;
+                    *h = (*h).max(head);
+                    moved
+                });
+                for d in done {
+                    match d {
+                        Done::Append(results, reply) => {
+                            let _ = reply.send(Ok(results));
+                        }
+                        Done::Unit(result, reply) => {
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let message = format!("group commit failed, nothing was written: {e}");
+                tracing::warn!(%message, "sqlite group commit");
+                for d in done {
+                    match d {
+                        Done::Append(_, reply) => {
+                            let _ = reply.send(Err(unavailable(&message)));
+                        }
+                        Done::Unit(_, reply) => {
+                            let _ = reply.send(Err(unavailable(&message)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_job(&self, job: Job, now: DateTime<Utc>) -> Done {
+        match job {
+            Job::Append(requests, reply) => {
+                let results = requests
+                    .into_iter()
+                    .map(|r| self.in_savepoint(|c| append_one(c, &r, now)))
+                    .collect();
+                Done::Append(results, reply)
+            }
+            Job::SaveCheckpoint(name, position, reply) => {
+                let result = self.in_savepoint(|c| {
+                    c.prepare_cached(
+                        "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
+                         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    )
+                    .and_then(|mut s| s.execute(params![name, position]))
+                    .map(|_| ())
+                    .map_err(backend)
+                });
+                Done::Unit(result, reply)
+            }
+            Job::CommitProjections(commits, reply) => {
+                Done::Unit(self.in_savepoint(|c| commit_projections(c, commits)), reply)
+            }
+            Job::ResetProjection(projection, reply) => {
+                let result = self.in_savepoint(|c| {
+                    c.execute(
+                        "DELETE FROM read_models WHERE projection = ?1",
+                        [&projection],
+                    )
+                    .and_then(|_| {
+                        c.execute(
+                            "DELETE FROM checkpoints WHERE name = ?1",
+                            [projection_checkpoint_name(&projection)],
+                        )
+                    })
+                    .map(|_| ())
+                    .map_err(backend)
+                });
+                Done::Unit(result, reply)
+            }
+        }
+    }
+
+    fn in_savepoint<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+        let result = f(&self.conn);
+        let end = if result.is_ok() {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        self.conn.execute_batch(end).map_err(backend)?;
+        result
+    }
+}
+
+fn unavailable(message: &str) -> StoreError {
+    StoreError::Unavailable(message.to_owned().into())
+}
+
+fn fail(job: Job, message: &str) {
+    match job {
+        Job::Append(_, reply) => {
+            let _ = reply.send(Err(unavailable(message)));
+        }
+        Job::SaveCheckpoint(_, _, reply)
+        | Job::CommitProjections(_, reply)
+        | Job::ResetProjection(_, reply) => {
+            let _ = reply.send(Err(unavailable(message)));
+        }
+    }
+}
+
+fn stored_id_at(
+    conn: &Connection,
+    stream_id: &str,
+    version: u64,
+) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT event_id, position FROM events WHERE stream_id = ?1 AND stream_version = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![stream_id, version], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+    })
+    .map_err(backend)
+}
+
+/// When the first event id is already stored: the same append retried (`Ok`), or a reuse (`Err`).
+fn duplicate_outcome(
+    conn: &Connection,
+    request: &AppendRequest,
+    stored_stream: String,
+    first_version: u64,
+    first_position: u64,
+) -> Result<AppendOutcome, StoreError> {
+    let reused = || StoreError::EventIdReused {
+        event_id: request.events[0].event_id,
+        stream_id: stored_stream.clone(),
+    };
+    let expected_ok = match request.expected {
+        ExpectedVersion::Any => true,
+        other => other.matches(first_version - 1),
+    };
+    if stored_stream != request.stream_id || !expected_ok {
+        return Err(reused());
+    }
+    let mut last_position = first_position;
+    for (i, event) in request.events.iter().enumerate() {
+        match stored_id_at(conn, &request.stream_id, first_version + i as u64)? {
+            Some((id, position)) if id == event.event_id.as_bytes() => last_position = position,
+            _ => return Err(reused()),
+        }
+    }
+    Ok(AppendOutcome {
+        stream_version: first_version + request.events.len() as u64 - 1,
+        first_position,
+        last_position,
+        duplicate: true,
+    })
+}
+
+fn append_one(
+    conn: &Connection,
+    request: &AppendRequest,
+    now: DateTime<Utc>,
+) -> Result<AppendOutcome, StoreError> {
+    request.validate()?;
+    let first_id = request.events[0].event_id;
+    let existing: Option<(String, u64, u64)> = conn
+        .prepare_cached(
+            "SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([first_id.as_bytes().as_slice()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    if let Some((stream, version, position)) = existing {
+        return duplicate_outcome(conn, request, stream, version, position);
+    }
+    let current: u64 = conn
+        .prepare_cached("SELECT version FROM streams WHERE stream_id = ?1")
+        .and_then(|mut s| s.query_row([&request.stream_id], |r| r.get(0)).optional())
+        .map_err(backend)?
+        .unwrap_or(0);
+    if !request.expected.matches(current) {
+        return Err(StoreError::VersionConflict {
+            stream_id: request.stream_id.clone(),
+            expected: request.expected,
+            actual: current,
+        });
+    }
+    if let Some(idem) = &request.idempotency {
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    idem.key,
+                    idem.fingerprint,
+                    idem.response.status,
+                    idem.response.body,
+                    micros(now)
+                ])
+            })
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::IdempotencyKeyUsed {
+                key: idem.key.clone(),
+            });
+        }
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+             event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(backend)?;
+    let mut first_position = 0;
+    let mut last_position = 0;
+    for (i, e) in request.events.iter().enumerate() {
+        let m = &e.metadata;
+        let result = insert.execute(params![
+            e.event_id.as_bytes().as_slice(),
+            request.stream_id,
+            current + 1 + i as u64,
+            e.event_type,
+            e.schema_version,
+            micros(e.event_time),
+            micros(now),
+            m.actor.as_str(),
+            m.causation_id.as_ref().map(|u| u.as_bytes().as_slice()),
+            m.correlation_id.as_ref().map(|u| u.as_bytes().as_slice()),
+            m.tenant_id,
+            e.payload,
+        ]);
+        if let Err(err) = result {
+            if err.to_string().contains("events.event_id") {
+                let stream_id: String = conn
+                    .query_row(
+                        "SELECT stream_id FROM events WHERE event_id = ?1",
+                        [e.event_id.as_bytes().as_slice()],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or_default();
+                return Err(StoreError::EventIdReused {
+                    event_id: e.event_id,
+                    stream_id,
+                });
+            }
+            return Err(backend(err));
+        }
+        last_position = conn.last_insert_rowid() as u64;
+        if i == 0 {
+            first_position = last_position;
+        }
+    }
+    let version = current + request.events.len() as u64;
+    conn.prepare_cached(
+        "INSERT INTO streams (stream_id, version) VALUES (?1, ?2) \
+         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
+    )
+    .and_then(|mut s| s.execute(params![request.stream_id, version]))
+    .map_err(backend)?;
+    Ok(AppendOutcome {
+        stream_version: version,
+        first_position,
+        last_position,
+        duplicate: false,
+    })
+}
+
+fn commit_projections(conn: &Connection, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
+    let mut put = conn
+        .prepare_cached(
+            "INSERT INTO read_models (projection, key, doc) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
+        )
+        .map_err(backend)?;
+    let mut delete = conn
+        .prepare_cached("DELETE FROM read_models WHERE projection = ?1 AND key = ?2")
+        .map_err(backend)?;
+    let mut save = conn
+        .prepare_cached(
+            "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .map_err(backend)?;
+    for commit in commits {
+        let name = projection_checkpoint_name(&commit.projection);
+        let actual = read_checkpoint(conn, &name)?.unwrap_or(0);
+        if actual != commit.from_checkpoint {
+            return Err(StoreError::CheckpointMoved {
+                name,
+                expected: commit.from_checkpoint,
+                actual,
+            });
+        }
+        for w in &commit.writes {
+            match &w.doc {
+                Some(doc) => put.execute(params![commit.projection, w.key, doc]),
+                None => delete.execute(params![commit.projection, w.key]),
+            }
+            .map_err(backend)?;
+        }
+        save.execute(params![name, commit.to_checkpoint])
+            .map_err(backend)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! SQLite-only behaviour: reopening, append-only triggers, schema versions.
+
+use eventfold_core::{
+    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError,
+};
+use eventfold_sqlite::SqliteStore;
+
+fn ev(n: u32) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "Tested".into(),
+        schema_version: 1,
+        event_time: chrono::Utc::now(),
+        metadata: EventMetadata::by(Actor::parse("user:1").unwrap()),
+        payload: format!("{{\"n\":{n}}}"),
+    }
+}
+
+#[tokio::test]
+async fn events_survive_reopen_and_positions_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .append(AppendRequest::new(
+                "s-1",
+                ExpectedVersion::NoStream,
+                vec![ev(1), ev(2)],
+            ))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.head_position().await.unwrap(), 2);
+    let out = store
+        .append(AppendRequest::new(
+            "s-1",
+            ExpectedVersion::Exact(2),
+            vec![ev(3)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.first_position, out.stream_version), (3, 3));
+}
+
+#[tokio::test]
+async fn stored_events_cannot_be_updated_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .append(AppendRequest::new(
+            "s-1",
+            ExpectedVersion::NoStream,
+            vec![ev(1)],
+        ))
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let update = conn.execute("UPDATE events SET payload = '{}'", []);
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = conn.execute("DELETE FROM events", []);
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+}
+
+#[tokio::test]
+async fn a_file_from_a_newer_eventfold_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    drop(SqliteStore::open(&path).unwrap());
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    match SqliteStore::open(&path) {
+        Err(StoreError::InvalidRequest(m)) => assert!(m.contains("schema version 99"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
