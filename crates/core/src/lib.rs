@@ -18,6 +18,7 @@ pub mod projection;
 pub mod read_model;
 pub mod store;
 pub mod subscription;
+pub mod testkit;
 
 pub use aggregate::{Aggregate, Replayed};
 pub use envelope::{deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent};

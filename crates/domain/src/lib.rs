@@ -1,1 +1,73 @@
-//! placeholder
+//! eventfold-domain: the shop domain (M2), pure and synchronous.
+//!
+//! - [`money`]: decimal [`Money`] with an ISO 4217 [`Currency`].
+//! - [`account`]: a customer ledger (no overdraft).
+//! - [`order`]: the order state machine PENDING -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED, with
+//!   CANCELLED and REFUNDED; every transition carries its actor and reason.
+//! - [`inventory`]: stock per SKU or event (reserve, release, sell).
+//! - [`payment`]: authorize, capture, refund, fail.
+//! - [`projections`]: order summary, balance by account, daily sales by store (event time),
+//!   real-time sales (ingest time).
+//!
+//! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
+
+pub mod account;
+pub mod inventory;
+pub mod money;
+pub mod order;
+pub mod payment;
+pub mod projections;
+
+pub use money::{Currency, Money, MoneyError};
+
+/// How the caller should see a domain refusal: all are the caller's doing, never a server fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The aggregate does not exist (HTTP 404).
+    NotFound,
+    /// The aggregate's state forbids it: an illegal transition, insufficient funds (HTTP 409).
+    Conflict,
+    /// The command's values are unacceptable: a bad amount or currency (HTTP 422).
+    Invalid,
+}
+
+/// A domain error with a stable machine-readable code.
+pub trait DomainError: std::error::Error {
+    /// Stable code, e.g. `insufficient_funds`.
+    fn code(&self) -> &'static str;
+    /// How the refusal maps to the caller.
+    fn refusal(&self) -> Refusal;
+}
+
+/// Checks an aggregate id: 1 to 100 characters of `[A-Za-z0-9._-]`.
+///
+/// # Errors
+/// A message naming the field and what is wrong.
+pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 100 {
+        return Err(format!("{field} must be 1 to 100 characters"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{field} {id:?} may only hold letters, digits and . _ -"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a free-text reason: at most 500 characters, no control characters.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn validate_reason(reason: &str) -> Result<(), String> {
+    if reason.chars().count() > 500 {
+        return Err("reason must be at most 500 characters".into());
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("reason must not hold control characters".into());
+    }
+    Ok(())
+}

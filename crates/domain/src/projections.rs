@@ -1,0 +1,482 @@
+//! The read models (M9): each a keyed fold over the global log (see
+//! `eventfold_core::projection`). Keys are chosen so that the queries the API needs are a point
+//! read or one range scan:
+//!
+//! | projection | key | document |
+//! |---|---|---|
+//! | `order_summary` | order id | [`OrderSummary`] |
+//! | `balance_by_account` | account id | [`AccountBalance`] |
+//! | `daily_sales_by_store` | `store|YYYY-MM-DD|currency`, date of the event time (UTC) | [`SalesBucket`] |
+//! | `real_time_sales` | `store|YYYY-MM-DDTHH|currency`, hour of the ingest time (UTC) | [`SalesBucket`] |
+//!
+//! Sales count an order when it is paid (+amount, +1 order) and subtract refunds (a cancelled paid
+//! order or a refund: -amount, +1 refund) on the day the refund happened.
+
+use chrono::{DateTime, Utc};
+use eventfold_core::aggregate::decode_recorded;
+use eventfold_core::{Aggregate, Projection, RecordedEvent};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::account::{Account, AccountEvent};
+use crate::money::{Currency, Money};
+use crate::order::{Order, OrderEvent, OrderStatus};
+
+/// Name of the order summary projection.
+pub const ORDER_SUMMARY: &str = "order_summary";
+/// Name of the balance projection.
+pub const BALANCE_BY_ACCOUNT: &str = "balance_by_account";
+/// Name of the daily sales projection (event time).
+pub const DAILY_SALES_BY_STORE: &str = "daily_sales_by_store";
+/// Name of the real-time sales projection (ingest time).
+pub const REAL_TIME_SALES: &str = "real_time_sales";
+
+fn aggregate_id<'a>(event: &'a RecordedEvent, category: &str) -> Option<&'a str> {
+    event
+        .stream_id
+        .strip_prefix(category)
+        .and_then(|rest| rest.strip_prefix('-'))
+}
+
+fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, String> {
+    decode_recorded::<A>(event).map_err(|e| e.to_string())
+}
+
+/// One order as the order list and detail views show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OrderSummary {
+    /// Order id.
+    pub order_id: String,
+    /// Customer id.
+    pub customer_id: String,
+    /// Store id.
+    pub store_id: String,
+    /// Current status.
+    pub status: OrderStatus,
+    /// Order total.
+    pub total: Money,
+    /// Amount paid, once paid.
+    pub paid: Option<Money>,
+    /// Amount refunded, if any.
+    pub refunded: Option<Money>,
+    /// Number of lines.
+    pub lines: usize,
+    /// Event time of creation (UTC).
+    pub created_at: DateTime<Utc>,
+    /// Event time of the last change (UTC).
+    pub updated_at: DateTime<Utc>,
+    /// Stream version the summary reflects.
+    pub version: u64,
+    /// Who made the last change.
+    pub last_actor: String,
+    /// Why, if given.
+    pub last_reason: Option<String>,
+}
+
+/// The `order_summary` projection.
+pub struct OrderSummaryProjection;
+
+impl Projection for OrderSummaryProjection {
+    type Doc = OrderSummary;
+    type Input = OrderEvent;
+
+    fn name(&self) -> &'static str {
+        ORDER_SUMMARY
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, OrderEvent)>, String> {
+        let Some(id) = aggregate_id(event, Order::CATEGORY) else {
+            return Ok(None);
+        };
+        Ok(Some((id.to_owned(), decode::<Order>(event)?)))
+    }
+
+    fn apply(
+        &self,
+        doc: Option<OrderSummary>,
+        input: OrderEvent,
+        event: &RecordedEvent,
+    ) -> Option<OrderSummary> {
+        let mut doc = match (doc, &input) {
+            (
+                _,
+                OrderEvent::OrderCreated {
+                    customer_id,
+                    store_id,
+                    lines,
+                    total,
+                    ..
+                },
+            ) => OrderSummary {
+                order_id: aggregate_id(event, Order::CATEGORY)
+                    .unwrap_or_default()
+                    .to_owned(),
+                customer_id: customer_id.clone(),
+                store_id: store_id.clone(),
+                status: OrderStatus::Pending,
+                total: *total,
+                paid: None,
+                refunded: None,
+                lines: lines.len(),
+                created_at: event.event_time,
+                updated_at: event.event_time,
+                version: 0,
+                last_actor: String::new(),
+                last_reason: None,
+            },
+            (Some(doc), _) => doc,
+            (None, _) => return None,
+        };
+        let (status, actor, reason) = match &input {
+            OrderEvent::OrderCreated { actor, .. } => (OrderStatus::Pending, actor, None),
+            OrderEvent::OrderPaid { amount, actor, .. } => {
+                doc.paid = Some(*amount);
+                (OrderStatus::Paid, actor, None)
+            }
+            OrderEvent::OrderConfirmed { actor, reason } => {
+                (OrderStatus::Confirmed, actor, reason.clone())
+            }
+            OrderEvent::OrderShipped { actor, reason } => {
+                (OrderStatus::Shipped, actor, reason.clone())
+            }
+            OrderEvent::OrderCompleted { actor, reason } => {
+                (OrderStatus::Completed, actor, reason.clone())
+            }
+            OrderEvent::OrderCancelled {
+                actor,
+                reason,
+                refund,
+                ..
+            } => {
+                doc.refunded = *refund;
+                (OrderStatus::Cancelled, actor, Some(reason.clone()))
+            }
+            OrderEvent::OrderRefunded {
+                actor,
+                reason,
+                amount,
+                ..
+            } => {
+                doc.refunded = Some(*amount);
+                (OrderStatus::Refunded, actor, Some(reason.clone()))
+            }
+        };
+        doc.status = status;
+        doc.last_actor = actor.to_string();
+        doc.last_reason = reason;
+        doc.updated_at = event.event_time;
+        doc.version = event.stream_version;
+        Some(doc)
+    }
+}
+
+/// An account's balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AccountBalance {
+    /// Account id.
+    pub account_id: String,
+    /// Owner id.
+    pub owner: String,
+    /// Balance.
+    pub balance: Money,
+    /// Stream version the balance reflects.
+    pub version: u64,
+    /// Event time of the last change (UTC).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The `balance_by_account` projection.
+pub struct BalanceByAccountProjection;
+
+impl Projection for BalanceByAccountProjection {
+    type Doc = AccountBalance;
+    type Input = AccountEvent;
+
+    fn name(&self) -> &'static str {
+        BALANCE_BY_ACCOUNT
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, AccountEvent)>, String> {
+        let Some(id) = aggregate_id(event, Account::CATEGORY) else {
+            return Ok(None);
+        };
+        Ok(Some((id.to_owned(), decode::<Account>(event)?)))
+    }
+
+    fn apply(
+        &self,
+        doc: Option<AccountBalance>,
+        input: AccountEvent,
+        event: &RecordedEvent,
+    ) -> Option<AccountBalance> {
+        let mut doc = match (doc, &input) {
+            (_, AccountEvent::AccountOpened { owner, currency }) => AccountBalance {
+                account_id: aggregate_id(event, Account::CATEGORY)
+                    .unwrap_or_default()
+                    .to_owned(),
+                owner: owner.clone(),
+                balance: Money::zero(*currency),
+                version: 0,
+                updated_at: event.event_time,
+            },
+            (Some(doc), _) => doc,
+            (None, _) => return None,
+        };
+        match &input {
+            AccountEvent::AccountOpened { .. } => {}
+            AccountEvent::FundsDeposited { amount }
+            | AccountEvent::InterestAccrued { amount }
+            | AccountEvent::CorrectionApplied { amount, .. } => {
+                doc.balance = doc.balance.plus(*amount)
+            }
+            AccountEvent::FundsWithdrawn { amount } => doc.balance = doc.balance.minus(*amount),
+        }
+        doc.version = event.stream_version;
+        doc.updated_at = event.event_time;
+        Some(doc)
+    }
+}
+
+/// Sales of one store in one currency over one period (a day or an hour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SalesBucket {
+    /// Store id.
+    pub store: String,
+    /// `YYYY-MM-DD` (daily) or `YYYY-MM-DDTHH:00:00Z` (hourly), UTC.
+    pub period: String,
+    /// ISO 4217 code.
+    pub currency: Currency,
+    /// Paid minus refunded, as a decimal string.
+    #[schema(value_type = String, example = "1234.56")]
+    pub total: Decimal,
+    /// Orders paid in the period.
+    pub orders: u64,
+    /// Refunds (including cancellations of paid orders) in the period.
+    pub refunds: u64,
+}
+
+/// What a sale or refund adds to a bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct SalesDelta {
+    amount: Decimal,
+    orders: u64,
+    refunds: u64,
+}
+
+/// Which clock a sales projection buckets by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SalesClock {
+    /// Day of the event time: late data lands in the day it happened.
+    EventTimeDaily,
+    /// Hour of the ingest time: what came in, when it came in; never rewritten.
+    IngestTimeHourly,
+}
+
+/// A sales projection: `daily_sales_by_store` (event time, daily) or `real_time_sales` (ingest
+/// time, hourly).
+pub struct SalesProjection(pub SalesClock);
+
+/// The bucket key of a sales projection.
+pub fn sales_key(store: &str, period: &str, currency: Currency) -> String {
+    format!("{store}|{period}|{currency}")
+}
+
+impl SalesProjection {
+    fn period(&self, event: &RecordedEvent) -> String {
+        match self.0 {
+            SalesClock::EventTimeDaily => event.event_time.format("%Y-%m-%d").to_string(),
+            SalesClock::IngestTimeHourly => {
+                event.ingest_time.format("%Y-%m-%dT%H:00:00Z").to_string()
+            }
+        }
+    }
+}
+
+impl Projection for SalesProjection {
+    type Doc = SalesBucket;
+    type Input = (String, Currency, SalesDelta);
+
+    fn name(&self) -> &'static str {
+        match self.0 {
+            SalesClock::EventTimeDaily => DAILY_SALES_BY_STORE,
+            SalesClock::IngestTimeHourly => REAL_TIME_SALES,
+        }
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String> {
+        if aggregate_id(event, Order::CATEGORY).is_none()
+            || !matches!(
+                event.event_type.as_str(),
+                "OrderPaid" | "OrderCancelled" | "OrderRefunded"
+            )
+        {
+            return Ok(None);
+        }
+        let (store, amount, delta) = match decode::<Order>(event)? {
+            OrderEvent::OrderPaid {
+                amount, store_id, ..
+            } => (
+                store_id,
+                amount,
+                SalesDelta {
+                    amount: amount.amount,
+                    orders: 1,
+                    refunds: 0,
+                },
+            ),
+            OrderEvent::OrderCancelled {
+                refund: Some(amount),
+                store_id,
+                ..
+            }
+            | OrderEvent::OrderRefunded {
+                amount, store_id, ..
+            } => (
+                store_id,
+                amount,
+                SalesDelta {
+                    amount: -amount.amount,
+                    orders: 0,
+                    refunds: 1,
+                },
+            ),
+            _ => return Ok(None),
+        };
+        let period = self.period(event);
+        Ok(Some((
+            sales_key(&store, &period, amount.currency),
+            (store, amount.currency, delta),
+        )))
+    }
+
+    fn apply(
+        &self,
+        doc: Option<SalesBucket>,
+        (store, currency, delta): Self::Input,
+        event: &RecordedEvent,
+    ) -> Option<SalesBucket> {
+        let mut doc = doc.unwrap_or_else(|| SalesBucket {
+            store,
+            period: self.period(event),
+            currency,
+            total: Money::zero(currency).amount,
+            orders: 0,
+            refunds: 0,
+        });
+        doc.total += delta.amount;
+        doc.orders += delta.orders;
+        doc.refunds += delta.refunds;
+        Some(doc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eventfold_core::aggregate::encode_event;
+    use eventfold_core::{Actor, EventMetadata};
+
+    fn recorded(stream: &str, version: u64, event: &OrderEvent, day: &str) -> RecordedEvent {
+        let (event_type, payload) = encode_event(event).unwrap();
+        let t = DateTime::parse_from_rfc3339(&format!("{day}T10:00:00Z"))
+            .unwrap()
+            .with_timezone(&Utc);
+        RecordedEvent {
+            global_position: version,
+            stream_id: stream.into(),
+            stream_version: version,
+            event_id: uuid::Uuid::now_v7(),
+            event_type,
+            schema_version: 1,
+            event_time: t,
+            ingest_time: DateTime::parse_from_rfc3339("2026-11-21T05:30:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            metadata: EventMetadata::by(Actor::parse("user:1").unwrap()),
+            payload,
+        }
+    }
+
+    fn fold<P: Projection>(
+        p: &P,
+        events: &[RecordedEvent],
+    ) -> std::collections::BTreeMap<String, P::Doc> {
+        let mut docs = std::collections::BTreeMap::new();
+        for e in events {
+            if let Some((key, input)) = p.select(e).unwrap() {
+                let doc = docs.remove(&key);
+                if let Some(d) = p.apply(doc, input, e) {
+                    docs.insert(key, d);
+                }
+            }
+        }
+        docs
+    }
+
+    #[test]
+    fn sales_count_payments_on_their_event_day_and_subtract_refunds() {
+        let usd = |s| Money::parse(s, Currency::USD).unwrap();
+        let actor = Actor::parse("user:1").unwrap();
+        let events = vec![
+            recorded(
+                "order-1",
+                1,
+                &OrderEvent::OrderPaid {
+                    amount: usd("10.50"),
+                    payment_id: "p".into(),
+                    store_id: "s".into(),
+                    actor: actor.clone(),
+                },
+                "1997-01-01",
+            ),
+            recorded(
+                "order-2",
+                1,
+                &OrderEvent::OrderPaid {
+                    amount: usd("0"),
+                    payment_id: "p".into(),
+                    store_id: "s".into(),
+                    actor: actor.clone(),
+                },
+                "1997-01-01",
+            ),
+            recorded(
+                "order-1",
+                2,
+                &OrderEvent::OrderRefunded {
+                    amount: usd("10.50"),
+                    reason: "r".into(),
+                    store_id: "s".into(),
+                    actor: actor.clone(),
+                },
+                "1997-01-03",
+            ),
+            recorded(
+                "order-3",
+                1,
+                &OrderEvent::OrderCancelled {
+                    refund: None,
+                    reason: "r".into(),
+                    store_id: "s".into(),
+                    actor,
+                },
+                "1997-01-03",
+            ),
+        ];
+        let daily = fold(&SalesProjection(SalesClock::EventTimeDaily), &events);
+        let jan1 = &daily["s|1997-01-01|USD"];
+        assert_eq!((jan1.total.to_string().as_str(), jan1.orders), ("10.50", 2));
+        let jan3 = &daily["s|1997-01-03|USD"];
+        assert_eq!(
+            (jan3.total.to_string().as_str(), jan3.orders, jan3.refunds),
+            ("-10.50", 0, 1)
+        );
+        assert_eq!(daily.len(), 2);
+        let realtime = fold(&SalesProjection(SalesClock::IngestTimeHourly), &events);
+        let hour = &realtime["s|2026-11-21T05:00:00Z|USD"];
+        assert_eq!(
+            (hour.total.to_string().as_str(), hour.orders, hour.refunds),
+            ("0.00", 2, 1)
+        );
+    }
+}
