@@ -1,3 +1,420 @@
-//! The eventfold binary (CLI and HTTP server); being built.
+//! `eventfold`: the command-line interface for operators (serve, import, history, state,
+//! projections, bench).
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use eventfold::backend::{Backend, StoreUrl, DEFAULT_STORE};
+use eventfold::service::{timeline, AsOf, Service};
+use eventfold::{bench, http, import};
+use eventfold_core::{Aggregate, Replayed};
+use eventfold_domain::account::Account;
+use eventfold_domain::inventory::Inventory;
+use eventfold_domain::order::Order;
+use eventfold_domain::payment::Payment;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "eventfold",
+    version,
+    about = "Event-sourced shop backend: event store, projections, HTTP API"
+)]
+struct Cli {
+    /// Where events and read models live: sqlite://PATH.
+    #[arg(long, global = true, env = "EVENTFOLD_STORE", default_value = DEFAULT_STORE)]
+    store: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (and keep projections up to date).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Import data into the store.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Print a stream's audit timeline: who, when, what changed, state before.
+    History {
+        /// Stream id, e.g. order-42 or account-7.
+        stream: String,
+    },
+    /// Print an aggregate's state, now or as of a time or version.
+    State {
+        /// Stream id, e.g. order-42 or account-7.
+        stream: String,
+        /// RFC 3339 instant: fold the events whose event time is at or before it.
+        #[arg(long, conflicts_with = "version")]
+        as_of: Option<String>,
+        /// Fold the events up to this stream version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Projection maintenance.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// The CDNOW purchase log (customer_id date number_of_cds dollar_value).
+    Cdnow {
+        /// Path to CDNOW_master.txt.
+        file: PathBuf,
+        /// Skip malformed rows (and report them) instead of refusing the file.
+        #[arg(long)]
+        skip_bad: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Delete a projection's read model (all of them without NAME) and rebuild it from position 0.
+    Rebuild {
+        /// order_summary, balance_by_account, daily_sales_by_store or real_time_sales.
+        name: Option<String>,
+    },
+    /// Each projection's checkpoint and lag.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Durable appends by concurrent clients, against a raw INSERT baseline in the same run.
+    Append {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Events per command.
+        #[arg(long, default_value_t = 1)]
+        events_per_command: usize,
+        /// Seconds per run (eventfold, then the baseline).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Payload bytes per event.
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+    },
+    /// Time to load one stream of N events without a snapshot, and as of its middle.
+    Load {
+        /// Events in the stream.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Repetitions.
+        #[arg(long, default_value_t = 30)]
+        repetitions: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { listen } => {
+            let backend = Backend::open(&cli.store)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            http::serve(backend, listener, shutdown).await
+        }
+        Command::Import {
+            source: ImportSource::Cdnow { file, skip_bad },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let backend = Backend::open(&cli.store)?;
+            let runner = backend.projection_runner().with_batch_size(5_000);
+            let options = import::ImportOptions {
+                skip_bad,
+                progress: !cli.json,
+            };
+            let summary = import::import_cdnow(&backend, &runner, &bytes, &options).await?;
+            print(cli.json, &summary, || {
+                let mut s = format!(
+                    "imported {} rows: {} orders appended, {} already present, {} events\n\
+                     append {:.2} s ({:.0} events/s), projections {:.2} s ({:.0} events/s), total {:.2} s ({:.0} events/s)",
+                    summary.rows, summary.orders_appended, summary.orders_already_present, summary.events_appended,
+                    summary.append_seconds, summary.append_events_per_sec, summary.projection_seconds,
+                    summary.projection_events_per_sec, summary.total_seconds, summary.events_per_sec
+                );
+                for bad in &summary.skipped {
+                    s.push_str(&format!("\nskipped {bad}"));
+                }
+                s
+            })
+        }
+        Command::History { stream } => {
+            let service = Service::new(Backend::open(&cli.store)?.events);
+            let events = service.read_stream(&stream).await?;
+            if events.is_empty() {
+                bail!("stream {stream} has no events");
+            }
+            let entries = match eventfold_core::envelope::stream_category(&stream) {
+                "order" => timeline::<Order>(&events)?,
+                "account" => timeline::<Account>(&events)?,
+                "inventory" => timeline::<Inventory>(&events)?,
+                "payment" => timeline::<Payment>(&events)?,
+                other => bail!("unknown stream category {other:?}: use order-, account-, inventory- or payment-"),
+            };
+            print(cli.json, &entries, || {
+                entries
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "v{:<4} {}  {:<28} {:<22} {}{}",
+                            e.version,
+                            e.event_time.to_rfc3339(),
+                            e.actor,
+                            e.event_type,
+                            e.change,
+                            e.reason
+                                .as_ref()
+                                .map(|r| format!("  reason: {r}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        Command::State {
+            stream,
+            as_of,
+            version,
+        } => {
+            let as_of = match (as_of, version) {
+                (Some(t), _) => AsOf::Time(
+                    chrono::DateTime::parse_from_rfc3339(&t)
+                        .with_context(|| format!("--as-of {t:?} is not an RFC 3339 time such as 1997-03-01T00:00:00Z"))?
+                        .with_timezone(&chrono::Utc),
+                ),
+                (None, Some(0)) => bail!("--version must be at least 1"),
+                (None, Some(v)) => AsOf::Version(v),
+                (None, None) => AsOf::Latest,
+            };
+            let service = Service::new(Backend::open(&cli.store)?.events);
+            let (category, id) = stream.split_once('-').with_context(|| {
+                format!("stream {stream:?} must look like category-id, e.g. order-42")
+            })?;
+            let state = match category {
+                "order" => state_json::<Order>(&service, id, as_of).await?,
+                "account" => state_json::<Account>(&service, id, as_of).await?,
+                "inventory" => state_json::<Inventory>(&service, id, as_of).await?,
+                "payment" => state_json::<Payment>(&service, id, as_of).await?,
+                other => bail!("unknown stream category {other:?}: use order-, account-, inventory- or payment-"),
+            };
+            let state = state.with_context(|| format!("stream {stream} has no events in range"))?;
+            println!("{}", serde_json::to_string_pretty(&state)?);
+            Ok(())
+        }
+        Command::Projections { command } => {
+            let backend = Backend::open(&cli.store)?;
+            let runner = backend.projection_runner().with_batch_size(5_000);
+            match command {
+                ProjectionsCommand::Rebuild { name } => {
+                    if let Some(n) = &name {
+                        if !runner.names().contains(&n.as_str()) {
+                            bail!(
+                                "unknown projection {n:?}; known: {}",
+                                runner.names().join(", ")
+                            );
+                        }
+                    }
+                    let head = backend.events.head_position().await?;
+                    let bar = indicatif::ProgressBar::new(head);
+                    if cli.json {
+                        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                    }
+                    let started = std::time::Instant::now();
+                    let position = runner
+                        .rebuild(name.as_deref(), &|p, _| bar.set_position(p))
+                        .await?;
+                    bar.finish_and_clear();
+                    let secs = started.elapsed().as_secs_f64();
+                    let report = serde_json::json!({
+                        "rebuilt": name.map_or_else(|| runner.names().iter().map(|s| s.to_string()).collect(), |n| vec![n]),
+                        "position": position,
+                        "seconds": secs,
+                        "events_per_sec": position as f64 / secs.max(1e-9),
+                    });
+                    print(cli.json, &report, || {
+                        format!("rebuilt to position {position} in {secs:.2} s")
+                    })
+                }
+                ProjectionsCommand::Status => {
+                    let status = runner.status().await?;
+                    print(cli.json, &status, || {
+                        status
+                            .iter()
+                            .map(|s| {
+                                format!(
+                                    "{:<22} checkpoint {:>9}  head {:>9}  lag {} events",
+                                    s.name, s.checkpoint, s.head, s.lag_events
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+            }
+        }
+        Command::Bench { command } => {
+            let StoreUrl::Sqlite(path) = StoreUrl::parse(&cli.store)?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            match command {
+                BenchCommand::Append {
+                    clients,
+                    events_per_command,
+                    duration,
+                    payload_bytes,
+                } => {
+                    if clients == 0
+                        || events_per_command == 0
+                        || duration <= 0.0
+                        || !duration.is_finite()
+                    {
+                        bail!("--clients and --events-per-command must be at least 1 and --duration positive");
+                    }
+                    let config = bench::AppendBench {
+                        clients,
+                        events_per_command,
+                        duration: Duration::from_secs_f64(duration),
+                        payload_bytes,
+                    };
+                    let r = bench::append(&dir, &config).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "eventfold: {:.0} commands/s, {:.0} events/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms\n\
+                             baseline:  {:.0} commands/s, {:.0} events/s, p99 {:.2} ms\nratio to baseline: {:.2}",
+                            r.commands_per_sec, r.events_per_sec, r.p50_ms, r.p95_ms, r.p99_ms,
+                            r.baseline_commands_per_sec, r.baseline_events_per_sec, r.baseline_p99_ms, r.ratio_to_baseline
+                        )
+                    })
+                }
+                BenchCommand::Load {
+                    events,
+                    repetitions,
+                } => {
+                    if events == 0 || repetitions == 0 {
+                        bail!("--events and --repetitions must be at least 1");
+                    }
+                    let r = bench::load(&dir, events, repetitions).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "{} events: load without snapshot {:.2} ms (p95 {:.2} ms), as of mid-stream {:.2} ms",
+                            r.events, r.load_without_snapshot_ms, r.load_without_snapshot_p95_ms, r.as_of_ms
+                        )
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StateOut<A> {
+    version: u64,
+    state: A,
+}
+
+async fn state_json<A: Aggregate + Serialize>(
+    service: &Service,
+    id: &str,
+    as_of: AsOf,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let loaded: Option<Replayed<A>> = service.load::<A>(id, as_of).await?;
+    let out = loaded.map(|r| StateOut {
+        version: r.version,
+        state: r.state,
+    });
+    Ok(out.map(serde_json::to_value).transpose()?)
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}

@@ -1,0 +1,354 @@
+//! Benchmarks that print their own figures: `bench append` (with a raw SQLite baseline measured in
+//! the same run, so the overhead is a ratio on this noisy machine) and `bench load`.
+//!
+//! Benchmarks never write into the user's store: each run uses fresh temporary SQLite files in the
+//! directory of the `--store` path (the same disk), removed afterwards.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{TimeZone, Utc};
+use eventfold_core::{Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent};
+use eventfold_domain::account::{Account, AccountEvent};
+use eventfold_domain::{Currency, Money};
+use eventfold_sqlite::SqliteStore;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::service::{AsOf, CommandContext, Service};
+
+/// Settings of `bench append`.
+#[derive(Debug, Clone)]
+pub struct AppendBench {
+    /// Concurrent clients, each appending to its own stream.
+    pub clients: usize,
+    /// Events per command (one append).
+    pub events_per_command: usize,
+    /// How long each of the two runs lasts.
+    pub duration: Duration,
+    /// Payload size per event, in bytes.
+    pub payload_bytes: usize,
+}
+
+/// What `bench append --json` prints. Rates per second of wall time; latencies per command in ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppendReport {
+    /// Backend measured.
+    pub store: String,
+    /// Clients.
+    pub clients: usize,
+    /// Events per command.
+    pub events_per_command: usize,
+    /// Payload bytes per event.
+    pub payload_bytes: usize,
+    /// Seconds per run.
+    pub duration_s: f64,
+    /// Durable commands (appends) per second through eventfold.
+    pub commands_per_sec: f64,
+    /// Durable events per second through eventfold.
+    pub events_per_sec: f64,
+    /// Append latency percentiles, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Worst, ms.
+    pub max_ms: f64,
+    /// Raw baseline: plain group-committed INSERT transactions, same durability, same file system.
+    pub baseline_commands_per_sec: f64,
+    /// Raw baseline events per second.
+    pub baseline_events_per_sec: f64,
+    /// Raw baseline p99 latency, ms.
+    pub baseline_p99_ms: f64,
+    /// `events_per_sec / baseline_events_per_sec`.
+    pub ratio_to_baseline: f64,
+}
+
+fn payload(bytes: usize) -> String {
+    format!("{{\"data\":\"{}\"}}", "x".repeat(bytes.saturating_sub(11)))
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+struct Run {
+    commands: u64,
+    elapsed: f64,
+    latencies: Histogram<u64>,
+}
+
+/// Drives `clients` tasks for `duration`, each calling `command(client, n)` in a loop.
+async fn drive<F, Fut>(clients: usize, duration: Duration, command: F) -> anyhow::Result<Run>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let command = Arc::new(command);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let command = command.clone();
+            tokio::spawn(async move {
+                let mut h = histogram();
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    command(client, n).await?;
+                    h.saturating_record(t.elapsed().as_micros() as u64);
+                    n += 1;
+                }
+                anyhow::Ok((n, h))
+            })
+        })
+        .collect();
+    let mut latencies = histogram();
+    let mut commands = 0;
+    for t in tasks {
+        let (n, h) = t.await.context("bench client panicked")??;
+        commands += n;
+        latencies.add(h).context("merging histograms")?;
+    }
+    Ok(Run {
+        commands,
+        elapsed: started.elapsed().as_secs_f64(),
+        latencies,
+    })
+}
+
+fn bench_event(payload: &str) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "BenchEvent".into(),
+        schema_version: 1,
+        event_time: Utc::now(),
+        metadata: EventMetadata::by(Actor::system("bench")),
+        payload: payload.to_owned(),
+    }
+}
+
+/// Runs `bench append` in `dir`: eventfold's SQLite store, then the raw baseline.
+///
+/// # Errors
+/// A temp file cannot be created or an append fails.
+pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendReport> {
+    let tmp = tempfile::Builder::new()
+        .prefix("eventfold-bench-")
+        .tempdir_in(dir)
+        .context("creating bench directory")?;
+    let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+    let per = config.events_per_command;
+    let body = Arc::new(payload(config.payload_bytes));
+    let ours = {
+        let store = store.clone();
+        let body = body.clone();
+        drive(config.clients, config.duration, move |client, n| {
+            let store = store.clone();
+            let body = body.clone();
+            async move {
+                let events = (0..per).map(|_| bench_event(&body)).collect();
+                let expected = if n == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(n * per as u64)
+                };
+                store
+                    .append(AppendRequest::new(
+                        format!("bench-{client}"),
+                        expected,
+                        events,
+                    ))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?
+    };
+    drop(store);
+    let raw = RawBaseline::open(&tmp.path().join("raw.db"))?;
+    let baseline = {
+        let body = body.clone();
+        drive(config.clients, config.duration, move |client, _| {
+            let raw = raw.clone();
+            let rows = vec![(format!("bench-{client}"), (*body).clone()); per];
+            async move { raw.insert(rows).await }
+        })
+        .await?
+    };
+    let rate = |r: &Run| r.commands as f64 / r.elapsed;
+    let events_per_sec = rate(&ours) * per as f64;
+    let baseline_events_per_sec = rate(&baseline) * per as f64;
+    Ok(AppendReport {
+        store: "sqlite".into(),
+        clients: config.clients,
+        events_per_command: per,
+        payload_bytes: config.payload_bytes,
+        duration_s: config.duration.as_secs_f64(),
+        commands_per_sec: rate(&ours),
+        events_per_sec,
+        p50_ms: ms(&ours.latencies, 0.50),
+        p95_ms: ms(&ours.latencies, 0.95),
+        p99_ms: ms(&ours.latencies, 0.99),
+        max_ms: ours.latencies.max() as f64 / 1000.0,
+        baseline_commands_per_sec: rate(&baseline),
+        baseline_events_per_sec,
+        baseline_p99_ms: ms(&baseline.latencies, 0.99),
+        ratio_to_baseline: events_per_sec / baseline_events_per_sec.max(1e-9),
+    })
+}
+
+type RawJob = (Vec<(String, String)>, oneshot::Sender<Result<(), String>>);
+
+/// The raw baseline: plain INSERTs into one table, group-committed by one writer thread with the
+/// same WAL + `synchronous=FULL` durability as the store, but no version checks, no envelope.
+#[derive(Clone)]
+struct RawBaseline {
+    jobs: mpsc::Sender<RawJob>,
+}
+
+impl RawBaseline {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch("CREATE TABLE raw (id INTEGER PRIMARY KEY, stream TEXT NOT NULL, payload TEXT NOT NULL)")?;
+        let (tx, rx) = mpsc::channel::<RawJob>();
+        std::thread::spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut group = vec![first];
+                group.extend(rx.try_iter());
+                let result = (|| -> rusqlite::Result<()> {
+                    conn.execute_batch("BEGIN")?;
+                    let mut insert =
+                        conn.prepare_cached("INSERT INTO raw (stream, payload) VALUES (?1, ?2)")?;
+                    for (rows, _) in &group {
+                        for (stream, payload) in rows {
+                            insert.execute([stream, payload])?;
+                        }
+                    }
+                    conn.execute_batch("COMMIT")
+                })();
+                for (_, reply) in group {
+                    let _ = reply.send(result.as_ref().map(|_| ()).map_err(ToString::to_string));
+                }
+            }
+        });
+        Ok(Self { jobs: tx })
+    }
+
+    async fn insert(&self, rows: Vec<(String, String)>) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send((rows, tx))
+            .map_err(|_| anyhow::anyhow!("baseline writer stopped"))?;
+        rx.await?.map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+/// What `bench load --json` prints (ms per load, median of the repetitions).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Events in the stream.
+    pub events: u64,
+    /// Median time to read and fold the whole stream, no snapshot, ms.
+    pub load_without_snapshot_ms: f64,
+    /// 95th percentile of the same, ms.
+    pub load_without_snapshot_p95_ms: f64,
+    /// Median time to rebuild the state as of a time in the middle of the stream, ms.
+    pub as_of_ms: f64,
+    /// Repetitions measured.
+    pub repetitions: usize,
+}
+
+/// Runs `bench load`: writes one account stream of `events` events into a temporary store in
+/// `dir`, then times loading it (whole, and as of its middle) `repetitions` times.
+///
+/// # Errors
+/// A temp file cannot be created, an append fails, or a loaded balance is wrong.
+pub async fn load(dir: &Path, events: u64, repetitions: usize) -> anyhow::Result<LoadReport> {
+    let tmp = tempfile::Builder::new()
+        .prefix("eventfold-bench-")
+        .tempdir_in(dir)
+        .context("creating bench directory")?;
+    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+    let service = Service::new(store.clone());
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid date");
+    let one = Money::parse("1.00", Currency::USD)?;
+    let mut version = 0u64;
+    while version < events {
+        let batch: Vec<NewEvent> = (version..events.min(version + 1_000))
+            .map(|v| {
+                let event = if v == 0 {
+                    AccountEvent::AccountOpened {
+                        owner: "bench".into(),
+                        currency: Currency::USD,
+                    }
+                } else {
+                    AccountEvent::FundsDeposited { amount: one }
+                };
+                let mut ctx = CommandContext::new(Actor::system("bench"));
+                ctx.event_time = start + chrono::Duration::seconds(v as i64);
+                service.new_event::<Account>(&event, &ctx, uuid::Uuid::now_v7())
+            })
+            .collect::<Result<_, _>>()?;
+        let n = batch.len() as u64;
+        store
+            .append(AppendRequest::new(
+                "account-bench",
+                ExpectedVersion::Exact(version),
+                batch,
+            ))
+            .await?;
+        version += n;
+    }
+    let mid = start + chrono::Duration::seconds((events / 2) as i64);
+    let mut whole = Vec::with_capacity(repetitions);
+    let mut as_of = Vec::with_capacity(repetitions);
+    for _ in 0..repetitions {
+        let t = Instant::now();
+        let loaded = service
+            .load::<Account>("bench", AsOf::Latest)
+            .await?
+            .context("bench stream missing")?;
+        whole.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            loaded.version == events,
+            "loaded version {} of {events}",
+            loaded.version
+        );
+        let t = Instant::now();
+        let past = service
+            .load::<Account>("bench", AsOf::Time(mid))
+            .await?
+            .context("bench stream missing")?;
+        as_of.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            past.version == events / 2 + 1,
+            "as-of version {}",
+            past.version
+        );
+    }
+    let pick = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    Ok(LoadReport {
+        events,
+        load_without_snapshot_ms: pick(&mut whole, 0.5),
+        load_without_snapshot_p95_ms: pick(&mut whole, 0.95),
+        as_of_ms: pick(&mut as_of, 0.5),
+        repetitions,
+    })
+}

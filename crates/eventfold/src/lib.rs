@@ -1,0 +1,16 @@
+//! The eventfold application: service layer, HTTP API, CDNOW import and benchmarks. The binary in
+//! `main.rs` is a thin CLI over these modules.
+//!
+//! - [`backend`]: opens a store from a URL (`sqlite://PATH`).
+//! - [`service`]: runs commands against aggregates (load, handle, append with the expected
+//!   version, retry on conflict, idempotency keys), loads state as of a version or time, builds
+//!   audit timelines.
+//! - [`http`]: the axum router (the only module that knows HTTP).
+//! - [`import`]: the CDNOW purchase-log import.
+//! - [`bench`]: `bench append` and `bench load`.
+
+pub mod backend;
+pub mod bench;
+pub mod http;
+pub mod import;
+pub mod service;

@@ -1,0 +1,390 @@
+//! The service layer: commands against aggregates, state as of a version or time, audit timelines.
+//!
+//! It owns what aggregates must not: the clock, event ids, the store, retries and idempotency.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::aggregate::{decode_recorded, encode_event};
+use eventfold_core::{
+    Actor, Aggregate, AppendRequest, EventMetadata, EventStore, ExpectedVersion, IdempotencyRecord,
+    NewEvent, RecordedEvent, Replayed, StoreError, StoredResponse,
+};
+use eventfold_domain::{DomainError, Refusal};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Most retries of a command whose stream moved between load and append (only when the caller
+/// gave no expected version).
+pub const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// Why the service did not apply a command or answer a query.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The domain refused the command.
+    #[error("{message}")]
+    Refused {
+        /// Stable code, e.g. `illegal_transition`.
+        code: &'static str,
+        /// 404, 409 or 422.
+        refusal: Refusal,
+        /// Human message.
+        message: String,
+    },
+    /// The idempotency key was already used with another request.
+    #[error("idempotency key {key:?} was already used with a different request")]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+    },
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    fn refused<E: DomainError>(e: &E) -> Self {
+        Self::Refused {
+            code: e.code(),
+            refusal: e.refusal(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Who runs a command, when, and under which guarantees.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    /// Who (goes into every event's envelope).
+    pub actor: Actor,
+    /// The version the caller saw; `None` lets the service retry on concurrent changes.
+    pub expected_version: Option<u64>,
+    /// When it happened (UTC); the service clock unless the source says otherwise.
+    pub event_time: DateTime<Utc>,
+    /// The caller's idempotency key (already scoped) and a digest of the request.
+    pub idempotency: Option<(String, String)>,
+    /// Correlation id shared by a business transaction.
+    pub correlation_id: Option<Uuid>,
+    /// The message that caused this command.
+    pub causation_id: Option<Uuid>,
+    /// Tenant (M25).
+    pub tenant_id: String,
+}
+
+impl CommandContext {
+    /// A context for `actor` now, in the default tenant.
+    pub fn new(actor: Actor) -> Self {
+        Self {
+            actor,
+            expected_version: None,
+            event_time: Utc::now(),
+            idempotency: None,
+            correlation_id: None,
+            causation_id: None,
+            tenant_id: "default".into(),
+        }
+    }
+}
+
+/// What running a command produced.
+#[derive(Debug, Clone)]
+pub enum Executed<A> {
+    /// The command ran now.
+    Applied {
+        /// State after the command.
+        state: A,
+        /// Stream version after the command.
+        version: u64,
+        /// Events appended (0 when the command was a no-op).
+        events: usize,
+        /// Global position of the last appended event, if any.
+        position: Option<u64>,
+    },
+    /// The idempotency key had been used by the same request: its first response.
+    Replayed(StoredResponse),
+}
+
+/// Runs commands and queries on one event store.
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<dyn EventStore>,
+}
+
+/// Which version of a stream to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// The latest.
+    Latest,
+    /// The state right after this version (versions above the stream's end give the latest).
+    Version(u64),
+    /// The state from every event whose event time is at or before this instant.
+    Time(DateTime<Utc>),
+}
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// All events of a stream, in version order.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_stream(stream_id, 1, usize::MAX).await
+    }
+
+    /// Loads aggregate `id` as of a version or time. Returns `None` when the stream has no event
+    /// in range.
+    ///
+    /// # Errors
+    /// Store failures or an undecodable event.
+    pub async fn load<A: Aggregate>(
+        &self,
+        id: &str,
+        as_of: AsOf,
+    ) -> Result<Option<Replayed<A>>, StoreError> {
+        let stream_id = A::stream_id(id);
+        let events = match as_of {
+            AsOf::Version(v) => {
+                self.store
+                    .read_stream(&stream_id, 1, usize::try_from(v).unwrap_or(usize::MAX))
+                    .await?
+            }
+            _ => self.read_stream(&stream_id).await?,
+        };
+        let replayed = match as_of {
+            AsOf::Time(t) => {
+                Replayed::<A>::from_events(events.iter().filter(|e| e.event_time <= t))?
+            }
+            _ => Replayed::<A>::from_events(&events)?,
+        };
+        Ok((replayed.version > 0).then_some(replayed))
+    }
+
+    /// Runs `command` on aggregate `id`: loads it, checks the caller's expected version, handles
+    /// the command, and appends the events with the loaded version as the expected version. When
+    /// the caller gave no expected version, a concurrent change is retried up to
+    /// [`MAX_CONFLICT_RETRIES`] times. `render` builds the response stored under the idempotency
+    /// key, from the new state and version.
+    ///
+    /// # Errors
+    /// [`ServiceError::Refused`] for domain refusals, a version conflict as
+    /// [`ServiceError::Store`], [`ServiceError::IdempotencyKeyReused`], store failures.
+    pub async fn execute<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+        render: &(dyn Fn(&A, u64) -> StoredResponse + Sync),
+    ) -> Result<Executed<A>, ServiceError>
+    where
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
+        let stream_id = A::stream_id(id);
+        if let Some(replay) = self.replay(ctx).await? {
+            return Ok(replay);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = Replayed::<A>::from_events(&self.read_stream(&stream_id).await?)?;
+            if let Some(expected) = ctx.expected_version {
+                if expected != loaded.version {
+                    return Err(StoreError::VersionConflict {
+                        stream_id,
+                        expected: ExpectedVersion::Exact(expected),
+                        actual: loaded.version,
+                    }
+                    .into());
+                }
+            }
+            let events = loaded
+                .state
+                .handle(command.clone())
+                .map_err(|e| ServiceError::refused(&e))?;
+            if events.is_empty() {
+                return Ok(Executed::Applied {
+                    state: loaded.state,
+                    version: loaded.version,
+                    events: 0,
+                    position: None,
+                });
+            }
+            let new_events = events
+                .iter()
+                .map(|e| self.new_event::<A>(e, ctx, Uuid::now_v7()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let count = events.len();
+            let state = events.iter().fold(loaded.state, |s, e| s.apply(e));
+            let version = loaded.version + count as u64;
+            let mut request = AppendRequest::new(
+                &stream_id,
+                if loaded.version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(loaded.version)
+                },
+                new_events,
+            );
+            request.idempotency =
+                ctx.idempotency
+                    .as_ref()
+                    .map(|(key, fingerprint)| IdempotencyRecord {
+                        key: key.clone(),
+                        fingerprint: fingerprint.clone(),
+                        response: render(&state, version),
+                    });
+            match self.store.append(request).await {
+                Ok(outcome) => {
+                    return Ok(Executed::Applied {
+                        state,
+                        version,
+                        events: count,
+                        position: Some(outcome.last_position),
+                    });
+                }
+                Err(StoreError::VersionConflict { .. })
+                    if ctx.expected_version.is_none() && attempt <= MAX_CONFLICT_RETRIES =>
+                {
+                    continue;
+                }
+                Err(StoreError::IdempotencyKeyUsed { .. }) => {
+                    // A concurrent request with the same key won: answer with its response.
+                    return self.replay(ctx).await?.ok_or_else(|| {
+                        StoreError::Corrupt("idempotency key reported used but not found".into())
+                            .into()
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn replay<A>(&self, ctx: &CommandContext) -> Result<Option<Executed<A>>, ServiceError> {
+        let Some((key, fingerprint)) = &ctx.idempotency else {
+            return Ok(None);
+        };
+        match self.store.idempotency_record(key).await? {
+            Some(record) if &record.fingerprint == fingerprint => {
+                Ok(Some(Executed::Replayed(record.response)))
+            }
+            Some(_) => Err(ServiceError::IdempotencyKeyReused {
+                key: key
+                    .rsplit_once(':')
+                    .map_or(key.as_str(), |(_, k)| k)
+                    .to_owned(),
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Encodes a domain event into a [`NewEvent`] with the context's envelope fields.
+    ///
+    /// # Errors
+    /// An event that does not encode (a bug in the domain type).
+    pub fn new_event<A: Aggregate>(
+        &self,
+        event: &A::Event,
+        ctx: &CommandContext,
+        event_id: Uuid,
+    ) -> Result<NewEvent, StoreError> {
+        let (event_type, payload) =
+            encode_event(event).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        Ok(NewEvent {
+            event_id,
+            event_type,
+            schema_version: A::schema_version(event),
+            event_time: ctx.event_time,
+            metadata: EventMetadata {
+                actor: ctx.actor.clone(),
+                causation_id: ctx.causation_id,
+                correlation_id: ctx.correlation_id,
+                tenant_id: ctx.tenant_id.clone(),
+            },
+            payload,
+        })
+    }
+}
+
+/// One entry of a stream's audit timeline (M3): who did what, when, and the state before.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TimelineEntry {
+    /// Stream version of the event.
+    pub version: u64,
+    /// Global position.
+    pub global_position: u64,
+    /// Event id (UUIDv7).
+    #[schema(value_type = String)]
+    pub event_id: Uuid,
+    /// Event type, e.g. `OrderCancelled`.
+    pub event_type: String,
+    /// When it happened (UTC).
+    pub event_time: DateTime<Utc>,
+    /// When eventfold recorded it (UTC).
+    pub recorded_at: DateTime<Utc>,
+    /// Who, e.g. `admin:support-001`.
+    pub actor: String,
+    /// The reason the payload gives, if any.
+    pub reason: Option<String>,
+    /// What changed: the event's payload.
+    #[schema(value_type = Object)]
+    pub change: serde_json::Value,
+    /// The state before this event (`null` before the first).
+    #[schema(value_type = Object)]
+    pub state_before: serde_json::Value,
+    /// Correlation id, if any.
+    #[schema(value_type = Option<String>)]
+    pub correlation_id: Option<Uuid>,
+}
+
+/// Builds the audit timeline of a stream whose events belong to aggregate `A`.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when an event does not decode.
+pub fn timeline<A: Aggregate + Serialize>(
+    events: &[RecordedEvent],
+) -> Result<Vec<TimelineEntry>, StoreError> {
+    let mut state = A::default();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let decoded = decode_recorded::<A>(e)?;
+        let change: serde_json::Value = serde_json::from_str(&e.payload).map_err(|err| {
+            StoreError::Corrupt(format!(
+                "stream {} version {}: {err}",
+                e.stream_id, e.stream_version
+            ))
+        })?;
+        let state_before = if i == 0 {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&state).unwrap_or_default()
+        };
+        out.push(TimelineEntry {
+            version: e.stream_version,
+            global_position: e.global_position,
+            event_id: e.event_id,
+            event_type: e.event_type.clone(),
+            event_time: e.event_time,
+            recorded_at: e.ingest_time,
+            actor: e.metadata.actor.to_string(),
+            reason: change
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned),
+            change,
+            state_before,
+            correlation_id: e.metadata.correlation_id,
+        });
+        state = state.apply(&decoded);
+    }
+    Ok(out)
+}
