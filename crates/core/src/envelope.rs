@@ -47,6 +47,18 @@ impl Actor {
         Ok(Self(s.to_owned()))
     }
 
+    /// An actor read back from storage, where it was validated on append: only the `kind:` prefix
+    /// is checked again (cheap), so a load of many events does not re-validate every character.
+    ///
+    /// # Errors
+    /// A message when the text has no known `kind:` prefix.
+    pub fn from_stored(s: String) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("user" | "admin" | "system" | "service", id)) if !id.is_empty() => Ok(Self(s)),
+            _ => Err(format!("stored actor {s:?} is not kind:id")),
+        }
+    }
+
     /// The system actor with the given id, e.g. `Actor::system("import-cdnow")`.
     ///
     /// # Panics

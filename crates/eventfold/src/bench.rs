@@ -5,6 +5,7 @@
 //! directory of the `--store` path (the same disk), removed afterwards.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,10 @@ pub struct AppendBench {
     pub clients: usize,
     /// Events per command (one append).
     pub events_per_command: usize,
-    /// How long each of the two runs lasts.
+    /// How long each side (eventfold, baseline) runs in total.
     pub duration: Duration,
+    /// Rounds to split each side's time into, alternating eventfold and baseline.
+    pub rounds: usize,
     /// Payload size per event, in bytes.
     pub payload_bytes: usize,
 }
@@ -44,8 +47,10 @@ pub struct AppendReport {
     pub events_per_command: usize,
     /// Payload bytes per event.
     pub payload_bytes: usize,
-    /// Seconds per run.
+    /// Seconds per side.
     pub duration_s: f64,
+    /// Alternating rounds.
+    pub rounds: usize,
     /// Durable commands (appends) per second through eventfold.
     pub commands_per_sec: f64,
     /// Durable events per second through eventfold.
@@ -84,6 +89,24 @@ struct Run {
     commands: u64,
     elapsed: f64,
     latencies: Histogram<u64>,
+}
+
+impl Run {
+    fn empty() -> Self {
+        Self {
+            commands: 0,
+            elapsed: 0.0,
+            latencies: histogram(),
+        }
+    }
+
+    fn add(&mut self, other: Run) -> anyhow::Result<()> {
+        self.commands += other.commands;
+        self.elapsed += other.elapsed;
+        self.latencies
+            .add(other.latencies)
+            .context("merging histograms")
+    }
 }
 
 /// Drives `clients` tasks for `duration`, each calling `command(client, n)` in a loop.
@@ -146,44 +169,63 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         .tempdir_in(dir)
         .context("creating bench directory")?;
     let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+    let raw = RawBaseline::open(&tmp.path().join("raw.db"))?;
     let per = config.events_per_command;
     let body = Arc::new(payload(config.payload_bytes));
-    let ours = {
-        let store = store.clone();
-        let body = body.clone();
-        drive(config.clients, config.duration, move |client, n| {
-            let store = store.clone();
-            let body = body.clone();
-            async move {
-                let events = (0..per).map(|_| bench_event(&body)).collect();
-                let expected = if n == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(n * per as u64)
-                };
-                store
-                    .append(AppendRequest::new(
-                        format!("bench-{client}"),
-                        expected,
-                        events,
-                    ))
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?
-    };
-    drop(store);
-    let raw = RawBaseline::open(&tmp.path().join("raw.db"))?;
-    let baseline = {
-        let body = body.clone();
-        drive(config.clients, config.duration, move |client, _| {
-            let raw = raw.clone();
-            let rows = vec![(format!("bench-{client}"), (*body).clone()); per];
-            async move { raw.insert(rows).await }
-        })
-        .await?
-    };
+    // Alternate eventfold and the baseline so that drift on a shared machine hits both.
+    let rounds = config.rounds.max(1);
+    let round = config.duration / rounds as u32;
+    let mut ours = Run::empty();
+    let mut baseline = Run::empty();
+    let versions: Arc<Vec<AtomicU64>> =
+        Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect());
+    for _ in 0..rounds {
+        let (store, body_ours, versions) = (store.clone(), body.clone(), versions.clone());
+        ours.add(
+            drive(config.clients, round, move |client, _| {
+                let store = store.clone();
+                let body = body_ours.clone();
+                let versions = versions.clone();
+                async move {
+                    let events = (0..per).map(|_| bench_event(&body)).collect();
+                    let v = versions[client].load(Ordering::Relaxed);
+                    let expected = if v == 0 {
+                        ExpectedVersion::NoStream
+                    } else {
+                        ExpectedVersion::Exact(v)
+                    };
+                    let out = store
+                        .append(AppendRequest::new(
+                            format!("bench-{client}"),
+                            expected,
+                            events,
+                        ))
+                        .await?;
+                    versions[client].store(out.stream_version, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .await?,
+        )?;
+        let (raw, body_raw) = (raw.clone(), body.clone());
+        baseline.add(
+            drive(config.clients, round, move |client, n| {
+                let raw = raw.clone();
+                let stream = format!("bench-{client}");
+                let rows = (0..per)
+                    .map(|i| {
+                        (
+                            stream.clone(),
+                            n * per as u64 + i as u64 + 1,
+                            bench_event(&body_raw),
+                        )
+                    })
+                    .collect();
+                async move { raw.insert(rows).await }
+            })
+            .await?,
+        )?;
+    }
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
     let events_per_sec = rate(&ours) * per as f64;
     let baseline_events_per_sec = rate(&baseline) * per as f64;
@@ -193,6 +235,7 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         events_per_command: per,
         payload_bytes: config.payload_bytes,
         duration_s: config.duration.as_secs_f64(),
+        rounds,
         commands_per_sec: rate(&ours),
         events_per_sec,
         p50_ms: ms(&ours.latencies, 0.50),
@@ -206,10 +249,14 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
     })
 }
 
-type RawJob = (Vec<(String, String)>, oneshot::Sender<Result<(), String>>);
+type RawJob = (
+    Vec<(String, u64, NewEvent)>,
+    oneshot::Sender<Result<(), String>>,
+);
 
-/// The raw baseline: plain INSERTs into one table, group-committed by one writer thread with the
-/// same WAL + `synchronous=FULL` durability as the store, but no version checks, no envelope.
+/// The raw baseline: plain INSERTs of the same rows (same columns, same bytes) into a table with
+/// only a rowid key, group-committed by one writer thread with the same WAL + `synchronous=FULL`
+/// durability as the store; no version checks, no event-id or stream indexes.
 #[derive(Clone)]
 struct RawBaseline {
     jobs: mpsc::Sender<RawJob>,
@@ -220,7 +267,11 @@ impl RawBaseline {
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch("CREATE TABLE raw (id INTEGER PRIMARY KEY, stream TEXT NOT NULL, payload TEXT NOT NULL)")?;
+        conn.execute_batch(
+            "CREATE TABLE raw (id INTEGER PRIMARY KEY, event_id BLOB, stream_id TEXT, stream_version INTEGER, \
+             event_type TEXT, schema_version INTEGER, event_time INTEGER, ingest_time INTEGER, actor TEXT, \
+             tenant_id TEXT, payload TEXT)",
+        )?;
         let (tx, rx) = mpsc::channel::<RawJob>();
         std::thread::spawn(move || {
             while let Ok(first) = rx.recv() {
@@ -228,11 +279,26 @@ impl RawBaseline {
                 group.extend(rx.try_iter());
                 let result = (|| -> rusqlite::Result<()> {
                     conn.execute_batch("BEGIN")?;
-                    let mut insert =
-                        conn.prepare_cached("INSERT INTO raw (stream, payload) VALUES (?1, ?2)")?;
+                    let mut insert = conn.prepare_cached(
+                        "INSERT INTO raw (event_id, stream_id, stream_version, event_type, schema_version, \
+                         event_time, ingest_time, actor, tenant_id, payload) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    )?;
+                    let now = Utc::now().timestamp_micros();
                     for (rows, _) in &group {
-                        for (stream, payload) in rows {
-                            insert.execute([stream, payload])?;
+                        for (stream, version, e) in rows {
+                            insert.execute(rusqlite::params![
+                                e.event_id.as_bytes().as_slice(),
+                                stream,
+                                version,
+                                e.event_type,
+                                e.schema_version,
+                                e.event_time.timestamp_micros(),
+                                now,
+                                e.metadata.actor.as_str(),
+                                e.metadata.tenant_id,
+                                e.payload
+                            ])?;
                         }
                     }
                     conn.execute_batch("COMMIT")
@@ -245,7 +311,7 @@ impl RawBaseline {
         Ok(Self { jobs: tx })
     }
 
-    async fn insert(&self, rows: Vec<(String, String)>) -> anyhow::Result<()> {
+    async fn insert(&self, rows: Vec<(String, u64, NewEvent)>) -> anyhow::Result<()> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send((rows, tx))
@@ -263,6 +329,8 @@ pub struct LoadReport {
     pub load_without_snapshot_ms: f64,
     /// 95th percentile of the same, ms.
     pub load_without_snapshot_p95_ms: f64,
+    /// Median time of the store read alone (no decoding into domain events, no fold), ms.
+    pub read_ms: f64,
     /// Median time to rebuild the state as of a time in the middle of the stream, ms.
     pub as_of_ms: f64,
     /// Repetitions measured.
@@ -316,7 +384,16 @@ pub async fn load(dir: &Path, events: u64, repetitions: usize) -> anyhow::Result
     let mid = start + chrono::Duration::seconds((events / 2) as i64);
     let mut whole = Vec::with_capacity(repetitions);
     let mut as_of = Vec::with_capacity(repetitions);
+    let mut read = Vec::with_capacity(repetitions);
     for _ in 0..repetitions {
+        let t = Instant::now();
+        let raw = store.read_stream("account-bench", 1, usize::MAX).await?;
+        read.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            raw.len() as u64 == events,
+            "read {} events of {events}",
+            raw.len()
+        );
         let t = Instant::now();
         let loaded = service
             .load::<Account>("bench", AsOf::Latest)
@@ -348,6 +425,7 @@ pub async fn load(dir: &Path, events: u64, repetitions: usize) -> anyhow::Result
         events,
         load_without_snapshot_ms: pick(&mut whole, 0.5),
         load_without_snapshot_p95_ms: pick(&mut whole, 0.95),
+        read_ms: pick(&mut read, 0.5),
         as_of_ms: pick(&mut as_of, 0.5),
         repetitions,
     })

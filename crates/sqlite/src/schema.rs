@@ -22,10 +22,6 @@ CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER events_are_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TABLE streams (
-    stream_id TEXT PRIMARY KEY,
-    version   INTEGER NOT NULL
-) WITHOUT ROWID;
 CREATE TABLE checkpoints (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL

@@ -1,5 +1,7 @@
 //! The single writer thread: group commit of every waiting job in one transaction.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::sync::mpsc;
 
 use chrono::{DateTime, Utc};
@@ -8,7 +10,7 @@ use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use crate::{backend, micros, projection_checkpoint_name, read_checkpoint};
+use crate::{backend, micros, projection_checkpoint_name, read_checkpoint, STREAM_VERSION_SQL};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -47,7 +49,14 @@ pub(crate) struct Writer {
     jobs: mpsc::Receiver<Job>,
     head: watch::Sender<u64>,
     max_batch: usize,
+    /// Stream versions as this writer last wrote or read them. Valid while no other connection
+    /// has committed: `PRAGMA data_version` changes when one has, and then the cache is dropped.
+    versions: RefCell<HashMap<String, u64>>,
+    data_version: Cell<i64>,
 }
+
+/// Most stream versions cached before the cache is cleared.
+const MAX_CACHED_STREAMS: usize = 200_000;
 
 impl Writer {
     pub(crate) fn spawn(
@@ -61,6 +70,8 @@ impl Writer {
             jobs,
             head,
             max_batch: max_batch.max(1),
+            versions: RefCell::new(HashMap::new()),
+            data_version: Cell::new(-1),
         };
         std::thread::Builder::new()
             .name("eventfold-sqlite-writer".into())
@@ -87,7 +98,7 @@ impl Writer {
     }
 
     fn commit_group(&self, group: Vec<Job>) {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self.exec("BEGIN IMMEDIATE") {
             let message = format!("cannot begin a write transaction: {e}");
             tracing::warn!(%message, "sqlite group commit");
             for job in group {
@@ -95,18 +106,18 @@ impl Writer {
             }
             return;
         }
+        self.check_data_version();
         let now = Utc::now();
         let done: Vec<Done> = group
             .into_iter()
             .map(|job| self.run_job(job, now))
             .collect();
-        match self.conn.execute_batch("COMMIT") {
+        match self.exec("COMMIT") {
             Ok(()) => {
                 let head = self
                     .conn
-                    .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
-                        r.get(0)
-                    })
+                    .prepare_cached("SELECT coalesce(max(position), 0) FROM events")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
                     .unwrap_or(0);
                 self.head.send_if_modified(|h| {
                     let moved = head > *h;
@@ -125,7 +136,8 @@ impl Writer {
                 }
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.exec("ROLLBACK");
+                self.versions.borrow_mut().clear();
                 let message = format!("group commit failed, nothing was written: {e}");
                 tracing::warn!(%message, "sqlite group commit");
                 for d in done {
@@ -142,12 +154,33 @@ impl Writer {
         }
     }
 
+    /// Drops the version cache when another connection committed since this writer last looked.
+    fn check_data_version(&self) {
+        let version = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .unwrap_or(-2);
+        if version != self.data_version.get() || self.versions.borrow().len() > MAX_CACHED_STREAMS {
+            self.versions.borrow_mut().clear();
+            self.data_version.set(version);
+        }
+    }
+
     fn run_job(&self, job: Job, now: DateTime<Utc>) -> Done {
         match job {
             Job::Append(requests, reply) => {
                 let results = requests
                     .into_iter()
-                    .map(|r| self.in_savepoint(|c| append_one(c, &r, now)))
+                    .map(|r| {
+                        // One event without an idempotency record is one write, atomic on its
+                        // own: it needs no savepoint.
+                        if r.events.len() == 1 && r.idempotency.is_none() {
+                            self.append_one(&r, now)
+                        } else {
+                            self.in_savepoint(|_| self.append_one(&r, now))
+                        }
+                    })
                     .collect();
                 Done::Append(results, reply)
             }
@@ -190,15 +223,75 @@ impl Writer {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+        self.exec("SAVEPOINT job").map_err(backend)?;
         let result = f(&self.conn);
-        let end = if result.is_ok() {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
-        self.conn.execute_batch(end).map_err(backend)?;
+        if result.is_err() {
+            self.exec("ROLLBACK TO job").map_err(backend)?;
+        }
+        self.exec("RELEASE job").map_err(backend)?;
         result
+    }
+
+    /// Runs a parameterless statement through the statement cache (no re-parsing).
+    fn exec(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map(|_| ())
+    }
+
+    fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        if let Some(v) = self.versions.borrow().get(stream_id) {
+            return Ok(*v);
+        }
+        let v = self
+            .conn
+            .prepare_cached(STREAM_VERSION_SQL)
+            .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
+            .map_err(backend)?;
+        self.versions.borrow_mut().insert(stream_id.to_owned(), v);
+        Ok(v)
+    }
+
+    /// Appends one request inside the group's transaction. Writes happen only after every check
+    /// passed; the event inserts are the only writes that can fail on input (a reused event id).
+    fn append_one(
+        &self,
+        request: &AppendRequest,
+        now: DateTime<Utc>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let conn = &self.conn;
+        request.validate()?;
+        let current = self.stream_version(&request.stream_id)?;
+        let retried = || -> Result<Option<AppendOutcome>, StoreError> {
+            match first_event_location(conn, request)? {
+                Some((stream, version, position)) => {
+                    duplicate_outcome(conn, request, stream, version, position).map(Some)
+                }
+                None => Ok(None),
+            }
+        };
+        if !request.expected.matches(current) {
+            // A retry of an append that already happened looks like a conflict: tell them apart.
+            return match retried()? {
+                Some(outcome) => Ok(outcome),
+                None => Err(StoreError::VersionConflict {
+                    stream_id: request.stream_id.clone(),
+                    expected: request.expected,
+                    actual: current,
+                }),
+            };
+        }
+        if request.expected == ExpectedVersion::Any {
+            if let Some(outcome) = retried()? {
+                return Ok(outcome);
+            }
+        }
+        let outcome = write_events(conn, request, current, now)?;
+        self.versions
+            .borrow_mut()
+            .insert(request.stream_id.clone(), outcome.stream_version);
+        Ok(outcome)
     }
 }
 
@@ -268,39 +361,29 @@ fn duplicate_outcome(
     })
 }
 
-fn append_one(
+fn first_event_location(
     conn: &Connection,
     request: &AppendRequest,
+) -> Result<Option<(String, u64, u64)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([request.events[0].event_id.as_bytes().as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+/// Inserts the idempotency record (if any) and the events after version `current`.
+fn write_events(
+    conn: &Connection,
+    request: &AppendRequest,
+    current: u64,
     now: DateTime<Utc>,
 ) -> Result<AppendOutcome, StoreError> {
-    request.validate()?;
-    let first_id = request.events[0].event_id;
-    let existing: Option<(String, u64, u64)> = conn
-        .prepare_cached(
-            "SELECT stream_id, stream_version, position FROM events WHERE event_id = ?1",
-        )
-        .and_then(|mut s| {
-            s.query_row([first_id.as_bytes().as_slice()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()
-        })
-        .map_err(backend)?;
-    if let Some((stream, version, position)) = existing {
-        return duplicate_outcome(conn, request, stream, version, position);
-    }
-    let current: u64 = conn
-        .prepare_cached("SELECT version FROM streams WHERE stream_id = ?1")
-        .and_then(|mut s| s.query_row([&request.stream_id], |r| r.get(0)).optional())
-        .map_err(backend)?
-        .unwrap_or(0);
-    if !request.expected.matches(current) {
-        return Err(StoreError::VersionConflict {
-            stream_id: request.stream_id.clone(),
-            expected: request.expected,
-            actual: current,
-        });
-    }
     if let Some(idem) = &request.idempotency {
         let inserted = conn
             .prepare_cached(
@@ -369,15 +452,8 @@ fn append_one(
             first_position = last_position;
         }
     }
-    let version = current + request.events.len() as u64;
-    conn.prepare_cached(
-        "INSERT INTO streams (stream_id, version) VALUES (?1, ?2) \
-         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version",
-    )
-    .and_then(|mut s| s.execute(params![request.stream_id, version]))
-    .map_err(backend)?;
     Ok(AppendOutcome {
-        stream_version: version,
+        stream_version: current + request.events.len() as u64,
         first_position,
         last_position,
         duplicate: false,

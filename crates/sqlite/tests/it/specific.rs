@@ -78,3 +78,55 @@ async fn a_file_from_a_newer_eventfold_is_refused() {
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn a_second_writer_on_the_same_file_is_seen_by_the_version_check() {
+    // Two stores on one file stand for two processes (a server and a CLI import): each has its own
+    // writer connection and version cache.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    a.append(AppendRequest::new(
+        "s-1",
+        ExpectedVersion::NoStream,
+        vec![ev(1)],
+    ))
+    .await
+    .unwrap();
+    b.append(AppendRequest::new(
+        "s-1",
+        ExpectedVersion::Exact(1),
+        vec![ev(2)],
+    ))
+    .await
+    .unwrap();
+    let stale = a
+        .append(AppendRequest::new(
+            "s-1",
+            ExpectedVersion::Exact(1),
+            vec![ev(3)],
+        ))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::VersionConflict { actual: 2, .. })),
+        "{stale:?}"
+    );
+    let out = a
+        .append(AppendRequest::new(
+            "s-1",
+            ExpectedVersion::Exact(2),
+            vec![ev(3)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.stream_version, 3);
+    let versions: Vec<u64> = b
+        .read_stream("s-1", 1, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+}
