@@ -309,16 +309,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandBody<T> {
                 "send the body as Content-Type: application/json",
             ));
         }
-        let body = serde_json::from_slice(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
+        let mut deserializer = serde_json::Deserializer::from_slice(text);
+        let parsed = match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(body) => deserializer
+                .end()
+                .map(|()| body)
+                .map_err(|e| (".".to_owned(), e)),
+            Err(e) => Err((e.path().to_string(), e.into_inner())),
+        };
+        let body = parsed.map_err(|(path, inner)| {
+            if inner.is_syntax() || inner.is_eof() {
                 ApiError::bad_request(
                     "malformed_json",
-                    format!("request body is not valid JSON: {e}"),
+                    format!("request body is not valid JSON: {inner}"),
+                )
+            } else if path == "." {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("request body does not match the command: {inner}"),
                 )
             } else {
                 ApiError::bad_request(
                     "invalid_body",
-                    format!("request body does not match the command: {e}"),
+                    format!("request body field {path}: {inner}"),
                 )
             }
         })?;

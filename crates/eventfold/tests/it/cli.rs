@@ -1,0 +1,183 @@
+//! The `eventfold` CLI end to end: import, history, state, projections, bench, errors.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn eventfold(store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(args)
+        .env("EVENTFOLD_STORE", store)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run eventfold")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn import_history_state_and_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let file = dir.path().join("cdnow.txt");
+    std::fs::write(&file, " customer_id  date number_of_cds  dollar_value\r\n 00001 19970101  1   11.77\r\n 00001 19970101  3   30.00\r\n 00002 19970102  1 abc\r\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    let refused = eventfold(&store, &["import", "cdnow", file]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("dollar_value"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ok_json(&eventfold(&store, &["projections", "status", "--json"]))[0]["head"],
+        0
+    );
+
+    let summary = ok_json(&eventfold(
+        &store,
+        &["import", "cdnow", file, "--skip-bad", "--json"],
+    ));
+    assert_eq!(
+        (
+            summary["rows"].as_u64(),
+            summary["orders_appended"].as_u64(),
+            summary["events_appended"].as_u64()
+        ),
+        (Some(2), Some(2), Some(10))
+    );
+    assert_eq!(summary["skipped"][0]["line"], 4);
+
+    let history = eventfold(&store, &["history", "order-cdnow-00001-19970101-2"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.status.success()
+            && text.contains("system:import-cdnow")
+            && text.contains("OrderCompleted"),
+        "{text}"
+    );
+    let entries = ok_json(&eventfold(
+        &store,
+        &["history", "order-cdnow-00001-19970101-2", "--json"],
+    ));
+    assert_eq!(entries[4]["state_before"]["status"], "SHIPPED");
+
+    let state = ok_json(&eventfold(
+        &store,
+        &["state", "order-cdnow-00001-19970101-2", "--version", "2"],
+    ));
+    assert_eq!(
+        (state["version"].as_u64(), state["state"]["status"].as_str()),
+        (Some(2), Some("PAID"))
+    );
+    let past = eventfold(
+        &store,
+        &[
+            "state",
+            "order-cdnow-00001-19970101-2",
+            "--as-of",
+            "1996-12-31T23:59:59Z",
+        ],
+    );
+    assert!(
+        !past.status.success()
+            && String::from_utf8_lossy(&past.stderr).contains("no events in range")
+    );
+    let bad_time = eventfold(
+        &store,
+        &[
+            "state",
+            "order-cdnow-00001-19970101-2",
+            "--as-of",
+            "tuesday",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+
+    let rebuilt = ok_json(&eventfold(
+        &store,
+        &["projections", "rebuild", "daily_sales_by_store", "--json"],
+    ));
+    assert_eq!(rebuilt["position"], 10);
+    let unknown = eventfold(&store, &["projections", "rebuild", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("order_summary"));
+    let status = ok_json(&eventfold(&store, &["projections", "status", "--json"]));
+    assert!(status
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["checkpoint"] == 10 && p["lag_events"] == 0));
+
+    let missing = eventfold(&store, &["history", "order-none"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no events")
+    );
+    let bad_store = eventfold("mysql://x", &["projections", "status"]);
+    assert!(String::from_utf8_lossy(&bad_store.stderr).contains("unsupported store URL"));
+}
+
+#[test]
+fn bench_commands_print_their_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let append = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "append",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+    ));
+    for field in [
+        "commands_per_sec",
+        "events_per_sec",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "baseline_events_per_sec",
+        "ratio_to_baseline",
+    ] {
+        assert!(
+            append[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {append}"
+        );
+    }
+    let load = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "load",
+            "--events",
+            "500",
+            "--repetitions",
+            "3",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["events"], 500);
+    assert!(load["load_without_snapshot_ms"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    // Benchmarks use their own temporary files and leave the store alone.
+    assert!(!dir.path().join("bench.db").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the eventfold application: HTTP API (in process and over a socket), the
+//! CDNOW import against the raw file, the CLI, durability under kill -9, and replay properties.
+
+mod accounts;
+mod cli;
+mod durability;
+mod import;
+mod orders;
+mod replay;
+mod support;

@@ -1,0 +1,130 @@
+//! Shared helpers: a fresh app on a temp store, and a request helper.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use eventfold::backend::Backend;
+use eventfold::http::{router, AppState};
+use eventfold_core::ProjectionRunner;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// An app on its own temp SQLite store.
+pub struct TestApp {
+    pub router: axum::Router,
+    pub backend: Backend,
+    pub runner: Arc<ProjectionRunner>,
+    _dir: tempfile::TempDir,
+}
+
+/// A response: status, JSON body (or `Null`), headers.
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl TestApp {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("eventfold.db").display());
+        let backend = Backend::open(&url).expect("open store");
+        let runner = Arc::new(backend.projection_runner());
+        let router = router(AppState::new(&backend, runner.clone()));
+        Self {
+            router,
+            backend,
+            runner,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = match body {
+            Some(b) => request
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("request");
+        self.raw(request).await
+    }
+
+    pub async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, &[], None).await
+    }
+
+    pub async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.send(Method::POST, uri, &[], Some(body)).await
+    }
+
+    /// The global log's head position.
+    pub async fn head(&self) -> u64 {
+        self.backend.events.head_position().await.expect("head")
+    }
+
+    /// Brings every projection up to date.
+    pub async fn project(&self) {
+        self.runner
+            .catch_up(None, &|_, _| {})
+            .await
+            .expect("projections catch up");
+    }
+}
+
+/// Asserts an error reply: status, stable code, and that the message mentions `mentions`.
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str, mentions: &str) {
+    assert_eq!(reply.status, status, "body: {}", reply.body);
+    assert_eq!(reply.body["code"], code, "body: {}", reply.body);
+    let message = reply.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(mentions),
+        "message {message:?} should mention {mentions:?}"
+    );
+}
+
+/// The repository's copy of the CDNOW purchase log.
+pub fn cdnow_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cdnow/CDNOW_master.txt")
+}
