@@ -259,9 +259,22 @@ fn from_micros(us: i64, what: &str, position: u64) -> Result<DateTime<Utc>, Stor
 pub(crate) const STREAM_VERSION_SQL: &str =
     "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1";
 
-const EVENT_COLUMNS: &str =
-    "position, stream_id, stream_version, event_id, event_type, schema_version, \
-     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload";
+/// The columns [`row_to_event`] reads, in its order.
+macro_rules! select_events {
+    () => {
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload FROM events "
+    };
+}
+
+const READ_STREAM_SQL: &str = concat!(
+    select_events!(),
+    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+);
+const READ_ALL_SQL: &str = concat!(
+    select_events!(),
+    "WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
 
 fn uuid_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Uuid>, StoreError> {
     let value = row.get_ref(idx).map_err(backend)?;
@@ -305,10 +318,11 @@ fn query_events(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
+    capacity: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
     let mut rows = stmt.query(params).map_err(backend)?;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(capacity);
     while let Some(row) = rows.next().map_err(backend)? {
         out.push(row_to_event(row)?);
     }
@@ -344,13 +358,21 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let stream_id = stream_id.to_owned();
         self.read(move |conn| {
+            // Size the result once: the stream's version bounds how many events come back.
+            let version: u64 = conn
+                .prepare_cached(STREAM_VERSION_SQL)
+                .and_then(|mut s| s.query_row([&stream_id], |r| r.get(0)))
+                .map_err(backend)?;
+            let expected = version.saturating_sub(from_version.max(1)) + 1;
+            let capacity = usize::try_from(expected)
+                .unwrap_or(0)
+                .min(max_count)
+                .min(1 << 20);
             query_events(
                 conn,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ?1 AND stream_version >= ?2 \
-                     ORDER BY stream_version LIMIT ?3"
-                ),
+                READ_STREAM_SQL,
                 params![stream_id, from_version, limit(max_count)],
+                capacity,
             )
         })
         .await
@@ -374,10 +396,9 @@ impl EventStore for SqliteStore {
         self.read(move |conn| {
             query_events(
                 conn,
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
-                ),
+                READ_ALL_SQL,
                 params![after_position, limit(max_count)],
+                max_count.min(10_000),
             )
         })
         .await
