@@ -71,6 +71,8 @@ pub struct AppendReport {
     pub baseline_p99_ms: f64,
     /// `events_per_sec / baseline_events_per_sec`.
     pub ratio_to_baseline: f64,
+    /// Append requests per eventfold commit (per fsync): how far group commit shares the fsync.
+    pub requests_per_commit: f64,
 }
 
 fn payload(bytes: usize) -> String {
@@ -226,6 +228,7 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
             .await?,
         )?;
     }
+    let stats = store.writer_stats();
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
     let events_per_sec = rate(&ours) * per as f64;
     let baseline_events_per_sec = rate(&baseline) * per as f64;
@@ -246,6 +249,7 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         baseline_events_per_sec,
         baseline_p99_ms: ms(&baseline.latencies, 0.99),
         ratio_to_baseline: events_per_sec / baseline_events_per_sec.max(1e-9),
+        requests_per_commit: stats.append_requests as f64 / stats.commits.max(1) as f64,
     })
 }
 

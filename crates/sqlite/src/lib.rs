@@ -68,8 +68,24 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// Counters of the writer thread since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (each one fsync of the WAL).
+    pub commits: u64,
+    /// Append requests committed (successful or refused) in those transactions.
+    pub append_requests: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: std::sync::atomic::AtomicU64,
+    pub(crate) append_requests: std::sync::atomic::AtomicU64,
+}
+
 struct Inner {
     path: PathBuf,
+    counters: Arc<Counters>,
     jobs: Mutex<mpsc::Sender<Job>>,
     readers: Mutex<Vec<Connection>>,
     head: watch::Receiver<u64>,
@@ -102,18 +118,36 @@ impl SqliteStore {
             .map_err(backend)?;
         let (head_tx, head_rx) = watch::channel(head);
         let (jobs_tx, jobs_rx) = mpsc::channel();
-        Writer::spawn(conn, jobs_rx, head_tx, config.max_batch_requests)?;
+        let counters = Arc::new(Counters::default());
+        Writer::spawn(
+            conn,
+            jobs_rx,
+            head_tx,
+            config.max_batch_requests,
+            counters.clone(),
+        )?;
         let checkpointer = open_connection(&path, false, config.busy_timeout)?;
         spawn_checkpointer(checkpointer, head_rx.clone(), config.checkpoint_interval)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                counters,
                 jobs: Mutex::new(jobs_tx),
                 readers: Mutex::new(Vec::new()),
                 head: head_rx,
                 config,
             }),
         })
+    }
+
+    /// What the writer has done since the store was opened: the number of commits against the
+    /// number of append requests shows how many commands share each fsync (group commit).
+    pub fn writer_stats(&self) -> WriterStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        WriterStats {
+            commits: self.inner.counters.commits.load(Relaxed),
+            append_requests: self.inner.counters.append_requests.load(Relaxed),
+        }
     }
 
     /// The database file's path.

@@ -2,7 +2,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use eventfold_core::read_model::ProjectionCommit;
@@ -10,7 +12,9 @@ use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use crate::{backend, micros, projection_checkpoint_name, read_checkpoint, STREAM_VERSION_SQL};
+use crate::{
+    backend, micros, projection_checkpoint_name, read_checkpoint, Counters, STREAM_VERSION_SQL,
+};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -53,7 +57,11 @@ pub(crate) struct Writer {
     /// has committed: `PRAGMA data_version` changes when one has, and then the cache is dropped.
     versions: RefCell<HashMap<String, u64>>,
     data_version: Cell<i64>,
+    counters: Arc<Counters>,
 }
+
+/// Longest the writer waits for more requests before committing a group (see `Writer::run`).
+const COMMIT_DELAY: Duration = Duration::from_micros(100);
 
 /// Most stream versions cached before the cache is cleared.
 const MAX_CACHED_STREAMS: usize = 200_000;
@@ -64,6 +72,7 @@ impl Writer {
         jobs: mpsc::Receiver<Job>,
         head: watch::Sender<u64>,
         max_batch: usize,
+        counters: Arc<Counters>,
     ) -> Result<(), StoreError> {
         let writer = Writer {
             conn,
@@ -72,6 +81,7 @@ impl Writer {
             max_batch: max_batch.max(1),
             versions: RefCell::new(HashMap::new()),
             data_version: Cell::new(-1),
+            counters,
         };
         std::thread::Builder::new()
             .name("eventfold-sqlite-writer".into())
@@ -81,18 +91,29 @@ impl Writer {
     }
 
     fn run(self) {
+        let mut last_weight = 1;
         while let Ok(first) = self.jobs.recv() {
             let mut weight = first.weight();
             let mut group = vec![first];
+            // Commit delay (PostgreSQL's commit_delay, made adaptive): when the last group was
+            // shared, the clients it answered are about to send again; give them up to
+            // COMMIT_DELAY to reach the last group's size, so they share this fsync too.
+            let deadline = (last_weight > 1).then(|| Instant::now() + COMMIT_DELAY);
             while weight < self.max_batch {
                 match self.jobs.try_recv() {
                     Ok(job) => {
                         weight += job.weight();
                         group.push(job);
                     }
-                    Err(_) => break,
+                    Err(_) => match deadline {
+                        Some(d) if weight < last_weight && Instant::now() < d => {
+                            std::thread::yield_now();
+                        }
+                        _ => break,
+                    },
                 }
             }
+            last_weight = weight;
             self.commit_group(group);
         }
     }
@@ -108,12 +129,23 @@ impl Writer {
         }
         self.check_data_version();
         let now = Utc::now();
+        let requests: usize = group
+            .iter()
+            .map(|j| match j {
+                Job::Append(r, _) => r.len(),
+                _ => 0,
+            })
+            .sum();
         let done: Vec<Done> = group
             .into_iter()
             .map(|job| self.run_job(job, now))
             .collect();
         match self.exec("COMMIT") {
             Ok(()) => {
+                self.counters.commits.fetch_add(1, Relaxed);
+                self.counters
+                    .append_requests
+                    .fetch_add(requests as u64, Relaxed);
                 let head = self
                     .conn
                     .prepare_cached("SELECT coalesce(max(position), 0) FROM events")

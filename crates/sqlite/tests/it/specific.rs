@@ -130,3 +130,32 @@ async fn a_second_writer_on_the_same_file_is_seen_by_the_version_check() {
         .collect();
     assert_eq!(versions, vec![1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SqliteStore::open(dir.path().join("e.db")).unwrap());
+    let tasks: Vec<_> = (0..256)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(AppendRequest::new(
+                        format!("s-{i}"),
+                        ExpectedVersion::NoStream,
+                        vec![ev(i)],
+                    ))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = store.writer_stats();
+    assert_eq!(stats.append_requests, 256);
+    // One fsync per command would be 256 commits; group commit shares them.
+    assert!(stats.commits < 128, "{stats:?}");
+    assert_eq!(store.head_position().await.unwrap(), 256);
+}
