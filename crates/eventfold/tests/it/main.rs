@@ -6,5 +6,6 @@ mod cli;
 mod durability;
 mod import;
 mod orders;
+mod projections;
 mod replay;
 mod support;
