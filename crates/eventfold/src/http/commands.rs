@@ -251,6 +251,29 @@ pub async fn open_account(
     .await
 }
 
+/// Runs a deposit or withdrawal: `make` builds the command from the amount and the actor.
+async fn move_funds(
+    state: &AppState,
+    id: &str,
+    headers: CommandHeaders,
+    body: CommandBody<AmountBody>,
+    make: fn(Money, Actor) -> AccountCommand,
+) -> Result<Response, ApiError> {
+    check_id("account id", id)?;
+    let amount = money("amount", &body.body.amount, &body.body.currency)?;
+    let command = make(amount, headers.actor.clone());
+    run::<Account>(
+        state,
+        id,
+        command,
+        headers,
+        &body.fingerprint,
+        StatusCode::OK,
+        account_view,
+    )
+    .await
+}
+
 /// Deposits funds.
 #[utoipa::path(post, path = "/accounts/{id}/deposit", request_body = AmountBody, params(("id" = String, Path)),
     responses((status = 200, body = AccountView), (status = 404, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody), (status = 422, body = super::ApiErrorBody)))]
@@ -260,21 +283,9 @@ pub async fn deposit(
     headers: CommandHeaders,
     body: CommandBody<AmountBody>,
 ) -> Result<Response, ApiError> {
-    check_id("account id", &id)?;
-    let amount = money("amount", &body.body.amount, &body.body.currency)?;
-    let command = AccountCommand::Deposit {
-        amount,
-        actor: headers.actor.clone(),
-    };
-    run::<Account>(
-        &state,
-        &id,
-        command,
-        headers,
-        &body.fingerprint,
-        StatusCode::OK,
-        account_view,
-    )
+    move_funds(&state, &id, headers, body, |amount, actor| {
+        AccountCommand::Deposit { amount, actor }
+    })
     .await
 }
 
@@ -287,21 +298,9 @@ pub async fn withdraw(
     headers: CommandHeaders,
     body: CommandBody<AmountBody>,
 ) -> Result<Response, ApiError> {
-    check_id("account id", &id)?;
-    let amount = money("amount", &body.body.amount, &body.body.currency)?;
-    let command = AccountCommand::Withdraw {
-        amount,
-        actor: headers.actor.clone(),
-    };
-    run::<Account>(
-        &state,
-        &id,
-        command,
-        headers,
-        &body.fingerprint,
-        StatusCode::OK,
-        account_view,
-    )
+    move_funds(&state, &id, headers, body, |amount, actor| {
+        AccountCommand::Withdraw { amount, actor }
+    })
     .await
 }
 
