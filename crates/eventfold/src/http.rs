@@ -472,6 +472,19 @@ pub(crate) fn stored<T: Serialize>(status: StatusCode, body: &T) -> StoredRespon
     }
 }
 
+/// The `{id}` path segment, with a JSON error when it cannot be decoded.
+pub(crate) struct IdPath(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        Ok(Self(id))
+    }
+}
+
 pub(crate) fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     eventfold_domain::validate_id(field, id).map_err(|m| ApiError::bad_request("invalid_id", m))
 }

@@ -3,7 +3,7 @@
 //! `Idempotency-Key`; a retried request with the same key and body returns the first response and
 //! appends nothing.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use eventfold_core::{Actor, Aggregate};
@@ -13,7 +13,7 @@ use eventfold_domain::{Currency, DomainError, Money, MoneyError};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_id, replayed, stored, versioned, ApiError, AppState, CommandBody, CommandHeaders,
+    check_id, replayed, stored, versioned, ApiError, AppState, CommandBody, CommandHeaders, IdPath,
 };
 use crate::service::Executed;
 
@@ -279,7 +279,7 @@ async fn move_funds(
     responses((status = 200, body = AccountView), (status = 404, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody), (status = 422, body = super::ApiErrorBody)))]
 pub async fn deposit(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: CommandHeaders,
     body: CommandBody<AmountBody>,
 ) -> Result<Response, ApiError> {
@@ -294,7 +294,7 @@ pub async fn deposit(
     responses((status = 200, body = AccountView), (status = 404, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody), (status = 422, body = super::ApiErrorBody)))]
 pub async fn withdraw(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: CommandHeaders,
     body: CommandBody<AmountBody>,
 ) -> Result<Response, ApiError> {
@@ -350,7 +350,7 @@ pub async fn create_order(
     responses((status = 200, body = OrderView), (status = 404, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody), (status = 422, body = super::ApiErrorBody)))]
 pub async fn pay_order(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     headers: CommandHeaders,
     body: CommandBody<PayOrder>,
 ) -> Result<Response, ApiError> {
@@ -379,7 +379,7 @@ macro_rules! transition {
         $(#[$doc])*
         #[utoipa::path(post, path = $path, request_body = ReasonBody, params(("id" = String, Path)),
             responses((status = 200, body = OrderView), (status = 404, body = super::ApiErrorBody), (status = 409, body = super::ApiErrorBody), (status = 422, body = super::ApiErrorBody)))]
-        pub async fn $name(State(state): State<AppState>, Path(id): Path<String>, headers: CommandHeaders, body: CommandBody<ReasonBody>) -> Result<Response, ApiError> {
+        pub async fn $name(State(state): State<AppState>, IdPath(id): IdPath, headers: CommandHeaders, body: CommandBody<ReasonBody>) -> Result<Response, ApiError> {
             check_id("order id", &id)?;
             let $actor = headers.actor.clone();
             let $reason = body.body.reason;

@@ -1,7 +1,7 @@
 //! Query endpoints: accounts as of a time or version (M3), orders and their audit timeline, the
 //! sales views, projection status, health.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use super::commands::AccountView;
-use super::{check_id, versioned, ApiError, AppState};
+use super::{check_id, versioned, ApiError, AppState, IdPath};
 use crate::service::{timeline, AsOf, TimelineEntry};
 
 /// Most buckets one sales query returns.
@@ -61,7 +61,7 @@ fn parse_rfc3339(field: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
     responses((status = 200, body = AccountAsOf), (status = 400, body = super::ApiErrorBody), (status = 404, body = super::ApiErrorBody)))]
 pub async fn get_account(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
@@ -109,7 +109,7 @@ pub async fn get_account(
     responses((status = 200, body = AccountBalance), (status = 404, body = super::ApiErrorBody)))]
 pub async fn get_balance(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<AccountBalance>, ApiError> {
     check_id("account id", &id)?;
     let docs = state
@@ -134,7 +134,7 @@ fn decode_doc<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, ApiError> 
     responses((status = 200, body = OrderSummary), (status = 404, body = super::ApiErrorBody)))]
 pub async fn get_order(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     check_id("order id", &id)?;
     let stream_id = Order::stream_id(&id);
@@ -173,7 +173,7 @@ pub async fn get_order(
     responses((status = 200, body = Vec<TimelineEntry>), (status = 404, body = super::ApiErrorBody)))]
 pub async fn order_history(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Json<Vec<TimelineEntry>>, ApiError> {
     check_id("order id", &id)?;
     let events = state.service.read_stream(&Order::stream_id(&id)).await?;
