@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{
     Actor, AppendRequest, DocWrite, EventMetadata, EventStore, ExpectedVersion, IdempotencyRecord,
-    NewEvent, ReadModelStore, StoreError, StoredResponse, Subscription,
+    NewEvent, ReadModelStore, ReplayEvent, StoreError, StoredResponse, Subscription,
 };
 use uuid::Uuid;
 
@@ -188,6 +188,35 @@ pub async fn read_stream_from_every_version<S: Backend>(store: Arc<S>) {
         .unwrap()
         .is_empty());
     assert_eq!(store.stream_version("s-1").await.unwrap(), 10);
+}
+
+/// The replay read returns the same events as `read_stream`, reduced to what folding needs.
+pub async fn replay_read_matches_read_stream<S: Backend>(store: Arc<S>) {
+    append(&*store, "s-1", ExpectedVersion::NoStream, events(1, 7))
+        .await
+        .unwrap();
+    append(&*store, "other-1", ExpectedVersion::NoStream, events(50, 3))
+        .await
+        .unwrap();
+    append(&*store, "s-1", ExpectedVersion::Exact(7), events(8, 2))
+        .await
+        .unwrap();
+    for from in 1..=10 {
+        for max in [1, 3, 100] {
+            let full = store.read_stream("s-1", from, max).await.unwrap();
+            let replay = store
+                .read_stream_for_replay("s-1", from, max)
+                .await
+                .unwrap();
+            let want: Vec<ReplayEvent> = full.into_iter().map(ReplayEvent::from).collect();
+            assert_eq!(replay, want, "from {from} max {max}");
+        }
+    }
+    assert!(store
+        .read_stream_for_replay("missing-1", 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Reading all from any position returns exactly the later events, in strictly increasing order.

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! It expands to one `#[tokio::test]` per case in [`cases`], so each failure is reported by name.
-//! The cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
+//! The 18 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
 //! idempotent retries and projection commits.
 
 pub mod cases;
@@ -25,6 +25,7 @@ macro_rules! store_conformance {
             failed_append_writes_nothing,
             invalid_requests_are_refused,
             read_stream_from_every_version,
+            replay_read_matches_read_stream,
             read_all_from_every_position,
             envelope_round_trips,
             concurrent_no_stream_has_one_winner,

@@ -6,7 +6,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::envelope::RecordedEvent;
+use crate::envelope::{RecordedEvent, ReplayEvent};
 use crate::store::StoreError;
 
 /// A consistency boundary whose state is the fold of its events.
@@ -89,6 +89,22 @@ pub fn decode_recorded<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, 
     })
 }
 
+/// Decodes a replayed event of stream `stream_id` for aggregate `A`.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] naming the stream, version and type.
+pub fn decode_replay<A: Aggregate>(
+    stream_id: &str,
+    event: &ReplayEvent,
+) -> Result<A::Event, StoreError> {
+    decode_event(&event.event_type, &event.payload).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "stream {stream_id} version {} type {} schema {}: {e}",
+            event.stream_version, event.event_type, event.schema_version
+        ))
+    })
+}
+
 /// An aggregate's state after replaying its stream, with the version it reached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Replayed<A> {
@@ -112,6 +128,25 @@ impl<A: Aggregate> Replayed<A> {
         };
         for event in events {
             replayed.state = replayed.state.apply(&decode_recorded::<A>(event)?);
+            replayed.version = event.stream_version;
+        }
+        Ok(replayed)
+    }
+
+    /// Folds the replay events of stream `stream_id` (in version order) into a state.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when an event does not decode.
+    pub fn from_replay<'a>(
+        stream_id: &str,
+        events: impl IntoIterator<Item = &'a ReplayEvent>,
+    ) -> Result<Self, StoreError> {
+        let mut replayed = Self {
+            state: A::default(),
+            version: 0,
+        };
+        for event in events {
+            replayed.state = replayed.state.apply(&decode_replay::<A>(stream_id, event)?);
             replayed.version = event.stream_version;
         }
         Ok(replayed)

@@ -160,6 +160,34 @@ pub struct RecordedEvent {
     pub payload: String,
 }
 
+/// The part of a recorded event that folding an aggregate needs (see
+/// [`crate::EventStore::read_stream_for_replay`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayEvent {
+    /// Version of the stream after this event.
+    pub stream_version: u64,
+    /// The event's type name.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// When it happened, from the source (UTC).
+    pub event_time: DateTime<Utc>,
+    /// The payload as JSON text.
+    pub payload: String,
+}
+
+impl From<RecordedEvent> for ReplayEvent {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            stream_version: e.stream_version,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            event_time: e.event_time,
+            payload: e.payload,
+        }
+    }
+}
+
 impl RecordedEvent {
     /// The stream's category: the part of the stream id before the first `-` (`order-42` -> `order`).
     pub fn category(&self) -> &str {

@@ -21,7 +21,9 @@ pub mod subscription;
 pub mod testkit;
 
 pub use aggregate::{Aggregate, Replayed};
-pub use envelope::{deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent};
+pub use envelope::{
+    deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent, ReplayEvent,
+};
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
 pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 pub use store::{

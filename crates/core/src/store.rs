@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::envelope::{NewEvent, RecordedEvent};
+use crate::envelope::{NewEvent, RecordedEvent, ReplayEvent};
 
 /// What the caller believes the stream's version is before the append (optimistic concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +245,22 @@ pub trait EventStore: Send + Sync + 'static {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Like [`EventStore::read_stream`], but only the fields that folding an aggregate needs
+    /// (version, type, schema version, event time, payload): the hot path of every command and
+    /// time-travel query. Backends override it with a leaner read.
+    ///
+    /// # Errors
+    /// Infrastructure failures or [`StoreError::Corrupt`].
+    async fn read_stream_for_replay(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let events = self.read_stream(stream_id, from_version, max_count).await?;
+        Ok(events.into_iter().map(ReplayEvent::from).collect())
+    }
 
     /// The stream's current version (0 when it does not exist).
     ///

@@ -152,19 +152,19 @@ impl Service {
         as_of: AsOf,
     ) -> Result<Option<Replayed<A>>, StoreError> {
         let stream_id = A::stream_id(id);
-        let events = match as_of {
-            AsOf::Version(v) => {
-                self.store
-                    .read_stream(&stream_id, 1, usize::try_from(v).unwrap_or(usize::MAX))
-                    .await?
-            }
-            _ => self.read_stream(&stream_id).await?,
+        let max_count = match as_of {
+            AsOf::Version(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            _ => usize::MAX,
         };
+        let events = self
+            .store
+            .read_stream_for_replay(&stream_id, 1, max_count)
+            .await?;
         let replayed = match as_of {
             AsOf::Time(t) => {
-                Replayed::<A>::from_events(events.iter().filter(|e| e.event_time <= t))?
+                Replayed::<A>::from_replay(&stream_id, events.iter().filter(|e| e.event_time <= t))?
             }
-            _ => Replayed::<A>::from_events(&events)?,
+            _ => Replayed::<A>::from_replay(&stream_id, &events)?,
         };
         Ok((replayed.version > 0).then_some(replayed))
     }
@@ -196,7 +196,11 @@ impl Service {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let loaded = Replayed::<A>::from_events(&self.read_stream(&stream_id).await?)?;
+            let events = self
+                .store
+                .read_stream_for_replay(&stream_id, 1, usize::MAX)
+                .await?;
+            let loaded = Replayed::<A>::from_replay(&stream_id, &events)?;
             if let Some(expected) = ctx.expected_version {
                 if expected != loaded.version {
                     return Err(StoreError::VersionConflict {

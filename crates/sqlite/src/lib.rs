@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, StoreError, StoredResponse,
+    ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, watch};
@@ -282,10 +282,14 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(us: i64, what: &str, position: u64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(us).ok_or_else(|| {
-        StoreError::Corrupt(format!("position {position}: {what} {us} out of range"))
-    })
+/// A stored timestamp; `place` names the row in the error (e.g. `position 42`).
+fn from_micros(
+    us: i64,
+    what: &str,
+    place: impl std::fmt::Display,
+) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(us)
+        .ok_or_else(|| StoreError::Corrupt(format!("{place}: {what} {us} out of range")))
 }
 
 /// A stream's version: its highest event version, found through the `(stream_id, stream_version)`
@@ -305,6 +309,9 @@ const READ_STREAM_SQL: &str = concat!(
     select_events!(),
     "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
 );
+const REPLAY_STREAM_SQL: &str =
+    "SELECT stream_version, event_type, schema_version, event_time, payload \
+     FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
 const READ_ALL_SQL: &str = concat!(
     select_events!(),
     "WHERE position > ?1 ORDER BY position LIMIT ?2"
@@ -334,8 +341,16 @@ fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("position {position}: event id is null")))?,
         event_type: row.get(4).map_err(backend)?,
         schema_version: row.get(5).map_err(backend)?,
-        event_time: from_micros(row.get(6).map_err(backend)?, "event_time", position)?,
-        ingest_time: from_micros(row.get(7).map_err(backend)?, "ingest_time", position)?,
+        event_time: from_micros(
+            row.get(6).map_err(backend)?,
+            "event_time",
+            format_args!("position {position}"),
+        )?,
+        ingest_time: from_micros(
+            row.get(7).map_err(backend)?,
+            "ingest_time",
+            format_args!("position {position}"),
+        )?,
         metadata: EventMetadata {
             // Validated when appended; a malformed stored actor is still caught.
             actor: Actor::from_stored(actor)
@@ -361,6 +376,25 @@ fn query_events(
         out.push(row_to_event(row)?);
     }
     Ok(out)
+}
+
+/// How many events a stream read returns at most, to size the result once: the stream's version
+/// bounds it.
+fn stream_capacity(
+    conn: &Connection,
+    stream_id: &str,
+    from_version: u64,
+    max_count: usize,
+) -> Result<usize, StoreError> {
+    let version: u64 = conn
+        .prepare_cached(STREAM_VERSION_SQL)
+        .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
+        .map_err(backend)?;
+    let expected = (version + 1).saturating_sub(from_version.max(1));
+    Ok(usize::try_from(expected)
+        .unwrap_or(0)
+        .min(max_count)
+        .min(1 << 20))
 }
 
 fn limit(max_count: usize) -> i64 {
@@ -408,6 +442,39 @@ impl EventStore for SqliteStore {
                 params![stream_id, from_version, limit(max_count)],
                 capacity,
             )
+        })
+        .await
+    }
+
+    async fn read_stream_for_replay(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |conn| {
+            let capacity = stream_capacity(conn, &stream_id, from_version, max_count)?;
+            let mut stmt = conn.prepare_cached(REPLAY_STREAM_SQL).map_err(backend)?;
+            let mut rows = stmt
+                .query(params![stream_id, from_version, limit(max_count)])
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(capacity);
+            while let Some(row) = rows.next().map_err(backend)? {
+                let version: u64 = row.get(0).map_err(backend)?;
+                out.push(ReplayEvent {
+                    stream_version: version,
+                    event_type: row.get(1).map_err(backend)?,
+                    schema_version: row.get(2).map_err(backend)?,
+                    event_time: from_micros(
+                        row.get(3).map_err(backend)?,
+                        "event_time",
+                        format_args!("stream {stream_id} version {version}"),
+                    )?,
+                    payload: row.get(4).map_err(backend)?,
+                });
+            }
+            Ok(out)
         })
         .await
     }
