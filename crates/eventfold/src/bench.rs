@@ -71,6 +71,11 @@ pub struct AppendReport {
     pub baseline_p99_ms: f64,
     /// `events_per_sec / baseline_events_per_sec`.
     pub ratio_to_baseline: f64,
+    /// Second baseline: the same plain INSERTs into a table that also has eventfold's two unique
+    /// indexes (event id; stream id and version). Separates index cost from eventfold's own.
+    pub indexed_baseline_events_per_sec: f64,
+    /// `events_per_sec / indexed_baseline_events_per_sec`.
+    pub ratio_to_indexed_baseline: f64,
     /// Append requests per eventfold commit (per fsync): how far group commit shares the fsync.
     pub requests_per_commit: f64,
 }
@@ -171,7 +176,8 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         .tempdir_in(dir)
         .context("creating bench directory")?;
     let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
-    let raw = RawBaseline::open(&tmp.path().join("raw.db"))?;
+    let raw = RawBaseline::open(&tmp.path().join("raw.db"), false)?;
+    let raw_indexed = RawBaseline::open(&tmp.path().join("raw-indexed.db"), true)?;
     let per = config.events_per_command;
     let body = Arc::new(payload(config.payload_bytes));
     // Alternate eventfold and the baseline so that drift on a shared machine hits both.
@@ -179,9 +185,10 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
     let round = config.duration / rounds as u32;
     let mut ours = Run::empty();
     let mut baseline = Run::empty();
+    let mut indexed = Run::empty();
     let versions: Arc<Vec<AtomicU64>> =
         Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect());
-    for _ in 0..rounds {
+    for r in 0..rounds {
         let (store, body_ours, versions) = (store.clone(), body.clone(), versions.clone());
         ours.add(
             drive(config.clients, round, move |client, _| {
@@ -209,24 +216,9 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
             })
             .await?,
         )?;
-        let (raw, body_raw) = (raw.clone(), body.clone());
-        baseline.add(
-            drive(config.clients, round, move |client, n| {
-                let raw = raw.clone();
-                let stream = format!("bench-{client}");
-                let rows = (0..per)
-                    .map(|i| {
-                        (
-                            stream.clone(),
-                            n * per as u64 + i as u64 + 1,
-                            bench_event(&body_raw),
-                        )
-                    })
-                    .collect();
-                async move { raw.insert(rows).await }
-            })
-            .await?,
-        )?;
+        let shape = (config.clients, per);
+        baseline.add(drive_raw(&raw, shape, (r, round), &body).await?)?;
+        indexed.add(drive_raw(&raw_indexed, shape, (r, round), &body).await?)?;
     }
     let stats = store.writer_stats();
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
@@ -249,8 +241,36 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         baseline_events_per_sec,
         baseline_p99_ms: ms(&baseline.latencies, 0.99),
         ratio_to_baseline: events_per_sec / baseline_events_per_sec.max(1e-9),
+        indexed_baseline_events_per_sec: rate(&indexed) * per as f64,
+        ratio_to_indexed_baseline: events_per_sec / (rate(&indexed) * per as f64).max(1e-9),
         requests_per_commit: stats.append_requests as f64 / stats.commits.max(1) as f64,
     })
+}
+
+/// One baseline round: each client inserts `per` rows per transaction request, into streams of
+/// its own for this round (`bench-{round}-{client}`), versions counting from 1.
+async fn drive_raw(
+    raw: &RawBaseline,
+    (clients, per): (usize, usize),
+    (round, duration): (usize, Duration),
+    body: &Arc<String>,
+) -> anyhow::Result<Run> {
+    let (raw, body) = (raw.clone(), body.clone());
+    drive(clients, duration, move |client, n| {
+        let raw = raw.clone();
+        let stream = format!("bench-{round}-{client}");
+        let rows = (0..per)
+            .map(|i| {
+                (
+                    stream.clone(),
+                    n * per as u64 + i as u64 + 1,
+                    bench_event(&body),
+                )
+            })
+            .collect();
+        async move { raw.insert(rows).await }
+    })
+    .await
 }
 
 type RawJob = (
@@ -267,7 +287,8 @@ struct RawBaseline {
 }
 
 impl RawBaseline {
-    fn open(path: &Path) -> anyhow::Result<Self> {
+    /// `indexed` adds eventfold's two unique indexes (event id; stream id and version) to the table.
+    fn open(path: &Path, indexed: bool) -> anyhow::Result<Self> {
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -276,6 +297,12 @@ impl RawBaseline {
              event_type TEXT, schema_version INTEGER, event_time INTEGER, ingest_time INTEGER, actor TEXT, \
              tenant_id TEXT, payload TEXT)",
         )?;
+        if indexed {
+            conn.execute_batch(
+                "CREATE UNIQUE INDEX raw_event_id ON raw (event_id); \
+                 CREATE UNIQUE INDEX raw_stream ON raw (stream_id, stream_version);",
+            )?;
+        }
         let (tx, rx) = mpsc::channel::<RawJob>();
         std::thread::spawn(move || {
             while let Ok(first) = rx.recv() {
