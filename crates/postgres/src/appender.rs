@@ -1,0 +1,408 @@
+//! The single appender: group commit of every waiting append in one transaction, serialised
+//! across processes by a transaction-level advisory lock.
+//!
+//! Why positions never skip: every appender (in every process) takes `pg_advisory_xact_lock`
+//! first and reads the head under it, so appending transactions run one after another, and
+//! PostgreSQL releases a transaction-level lock only after the commit is visible. A transaction
+//! that assigns position n+1 therefore starts after the one that assigned n is visible: a reader
+//! tailing `position > p` can never pass a position that commits later.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::{APPEND_LOCK, NOTIFY_CHANNEL};
+
+type Reply = oneshot::Sender<Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>>;
+
+pub(crate) struct Job {
+    pub(crate) requests: Vec<AppendRequest>,
+    pub(crate) reply: Reply,
+}
+
+/// Counters of the appender since the store was opened.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) commits: AtomicU64,
+    pub(crate) append_requests: AtomicU64,
+}
+
+pub(crate) struct Appender {
+    pub(crate) url: String,
+    pub(crate) jobs: mpsc::UnboundedReceiver<Job>,
+    pub(crate) head: watch::Sender<u64>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) max_batch: usize,
+}
+
+/// An event accepted for insertion, in the columns' order.
+struct Row13 {
+    position: i64,
+    event_id: Uuid,
+    stream_id: String,
+    version: i64,
+    event_type: String,
+    schema_version: i32,
+    event_time: DateTime<Utc>,
+    actor: String,
+    causation_id: Option<Uuid>,
+    correlation_id: Option<Uuid>,
+    tenant_id: String,
+    payload: String,
+}
+
+impl Appender {
+    pub(crate) async fn run(mut self) {
+        let mut conn: Option<PgConnection> = None;
+        while let Some(first) = self.jobs.recv().await {
+            let mut weight = first.requests.len();
+            let mut group = vec![first];
+            while weight < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => {
+                        weight += job.requests.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if conn.is_none() {
+                match PgConnection::connect(&self.url).await {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "postgres appender cannot connect");
+                        fail_all(group, "cannot connect to PostgreSQL");
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected");
+            let requests: Vec<&AppendRequest> = group.iter().flat_map(|j| &j.requests).collect();
+            match commit_group(c, &requests).await {
+                Ok((results, head)) => {
+                    self.counters.commits.fetch_add(1, Relaxed);
+                    self.counters
+                        .append_requests
+                        .fetch_add(requests.len() as u64, Relaxed);
+                    self.head.send_if_modified(|h| {
+                        let moved = head > *h;
+                        *h = (*h).max(head);
+                        moved
+                    });
+                    let mut results = results.into_iter();
+                    for job in group {
+                        let mine = results.by_ref().take(job.requests.len()).collect();
+                        let _ = job.reply.send(Ok(mine));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "postgres group commit failed; nothing was written");
+                    // The connection may be broken: open a fresh one for the next group.
+                    conn = None;
+                    fail_all(
+                        group,
+                        &format!("group commit failed, nothing was written: {e}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn fail_all(group: Vec<Job>, message: &str) {
+    for job in group {
+        let _ = job
+            .reply
+            .send(Err(StoreError::Unavailable(message.to_owned().into())));
+    }
+}
+
+/// Checks and writes a group of appends in one transaction; returns each request's result and the
+/// new head. Reads are batched (`= ANY($1)`), checks run in memory, writes are one `UNNEST` insert.
+async fn commit_group(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest],
+) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await?;
+    let streams: Vec<String> = requests
+        .iter()
+        .map(|r| r.stream_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut versions: HashMap<String, u64> = sqlx::query(
+        "SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+    )
+    .bind(&streams)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u64)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let ids: Vec<Uuid> = requests
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    let stored: HashMap<Uuid, (String, u64, u64)> = sqlx::query(
+        "SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok((
+            r.try_get::<Uuid, _>(0)?,
+            (
+                r.try_get::<String, _>(1)?,
+                r.try_get::<i64, _>(2)? as u64,
+                r.try_get::<i64, _>(3)? as u64,
+            ),
+        ))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    let keys: Vec<String> = requests
+        .iter()
+        .filter_map(|r| r.idempotency.as_ref().map(|i| i.key.clone()))
+        .collect();
+    let mut used_keys: HashSet<String> = if keys.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE key = ANY($1)")
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+
+    let now = Utc::now();
+    let mut next = head as u64 + 1;
+    let mut rows: Vec<Row13> = Vec::new();
+    let mut batch_ids: HashMap<Uuid, String> = HashMap::new();
+    let mut keys_out = Vec::new();
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let result =
+            check_one(request, &mut versions, &stored, &batch_ids, &used_keys).map(|current| {
+                let first = next;
+                for (i, e) in request.events.iter().enumerate() {
+                    let m = &e.metadata;
+                    rows.push(Row13 {
+                        position: next as i64,
+                        event_id: e.event_id,
+                        stream_id: request.stream_id.clone(),
+                        version: (current + 1 + i as u64) as i64,
+                        event_type: e.event_type.clone(),
+                        schema_version: e.schema_version as i32,
+                        event_time: e.event_time,
+                        actor: m.actor.as_str().to_owned(),
+                        causation_id: m.causation_id,
+                        correlation_id: m.correlation_id,
+                        tenant_id: m.tenant_id.clone(),
+                        payload: e.payload.clone(),
+                    });
+                    batch_ids.insert(e.event_id, request.stream_id.clone());
+                    next += 1;
+                }
+                let version = current + request.events.len() as u64;
+                versions.insert(request.stream_id.clone(), version);
+                if let Some(idem) = &request.idempotency {
+                    used_keys.insert(idem.key.clone());
+                    keys_out.push(idem.clone());
+                }
+                AppendOutcome {
+                    stream_version: version,
+                    first_position: first,
+                    last_position: next - 1,
+                    duplicate: false,
+                }
+            });
+        results.push(match result {
+            Err(Duplicate(outcome)) => Ok(outcome),
+            Err(Refused(e)) => Err(e),
+            Ok(outcome) => Ok(outcome),
+        });
+    }
+    if !rows.is_empty() {
+        insert_rows(&mut tx, rows, now).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind((next - 1).to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !keys_out.is_empty() {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
+             SELECT k, f, s, b, $5 FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[]) AS t(k, f, s, b)",
+        )
+        .bind(keys_out.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
+        .bind(keys_out.iter().map(|k| k.fingerprint.clone()).collect::<Vec<_>>())
+        .bind(keys_out.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())
+        .bind(keys_out.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((results, next - 1))
+}
+
+/// Why a request was not written: already stored (a retry), or refused.
+enum NotWritten {
+    Duplicate(AppendOutcome),
+    Refused(StoreError),
+}
+use NotWritten::{Duplicate, Refused};
+
+/// Checks one request against the stored state and the requests before it in the group; returns
+/// the stream's current version when it may be written.
+fn check_one(
+    request: &AppendRequest,
+    versions: &mut HashMap<String, u64>,
+    stored: &HashMap<Uuid, (String, u64, u64)>,
+    batch_ids: &HashMap<Uuid, String>,
+    used_keys: &HashSet<String>,
+) -> Result<u64, NotWritten> {
+    request.validate().map_err(Refused)?;
+    let current = versions.get(&request.stream_id).copied().unwrap_or(0);
+    if let Some((stream, first_version, first_position)) = stored.get(&request.events[0].event_id) {
+        // Already stored: the same append retried, or an id reused.
+        let expected_ok = match request.expected {
+            ExpectedVersion::Any => true,
+            other => other.matches(first_version - 1),
+        };
+        let mut last_position = *first_position;
+        let same = *stream == request.stream_id
+            && expected_ok
+            && request
+                .events
+                .iter()
+                .enumerate()
+                .all(|(i, e)| match stored.get(&e.event_id) {
+                    Some((s, v, p))
+                        if *s == request.stream_id && *v == first_version + i as u64 =>
+                    {
+                        last_position = *p;
+                        true
+                    }
+                    _ => false,
+                });
+        return Err(if same {
+            Duplicate(AppendOutcome {
+                stream_version: first_version + request.events.len() as u64 - 1,
+                first_position: *first_position,
+                last_position,
+                duplicate: true,
+            })
+        } else {
+            Refused(StoreError::EventIdReused {
+                event_id: request.events[0].event_id,
+                stream_id: stream.clone(),
+            })
+        });
+    }
+    if !request.expected.matches(current) {
+        return Err(Refused(StoreError::VersionConflict {
+            stream_id: request.stream_id.clone(),
+            expected: request.expected,
+            actual: current,
+        }));
+    }
+    for e in &request.events {
+        if let Some((stream, _, _)) = stored.get(&e.event_id) {
+            return Err(Refused(StoreError::EventIdReused {
+                event_id: e.event_id,
+                stream_id: stream.clone(),
+            }));
+        }
+        if let Some(stream) = batch_ids.get(&e.event_id) {
+            return Err(Refused(StoreError::EventIdReused {
+                event_id: e.event_id,
+                stream_id: stream.clone(),
+            }));
+        }
+    }
+    if let Some(idem) = &request.idempotency {
+        if used_keys.contains(&idem.key) {
+            return Err(Refused(StoreError::IdempotencyKeyUsed {
+                key: idem.key.clone(),
+            }));
+        }
+    }
+    Ok(current)
+}
+
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: Vec<Row13>,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let n = rows.len();
+    let mut c = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in rows {
+        c.0.push(r.position);
+        c.1.push(r.event_id);
+        c.2.push(r.stream_id);
+        c.3.push(r.version);
+        c.4.push(r.event_type);
+        c.5.push(r.schema_version);
+        c.6.push(r.event_time);
+        c.7.push(r.actor);
+        c.8.push(r.causation_id);
+        c.9.push(r.correlation_id);
+        c.10.push(r.tenant_id);
+        c.11.push(r.payload);
+    }
+    sqlx::query(
+        "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
+         SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], \
+         $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], $12::text[], \
+         $13::text[]) AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl)",
+    )
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(c.6)
+    .bind(now)
+    .bind(c.7)
+    .bind(c.8)
+    .bind(c.9)
+    .bind(c.10)
+    .bind(c.11)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+}

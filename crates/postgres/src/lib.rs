@@ -1,0 +1,580 @@
+//! eventfold-postgres: the production event store on PostgreSQL.
+//!
+//! - **Appends** go through one appender task per process (group commit: every waiting append in
+//!   one transaction, one commit). Appending transactions of all processes are serialised by a
+//!   transaction-level advisory lock; positions are assigned under it, so the global position never
+//!   skips an event a reader may later see (see `appender.rs` and ARCHITECTURE.md).
+//! - **Reads** use a connection pool.
+//! - **Live subscriptions**: each commit does `pg_notify('eventfold_events', head)`; a listener task
+//!   wakes waiting subscribers, who also re-read every poll interval when notifications are lost.
+//! - Read models and checkpoints live in the same database, committed together.
+
+mod appender;
+mod schema;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::{
+    Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
+    ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
+};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use appender::{Appender, Counters, Job};
+
+/// The transaction-level advisory lock every appending transaction takes first ("eventfld" in
+/// ASCII). Anything else that writes events must take it too, or positions may skip.
+pub const APPEND_LOCK: i64 = 0x6576_656e_7466_6c64;
+
+/// The channel commits notify, with the new head position as payload.
+pub(crate) const NOTIFY_CHANNEL: &str = "eventfold_events";
+
+/// Settings for [`PostgresStore::connect_with`].
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// Pooled connections for reads and read-model commits (default 8).
+    pub max_connections: u32,
+    /// Most append requests in one group commit (default 4,096).
+    pub max_batch_requests: usize,
+    /// How often a waiting subscriber re-reads without a notification (default 100 ms).
+    pub poll_interval: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            max_batch_requests: 4_096,
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of the appender since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppenderStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Append requests committed (successful or refused) in them.
+    pub append_requests: u64,
+}
+
+/// The PostgreSQL event store and read-model store. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    jobs: mpsc::UnboundedSender<Job>,
+    head: watch::Receiver<u64>,
+    counters: Arc<Counters>,
+    config: PostgresConfig,
+}
+
+pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(Box::new(e)),
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57")) =>
+        {
+            StoreError::Unavailable(Box::new(e))
+        }
+        _ => StoreError::Backend(Box::new(e)),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`) with default settings and applies migrations.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or its schema is newer than this eventfold.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PostgresConfig::default()).await
+    }
+
+    /// Connects to `url` and applies migrations.
+    ///
+    /// # Errors
+    /// The database cannot be reached, or its schema is newer than this eventfold.
+    pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}").into())
+            })?;
+        migrate(&pool).await?;
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await
+            .map_err(backend)?;
+        let (head_tx, head_rx) = watch::channel(head as u64);
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(
+            Appender {
+                url: url.to_owned(),
+                jobs: jobs_rx,
+                head: head_tx.clone(),
+                counters: counters.clone(),
+                max_batch: config.max_batch_requests,
+            }
+            .run(),
+        );
+        tokio::spawn(listen(url.to_owned(), head_tx));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                jobs: jobs_tx,
+                head: head_rx,
+                counters,
+                config,
+            }),
+        })
+    }
+
+    /// What the appender has done: commits against append requests shows how many commands share
+    /// each commit.
+    pub fn appender_stats(&self) -> AppenderStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        AppenderStats {
+            commits: self.inner.counters.commits.load(Relaxed),
+            append_requests: self.inner.counters.append_requests.load(Relaxed),
+        }
+    }
+
+    /// The connection pool (for tests and tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    async fn submit(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .jobs
+            .send(Job { requests, reply })
+            .map_err(|_| StoreError::Unavailable("postgres appender has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("postgres appender has stopped".into()))?
+    }
+}
+
+/// Wakes subscribers on `pg_notify` from any process; reconnects after a failure.
+async fn listen(url: String, head: watch::Sender<u64>) {
+    loop {
+        let result: Result<(), sqlx::Error> = async {
+            let mut listener = PgListener::connect(&url).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            loop {
+                let n = listener.recv().await?;
+                if let Ok(p) = n.payload().parse::<u64>() {
+                    head.send_if_modified(|h| {
+                        let moved = p > *h;
+                        *h = (*h).max(p);
+                        moved
+                    });
+                }
+            }
+        }
+        .await;
+        if head.is_closed() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "postgres listener lost; subscribers poll until it reconnects");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if head.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(backend)?;
+    // One migrator at a time across processes.
+    sqlx::query("SELECT pg_advisory_xact_lock(7461002)")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS eventfold_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let current: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM eventfold_schema")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let known = schema::MIGRATIONS.len() as i32;
+    if current > known {
+        return Err(StoreError::InvalidRequest(format!(
+            "database has schema version {current}, newer than this eventfold knows ({known}); upgrade eventfold"
+        )));
+    }
+    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
+        sqlx::raw_sql(sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("INSERT INTO eventfold_schema (version) VALUES ($1)")
+            .bind(i as i32 + 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}
+
+const SELECT_EVENTS: &str =
+    "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload FROM events ";
+
+fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let position = row.try_get::<i64, _>(0).map_err(backend)? as u64;
+    let actor: String = row.try_get(8).map_err(backend)?;
+    Ok(RecordedEvent {
+        global_position: position,
+        stream_id: row.try_get(1).map_err(backend)?,
+        stream_version: row.try_get::<i64, _>(2).map_err(backend)? as u64,
+        event_id: row.try_get(3).map_err(backend)?,
+        event_type: row.try_get(4).map_err(backend)?,
+        schema_version: row.try_get::<i32, _>(5).map_err(backend)? as u32,
+        event_time: row.try_get(6).map_err(backend)?,
+        ingest_time: row.try_get(7).map_err(backend)?,
+        metadata: EventMetadata {
+            actor: Actor::from_stored(actor)
+                .map_err(|e| StoreError::Corrupt(format!("position {position}: {e}")))?,
+            causation_id: row.try_get(9).map_err(backend)?,
+            correlation_id: row.try_get(10).map_err(backend)?,
+            tenant_id: row.try_get(11).map_err(backend)?,
+        },
+        payload: row.try_get(12).map_err(backend)?,
+    })
+}
+
+fn limit(max_count: usize) -> i64 {
+    i64::try_from(max_count).unwrap_or(i64::MAX)
+}
+
+fn version(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
+        request.validate()?;
+        let mut results = self.submit(vec![request]).await?;
+        results.pop().expect("one result per request")
+    }
+
+    async fn append_many(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        self.submit(requests).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3"
+        ))
+        .bind(stream_id)
+        .bind(version(from_version))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_stream_for_replay(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream_version, event_type, schema_version, event_time, payload FROM events \
+             WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3",
+        )
+        .bind(stream_id)
+        .bind(version(from_version))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReplayEvent {
+                    stream_version: r.try_get::<i64, _>(0).map_err(backend)? as u64,
+                    event_type: r.try_get(1).map_err(backend)?,
+                    schema_version: r.try_get::<i32, _>(2).map_err(backend)? as u32,
+                    event_time: r.try_get::<DateTime<Utc>, _>(3).map_err(backend)?,
+                    payload: r.try_get(4).map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+        let v: i64 = sqlx::query_scalar(
+            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(v as u64)
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(version(after_position))
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn head_position(&self) -> Result<u64, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        Ok(head as u64)
+    }
+
+    async fn wait_for_append(&self, after_position: u64) {
+        let mut head = self.inner.head.clone();
+        let _ = tokio::time::timeout(
+            self.inner.config.poll_interval,
+            head.wait_for(|h| *h > after_position),
+        )
+        .await;
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        Ok(p.map(|p| p as u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(version(position))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row =
+            sqlx::query("SELECT fingerprint, status, body FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        row.map(|r| {
+            Ok(IdempotencyRecord {
+                key: key.to_owned(),
+                fingerprint: r.try_get(0).map_err(backend)?,
+                response: StoredResponse {
+                    status: u16::try_from(r.try_get::<i32, _>(1).map_err(backend)?).unwrap_or(500),
+                    body: r.try_get(2).map_err(backend)?,
+                },
+            })
+        })
+        .transpose()
+    }
+}
+
+fn projection_checkpoint_name(projection: &str) -> String {
+    format!("projection/{projection}")
+}
+
+#[async_trait]
+impl ReadModelStore for PostgresStore {
+    async fn get_docs(
+        &self,
+        projection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key, doc FROM read_models WHERE projection = $1 AND key = ANY($2)")
+                .bind(projection)
+                .bind(keys)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn range_docs(
+        &self,
+        projection: &str,
+        from_key: &str,
+        to_key: &str,
+        max_count: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, doc FROM read_models WHERE projection = $1 AND key >= $2 AND key <= $3 \
+             ORDER BY key COLLATE \"C\" LIMIT $4",
+        )
+        .bind(projection)
+        .bind(from_key)
+        .bind(to_key)
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .load_checkpoint(&projection_checkpoint_name(projection))
+            .await?
+            .unwrap_or(0))
+    }
+
+    async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        for commit in commits {
+            let name = projection_checkpoint_name(&commit.projection);
+            let actual: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            let actual = actual.unwrap_or(0) as u64;
+            if actual != commit.from_checkpoint {
+                return Err(StoreError::CheckpointMoved {
+                    name,
+                    expected: commit.from_checkpoint,
+                    actual,
+                });
+            }
+            let (puts, deletes): (Vec<_>, Vec<_>) =
+                commit.writes.into_iter().partition(|w| w.doc.is_some());
+            if !puts.is_empty() {
+                let (keys, docs): (Vec<String>, Vec<String>) = puts
+                    .into_iter()
+                    .map(|w| (w.key, w.doc.unwrap_or_default()))
+                    .unzip();
+                sqlx::query(
+                    "INSERT INTO read_models (projection, key, doc) SELECT $1, k, d FROM UNNEST($2::text[], $3::text[]) AS t(k, d) \
+                     ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
+                )
+                .bind(&commit.projection)
+                .bind(keys)
+                .bind(docs)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+            if !deletes.is_empty() {
+                let keys: Vec<String> = deletes.into_iter().map(|w| w.key).collect();
+                sqlx::query("DELETE FROM read_models WHERE projection = $1 AND key = ANY($2)")
+                    .bind(&commit.projection)
+                    .bind(keys)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            // A first commit of two racing runners: the insert conflicts and one of them fails.
+            let moved = sqlx::query(
+                "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position WHERE checkpoints.position = $3",
+            )
+            .bind(&name)
+            .bind(version(commit.to_checkpoint))
+            .bind(version(commit.from_checkpoint))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if moved.rows_affected() != 1 {
+                let actual: i64 =
+                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                        .bind(&name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                return Err(StoreError::CheckpointMoved {
+                    name,
+                    expected: commit.from_checkpoint,
+                    actual: actual as u64,
+                });
+            }
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM read_models WHERE projection = $1")
+            .bind(projection)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+            .bind(projection_checkpoint_name(projection))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+}
