@@ -8,6 +8,7 @@ use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore};
 use eventfold_domain::projections::{
     BalanceByAccountProjection, OrderSummaryProjection, SalesClock, SalesProjection,
 };
+use eventfold_postgres::PostgresStore;
 use eventfold_sqlite::SqliteStore;
 
 /// The default store URL: a SQLite file in the working directory.
@@ -18,10 +19,13 @@ pub const DEFAULT_STORE: &str = "sqlite://eventfold.db";
 pub enum StoreUrl {
     /// A SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user@host:port/db`).
+    Postgres(String),
 }
 
 impl StoreUrl {
-    /// Parses `sqlite://PATH` (relative, or absolute as `sqlite:///abs/path`) or `sqlite:PATH`.
+    /// Parses `sqlite://PATH` (relative, or absolute as `sqlite:///abs/path`), `sqlite:PATH`, or
+    /// `postgres://...` / `postgresql://...`.
     ///
     /// # Errors
     /// An unknown scheme or an empty path, named in the message.
@@ -29,11 +33,15 @@ impl StoreUrl {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"));
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
         match path {
             Some("") => bail!("store URL {url:?} has no file path; use sqlite://PATH"),
             Some(p) => Ok(Self::Sqlite(PathBuf::from(p))),
             None => bail!(
-                "unsupported store URL {url:?}: use sqlite://PATH (the embedded default, e.g. {DEFAULT_STORE})"
+                "unsupported store URL {url:?}: use sqlite://PATH (the embedded default, e.g. {DEFAULT_STORE}) \
+                 or postgres://USER@HOST:PORT/DATABASE"
             ),
         }
     }
@@ -55,9 +63,21 @@ impl Backend {
     ///
     /// # Errors
     /// A bad URL or a store that cannot be opened.
-    pub fn open(url: &str) -> anyhow::Result<Self> {
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
         let parsed = StoreUrl::parse(url)?;
         match &parsed {
+            StoreUrl::Postgres(pg) => {
+                let store = Arc::new(
+                    PostgresStore::connect(pg)
+                        .await
+                        .context("opening the postgres store")?,
+                );
+                Ok(Self {
+                    events: store.clone(),
+                    read_models: store,
+                    url: parsed,
+                })
+            }
             StoreUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)

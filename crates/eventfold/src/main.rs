@@ -30,7 +30,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Event-sourced shop backend: event store, projections, HTTP API"
 )]
 struct Cli {
-    /// Where events and read models live: sqlite://PATH.
+    /// Where events and read models live: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE.
     #[arg(long, global = true, env = "EVENTFOLD_STORE", default_value = DEFAULT_STORE)]
     store: String,
     /// Print machine-readable JSON instead of text.
@@ -178,7 +178,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => {
-            let backend = Backend::open(&cli.store)?;
+            let backend = Backend::open(&cli.store).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let backend = Backend::open(&cli.store)?;
+            let backend = Backend::open(&cli.store).await?;
             let runner = backend.projection_runner().with_batch_size(5_000);
             let options = import::ImportOptions {
                 skip_bad,
@@ -213,7 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::History { stream } => {
-            let service = Service::new(Backend::open(&cli.store)?.events);
+            let service = Service::new(Backend::open(&cli.store).await?.events);
             let events = service.read_stream(&stream).await?;
             if events.is_empty() {
                 bail!("stream {stream} has no events");
@@ -261,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(v)) => AsOf::Version(v),
                 (None, None) => AsOf::Latest,
             };
-            let service = Service::new(Backend::open(&cli.store)?.events);
+            let service = Service::new(Backend::open(&cli.store).await?.events);
             let (category, id) = stream.split_once('-').with_context(|| {
                 format!("stream {stream:?} must look like category-id, e.g. order-42")
             })?;
@@ -277,7 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { command } => {
-            let backend = Backend::open(&cli.store)?;
+            let backend = Backend::open(&cli.store).await?;
             let runner = backend.projection_runner().with_batch_size(5_000);
             match command {
                 ProjectionsCommand::Rebuild { name } => {
@@ -328,7 +328,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench { command } => {
-            let StoreUrl::Sqlite(path) = StoreUrl::parse(&cli.store)?;
+            let StoreUrl::Sqlite(path) = StoreUrl::parse(&cli.store)? else {
+                bail!("benchmarks run on sqlite:// stores only for now (postgres benchmarks come with issue 3)");
+            };
             let dir = path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())

@@ -11,6 +11,7 @@
 
 mod appender;
 mod schema;
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,7 @@ async fn open(app: &TestApp, id: &str) {
 
 #[tokio::test]
 async fn open_deposit_withdraw_and_read_back() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let r = app
         .post(
             "/accounts",
@@ -78,7 +78,15 @@ async fn open_deposit_withdraw_and_read_back() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
-    let app = TestApp::new();
+    bad_input(TestApp::new().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    bad_input(TestApp::postgres().await).await;
+}
+
+async fn bad_input(app: TestApp) {
     open(&app, "a-1").await;
     app.post(
         "/accounts/a-1/deposit",
@@ -250,7 +258,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_wrong_expected_version_is_a_conflict_and_the_right_one_applies() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     open(&app, "a-1").await;
     let body = json!({"amount": "5", "currency": "USD"});
     let stale = app
@@ -298,7 +306,15 @@ async fn a_wrong_expected_version_is_a_conflict_and_the_right_one_applies() {
 
 #[tokio::test]
 async fn a_retried_request_returns_the_first_result_and_appends_nothing() {
-    let app = TestApp::new();
+    retried_requests(TestApp::new().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_a_retried_request_returns_the_first_result_and_appends_nothing() {
+    retried_requests(TestApp::postgres().await).await;
+}
+
+async fn retried_requests(app: TestApp) {
     open(&app, "a-1").await;
     let body = json!({"amount": "7.25", "currency": "USD"});
     let key = [("idempotency-key", "deposit-1")];
@@ -374,7 +390,7 @@ async fn a_retried_request_returns_the_first_result_and_appends_nothing() {
 
 #[tokio::test]
 async fn state_as_of_a_time_or_version() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     open(&app, "a-1").await;
     let mut times = Vec::new();
     for amount in ["10", "20", "30"] {

@@ -29,7 +29,15 @@ fn sums_from_raw_file(bytes: &[u8]) -> BTreeMap<String, (Decimal, u64)> {
 
 #[tokio::test]
 async fn daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing() {
-    let app = TestApp::new();
+    cdnow_sums_to_the_cent(TestApp::new().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing() {
+    cdnow_sums_to_the_cent(TestApp::postgres().await).await;
+}
+
+async fn cdnow_sums_to_the_cent(app: TestApp) {
     let bytes =
         std::fs::read(cdnow_path()).expect("data/cdnow/CDNOW_master.txt is in the repository");
     let runner = app.backend.projection_runner().with_batch_size(5_000);
@@ -128,7 +136,7 @@ async fn daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing
 
 #[tokio::test]
 async fn a_malformed_row_is_named_and_nothing_is_imported_unless_skipped() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let runner = app.backend.projection_runner();
     let file = b" customer_id  date number_of_cds  dollar_value\r\n 00001 19970101  1   11.77\r\n 00002 1997011  1   12.00\r\n 00003 19970102  2   0.00\r\n";
     let err = import_cdnow(&app.backend, &runner, file, &ImportOptions::default())

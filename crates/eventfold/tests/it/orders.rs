@@ -25,7 +25,15 @@ async fn step(app: &TestApp, id: &str, action: &str, actor: &str, body: Value) -
 
 #[tokio::test]
 async fn the_full_lifecycle_and_its_audit_timeline() {
-    let app = TestApp::new();
+    lifecycle(TestApp::new().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_the_full_lifecycle_and_its_audit_timeline() {
+    lifecycle(TestApp::postgres().await).await;
+}
+
+async fn lifecycle(app: TestApp) {
     let r = app
         .send(
             Method::POST,
@@ -136,7 +144,7 @@ async fn the_full_lifecycle_and_its_audit_timeline() {
 
 #[tokio::test]
 async fn order_commands_refuse_bad_input_without_changing_anything() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     app.post("/orders", order("o-1", "web", "20.00")).await;
     let head = app.head().await;
     let cases = vec![
@@ -212,7 +220,15 @@ async fn order_commands_refuse_bad_input_without_changing_anything() {
 
 #[tokio::test]
 async fn sales_views_by_event_time_and_by_ingest_time() {
-    let app = TestApp::new();
+    sales_views(TestApp::new().await).await;
+}
+
+#[tokio::test]
+async fn on_postgres_sales_views_by_event_time_and_by_ingest_time() {
+    sales_views(TestApp::postgres().await).await;
+}
+
+async fn sales_views(app: TestApp) {
     for (id, amount) in [("o-1", "10.10"), ("o-2", "0.00"), ("o-3", "5.00")] {
         app.post("/orders", order(id, "web", amount)).await;
         step(
@@ -322,7 +338,7 @@ async fn sales_views_by_event_time_and_by_ingest_time() {
 
 #[tokio::test]
 async fn health_readiness_and_openapi() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     assert_eq!(app.get("/healthz").await.body, json!({"status": "ok"}));
     let ready = app.get("/ready").await;
     assert_eq!(
@@ -351,7 +367,7 @@ async fn health_readiness_and_openapi() {
 
 #[tokio::test]
 async fn serves_over_a_real_socket_with_projections_running() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();

@@ -8,7 +8,7 @@ use crate::support::TestApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_runners_apply_each_event_once() {
-    let app = TestApp::new();
+    let app = TestApp::new().await;
     for i in 0..60 {
         let id = format!("o-{i}");
         let r = app

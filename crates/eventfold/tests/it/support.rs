@@ -16,7 +16,7 @@ pub struct TestApp {
     pub router: axum::Router,
     pub backend: Backend,
     pub runner: Arc<ProjectionRunner>,
-    _dir: tempfile::TempDir,
+    _guard: Box<dyn std::any::Any + Send>,
 }
 
 /// A response: status, JSON body (or `Null`), headers.
@@ -27,17 +27,29 @@ pub struct Reply {
 }
 
 impl TestApp {
-    pub fn new() -> Self {
+    /// An app on a fresh SQLite file.
+    pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("eventfold.db").display());
-        let backend = Backend::open(&url).expect("open store");
+        Self::open(&url, Box::new(dir)).await
+    }
+
+    /// An app on a fresh PostgreSQL database.
+    pub async fn postgres() -> Self {
+        let db = eventfold_postgres::testing::fresh_db().await;
+        let url = db.url.clone();
+        Self::open(&url, Box::new(db)).await
+    }
+
+    async fn open(url: &str, guard: Box<dyn std::any::Any + Send>) -> Self {
+        let backend = Backend::open(url).await.expect("open store");
         let runner = Arc::new(backend.projection_runner());
         let router = router(AppState::new(&backend, runner.clone()));
         Self {
             router,
             backend,
             runner,
-            _dir: dir,
+            _guard: guard,
         }
     }
 
