@@ -4,7 +4,7 @@
 //! Benchmarks never write into the user's store: each run uses fresh temporary SQLite files in the
 //! directory of the `--store` path (the same disk), removed afterwards.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -166,18 +166,121 @@ fn bench_event(payload: &str) -> NewEvent {
     }
 }
 
-/// Runs `bench append` in `dir`: eventfold's SQLite store, then the raw baseline.
+/// Where a benchmark runs: temporary files in a directory (beside a SQLite store), or a scratch
+/// database on the PostgreSQL server of a `postgres://` store. Benchmarks never touch the store
+/// itself; the scratch database is created and dropped by the run.
+#[derive(Debug, Clone)]
+pub enum BenchTarget {
+    /// A directory for temporary SQLite files.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL whose server hosts the scratch database.
+    Postgres(String),
+}
+
+/// A benchmark's own store and raw baselines, removed by [`Scratch::remove`].
+struct Scratch {
+    store: Arc<dyn EventStore>,
+    /// (commits, append requests) of the store's writer so far.
+    stats: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+    raw: RawBaseline,
+    raw_indexed: RawBaseline,
+    name: &'static str,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Database { admin: String, name: String },
+}
+
+impl Scratch {
+    async fn create(target: &BenchTarget) -> anyhow::Result<Self> {
+        match target {
+            BenchTarget::Sqlite(dir) => {
+                let tmp = tempfile::Builder::new()
+                    .prefix("eventfold-bench-")
+                    .tempdir_in(dir)
+                    .context("creating bench directory")?;
+                let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+                let stats_store = store.clone();
+                Ok(Self {
+                    stats: Box::new(move || {
+                        let s = stats_store.writer_stats();
+                        (s.commits, s.append_requests)
+                    }),
+                    store,
+                    raw: RawBaseline::sqlite(&tmp.path().join("raw.db"), false)?,
+                    raw_indexed: RawBaseline::sqlite(&tmp.path().join("raw-indexed.db"), true)?,
+                    name: "sqlite",
+                    cleanup: Cleanup::Dir(tmp),
+                })
+            }
+            BenchTarget::Postgres(url) => {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(url)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+                let name = format!("eventfold_bench_{}", uuid::Uuid::now_v7().simple());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .context("creating the scratch database")?;
+                let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+                let scratch_url = format!("{base}/{name}");
+                let store =
+                    Arc::new(eventfold_postgres::PostgresStore::connect(&scratch_url).await?);
+                let stats_store = store.clone();
+                Ok(Self {
+                    stats: Box::new(move || {
+                        let s = stats_store.appender_stats();
+                        (s.commits, s.append_requests)
+                    }),
+                    store,
+                    raw: RawBaseline::postgres(&scratch_url, "raw", false).await?,
+                    raw_indexed: RawBaseline::postgres(&scratch_url, "raw_indexed", true).await?,
+                    name: "postgres",
+                    cleanup: Cleanup::Database {
+                        admin: url.clone(),
+                        name,
+                    },
+                })
+            }
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        let Scratch {
+            store,
+            stats,
+            raw,
+            raw_indexed,
+            cleanup,
+            ..
+        } = self;
+        // Everything that holds the store or a connection goes before the database does.
+        drop((store, stats, raw, raw_indexed));
+        if let Cleanup::Database { admin, name } = cleanup {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `bench append` on `target`: eventfold and the raw baselines in alternating rounds.
 ///
 /// # Errors
-/// A temp file cannot be created or an append fails.
-pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendReport> {
-    let tmp = tempfile::Builder::new()
-        .prefix("eventfold-bench-")
-        .tempdir_in(dir)
-        .context("creating bench directory")?;
-    let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
-    let raw = RawBaseline::open(&tmp.path().join("raw.db"), false)?;
-    let raw_indexed = RawBaseline::open(&tmp.path().join("raw-indexed.db"), true)?;
+/// The scratch store cannot be created or an append fails.
+pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Result<AppendReport> {
+    let scratch = Scratch::create(target).await?;
+    let (store, raw, raw_indexed) = (
+        scratch.store.clone(),
+        scratch.raw.clone(),
+        scratch.raw_indexed.clone(),
+    );
     let per = config.events_per_command;
     let body = Arc::new(payload(config.payload_bytes));
     // Alternate eventfold and the baseline so that drift on a shared machine hits both.
@@ -220,12 +323,15 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         baseline.add(drive_raw(&raw, shape, (r, round), &body).await?)?;
         indexed.add(drive_raw(&raw_indexed, shape, (r, round), &body).await?)?;
     }
-    let stats = store.writer_stats();
+    let (commits, append_requests) = (scratch.stats)();
+    let store_name = scratch.name;
+    drop(store);
+    scratch.remove().await?;
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
     let events_per_sec = rate(&ours) * per as f64;
     let baseline_events_per_sec = rate(&baseline) * per as f64;
     Ok(AppendReport {
-        store: "sqlite".into(),
+        store: store_name.into(),
         clients: config.clients,
         events_per_command: per,
         payload_bytes: config.payload_bytes,
@@ -243,7 +349,7 @@ pub async fn append(dir: &Path, config: &AppendBench) -> anyhow::Result<AppendRe
         ratio_to_baseline: events_per_sec / baseline_events_per_sec.max(1e-9),
         indexed_baseline_events_per_sec: rate(&indexed) * per as f64,
         ratio_to_indexed_baseline: events_per_sec / (rate(&indexed) * per as f64).max(1e-9),
-        requests_per_commit: stats.append_requests as f64 / stats.commits.max(1) as f64,
+        requests_per_commit: append_requests as f64 / commits.max(1) as f64,
     })
 }
 
@@ -278,17 +384,22 @@ type RawJob = (
     oneshot::Sender<Result<(), String>>,
 );
 
-/// The raw baseline: plain INSERTs of the same rows (same columns, same bytes) into a table with
-/// only a rowid key, group-committed by one writer thread with the same WAL + `synchronous=FULL`
-/// durability as the store; no version checks, no event-id or stream indexes.
+/// The raw baseline: plain INSERTs of the same rows (same columns, same bytes), with the same
+/// durability as the store (SQLite: WAL + `synchronous=FULL`, group-committed by one writer thread;
+/// PostgreSQL: one transaction per command, `synchronous_commit=on`, a pool as large as the client
+/// count), into a table with only a primary key, or (`indexed`) with eventfold's two unique
+/// indexes as well. No version checks.
 #[derive(Clone)]
-struct RawBaseline {
-    jobs: mpsc::Sender<RawJob>,
+enum RawBaseline {
+    Sqlite(mpsc::Sender<RawJob>),
+    Postgres {
+        pool: sqlx::PgPool,
+        table: &'static str,
+    },
 }
 
 impl RawBaseline {
-    /// `indexed` adds eventfold's two unique indexes (event id; stream id and version) to the table.
-    fn open(path: &Path, indexed: bool) -> anyhow::Result<Self> {
+    fn sqlite(path: &Path, indexed: bool) -> anyhow::Result<Self> {
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -339,15 +450,69 @@ impl RawBaseline {
                 }
             }
         });
-        Ok(Self { jobs: tx })
+        Ok(Self::Sqlite(tx))
+    }
+
+    async fn postgres(url: &str, table: &'static str, indexed: bool) -> anyhow::Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(64)
+            .connect(url)
+            .await?;
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, event_id UUID, stream_id TEXT, stream_version BIGINT, \
+             event_type TEXT, schema_version INTEGER, event_time TIMESTAMPTZ, ingest_time TIMESTAMPTZ, actor TEXT, \
+             tenant_id TEXT, payload TEXT{})",
+            if indexed { ", UNIQUE (event_id), UNIQUE (stream_id, stream_version)" } else { "" }
+        ))
+        .execute(&pool)
+        .await?;
+        Ok(Self::Postgres { pool, table })
     }
 
     async fn insert(&self, rows: Vec<(String, u64, NewEvent)>) -> anyhow::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs
-            .send((rows, tx))
-            .map_err(|_| anyhow::anyhow!("baseline writer stopped"))?;
-        rx.await?.map_err(|e| anyhow::anyhow!(e))
+        match self {
+            Self::Sqlite(jobs) => {
+                let (tx, rx) = oneshot::channel();
+                jobs.send((rows, tx))
+                    .map_err(|_| anyhow::anyhow!("baseline writer stopped"))?;
+                rx.await?.map_err(|e| anyhow::anyhow!(e))
+            }
+            Self::Postgres { pool, table } => {
+                // One statement, one transaction per command (autocommit).
+                let n = rows.len();
+                let (mut ids, mut streams, mut versions, mut types, mut payloads, mut times) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                for (stream, version, e) in rows {
+                    ids.push(e.event_id);
+                    streams.push(stream);
+                    versions.push(version as i64);
+                    types.push(e.event_type);
+                    payloads.push(e.payload);
+                    times.push(e.event_time);
+                }
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (event_id, stream_id, stream_version, event_type, schema_version, event_time, \
+                     ingest_time, actor, tenant_id, payload) SELECT i, s, v, t, 1, et, now(), 'system:bench', 'default', p \
+                     FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::timestamptz[], $6::text[]) \
+                     AS u(i, s, v, t, et, p)"
+                ))
+                .bind(ids)
+                .bind(streams)
+                .bind(versions)
+                .bind(types)
+                .bind(times)
+                .bind(payloads)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -369,17 +534,27 @@ pub struct LoadReport {
     pub repetitions: usize,
 }
 
-/// Runs `bench load`: writes one account stream of `events` events into a temporary store in
-/// `dir`, then times loading it (whole, and as of its middle) `repetitions` times.
+/// Runs `bench load` on `target`: writes one account stream of `events` events into a scratch
+/// store, then times loading it (whole, and as of its middle) `repetitions` times.
 ///
 /// # Errors
-/// A temp file cannot be created, an append fails, or a loaded balance is wrong.
-pub async fn load(dir: &Path, events: u64, repetitions: usize) -> anyhow::Result<LoadReport> {
-    let tmp = tempfile::Builder::new()
-        .prefix("eventfold-bench-")
-        .tempdir_in(dir)
-        .context("creating bench directory")?;
-    let store: Arc<dyn EventStore> = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+/// The scratch store cannot be created, an append fails, or a loaded state is wrong.
+pub async fn load(
+    target: &BenchTarget,
+    events: u64,
+    repetitions: usize,
+) -> anyhow::Result<LoadReport> {
+    let scratch = Scratch::create(target).await?;
+    let report = load_on(scratch.store.clone(), events, repetitions).await;
+    scratch.remove().await?;
+    report
+}
+
+async fn load_on(
+    store: Arc<dyn EventStore>,
+    events: u64,
+    repetitions: usize,
+) -> anyhow::Result<LoadReport> {
     let service = Service::new(store.clone());
     let start = Utc
         .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
@@ -460,5 +635,65 @@ pub async fn load(dir: &Path, events: u64, repetitions: usize) -> anyhow::Result
         full_read_ms: pick(&mut read, 0.5),
         as_of_ms: pick(&mut as_of, 0.5),
         repetitions,
+    })
+}
+
+/// What `bench read --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadReport {
+    /// Events in the log.
+    pub events: u64,
+    /// Seconds to read them all from position 0, in pages of 10,000.
+    pub seconds: f64,
+    /// Events read per second.
+    pub events_per_sec: f64,
+}
+
+/// Runs `bench read` on `target`: appends `events` events (1,000 streams) to a scratch store, then
+/// times a read-all from position 0.
+///
+/// # Errors
+/// The scratch store cannot be created, an append fails, or the read returns the wrong count.
+pub async fn read(target: &BenchTarget, events: u64) -> anyhow::Result<ReadReport> {
+    let scratch = Scratch::create(target).await?;
+    let store = scratch.store.clone();
+    let body = payload(200);
+    let mut written = 0u64;
+    let mut versions = vec![0u64; 1_000];
+    while written < events {
+        let batch: Vec<AppendRequest> = (0..1_000u64.min(events - written))
+            .map(|i| {
+                let s = ((written + i) % 1_000) as usize;
+                let request = AppendRequest::new(
+                    format!("bench-{s}"),
+                    ExpectedVersion::Exact(versions[s]),
+                    vec![bench_event(&body)],
+                );
+                versions[s] += 1;
+                request
+            })
+            .collect();
+        written += batch.len() as u64;
+        for result in store.append_many(batch).await? {
+            result?;
+        }
+    }
+    let started = Instant::now();
+    let mut position = 0;
+    let mut read = 0u64;
+    loop {
+        let page = store.read_all(position, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        position = last.global_position;
+        read += page.len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(store);
+    scratch.remove().await?;
+    anyhow::ensure!(read == events, "read {read} of {events} events");
+    Ok(ReadReport {
+        events,
+        seconds,
+        events_per_sec: read as f64 / seconds.max(1e-9),
     })
 }

@@ -124,6 +124,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         payload_bytes: usize,
     },
+    /// Read-all from position 0 of a log of N events.
+    Read {
+        /// Events in the log.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
     /// Time to load one stream of N events without a snapshot, and as of its middle.
     Load {
         /// Events in the stream.
@@ -328,14 +334,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench { command } => {
-            let StoreUrl::Sqlite(path) = StoreUrl::parse(&cli.store)? else {
-                bail!("benchmarks run on sqlite:// stores only for now (postgres benchmarks come with issue 3)");
+            let target = match StoreUrl::parse(&cli.store)? {
+                StoreUrl::Sqlite(path) => bench::BenchTarget::Sqlite(
+                    path.parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."))
+                        .to_path_buf(),
+                ),
+                StoreUrl::Postgres(url) => bench::BenchTarget::Postgres(url),
             };
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_path_buf();
             match command {
                 BenchCommand::Append {
                     clients,
@@ -358,7 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rounds,
                         payload_bytes,
                     };
-                    let r = bench::append(&dir, &config).await?;
+                    let r = bench::append(&target, &config).await?;
                     print(cli.json, &r, || {
                         format!(
                             "eventfold: {:.0} commands/s, {:.0} events/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {:.1} commands per commit\n\
@@ -370,6 +377,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         )
                     })
                 }
+                BenchCommand::Read { events } => {
+                    if events == 0 {
+                        bail!("--events must be at least 1");
+                    }
+                    let r = bench::read(&target, events).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "read {} events from position 0 in {:.2} s: {:.0} events/s",
+                            r.events, r.seconds, r.events_per_sec
+                        )
+                    })
+                }
                 BenchCommand::Load {
                     events,
                     repetitions,
@@ -377,7 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if events == 0 || repetitions == 0 {
                         bail!("--events and --repetitions must be at least 1");
                     }
-                    let r = bench::load(&dir, events, repetitions).await?;
+                    let r = bench::load(&target, events, repetitions).await?;
                     print(cli.json, &r, || {
                         format!(
                             "{} events: load without snapshot {:.2} ms (p95 {:.2} ms; full-envelope read_stream {:.2} ms), as of mid-stream {:.2} ms",

@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use crate::{APPEND_LOCK, NOTIFY_CHANNEL};
 
+/// Longest the appender waits for more requests before committing a group.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(500);
+
 type Reply = oneshot::Sender<Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>>;
 
 pub(crate) struct Job {
@@ -61,18 +64,35 @@ struct Row13 {
 impl Appender {
     pub(crate) async fn run(mut self) {
         let mut conn: Option<PgConnection> = None;
+        let mut last_weight = 1;
         while let Some(first) = self.jobs.recv().await {
             let mut weight = first.requests.len();
             let mut group = vec![first];
+            // Adaptive commit delay (as in the SQLite writer): after a shared group, wait up to
+            // COMMIT_DELAY for as many requests as it had, so they share this commit.
+            let deadline = (last_weight > 1).then(|| tokio::time::Instant::now() + COMMIT_DELAY);
             while weight < self.max_batch {
-                match self.jobs.try_recv() {
-                    Ok(job) => {
+                let job = match self.jobs.try_recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => match deadline {
+                        Some(d) if weight < last_weight => {
+                            tokio::time::timeout_at(d, self.jobs.recv())
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                        _ => None,
+                    },
+                };
+                match job {
+                    Some(job) => {
                         weight += job.requests.len();
                         group.push(job);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
+            last_weight = weight;
             if conn.is_none() {
                 match PgConnection::connect(&self.url).await {
                     Ok(c) => conn = Some(c),

@@ -185,7 +185,10 @@ async fn listen(url: String, head: watch::Sender<u64>) {
             let mut listener = PgListener::connect(&url).await?;
             listener.listen(NOTIFY_CHANNEL).await?;
             loop {
-                let n = listener.recv().await?;
+                let n = tokio::select! {
+                    n = listener.recv() => n?,
+                    () = head.closed() => return Ok(()), // the store was dropped
+                };
                 if let Ok(p) = n.payload().parse::<u64>() {
                     head.send_if_modified(|h| {
                         let moved = p > *h;
@@ -197,7 +200,7 @@ async fn listen(url: String, head: watch::Sender<u64>) {
         }
         .await;
         if head.is_closed() {
-            return;
+            return; // the store was dropped
         }
         if let Err(e) = result {
             tracing::warn!(error = %e, "postgres listener lost; subscribers poll until it reconnects");

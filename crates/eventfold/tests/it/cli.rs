@@ -181,3 +181,55 @@ fn bench_commands_print_their_figures() {
     assert!(!dir.path().join("bench.db").exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
+    let admin = eventfold_postgres::testing::admin_url();
+    let append = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(append["store"], "postgres");
+    for field in [
+        "commands_per_sec",
+        "events_per_sec",
+        "p99_ms",
+        "baseline_events_per_sec",
+        "ratio_to_baseline",
+        "ratio_to_indexed_baseline",
+    ] {
+        assert!(
+            append[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {append}"
+        );
+    }
+    let read = ok_json(&eventfold(
+        &admin,
+        &["bench", "read", "--events", "3000", "--json"],
+    ));
+    assert_eq!(read["events"], 3000);
+    assert!(read["events_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    let load = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "load",
+            "--events",
+            "300",
+            "--repetitions",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["events"], 300);
+}
