@@ -155,60 +155,64 @@ async fn commit_group(
         .bind(APPEND_LOCK)
         .execute(&mut *tx)
         .await?;
-    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await?;
+    // Everything the checks need, in one round trip (a new statement: its snapshot sees every
+    // commit that happened before the lock was granted).
     let streams: Vec<String> = requests
         .iter()
         .map(|r| r.stream_id.clone())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut versions: HashMap<String, u64> = sqlx::query(
-        "SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
-    )
-    .bind(&streams)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u64)))
-    .collect::<Result<_, sqlx::Error>>()?;
     let ids: Vec<Uuid> = requests
         .iter()
         .flat_map(|r| r.events.iter().map(|e| e.event_id))
         .collect();
-    let stored: HashMap<Uuid, (String, u64, u64)> = sqlx::query(
-        "SELECT event_id, stream_id, stream_version, position FROM events WHERE event_id = ANY($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok((
-            r.try_get::<Uuid, _>(0)?,
-            (
-                r.try_get::<String, _>(1)?,
-                r.try_get::<i64, _>(2)? as u64,
-                r.try_get::<i64, _>(3)? as u64,
-            ),
-        ))
-    })
-    .collect::<Result<_, sqlx::Error>>()?;
     let keys: Vec<String> = requests
         .iter()
         .filter_map(|r| r.idempotency.as_ref().map(|i| i.key.clone()))
         .collect();
-    let mut used_keys: HashSet<String> = if keys.is_empty() {
-        HashSet::new()
-    } else {
-        sqlx::query_scalar("SELECT key FROM idempotency_keys WHERE key = ANY($1)")
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect()
-    };
+    let rows = sqlx::query(
+        "SELECT 'h' AS kind, NULL::text AS s, coalesce(max(position), 0) AS a, NULL::bigint AS b, NULL::uuid AS i \
+         FROM events \
+         UNION ALL SELECT 'v', s, (SELECT stream_version FROM events WHERE stream_id = s \
+           ORDER BY stream_version DESC LIMIT 1), NULL, NULL FROM UNNEST($1::text[]) AS u(s) \
+         UNION ALL SELECT 'i', stream_id, stream_version, position, event_id FROM events WHERE event_id = ANY($2) \
+         UNION ALL SELECT 'k', key, NULL, NULL, NULL FROM idempotency_keys WHERE key = ANY($3)",
+    )
+    .bind(&streams)
+    .bind(&ids)
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut head = 0i64;
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut stored: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
+    let mut used_keys: HashSet<String> = HashSet::new();
+    for r in rows {
+        let kind: &str = r.try_get(0)?;
+        match kind {
+            "h" => head = r.try_get(2)?,
+            "v" => {
+                // One index probe per stream (the last version), not a scan of its history.
+                if let Some(v) = r.try_get::<Option<i64>, _>(2)? {
+                    versions.insert(r.try_get(1)?, v as u64);
+                }
+            }
+            "i" => {
+                stored.insert(
+                    r.try_get(4)?,
+                    (
+                        r.try_get(1)?,
+                        r.try_get::<i64, _>(2)? as u64,
+                        r.try_get::<i64, _>(3)? as u64,
+                    ),
+                );
+            }
+            _ => {
+                used_keys.insert(r.try_get(1)?);
+            }
+        }
+    }
 
     let now = Utc::now();
     let mut next = head as u64 + 1;
@@ -259,25 +263,7 @@ async fn commit_group(
         });
     }
     if !rows.is_empty() {
-        insert_rows(&mut tx, rows, now).await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind((next - 1).to_string())
-            .execute(&mut *tx)
-            .await?;
-    }
-    if !keys_out.is_empty() {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
-             SELECT k, f, s, b, $5 FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[]) AS t(k, f, s, b)",
-        )
-        .bind(keys_out.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
-        .bind(keys_out.iter().map(|k| k.fingerprint.clone()).collect::<Vec<_>>())
-        .bind(keys_out.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())
-        .bind(keys_out.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        write_group(&mut tx, rows, &keys_out, now, next - 1).await?;
     }
     tx.commit().await?;
     Ok((results, next - 1))
@@ -368,10 +354,14 @@ fn check_one(
     Ok(current)
 }
 
-async fn insert_rows(
+/// Inserts the events and idempotency records of a group and notifies subscribers, in one
+/// statement (data-modifying CTEs).
+async fn write_group(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: Vec<Row13>,
+    keys: &[eventfold_core::IdempotencyRecord],
     now: DateTime<Utc>,
+    head: u64,
 ) -> Result<(), sqlx::Error> {
     let n = rows.len();
     let mut c = (
@@ -403,11 +393,15 @@ async fn insert_rows(
         c.11.push(r.payload);
     }
     sqlx::query(
-        "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
-         SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], \
-         $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], $12::text[], \
-         $13::text[]) AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl)",
+        "WITH ev AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+           schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
+           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], \
+           $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], \
+           $12::text[], $13::text[]) AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl) RETURNING 1), \
+         ik AS (INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
+           SELECT k, f, st, b, $8 FROM UNNEST($14::text[], $15::text[], $16::int[], $17::text[]) \
+           AS t(k, f, st, b) RETURNING 1) \
+         SELECT pg_notify($18, $19), (SELECT count(*) FROM ev), (SELECT count(*) FROM ik)",
     )
     .bind(c.0)
     .bind(c.1)
@@ -422,7 +416,13 @@ async fn insert_rows(
     .bind(c.9)
     .bind(c.10)
     .bind(c.11)
-    .execute(&mut **tx)
+    .bind(keys.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.fingerprint.clone()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
+    .bind(NOTIFY_CHANNEL)
+    .bind(head.to_string())
+    .fetch_one(&mut **tx)
     .await
     .map(|_| ())
 }
