@@ -449,6 +449,28 @@ pub async fn retried_append_is_idempotent<S: Backend>(store: Arc<S>) {
     assert_eq!(store.read_all(0, 100).await.unwrap().len(), 3);
 }
 
+/// The same append sent 8 times at once (a client retrying while the first attempt is in
+/// flight): all succeed, exactly one writes, and the stream holds the events once.
+pub async fn concurrent_identical_appends_write_once<S: Backend>(store: Arc<S>) {
+    let evs = events(1, 2);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, evs) = (store.clone(), evs.clone());
+            tokio::spawn(
+                async move { append(&*store, "s-1", ExpectedVersion::NoStream, evs).await },
+            )
+        })
+        .collect();
+    let mut written = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap().expect("every retry succeeds");
+        assert_eq!(outcome.stream_version, 2);
+        written += usize::from(!outcome.duplicate);
+    }
+    assert_eq!(written, 1);
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 2);
+}
+
 /// An idempotency key is stored with its events, once; a second use is refused and appends nothing.
 pub async fn idempotency_key_is_recorded_once<S: Backend>(store: Arc<S>) {
     let record = IdempotencyRecord {

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! It expands to one `#[tokio::test]` per case in [`cases`], so each failure is reported by name.
-//! The 18 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
+//! The 19 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
 //! idempotent retries and projection commits.
 
 pub mod cases;
@@ -32,6 +32,7 @@ macro_rules! store_conformance {
             concurrent_retries_on_one_stream_keep_every_version,
             concurrent_writers_to_many_streams,
             retried_append_is_idempotent,
+            concurrent_identical_appends_write_once,
             idempotency_key_is_recorded_once,
             append_many_results_are_independent,
             checkpoint_resume,

@@ -217,7 +217,8 @@ async fn commit_group(
     let now = Utc::now();
     let mut next = head as u64 + 1;
     let mut rows: Vec<Row13> = Vec::new();
-    let mut batch_ids: HashMap<Uuid, String> = HashMap::new();
+    // Events accepted earlier in this group: an identical append later in it is a retry.
+    let mut batch_ids: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
     let mut keys_out = Vec::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
@@ -240,7 +241,10 @@ async fn commit_group(
                         tenant_id: m.tenant_id.clone(),
                         payload: e.payload.clone(),
                     });
-                    batch_ids.insert(e.event_id, request.stream_id.clone());
+                    batch_ids.insert(
+                        e.event_id,
+                        (request.stream_id.clone(), current + 1 + i as u64, next),
+                    );
                     next += 1;
                 }
                 let version = current + request.events.len() as u64;
@@ -282,12 +286,13 @@ fn check_one(
     request: &AppendRequest,
     versions: &mut HashMap<String, u64>,
     stored: &HashMap<Uuid, (String, u64, u64)>,
-    batch_ids: &HashMap<Uuid, String>,
+    batch_ids: &HashMap<Uuid, (String, u64, u64)>,
     used_keys: &HashSet<String>,
 ) -> Result<u64, NotWritten> {
     request.validate().map_err(Refused)?;
     let current = versions.get(&request.stream_id).copied().unwrap_or(0);
-    if let Some((stream, first_version, first_position)) = stored.get(&request.events[0].event_id) {
+    let known = |id: &Uuid| stored.get(id).or_else(|| batch_ids.get(id));
+    if let Some((stream, first_version, first_position)) = known(&request.events[0].event_id) {
         // Already stored: the same append retried, or an id reused.
         let expected_ok = match request.expected {
             ExpectedVersion::Any => true,
@@ -331,13 +336,7 @@ fn check_one(
         }));
     }
     for e in &request.events {
-        if let Some((stream, _, _)) = stored.get(&e.event_id) {
-            return Err(Refused(StoreError::EventIdReused {
-                event_id: e.event_id,
-                stream_id: stream.clone(),
-            }));
-        }
-        if let Some(stream) = batch_ids.get(&e.event_id) {
+        if let Some((stream, _, _)) = known(&e.event_id) {
             return Err(Refused(StoreError::EventIdReused {
                 event_id: e.event_id,
                 stream_id: stream.clone(),
