@@ -305,7 +305,7 @@ fn check_one(
                 .events
                 .iter()
                 .enumerate()
-                .all(|(i, e)| match stored.get(&e.event_id) {
+                .all(|(i, e)| match known(&e.event_id) {
                     Some((s, v, p))
                         if *s == request.stream_id && *v == first_version + i as u64 =>
                     {
