@@ -218,7 +218,8 @@ impl ProjectionRunner {
     }
 
     /// Applies every committed event not yet applied, then returns the position reached.
-    /// `progress(position, head)` is called after each batch.
+    /// `progress(position, head)` is called after each batch. When another runner commits a batch
+    /// first (`CheckpointMoved`), this one reloads the checkpoints and continues after it.
     ///
     /// # Errors
     /// A store failure or a poison event; what was committed before stays committed.
@@ -256,7 +257,19 @@ impl ProjectionRunner {
                     to_checkpoint: to,
                 });
             }
-            self.read_models.commit_projections(commits).await?;
+            match self.read_models.commit_projections(commits).await {
+                Ok(()) => {}
+                Err(StoreError::CheckpointMoved { .. }) => {
+                    // Another runner (a server next to a CLI rebuild, say) committed first: its
+                    // work stands; reload the checkpoints and go on from there.
+                    for (p, checkpoint) in projections.iter().zip(checkpoints.iter_mut()) {
+                        *checkpoint = self.read_models.projection_checkpoint(p.name()).await?;
+                    }
+                    from = checkpoints.iter().copied().min().unwrap_or(from);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
             let lag_ms = (Utc::now() - last.ingest_time)
                 .num_microseconds()
                 .map(|us| us as f64 / 1000.0);

@@ -5,6 +5,12 @@ use async_trait::async_trait;
 
 use crate::store::StoreError;
 
+/// The checkpoint name under which a projection's position is stored (`projection/{name}`), the
+/// same in every backend.
+pub fn projection_checkpoint_name(projection: &str) -> String {
+    format!("projection/{projection}")
+}
+
 /// One document write: `doc: None` deletes the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocWrite {

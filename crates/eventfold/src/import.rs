@@ -333,10 +333,12 @@ pub async fn import_cdnow(
         .min()
         .unwrap_or(0);
     let progress = bar(options.progress, head.saturating_sub(start), "projecting");
-    catch_up_with_retry(runner, &|position, _| {
-        progress.set_position(position.saturating_sub(start))
-    })
-    .await?;
+    runner
+        .catch_up(None, &|position, _| {
+            progress.set_position(position.saturating_sub(start))
+        })
+        .await
+        .context("updating projections")?;
     progress.finish_and_clear();
     let projection_seconds = projecting.elapsed().as_secs_f64();
     let total_seconds = started.elapsed().as_secs_f64();
@@ -354,28 +356,6 @@ pub async fn import_cdnow(
         total_seconds,
         events_per_sec: events_appended as f64 / total_seconds.max(1e-9),
     })
-}
-
-/// Catches the projections up, retrying when another runner (a running server) committed first.
-///
-/// # Errors
-/// A store failure or a poison event.
-pub async fn catch_up_with_retry(
-    runner: &ProjectionRunner,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> anyhow::Result<u64> {
-    let mut attempts = 0;
-    loop {
-        match runner.catch_up(None, progress).await {
-            Ok(p) => return Ok(p),
-            Err(eventfold_core::RunnerError::Store(StoreError::CheckpointMoved { .. }))
-                if attempts < 100 =>
-            {
-                attempts += 1
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context("updating projections")),
-        }
-    }
 }
 
 #[cfg(test)]

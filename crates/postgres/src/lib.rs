@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
     ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
@@ -429,10 +429,6 @@ impl EventStore for PostgresStore {
         })
         .transpose()
     }
-}
-
-fn projection_checkpoint_name(projection: &str) -> String {
-    format!("projection/{projection}")
 }
 
 #[async_trait]

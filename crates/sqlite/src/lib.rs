@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
     ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
@@ -564,11 +564,6 @@ pub(crate) fn read_checkpoint(conn: &Connection, name: &str) -> Result<Option<u6
     conn.prepare_cached("SELECT position FROM checkpoints WHERE name = ?1")
         .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
         .map_err(backend)
-}
-
-/// The checkpoint name under which a projection's position is stored.
-pub(crate) fn projection_checkpoint_name(projection: &str) -> String {
-    format!("projection/{projection}")
 }
 
 #[async_trait]

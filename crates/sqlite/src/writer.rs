@@ -7,14 +7,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use eventfold_core::read_model::ProjectionCommit;
+use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use crate::{
-    backend, micros, projection_checkpoint_name, read_checkpoint, Counters, STREAM_VERSION_SQL,
-};
+use crate::{backend, micros, read_checkpoint, Counters, STREAM_VERSION_SQL};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 

@@ -24,10 +24,7 @@ async fn racing_runners_apply_each_event_once() {
     // Small batches so the two runners interleave many commits.
     let a = app.backend.projection_runner().with_batch_size(7);
     let b = app.backend.projection_runner().with_batch_size(5);
-    let (ra, rb) = tokio::join!(
-        eventfold::import::catch_up_with_retry(&a, &|_, _| {}),
-        eventfold::import::catch_up_with_retry(&b, &|_, _| {})
-    );
+    let (ra, rb) = tokio::join!(a.catch_up(None, &|_, _| {}), b.catch_up(None, &|_, _| {}));
     assert_eq!((ra.unwrap(), rb.unwrap()), (120, 120));
     let daily = app.get("/sales/daily?store=web").await.body;
     assert_eq!(
