@@ -151,4 +151,28 @@ impl<A: Aggregate> Replayed<A> {
         }
         Ok(replayed)
     }
+
+    /// Folds further replay events of stream `stream_id` (the ones after `self.version`, in
+    /// version order) into this state: a cached state caught up with its stream's tail.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when an event does not decode, or when the events do not continue
+    /// at `self.version + 1` (a gap would silently give a wrong state).
+    pub fn extend_replay<'a>(
+        mut self,
+        stream_id: &str,
+        events: impl IntoIterator<Item = &'a ReplayEvent>,
+    ) -> Result<Self, StoreError> {
+        for event in events {
+            if event.stream_version != self.version + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "stream {stream_id}: version {} follows version {}",
+                    event.stream_version, self.version
+                )));
+            }
+            self.state = self.state.apply(&decode_replay::<A>(stream_id, event)?);
+            self.version = event.stream_version;
+        }
+        Ok(self)
+    }
 }

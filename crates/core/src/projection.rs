@@ -85,6 +85,11 @@ pub struct ProjectionStatus {
     pub last_lag_ms: Option<f64>,
     /// Events applied by this runner since it started.
     pub events_applied: u64,
+    /// 95th percentile, over every event this runner committed since it started (or since
+    /// [`ProjectionRunner::reset_lag`]), of the time from the event's ingest to the commit of its
+    /// batch here, in ms. The runner commits all its projections together, so it is the same for
+    /// each of them.
+    pub lag_p95_ms: Option<f64>,
 }
 
 #[async_trait]
@@ -174,6 +179,13 @@ pub struct ProjectionRunner {
     projections: Vec<Arc<dyn DynProjection>>,
     batch_size: usize,
     status: Mutex<HashMap<&'static str, ProjectionStatus>>,
+    /// Ingest-to-commit lag of every committed event, in µs.
+    lag: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+fn lag_histogram() -> hdrhistogram::Histogram<u64> {
+    // 1 µs to 1 hour, 3 significant digits.
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 impl ProjectionRunner {
@@ -185,6 +197,7 @@ impl ProjectionRunner {
             projections: Vec::new(),
             batch_size: 2_000,
             status: Mutex::new(HashMap::new()),
+            lag: Mutex::new(lag_histogram()),
         }
     }
 
@@ -270,10 +283,19 @@ impl ProjectionRunner {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let lag_ms = (Utc::now() - last.ingest_time)
+            let committed = Utc::now();
+            let lag_ms = (committed - last.ingest_time)
                 .num_microseconds()
                 .map(|us| us as f64 / 1000.0);
+            {
+                let mut lag = self.lag.lock().expect("lag lock");
+                for e in &batch {
+                    let us = (committed - e.ingest_time).num_microseconds().unwrap_or(0);
+                    lag.saturating_record(us.max(1) as u64);
+                }
+            }
             let head = self.events.head_position().await?.max(to);
+            let lag_p95_ms = self.lag_quantile_ms(0.95);
             {
                 let mut status = self.status.lock().expect("status lock");
                 for (p, n) in projections.iter().zip(applied) {
@@ -284,12 +306,14 @@ impl ProjectionRunner {
                         lag_events: 0,
                         last_lag_ms: None,
                         events_applied: 0,
+                        lag_p95_ms: None,
                     });
                     s.checkpoint = to;
                     s.head = head;
                     s.lag_events = head - to;
                     s.last_lag_ms = lag_ms;
                     s.events_applied += n;
+                    s.lag_p95_ms = lag_p95_ms;
                 }
             }
             checkpoints.iter_mut().for_each(|c| *c = to);
@@ -332,6 +356,18 @@ impl ProjectionRunner {
         }
     }
 
+    /// The `q` quantile (0..=1) of the ingest-to-commit lag of the events this runner committed,
+    /// in ms; `None` before the first commit.
+    pub fn lag_quantile_ms(&self, q: f64) -> Option<f64> {
+        let lag = self.lag.lock().expect("lag lock");
+        (!lag.is_empty()).then(|| lag.value_at_quantile(q) as f64 / 1000.0)
+    }
+
+    /// Forgets the lag recorded so far (a benchmark measures only its own window).
+    pub fn reset_lag(&self) {
+        self.lag.lock().expect("lag lock").reset();
+    }
+
     /// Every projection's checkpoint and lag, measured now.
     ///
     /// # Errors
@@ -354,6 +390,7 @@ impl ProjectionRunner {
                 lag_events: head.saturating_sub(checkpoint),
                 last_lag_ms: known.as_ref().and_then(|s| s.last_lag_ms),
                 events_applied: known.map_or(0, |s| s.events_applied),
+                lag_p95_ms: self.lag_quantile_ms(0.95),
             });
         }
         Ok(out)

@@ -11,15 +11,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
-use eventfold_core::{Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent};
-use eventfold_domain::account::{Account, AccountEvent};
+use eventfold_core::{
+    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, Projection,
+    ProjectionRunner, ReadModelStore, RecordedEvent, StoredResponse,
+};
+use eventfold_domain::account::{Account, AccountCommand, AccountEvent};
 use eventfold_domain::{Currency, Money};
 use eventfold_sqlite::SqliteStore;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::service::{AsOf, CommandContext, Service};
+use crate::service::{AsOf, CommandContext, Executed, Service};
 
 /// Settings of `bench append`.
 #[derive(Debug, Clone)]
@@ -34,6 +37,10 @@ pub struct AppendBench {
     pub rounds: usize,
     /// Payload size per event, in bytes.
     pub payload_bytes: usize,
+    /// Every command to one stream, through the service: `Deposit` commands on one account
+    /// (the stream's lane decides them in order, each append keeps its expected version). The
+    /// deposit events' payloads are their own (about 60 bytes), not `payload_bytes`.
+    pub hot_stream: bool,
 }
 
 /// What `bench append --json` prints. Rates per second of wall time; latencies per command in ms.
@@ -78,6 +85,36 @@ pub struct AppendReport {
     pub ratio_to_indexed_baseline: f64,
     /// Append requests per eventfold commit (per fsync): how far group commit shares the fsync.
     pub requests_per_commit: f64,
+    /// Whether every command went to one stream (`--hot-stream`).
+    pub hot_stream: bool,
+    /// Projection lag under this load: from an event's ingest to the commit of the read-model
+    /// batch that applied it, for a projection (events per stream) kept live by a
+    /// [`ProjectionRunner`] during the eventfold rounds, median in ms.
+    pub projection_lag_p50_ms: f64,
+    /// 95th percentile of the same, ms.
+    pub projection_lag_p95_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub projection_lag_p99_ms: f64,
+}
+
+/// The bench's live projection: events per stream.
+struct EventsPerStream;
+
+impl Projection for EventsPerStream {
+    type Doc = u64;
+    type Input = ();
+
+    fn name(&self) -> &'static str {
+        "bench_events_per_stream"
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, ())>, String> {
+        Ok(Some((event.stream_id.clone(), ())))
+    }
+
+    fn apply(&self, doc: Option<u64>, (): (), _: &RecordedEvent) -> Option<u64> {
+        Some(doc.unwrap_or(0) + 1)
+    }
 }
 
 fn payload(bytes: usize) -> String {
@@ -180,6 +217,7 @@ pub enum BenchTarget {
 /// A benchmark's own store and raw baselines, removed by [`Scratch::remove`].
 struct Scratch {
     store: Arc<dyn EventStore>,
+    read_models: Arc<dyn ReadModelStore>,
     /// (commits, append requests) of the store's writer so far.
     stats: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
     raw: RawBaseline,
@@ -197,6 +235,8 @@ impl Scratch {
     async fn create(target: &BenchTarget) -> anyhow::Result<Self> {
         match target {
             BenchTarget::Sqlite(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
                 let tmp = tempfile::Builder::new()
                     .prefix("eventfold-bench-")
                     .tempdir_in(dir)
@@ -204,6 +244,7 @@ impl Scratch {
                 let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
                 let stats_store = store.clone();
                 Ok(Self {
+                    read_models: store.clone(),
                     stats: Box::new(move || {
                         let s = stats_store.writer_stats();
                         (s.commits, s.append_requests)
@@ -231,6 +272,7 @@ impl Scratch {
                     Arc::new(eventfold_postgres::PostgresStore::connect(&scratch_url).await?);
                 let stats_store = store.clone();
                 Ok(Self {
+                    read_models: store.clone(),
                     stats: Box::new(move || {
                         let s = stats_store.appender_stats();
                         (s.commits, s.append_requests)
@@ -251,6 +293,7 @@ impl Scratch {
     async fn remove(self) -> anyhow::Result<()> {
         let Scratch {
             store,
+            read_models,
             stats,
             raw,
             raw_indexed,
@@ -258,7 +301,7 @@ impl Scratch {
             ..
         } = self;
         // Everything that holds the store or a connection goes before the database does.
-        drop((store, stats, raw, raw_indexed));
+        drop((store, read_models, stats, raw, raw_indexed));
         if let Cleanup::Database { admin, name } = cleanup {
             use sqlx::Connection;
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
@@ -270,11 +313,16 @@ impl Scratch {
     }
 }
 
-/// Runs `bench append` on `target`: eventfold and the raw baselines in alternating rounds.
+/// Runs `bench append` on `target`: eventfold and the raw baselines in alternating rounds, with a
+/// projection kept live during the eventfold rounds to measure its lag.
 ///
 /// # Errors
 /// The scratch store cannot be created or an append fails.
 pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Result<AppendReport> {
+    anyhow::ensure!(
+        !config.hot_stream || config.events_per_command == 1,
+        "a hot-stream bench runs one event per command"
+    );
     let scratch = Scratch::create(target).await?;
     let (store, raw, raw_indexed) = (
         scratch.store.clone(),
@@ -283,6 +331,34 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     );
     let per = config.events_per_command;
     let body = Arc::new(payload(config.payload_bytes));
+    let service = Service::new(store.clone());
+    if config.hot_stream {
+        let open = AccountCommand::Open {
+            owner: "bench".into(),
+            currency: Currency::USD,
+            actor: Actor::system("bench"),
+        };
+        service
+            .execute::<Account>("bench-hot", open, &bench_context(), Box::new(no_render))
+            .await?;
+    }
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), scratch.read_models.clone()).register(EventsPerStream),
+    );
+    runner.catch_up(None, &|_, _| {}).await?;
+    runner.reset_lag();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let live = {
+        let runner = runner.clone();
+        tokio::spawn(async move {
+            runner
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+
     // Alternate eventfold and the baseline so that drift on a shared machine hits both.
     let rounds = config.rounds.max(1);
     let round = config.duration / rounds as u32;
@@ -292,8 +368,15 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     let versions: Arc<Vec<AtomicU64>> =
         Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect());
     for r in 0..rounds {
-        let (store, body_ours, versions) = (store.clone(), body.clone(), versions.clone());
-        ours.add(
+        let run = if config.hot_stream {
+            let service = service.clone();
+            drive(config.clients, round, move |_, _| {
+                let service = service.clone();
+                async move { hot_deposit(&service).await }
+            })
+            .await?
+        } else {
+            let (store, body_ours, versions) = (store.clone(), body.clone(), versions.clone());
             drive(config.clients, round, move |client, _| {
                 let store = store.clone();
                 let body = body_ours.clone();
@@ -317,15 +400,28 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
                     Ok(())
                 }
             })
-            .await?,
-        )?;
-        let shape = (config.clients, per);
+            .await?
+        };
+        ours.add(run)?;
+        let shape = (config.clients, per, config.hot_stream);
         baseline.add(drive_raw(&raw, shape, (r, round), &body).await?)?;
         indexed.add(drive_raw(&raw_indexed, shape, (r, round), &body).await?)?;
     }
+    // Everything appended is applied before the lag is read (the runner is still live).
+    let head = store.head_position().await?;
+    let caught_up = runner.catch_up(None, &|_, _| {}).await?;
+    anyhow::ensure!(
+        caught_up >= head,
+        "projection stopped at {caught_up} of {head}"
+    );
+    let _ = stop.send(());
+    live.await.context("projection runner panicked")??;
+    let lag = |q| runner.lag_quantile_ms(q).unwrap_or(0.0);
+    let (lag50, lag95, lag99) = (lag(0.5), lag(0.95), lag(0.99));
+
     let (commits, append_requests) = (scratch.stats)();
     let store_name = scratch.name;
-    drop(store);
+    drop((store, service, runner));
     scratch.remove().await?;
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
     let events_per_sec = rate(&ours) * per as f64;
@@ -350,29 +446,60 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         indexed_baseline_events_per_sec: rate(&indexed) * per as f64,
         ratio_to_indexed_baseline: events_per_sec / (rate(&indexed) * per as f64).max(1e-9),
         requests_per_commit: append_requests as f64 / commits.max(1) as f64,
+        hot_stream: config.hot_stream,
+        projection_lag_p50_ms: lag50,
+        projection_lag_p95_ms: lag95,
+        projection_lag_p99_ms: lag99,
     })
 }
 
+fn bench_context() -> CommandContext {
+    CommandContext::new(Actor::system("bench"))
+}
+
+fn no_render(_: &Account, _: u64) -> StoredResponse {
+    StoredResponse {
+        status: 200,
+        body: String::new(),
+    }
+}
+
+/// One hot-stream command: a deposit of 1.00 into account `bench-hot`, through the service.
+async fn hot_deposit(service: &Service) -> anyhow::Result<()> {
+    let deposit = AccountCommand::Deposit {
+        amount: Money::parse("1.00", Currency::USD)?,
+        actor: Actor::system("bench"),
+    };
+    match service
+        .execute::<Account>("bench-hot", deposit, &bench_context(), Box::new(no_render))
+        .await?
+    {
+        Executed::Applied { events: 1, .. } => Ok(()),
+        other => anyhow::bail!("hot-stream deposit did not apply: {other:?}"),
+    }
+}
+
 /// One baseline round: each client inserts `per` rows per transaction request, into streams of
-/// its own for this round (`bench-{round}-{client}`), versions counting from 1.
+/// its own for this round (`bench-{round}-{client}`), versions counting from 1; or, `hot`, every
+/// client into one stream (`bench-{round}-hot`), versions from a shared counter (no checks).
 async fn drive_raw(
     raw: &RawBaseline,
-    (clients, per): (usize, usize),
+    (clients, per, hot): (usize, usize, bool),
     (round, duration): (usize, Duration),
     body: &Arc<String>,
 ) -> anyhow::Result<Run> {
     let (raw, body) = (raw.clone(), body.clone());
+    let shared = Arc::new(AtomicU64::new(0));
     drive(clients, duration, move |client, n| {
         let raw = raw.clone();
-        let stream = format!("bench-{round}-{client}");
+        let (stream, first) = if hot {
+            let first = shared.fetch_add(per as u64, Ordering::Relaxed);
+            (format!("bench-{round}-hot"), first + 1)
+        } else {
+            (format!("bench-{round}-{client}"), n * per as u64 + 1)
+        };
         let rows = (0..per)
-            .map(|i| {
-                (
-                    stream.clone(),
-                    n * per as u64 + i as u64 + 1,
-                    bench_event(&body),
-                )
-            })
+            .map(|i| (stream.clone(), first + i as u64, bench_event(&body)))
             .collect();
         async move { raw.insert(rows).await }
     })

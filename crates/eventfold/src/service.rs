@@ -7,16 +7,21 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use eventfold_core::aggregate::{decode_recorded, encode_event};
 use eventfold_core::{
-    Actor, Aggregate, AppendRequest, EventMetadata, EventStore, ExpectedVersion, IdempotencyRecord,
-    NewEvent, RecordedEvent, Replayed, StoreError, StoredResponse,
+    Actor, Aggregate, EventMetadata, EventStore, NewEvent, RecordedEvent, Replayed, StoreError,
+    StoredResponse,
 };
 use eventfold_domain::{DomainError, Refusal};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// Most retries of a command whose stream moved between load and append (only when the caller
-/// gave no expected version).
-pub const MAX_CONFLICT_RETRIES: usize = 8;
+pub mod lane;
+pub use lane::{Render, MAX_BATCH};
+
+/// Most times a command is decided again because a writer in another process appended to its
+/// stream between the lane's catch-up read and its append (only when the caller gave no expected
+/// version). Each retry waits a random backoff first (up to 16 ms), so this bounds the wait at
+/// about half a second of sustained contention before the caller gets the conflict.
+pub const MAX_CONFLICT_RETRIES: usize = 48;
 
 /// Why the service did not apply a command or answer a query.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +114,7 @@ pub enum Executed<A> {
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn EventStore>,
+    lanes: Arc<lane::Lanes>,
 }
 
 /// Which version of a stream to load.
@@ -125,7 +131,10 @@ pub enum AsOf {
 impl Service {
     /// A service over `store`.
     pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            lanes: Arc::default(),
+        }
     }
 
     /// The underlying store.
@@ -169,11 +178,13 @@ impl Service {
         Ok((replayed.version > 0).then_some(replayed))
     }
 
-    /// Runs `command` on aggregate `id`: loads it, checks the caller's expected version, handles
-    /// the command, and appends the events with the loaded version as the expected version. When
-    /// the caller gave no expected version, a concurrent change is retried up to
-    /// [`MAX_CONFLICT_RETRIES`] times. `render` builds the response stored under the idempotency
-    /// key, from the new state and version.
+    /// Runs `command` on aggregate `id`: queues it on the stream's lane (see [`lane`]), which
+    /// brings the stream's state up to date, checks the caller's expected version, handles the
+    /// command against the state the commands before it in the queue left, and appends its events
+    /// with that version as the expected version (several queued commands share one
+    /// `append_many`). When the caller gave no expected version, a conflict with a writer in
+    /// another process is decided again, up to [`MAX_CONFLICT_RETRIES`] times. `render` builds
+    /// the response stored under the idempotency key, from the new state and version.
     ///
     /// # Errors
     /// [`ServiceError::Refused`] for domain refusals, a version conflict as
@@ -183,94 +194,18 @@ impl Service {
         id: &str,
         command: A::Command,
         ctx: &CommandContext,
-        render: &(dyn Fn(&A, u64) -> StoredResponse + Sync),
+        render: Render<A>,
     ) -> Result<Executed<A>, ServiceError>
     where
-        A::Command: Clone,
+        A::Command: Clone + Send + 'static,
         A::Error: DomainError,
     {
         let stream_id = A::stream_id(id);
         if let Some(replay) = self.replay(ctx).await? {
             return Ok(replay);
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let events = self
-                .store
-                .read_stream_for_replay(&stream_id, 1, usize::MAX)
-                .await?;
-            let loaded = Replayed::<A>::from_replay(&stream_id, &events)?;
-            if let Some(expected) = ctx.expected_version {
-                if expected != loaded.version {
-                    return Err(StoreError::VersionConflict {
-                        stream_id,
-                        expected: ExpectedVersion::Exact(expected),
-                        actual: loaded.version,
-                    }
-                    .into());
-                }
-            }
-            let events = loaded
-                .state
-                .handle(command.clone())
-                .map_err(|e| ServiceError::refused(&e))?;
-            if events.is_empty() {
-                return Ok(Executed::Applied {
-                    state: loaded.state,
-                    version: loaded.version,
-                    events: 0,
-                    position: None,
-                });
-            }
-            let new_events = events
-                .iter()
-                .map(|e| self.new_event::<A>(e, ctx, Uuid::now_v7()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let count = events.len();
-            let state = events.iter().fold(loaded.state, |s, e| s.apply(e));
-            let version = loaded.version + count as u64;
-            let mut request = AppendRequest::new(
-                &stream_id,
-                if loaded.version == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(loaded.version)
-                },
-                new_events,
-            );
-            request.idempotency =
-                ctx.idempotency
-                    .as_ref()
-                    .map(|(key, fingerprint)| IdempotencyRecord {
-                        key: key.clone(),
-                        fingerprint: fingerprint.clone(),
-                        response: render(&state, version),
-                    });
-            match self.store.append(request).await {
-                Ok(outcome) => {
-                    return Ok(Executed::Applied {
-                        state,
-                        version,
-                        events: count,
-                        position: Some(outcome.last_position),
-                    });
-                }
-                Err(StoreError::VersionConflict { .. })
-                    if ctx.expected_version.is_none() && attempt <= MAX_CONFLICT_RETRIES =>
-                {
-                    continue;
-                }
-                Err(StoreError::IdempotencyKeyUsed { .. }) => {
-                    // A concurrent request with the same key won: answer with its response.
-                    return self.replay(ctx).await?.ok_or_else(|| {
-                        StoreError::Corrupt("idempotency key reported used but not found".into())
-                            .into()
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.execute_in_lane::<A>(&stream_id, command, ctx.clone(), render)
+            .await
     }
 
     async fn replay<A>(&self, ctx: &CommandContext) -> Result<Option<Executed<A>>, ServiceError> {

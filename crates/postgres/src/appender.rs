@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
+use eventfold_core::{
+    AppendOutcome, AppendRequest, ExpectedVersion, IdempotencyRecord, StoreError,
+};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -144,9 +146,173 @@ fn fail_all(group: Vec<Job>, message: &str) {
     }
 }
 
-/// Checks and writes a group of appends in one transaction; returns each request's result and the
-/// new head. Reads are batched (`= ANY($1)`), checks run in memory, writes are one `UNNEST` insert.
+/// Writes a group of appends: first in one round trip (`eventfold_append`, planned against the
+/// stream versions the requests expect), and when that finds a stream elsewhere or an id or key
+/// used before, in the checked transaction that reads everything first.
 async fn commit_group(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest],
+) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
+    match commit_assumed(conn, requests).await? {
+        Some(done) => Ok(done),
+        None => commit_checked(conn, requests).await,
+    }
+}
+
+/// The group's rows, idempotency records and per-request results, numbered from `head + 1`.
+struct Plan {
+    results: Vec<Result<AppendOutcome, StoreError>>,
+    rows: Vec<Row13>,
+    keys: Vec<IdempotencyRecord>,
+    /// The last position planned (`head` when nothing is written).
+    last: u64,
+}
+
+/// Checks every request against the stream versions, stored event ids and used keys given, and
+/// against the requests before it in the group, in order.
+fn plan(
+    requests: &[&AppendRequest],
+    head: u64,
+    mut versions: HashMap<String, u64>,
+    stored: &HashMap<Uuid, (String, u64, u64)>,
+    used_keys: &mut HashSet<String>,
+) -> Plan {
+    let mut next = head + 1;
+    let mut rows: Vec<Row13> = Vec::new();
+    // Events accepted earlier in this group: an identical append later in it is a retry.
+    let mut batch_ids: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
+    let mut keys = Vec::new();
+    let mut results = Vec::with_capacity(requests.len());
+    for request in requests {
+        let result =
+            check_one(request, &mut versions, stored, &batch_ids, used_keys).map(|current| {
+                let first = next;
+                for (i, e) in request.events.iter().enumerate() {
+                    let m = &e.metadata;
+                    rows.push(Row13 {
+                        position: next as i64,
+                        event_id: e.event_id,
+                        stream_id: request.stream_id.clone(),
+                        version: (current + 1 + i as u64) as i64,
+                        event_type: e.event_type.clone(),
+                        schema_version: e.schema_version as i32,
+                        event_time: e.event_time,
+                        actor: m.actor.as_str().to_owned(),
+                        causation_id: m.causation_id,
+                        correlation_id: m.correlation_id,
+                        tenant_id: m.tenant_id.clone(),
+                        payload: e.payload.clone(),
+                    });
+                    batch_ids.insert(
+                        e.event_id,
+                        (request.stream_id.clone(), current + 1 + i as u64, next),
+                    );
+                    next += 1;
+                }
+                let version = current + request.events.len() as u64;
+                versions.insert(request.stream_id.clone(), version);
+                if let Some(idem) = &request.idempotency {
+                    used_keys.insert(idem.key.clone());
+                    keys.push(idem.clone());
+                }
+                AppendOutcome {
+                    stream_version: version,
+                    first_position: first,
+                    last_position: next - 1,
+                    duplicate: false,
+                }
+            });
+        results.push(match result {
+            Err(Duplicate(outcome)) => Ok(outcome),
+            Err(Refused(e)) => Err(e),
+            Ok(outcome) => Ok(outcome),
+        });
+    }
+    Plan {
+        results,
+        rows,
+        keys,
+        last: next - 1,
+    }
+}
+
+/// The one-round-trip path. Assumes each stream is at the version its first request in the group
+/// expects (`Exact(v)`, or 0 for `NoStream`), no event id was stored before and no key used, plans
+/// the group on that, and lets `eventfold_append` verify the versions under the append lock and
+/// number the events from the head. `None` when an assumption was wrong (or a request expects
+/// `Any`): nothing was written.
+async fn commit_assumed(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest],
+) -> Result<Option<(Vec<Result<AppendOutcome, StoreError>>, u64)>, sqlx::Error> {
+    let mut assumed: HashMap<String, u64> = HashMap::new();
+    for r in requests {
+        if !assumed.contains_key(&r.stream_id) {
+            let v = match r.expected {
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::NoStream => 0,
+                ExpectedVersion::Any => return Ok(None),
+            };
+            assumed.insert(r.stream_id.clone(), v);
+        }
+    }
+    let (check_streams, check_versions): (Vec<String>, Vec<i64>) =
+        assumed.iter().map(|(s, v)| (s.clone(), *v as i64)).unzip();
+    let mut plan = plan(requests, 0, assumed, &HashMap::new(), &mut HashSet::new());
+    if plan.rows.is_empty() {
+        return Ok(None);
+    }
+    let count = plan.rows.len() as u64;
+    let c = Columns::from(std::mem::take(&mut plan.rows));
+    let head: i64 = match sqlx::query_scalar(
+        "SELECT eventfold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+         $16, $17, $18, $19, $20)",
+    )
+    .bind(APPEND_LOCK)
+    .bind(check_streams)
+    .bind(check_versions)
+    .bind(c.event_id)
+    .bind(c.stream_id)
+    .bind(c.version)
+    .bind(c.event_type)
+    .bind(c.schema_version)
+    .bind(c.event_time)
+    .bind(Utc::now())
+    .bind(c.actor)
+    .bind(c.causation_id)
+    .bind(c.correlation_id)
+    .bind(c.tenant_id)
+    .bind(c.payload)
+    .bind(plan.keys.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
+    .bind(plan.keys.iter().map(|k| k.fingerprint.clone()).collect::<Vec<_>>())
+    .bind(plan.keys.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())
+    .bind(plan.keys.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
+    .bind(NOTIFY_CHANNEL)
+    .fetch_one(&mut *conn)
+    .await
+    {
+        Ok(head) => head,
+        // An event id or idempotency key used before: the checked path sorts out which.
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    if head < 0 {
+        return Ok(None);
+    }
+    let head = head as u64;
+    for outcome in plan.results.iter_mut().flatten() {
+        outcome.first_position += head;
+        outcome.last_position += head;
+    }
+    Ok(Some((plan.results, head + count)))
+}
+
+/// The checked path: one transaction that takes the append lock, reads the head, the streams'
+/// versions, the stored event ids and the used keys, checks every request in memory, and writes
+/// the accepted ones with one statement.
+async fn commit_checked(
     conn: &mut PgConnection,
     requests: &[&AppendRequest],
 ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
@@ -214,63 +380,12 @@ async fn commit_group(
         }
     }
 
-    let now = Utc::now();
-    let mut next = head as u64 + 1;
-    let mut rows: Vec<Row13> = Vec::new();
-    // Events accepted earlier in this group: an identical append later in it is a retry.
-    let mut batch_ids: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
-    let mut keys_out = Vec::new();
-    let mut results = Vec::with_capacity(requests.len());
-    for request in requests {
-        let result =
-            check_one(request, &mut versions, &stored, &batch_ids, &used_keys).map(|current| {
-                let first = next;
-                for (i, e) in request.events.iter().enumerate() {
-                    let m = &e.metadata;
-                    rows.push(Row13 {
-                        position: next as i64,
-                        event_id: e.event_id,
-                        stream_id: request.stream_id.clone(),
-                        version: (current + 1 + i as u64) as i64,
-                        event_type: e.event_type.clone(),
-                        schema_version: e.schema_version as i32,
-                        event_time: e.event_time,
-                        actor: m.actor.as_str().to_owned(),
-                        causation_id: m.causation_id,
-                        correlation_id: m.correlation_id,
-                        tenant_id: m.tenant_id.clone(),
-                        payload: e.payload.clone(),
-                    });
-                    batch_ids.insert(
-                        e.event_id,
-                        (request.stream_id.clone(), current + 1 + i as u64, next),
-                    );
-                    next += 1;
-                }
-                let version = current + request.events.len() as u64;
-                versions.insert(request.stream_id.clone(), version);
-                if let Some(idem) = &request.idempotency {
-                    used_keys.insert(idem.key.clone());
-                    keys_out.push(idem.clone());
-                }
-                AppendOutcome {
-                    stream_version: version,
-                    first_position: first,
-                    last_position: next - 1,
-                    duplicate: false,
-                }
-            });
-        results.push(match result {
-            Err(Duplicate(outcome)) => Ok(outcome),
-            Err(Refused(e)) => Err(e),
-            Ok(outcome) => Ok(outcome),
-        });
-    }
-    if !rows.is_empty() {
-        write_group(&mut tx, rows, &keys_out, now, next - 1).await?;
+    let plan = plan(requests, head as u64, versions, &stored, &mut used_keys);
+    if !plan.rows.is_empty() {
+        write_group(&mut tx, plan.rows, &plan.keys, Utc::now(), plan.last).await?;
     }
     tx.commit().await?;
-    Ok((results, next - 1))
+    Ok((plan.results, plan.last))
 }
 
 /// Why a request was not written: already stored (a retry), or refused.
@@ -353,6 +468,44 @@ fn check_one(
     Ok(current)
 }
 
+/// The rows of a group as one array per column (for `UNNEST`).
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    stream_id: Vec<String>,
+    version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    event_time: Vec<DateTime<Utc>>,
+    actor: Vec<String>,
+    causation_id: Vec<Option<Uuid>>,
+    correlation_id: Vec<Option<Uuid>>,
+    tenant_id: Vec<String>,
+    payload: Vec<String>,
+}
+
+impl From<Vec<Row13>> for Columns {
+    fn from(rows: Vec<Row13>) -> Self {
+        let mut c = Columns::default();
+        for r in rows {
+            c.position.push(r.position);
+            c.event_id.push(r.event_id);
+            c.stream_id.push(r.stream_id);
+            c.version.push(r.version);
+            c.event_type.push(r.event_type);
+            c.schema_version.push(r.schema_version);
+            c.event_time.push(r.event_time);
+            c.actor.push(r.actor);
+            c.causation_id.push(r.causation_id);
+            c.correlation_id.push(r.correlation_id);
+            c.tenant_id.push(r.tenant_id);
+            c.payload.push(r.payload);
+        }
+        c
+    }
+}
+
 /// Inserts the events and idempotency records of a group and notifies subscribers, in one
 /// statement (data-modifying CTEs).
 async fn write_group(
@@ -362,35 +515,7 @@ async fn write_group(
     now: DateTime<Utc>,
     head: u64,
 ) -> Result<(), sqlx::Error> {
-    let n = rows.len();
-    let mut c = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for r in rows {
-        c.0.push(r.position);
-        c.1.push(r.event_id);
-        c.2.push(r.stream_id);
-        c.3.push(r.version);
-        c.4.push(r.event_type);
-        c.5.push(r.schema_version);
-        c.6.push(r.event_time);
-        c.7.push(r.actor);
-        c.8.push(r.causation_id);
-        c.9.push(r.correlation_id);
-        c.10.push(r.tenant_id);
-        c.11.push(r.payload);
-    }
+    let c = Columns::from(rows);
     sqlx::query(
         "WITH ev AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
            schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
@@ -402,19 +527,19 @@ async fn write_group(
            AS t(k, f, st, b) RETURNING 1) \
          SELECT pg_notify($18, $19), (SELECT count(*) FROM ev), (SELECT count(*) FROM ik)",
     )
-    .bind(c.0)
-    .bind(c.1)
-    .bind(c.2)
-    .bind(c.3)
-    .bind(c.4)
-    .bind(c.5)
-    .bind(c.6)
+    .bind(c.position)
+    .bind(c.event_id)
+    .bind(c.stream_id)
+    .bind(c.version)
+    .bind(c.event_type)
+    .bind(c.schema_version)
+    .bind(c.event_time)
     .bind(now)
-    .bind(c.7)
-    .bind(c.8)
-    .bind(c.9)
-    .bind(c.10)
-    .bind(c.11)
+    .bind(c.actor)
+    .bind(c.causation_id)
+    .bind(c.correlation_id)
+    .bind(c.tenant_id)
+    .bind(c.payload)
     .bind(keys.iter().map(|k| k.key.clone()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.fingerprint.clone()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())

@@ -1,7 +1,8 @@
 //! Versioned migrations, applied in order under an advisory lock; `eventfold_schema` records them.
 
 /// Each entry is one migration; never edit a released one, append a new one.
-pub(crate) const MIGRATIONS: &[&str] = &[r"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE events (
     position       BIGINT      PRIMARY KEY,      -- global position, assigned under the append lock
     event_id       UUID        NOT NULL UNIQUE,  -- UUIDv7
@@ -39,4 +40,46 @@ CREATE TABLE read_models (
     doc        TEXT NOT NULL,                     -- JSON
     PRIMARY KEY (projection, key)
 );
-"];
+",
+    r"
+-- The appender's one-round-trip path (see appender.rs): the caller has checked the group against
+-- the stream versions it assumes; this takes the append lock, verifies those versions, numbers
+-- the events from the head it reads under the lock, inserts events and idempotency records, and
+-- notifies subscribers. Returns the head before the insert, or -1 (writing nothing) when a stream
+-- is not at the version the caller assumed. Unique violations (an event id or idempotency key
+-- used before) raise, and the caller takes the checked path.
+CREATE FUNCTION eventfold_append(
+    p_lock BIGINT, p_check_streams TEXT[], p_check_versions BIGINT[],
+    p_ids UUID[], p_streams TEXT[], p_versions BIGINT[], p_types TEXT[], p_schema_versions INTEGER[],
+    p_event_times TIMESTAMPTZ[], p_ingest TIMESTAMPTZ, p_actors TEXT[], p_causations UUID[],
+    p_correlations UUID[], p_tenants TEXT[], p_payloads TEXT[],
+    p_keys TEXT[], p_fingerprints TEXT[], p_statuses INTEGER[], p_bodies TEXT[], p_channel TEXT
+) RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    v_head BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    -- A volatile function's statements each take a fresh snapshot: these see every commit made
+    -- before the lock was granted.
+    IF EXISTS (
+        SELECT 1 FROM unnest(p_check_streams, p_check_versions) AS c(s, v)
+        WHERE coalesce((SELECT e.stream_version FROM events e WHERE e.stream_id = c.s
+                        ORDER BY e.stream_version DESC LIMIT 1), 0) <> c.v
+    ) THEN
+        RETURN -1;
+    END IF;
+    SELECT coalesce(max(position), 0) INTO v_head FROM events;
+    INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version,
+                        event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload)
+    SELECT v_head + u.o, u.i, u.s, u.v, u.t, u.sv, u.et, p_ingest, u.a, u.ca, u.co, u.tn, u.pl
+    FROM unnest(p_ids, p_streams, p_versions, p_types, p_schema_versions, p_event_times, p_actors,
+                p_causations, p_correlations, p_tenants, p_payloads)
+         WITH ORDINALITY AS u(i, s, v, t, sv, et, a, ca, co, tn, pl, o);
+    INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at)
+    SELECT k.k, k.f, k.st, k.b, p_ingest
+    FROM unnest(p_keys, p_fingerprints, p_statuses, p_bodies) AS k(k, f, st, b);
+    PERFORM pg_notify(p_channel, (v_head + cardinality(p_ids))::text);
+    RETURN v_head;
+END $$;
+",
+];

@@ -195,14 +195,15 @@ async fn run<A>(
 ) -> Result<Response, ApiError>
 where
     A: Aggregate,
-    A::Command: Clone,
+    A::Command: Clone + Send + 'static,
     A::Error: DomainError,
 {
     let ctx = headers.context(fingerprint);
-    let render = |s: &A, v: u64| stored(status, &view(id, s, v));
+    let owned_id = id.to_owned();
+    let render = Box::new(move |s: &A, v: u64| stored(status, &view(&owned_id, s, v)));
     match state
         .service
-        .execute::<A>(id, command, &ctx, &render)
+        .execute::<A>(id, command, &ctx, render)
         .await?
     {
         Executed::Applied { state, version, .. } => {

@@ -354,7 +354,7 @@ pub async fn realtime_sales(
 }
 
 /// Every projection's checkpoint and lag.
-#[utoipa::path(get, path = "/projections", responses((status = 200, description = "checkpoint, head, lag_events, last_lag_ms per projection")))]
+#[utoipa::path(get, path = "/projections", responses((status = 200, description = "checkpoint, head, lag_events, last_lag_ms, lag_p95_ms per projection")))]
 pub async fn projections(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {

@@ -155,6 +155,7 @@ fn bench_commands_print_their_figures() {
         "p99_ms",
         "baseline_events_per_sec",
         "ratio_to_baseline",
+        "projection_lag_p95_ms",
     ] {
         assert!(
             append[field].as_f64().is_some_and(|v| v > 0.0),
@@ -207,12 +208,45 @@ fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
         "baseline_events_per_sec",
         "ratio_to_baseline",
         "ratio_to_indexed_baseline",
+        "projection_lag_p95_ms",
     ] {
         assert!(
             append[field].as_f64().is_some_and(|v| v > 0.0),
             "{field} in {append}"
         );
     }
+    let hot = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--hot-stream",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+    ));
+    assert_eq!(hot["hot_stream"], true);
+    assert!(hot["commands_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    let refused = eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--hot-stream",
+            "--events-per-command",
+            "2",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--events-per-command must be 1"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let read = ok_json(&eventfold(
         &admin,
         &["bench", "read", "--events", "3000", "--json"],

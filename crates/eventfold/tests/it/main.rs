@@ -5,6 +5,7 @@ mod accounts;
 mod cli;
 mod durability;
 mod import;
+mod lanes;
 mod orders;
 mod projections;
 mod replay;

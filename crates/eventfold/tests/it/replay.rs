@@ -44,7 +44,7 @@ async fn check_prefixes<A>(
 ) -> Result<(), TestCaseError>
 where
     A: Aggregate + PartialEq + std::fmt::Debug,
-    A::Command: Clone,
+    A::Command: Clone + Send + 'static,
     A::Error: eventfold_domain::DomainError,
 {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +58,9 @@ where
             version,
             events,
             ..
-        }) = service.execute::<A>("p", command, &ctx, &no_render).await
+        }) = service
+            .execute::<A>("p", command, &ctx, Box::new(no_render))
+            .await
         {
             if events > 0 {
                 seen.push((version, state));
