@@ -55,6 +55,16 @@ pub struct StoredResponse {
     pub body: String,
 }
 
+/// What opening a store did to its schema: the migration version found and the one it is at now
+/// (equal when the schema was already current: running migrations twice is a no-op).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaVersion {
+    /// Version found when the store was opened (0 = empty database or file).
+    pub previous: u32,
+    /// Version now (the newest this eventfold knows).
+    pub current: u32,
+}
+
 /// An idempotency key written in the same transaction as the events it guards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {

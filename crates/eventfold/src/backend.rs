@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore};
+use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore, SchemaVersion};
 use eventfold_domain::projections::{
     BalanceByAccountProjection, OrderSummaryProjection, SalesClock, SalesProjection,
 };
@@ -56,6 +56,8 @@ pub struct Backend {
     pub read_models: Arc<dyn ReadModelStore>,
     /// What it was opened from.
     pub url: StoreUrl,
+    /// The schema version found on opening and the one it is at now.
+    pub schema: SchemaVersion,
 }
 
 impl Backend {
@@ -73,6 +75,7 @@ impl Backend {
                         .context("opening the postgres store")?,
                 );
                 Ok(Self {
+                    schema: store.schema_version(),
                     events: store.clone(),
                     read_models: store,
                     url: parsed,
@@ -88,6 +91,7 @@ impl Backend {
                         .with_context(|| format!("opening sqlite store {}", path.display()))?,
                 );
                 Ok(Self {
+                    schema: store.schema_version(),
                     events: store.clone(),
                     read_models: store,
                     url: parsed,

@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Apply the store's schema migrations (every command also does on opening) and print the
+    /// schema version; running it twice is a no-op, a schema newer than this binary is refused.
+    Migrate,
     /// Import data into the store.
     Import {
         #[command(subcommand)]
@@ -220,6 +223,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     s.push_str(&format!("\nskipped {bad}"));
                 }
                 s
+            })
+        }
+        Command::Migrate => {
+            let backend = Backend::open(&cli.store).await?;
+            let s = backend.schema;
+            print(cli.json, &s, || {
+                if s.previous == s.current {
+                    format!("schema version {}: already current", s.current)
+                } else {
+                    format!(
+                        "schema version {} (migrated from {}, {} migration(s) applied)",
+                        s.current,
+                        s.previous,
+                        s.current - s.previous
+                    )
+                }
             })
         }
         Command::History { stream } => {

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
+    ReadModelStore, RecordedEvent, ReplayEvent, SchemaVersion, StoreError, StoredResponse,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
@@ -78,6 +78,7 @@ struct Inner {
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
     config: PostgresConfig,
+    schema: SchemaVersion,
 }
 
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
@@ -119,7 +120,7 @@ impl PostgresStore {
             .map_err(|e| {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}").into())
             })?;
-        migrate(&pool).await?;
+        let schema = migrate(&pool).await?;
         let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(&pool)
             .await
@@ -145,8 +146,14 @@ impl PostgresStore {
                 head: head_rx,
                 counters,
                 config,
+                schema,
             }),
         })
+    }
+
+    /// The schema version found on connecting and the one it is at now (migrations applied).
+    pub fn schema_version(&self) -> SchemaVersion {
+        self.inner.schema
     }
 
     /// What the appender has done: commits against append requests shows how many commands share
@@ -212,7 +219,7 @@ async fn listen(url: String, head: watch::Sender<u64>) {
     }
 }
 
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+async fn migrate(pool: &PgPool) -> Result<SchemaVersion, StoreError> {
     let mut tx = pool.begin().await.map_err(backend)?;
     // One migrator at a time across processes.
     sqlx::query("SELECT pg_advisory_xact_lock(7461002)")
@@ -244,7 +251,11 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
             .await
             .map_err(backend)?;
     }
-    tx.commit().await.map_err(backend)
+    tx.commit().await.map_err(backend)?;
+    Ok(SchemaVersion {
+        previous: current as u32,
+        current: known as u32,
+    })
 }
 
 const SELECT_EVENTS: &str =

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, StoreError, StoredResponse,
+    ReadModelStore, RecordedEvent, ReplayEvent, SchemaVersion, StoreError, StoredResponse,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, watch};
@@ -90,6 +90,7 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     head: watch::Receiver<u64>,
     config: SqliteConfig,
+    schema: SchemaVersion,
 }
 
 impl SqliteStore {
@@ -108,7 +109,7 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_connection(&path, false, config.busy_timeout)?;
-        migrate(&conn)?;
+        let schema = migrate(&conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", config.wal_autocheckpoint_pages)
             .map_err(backend)?;
         let head: u64 = conn
@@ -136,8 +137,14 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 head: head_rx,
                 config,
+                schema,
             }),
         })
+    }
+
+    /// The schema version found on opening and the one it is at now (migrations applied).
+    pub fn schema_version(&self) -> SchemaVersion {
+        self.inner.schema
     }
 
     /// What the writer has done since the store was opened: the number of commits against the
@@ -248,7 +255,7 @@ fn open_connection(path: &Path, read_only: bool, busy: Duration) -> Result<Conne
     Ok(conn)
 }
 
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
+fn migrate(conn: &Connection) -> Result<SchemaVersion, StoreError> {
     let current: usize = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(backend)?;
@@ -265,7 +272,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         ))
         .map_err(backend)?;
     }
-    Ok(())
+    Ok(SchemaVersion {
+        previous: current as u32,
+        current: schema::MIGRATIONS.len() as u32,
+    })
 }
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {

@@ -267,3 +267,35 @@ fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
     ));
     assert_eq!(load["events"], 300);
 }
+
+/// `eventfold migrate` on PostgreSQL: migrates an empty database, is a no-op the second time, and
+/// refuses a schema newer than the binary with a message that says so.
+#[test]
+fn migrate_twice_is_a_no_op_and_a_newer_schema_is_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(eventfold_postgres::testing::fresh_db());
+    let first = ok_json(&eventfold(&db.url, &["migrate", "--json"]));
+    assert_eq!(first["previous"], 0);
+    let current = first["current"].as_u64().unwrap();
+    assert!(current >= 2, "{first}");
+    let second = ok_json(&eventfold(&db.url, &["migrate", "--json"]));
+    assert_eq!(second["previous"], current);
+    assert_eq!(second["current"], current);
+    let text = eventfold(&db.url, &["migrate"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("already current"));
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("INSERT INTO eventfold_schema (version) VALUES (999)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let refused = eventfold(&db.url, &["migrate"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("schema version 999") && stderr.contains("upgrade eventfold"),
+        "{stderr}"
+    );
+}

@@ -22,6 +22,9 @@ fn ev(n: u32) -> NewEvent {
 async fn migrations_run_twice_are_a_no_op_and_a_newer_schema_is_refused() {
     let db = fresh_db().await;
     let store = PostgresStore::connect(&db.url).await.unwrap();
+    let first = store.schema_version();
+    assert_eq!(first.previous, 0);
+    assert!(first.current >= 2, "{first:?}");
     store
         .append(AppendRequest::new(
             "s-1",
@@ -32,6 +35,8 @@ async fn migrations_run_twice_are_a_no_op_and_a_newer_schema_is_refused() {
         .unwrap();
     let again = PostgresStore::connect(&db.url).await.unwrap();
     assert_eq!(again.head_position().await.unwrap(), 1);
+    assert_eq!(again.schema_version().previous, first.current);
+    assert_eq!(again.schema_version().current, first.current);
     sqlx::query("INSERT INTO eventfold_schema (version) VALUES (99)")
         .execute(again.pool())
         .await
