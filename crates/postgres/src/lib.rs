@@ -45,6 +45,9 @@ pub struct PostgresConfig {
     pub max_batch_requests: usize,
     /// How often a waiting subscriber re-reads without a notification (default 100 ms).
     pub poll_interval: Duration,
+    /// Longest a read waits for a pooled connection, reconnecting meanwhile, before it fails
+    /// with [`StoreError::Unavailable`] (HTTP 503 with Retry-After) (default 2 s).
+    pub acquire_timeout: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -53,6 +56,7 @@ impl Default for PostgresConfig {
             max_connections: 8,
             max_batch_requests: 4_096,
             poll_interval: Duration::from_millis(100),
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -114,7 +118,7 @@ impl PostgresStore {
     pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(config.acquire_timeout)
             .connect(url)
             .await
             .map_err(|e| {

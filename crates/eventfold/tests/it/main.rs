@@ -7,6 +7,7 @@ mod durability;
 mod import;
 mod lanes;
 mod orders;
+mod outage;
 mod projections;
 mod replay;
 mod support;

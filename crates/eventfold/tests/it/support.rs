@@ -16,7 +16,7 @@ pub struct TestApp {
     pub router: axum::Router,
     pub backend: Backend,
     pub runner: Arc<ProjectionRunner>,
-    _guard: Box<dyn std::any::Any + Send>,
+    _guard: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// A response: status, JSON body (or `Null`), headers.
@@ -41,7 +41,8 @@ impl TestApp {
         Self::open(&url, Box::new(db)).await
     }
 
-    async fn open(url: &str, guard: Box<dyn std::any::Any + Send>) -> Self {
+    /// An app on the store at `url`; `guard` lives as long as the app (a temp dir, a database).
+    pub async fn open(url: &str, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
         let backend = Backend::open(url).await.expect("open store");
         let runner = Arc::new(backend.projection_runner());
         let router = router(AppState::new(&backend, runner.clone()));
