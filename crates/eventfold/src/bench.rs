@@ -228,7 +228,12 @@ struct Scratch {
 
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    Database { admin: String, name: String },
+    Database {
+        admin: String,
+        name: String,
+        /// Closed before the database is dropped, so no pooled connection sees it vanish.
+        pools: Vec<sqlx::PgPool>,
+    },
 }
 
 impl Scratch {
@@ -271,6 +276,14 @@ impl Scratch {
                 let store =
                     Arc::new(eventfold_postgres::PostgresStore::connect(&scratch_url).await?);
                 let stats_store = store.clone();
+                let raw = RawBaseline::postgres(&scratch_url, "raw", false).await?;
+                let raw_indexed = RawBaseline::postgres(&scratch_url, "raw_indexed", true).await?;
+                let mut pools = vec![store.pool().clone()];
+                for r in [&raw, &raw_indexed] {
+                    if let RawBaseline::Postgres { pool, .. } = r {
+                        pools.push(pool.clone());
+                    }
+                }
                 Ok(Self {
                     read_models: store.clone(),
                     stats: Box::new(move || {
@@ -278,12 +291,13 @@ impl Scratch {
                         (s.commits, s.append_requests)
                     }),
                     store,
-                    raw: RawBaseline::postgres(&scratch_url, "raw", false).await?,
-                    raw_indexed: RawBaseline::postgres(&scratch_url, "raw_indexed", true).await?,
+                    raw,
+                    raw_indexed,
                     name: "postgres",
                     cleanup: Cleanup::Database {
                         admin: url.clone(),
                         name,
+                        pools,
                     },
                 })
             }
@@ -302,8 +316,11 @@ impl Scratch {
         } = self;
         // Everything that holds the store or a connection goes before the database does.
         drop((store, read_models, stats, raw, raw_indexed));
-        if let Cleanup::Database { admin, name } = cleanup {
+        if let Cleanup::Database { admin, name, pools } = cleanup {
             use sqlx::Connection;
+            for pool in pools {
+                pool.close().await;
+            }
             let mut conn = sqlx::PgConnection::connect(&admin).await?;
             sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&mut conn)

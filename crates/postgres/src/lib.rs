@@ -10,6 +10,7 @@
 //! - Read models and checkpoints live in the same database, committed together.
 
 mod appender;
+mod copy;
 mod schema;
 pub mod testing;
 
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
@@ -336,27 +336,30 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT stream_version, event_type, schema_version, event_time, payload FROM events \
-             WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3",
-        )
-        .bind(stream_id)
-        .bind(version(from_version))
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReplayEvent {
-                    stream_version: r.try_get::<i64, _>(0).map_err(backend)? as u64,
-                    event_type: r.try_get(1).map_err(backend)?,
-                    schema_version: r.try_get::<i32, _>(2).map_err(backend)? as u32,
-                    event_time: r.try_get::<DateTime<Utc>, _>(3).map_err(backend)?,
-                    payload: r.try_get(4).map_err(backend)?,
-                })
-            })
-            .collect()
+        use futures::TryStreamExt;
+        // COPY takes no bind parameters: the stream id travels in a session setting (bound, never
+        // spliced into SQL text), the numbers are formatted integers.
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
+            .bind(stream_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let sql = format!(
+            "COPY (SELECT stream_version, event_type, schema_version, event_time, payload FROM events \
+             WHERE stream_id = current_setting('eventfold.replay_stream') AND stream_version >= {} \
+             ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
+            version(from_version),
+            limit(max_count)
+        );
+        let mut data = Vec::new();
+        let mut chunks = conn.copy_out_raw(&sql).await.map_err(backend)?;
+        while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+            data.extend_from_slice(&chunk);
+        }
+        drop(chunks);
+        copy::parse_replay(&data)
+            .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
