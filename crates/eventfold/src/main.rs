@@ -15,6 +15,7 @@ use eventfold_domain::account::Account;
 use eventfold_domain::inventory::Inventory;
 use eventfold_domain::order::Order;
 use eventfold_domain::payment::Payment;
+use eventfold_kafka::{Relay, RelayConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,13 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Kafka bootstrap servers (HOST:PORT[,...]); with it, `serve` publishes the event log to
+    /// Kafka through the outbox relay. Without it everything runs in-process.
+    #[arg(long, global = true, env = "EVENTFOLD_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Topic prefix: events of category `order` go to `{prefix}.order`.
+    #[arg(long, global = true, default_value = "eventfold")]
+    kafka_topic_prefix: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +55,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Publish the event log to Kafka (the outbox relay): until stopped, or `--once` up to the
+    /// current head. Needs --kafka-brokers.
+    Relay {
+        /// Publish what is committed now, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Work partitions this relay owns, e.g. `0-7` or `0,2,4` (default: all of 0-15).
+        #[arg(long)]
+        shards: Option<String>,
     },
     /// Apply the store's schema migrations (every command also does on opening) and print the
     /// schema version; running it twice is a no-op, a schema newer than this binary is refused.
@@ -188,6 +206,57 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
     Ok(())
 }
 
+/// What `relay --once --json` prints.
+#[derive(Serialize)]
+struct RelayReport {
+    /// Events published (acknowledged by the broker).
+    published: u64,
+    /// Log position every owned shard reached.
+    position: u64,
+}
+
+impl From<eventfold_kafka::RelayProgress> for RelayReport {
+    fn from(p: eventfold_kafka::RelayProgress) -> Self {
+        Self {
+            published: p.published,
+            position: p.position,
+        }
+    }
+}
+
+/// Parses `0-7`, `0,2,4` or a mix into shard numbers below `shards`.
+fn parse_shards(spec: &str, shards: u32) -> anyhow::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let number = |s: &str| -> anyhow::Result<u32> {
+            let n: u32 = s
+                .trim()
+                .parse()
+                .with_context(|| format!("--shards: {s:?} is not a shard number"))?;
+            if n >= shards {
+                bail!("--shards: shard {n} is not below {shards}");
+            }
+            Ok(n)
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (number(a)?, number(b)?);
+                if a > b {
+                    bail!("--shards: range {part:?} runs backwards");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(number(part)?),
+        }
+    }
+    if out.is_empty() {
+        bail!("--shards: no shard named");
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen } => {
@@ -197,7 +266,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {listen}"))?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal(shutdown.clone()));
-            http::serve(backend, listener, shutdown).await
+            let relay = match &cli.kafka_brokers {
+                Some(brokers) => {
+                    let mut config = RelayConfig::new(brokers);
+                    config.topic_prefix = cli.kafka_topic_prefix.clone();
+                    let relay = Relay::new(backend.events.clone(), config)?;
+                    let stop = shutdown.clone();
+                    tracing::info!(brokers = %brokers, "publishing the event log to Kafka");
+                    Some(tokio::spawn(async move {
+                        relay.run(stop.cancelled_owned()).await;
+                    }))
+                }
+                None => None,
+            };
+            let served = http::serve(backend, listener, shutdown).await;
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
+            served
+        }
+        Command::Relay { once, shards } => {
+            let brokers = cli
+                .kafka_brokers
+                .clone()
+                .context("relay needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            let backend = Backend::open(&cli.store).await?;
+            let mut config = RelayConfig::new(brokers);
+            config.topic_prefix = cli.kafka_topic_prefix.clone();
+            if let Some(spec) = shards {
+                config.owned = Some(parse_shards(&spec, config.shards)?);
+            }
+            let relay = Relay::new(backend.events.clone(), config)?;
+            if once {
+                let p = relay.publish_pending().await?;
+                print(cli.json, &RelayReport::from(p), || {
+                    format!(
+                        "published {} events; every owned shard is at position {}",
+                        p.published, p.position
+                    )
+                })
+            } else {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal(shutdown.clone()));
+                relay.run(shutdown.cancelled_owned()).await;
+                Ok(())
+            }
         }
         Command::Import {
             source: ImportSource::Cdnow { file, skip_bad },

@@ -299,3 +299,69 @@ fn migrate_twice_is_a_no_op_and_a_newer_schema_is_refused() {
         "{stderr}"
     );
 }
+
+/// `eventfold relay --once` publishes the imported log to Kafka (Tansu), checked with kcat; a
+/// second run publishes nothing; bad arguments are refused with a message naming them.
+#[test]
+fn relay_once_publishes_the_log_to_kafka() {
+    let brokers = std::env::var("EVENTFOLD_TEST_KAFKA").expect(
+        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let file = dir.path().join("cdnow.txt");
+    std::fs::write(
+        &file,
+        " 00001 19970101  1   11.77\n 00002 19970102  2   20.00\n",
+    )
+    .unwrap();
+    ok_json(&eventfold(
+        &store,
+        &["import", "cdnow", file.to_str().unwrap(), "--json"],
+    ));
+    let prefix = format!("cli{}", uuid::Uuid::now_v7().simple());
+    let relay = |extra: &[&str]| {
+        let mut args = vec![
+            "relay",
+            "--once",
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic-prefix",
+            &prefix,
+        ];
+        args.extend_from_slice(extra);
+        eventfold(&store, &args)
+    };
+    let first = ok_json(&relay(&["--json"]));
+    let published = first["published"].as_u64().unwrap();
+    assert!(published >= 2, "{first}");
+    assert_eq!(ok_json(&relay(&["--json"]))["published"], 0);
+
+    let out = Command::new("kcat")
+        .args(["-b", &brokers, "-C", "-t", &format!("{prefix}.order")])
+        .args(["-o", "beginning", "-e", "-q", "-f", "%k %h\n"])
+        .output()
+        .expect("kcat runs (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len() as u64, published, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cdnow-00001-19970101-1 ")
+                && l.contains("event_type=OrderCreated")),
+        "{text}"
+    );
+
+    let no_broker = Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(["relay", "--once"])
+        .env("EVENTFOLD_STORE", &store)
+        .env_remove("EVENTFOLD_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&no_broker.stderr).contains("--kafka-brokers"));
+    let bad = relay(&["--shards", "3-1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("runs backwards"));
+    let bad = relay(&["--shards", "99"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not below 16"));
+}

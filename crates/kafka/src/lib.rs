@@ -1,0 +1,364 @@
+//! Kafka for eventfold (M13): the outbox relay.
+//!
+//! **The event log is the outbox.** Every event is committed in the transaction of the command
+//! that caused it, and the message published for it is a pure function of the stored event (its
+//! envelope in headers, its payload as the body), so "the state change and the message commit in
+//! one transaction" holds by construction, with no second table to write on the command path.
+//! The relay tails the global log from durable checkpoints and publishes each event to the topic
+//! `{prefix}.{category}` (e.g. `eventfold.order`) with the aggregate id as key, so one aggregate's
+//! events land on one partition in stream order.
+//!
+//! **Progress is marked only after delivery.** The relay reads a batch of the log, enqueues every
+//! event on an idempotent producer (`enable.idempotence=true`, `acks=all`: librdkafka retries
+//! without duplicating or reordering within a partition), waits until the broker acknowledged
+//! every one, and only then saves its checkpoints. A crash at any point loses nothing: the next
+//! run republishes from the last checkpoint, so a message may arrive twice (at-least-once) but
+//! never out of order per key on its first arrival; consumers dedupe by the `event_id` header
+//! (the inbox, M14).
+//!
+//! **Work partitions.** The log is split into `shards` work partitions by a stable hash of the
+//! stream id, each with its own checkpoint (`relay:{prefix}:{shard}`). A relay publishes the
+//! shards it owns ([`RelayConfig::owned`], all by default); several relays can split the shards
+//! between them.
+//!
+//! Message format (stable; consumers rely on it): key = aggregate id (the stream id after its
+//! `category-` prefix); value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
+//! `event_type`, `schema_version`, `stream_id`, `stream_version`, `global_position`,
+//! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id`
+//! when present.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventfold_core::envelope::stream_category;
+use eventfold_core::{EventStore, RecordedEvent, StoreError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use sha2::{Digest, Sha256};
+
+/// How the relay connects and what it owns.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic prefix: events of category `order` go to `{prefix}.order` (default `eventfold`).
+    pub topic_prefix: String,
+    /// Partitions of each topic the relay creates (default 3).
+    pub topic_partitions: i32,
+    /// Create each category's topic (CreateTopics) before its first message (default true);
+    /// off where topics are provisioned separately.
+    pub create_topics: bool,
+    /// Work partitions of the log (default 16). Changing it re-maps streams to shards: stop every
+    /// relay first.
+    pub shards: u32,
+    /// The shards this relay publishes (`None`: all).
+    pub owned: Option<Vec<u32>>,
+    /// Events read from the log per batch (default 5,000).
+    pub batch_size: usize,
+    /// Extra librdkafka producer settings (applied last).
+    pub producer_settings: Vec<(String, String)>,
+}
+
+impl RelayConfig {
+    /// Defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic_prefix: "eventfold".into(),
+            topic_partitions: 3,
+            create_topics: true,
+            shards: 16,
+            owned: None,
+            batch_size: 5_000,
+            producer_settings: Vec::new(),
+        }
+    }
+}
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The event store failed.
+    #[error("event store failed")]
+    Store(#[from] StoreError),
+    /// Kafka refused or could not be reached; nothing after the last checkpoint is marked done.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A topic could not be created.
+    #[error("cannot create topic {topic}: {code}")]
+    Topic {
+        /// Topic name.
+        topic: String,
+        /// Broker error code.
+        code: RDKafkaErrorCode,
+    },
+    /// Bad configuration.
+    #[error("relay configuration: {0}")]
+    Config(String),
+}
+
+/// What one [`Relay::publish_pending`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayProgress {
+    /// Events published (acknowledged by the broker).
+    pub published: u64,
+    /// The log position every owned shard has reached.
+    pub position: u64,
+}
+
+/// Publishes the event log to Kafka (see the crate docs).
+pub struct Relay {
+    store: Arc<dyn EventStore>,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    config: RelayConfig,
+    owned: Vec<u32>,
+    topics: tokio::sync::Mutex<HashSet<String>>,
+}
+
+/// The work partition of a stream: a stable hash (SHA-256) of its id modulo `shards`.
+pub fn shard_of(stream_id: &str, shards: u32) -> u32 {
+    let digest = Sha256::digest(stream_id.as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (n % u64::from(shards.max(1))) as u32
+}
+
+/// The message key of a stream: its aggregate id (the part after `category-`).
+pub fn aggregate_id(stream_id: &str) -> &str {
+    stream_id.split_once('-').map_or(stream_id, |(_, id)| id)
+}
+
+impl Relay {
+    /// A relay over `store` with its own idempotent producer.
+    ///
+    /// # Errors
+    /// [`RelayError::Config`] for no shards or an owned shard out of range; [`RelayError::Kafka`]
+    /// when the clients cannot be created (a bad setting).
+    pub fn new(store: Arc<dyn EventStore>, config: RelayConfig) -> Result<Self, RelayError> {
+        if config.shards == 0 || config.batch_size == 0 || config.topic_partitions < 1 {
+            return Err(RelayError::Config(
+                "shards, batch size and topic partitions must be at least 1".into(),
+            ));
+        }
+        let owned = config
+            .owned
+            .clone()
+            .unwrap_or_else(|| (0..config.shards).collect());
+        if let Some(bad) = owned.iter().find(|s| **s >= config.shards) {
+            return Err(RelayError::Config(format!(
+                "owned shard {bad} is not below shards = {}",
+                config.shards
+            )));
+        }
+        let mut producer = ClientConfig::new();
+        producer
+            .set("bootstrap.servers", &config.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            // Reconnect to a broker that came back within a second (librdkafka's default backoff
+            // grows to 10 s).
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("queue.buffering.max.messages", "1000000");
+        for (k, v) in &config.producer_settings {
+            producer.set(k, v);
+        }
+        let admin = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .create()?;
+        Ok(Self {
+            store,
+            producer: producer.create()?,
+            admin,
+            config,
+            owned,
+            topics: tokio::sync::Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The checkpoint name of a shard.
+    pub fn checkpoint_name(&self, shard: u32) -> String {
+        format!("relay:{}:{shard}", self.config.topic_prefix)
+    }
+
+    /// The topic of a stream.
+    pub fn topic_of(&self, stream_id: &str) -> String {
+        format!(
+            "{}.{}",
+            self.config.topic_prefix,
+            stream_category(stream_id)
+        )
+    }
+
+    /// Publishes every committed event of the owned shards after their checkpoints, batch by
+    /// batch, saving the checkpoints after each batch is acknowledged. Returns when the log's
+    /// head is reached.
+    ///
+    /// # Errors
+    /// A store failure or a delivery that failed; checkpoints stay at the last fully
+    /// acknowledged batch.
+    pub async fn publish_pending(&self) -> Result<RelayProgress, RelayError> {
+        let mut checkpoints: HashMap<u32, u64> = HashMap::new();
+        for shard in &self.owned {
+            let cp = self
+                .store
+                .load_checkpoint(&self.checkpoint_name(*shard))
+                .await?
+                .unwrap_or(0);
+            checkpoints.insert(*shard, cp);
+        }
+        let mut from = checkpoints.values().copied().min().unwrap_or(0);
+        let mut progress = RelayProgress {
+            published: 0,
+            position: from,
+        };
+        loop {
+            let batch = self.store.read_all(from, self.config.batch_size).await?;
+            let Some(last) = batch.last().map(|e| e.global_position) else {
+                return Ok(progress);
+            };
+            let mut deliveries = Vec::with_capacity(batch.len());
+            for event in &batch {
+                let shard = shard_of(&event.stream_id, self.config.shards);
+                match checkpoints.get(&shard) {
+                    Some(cp) if event.global_position > *cp => {}
+                    _ => continue,
+                }
+                deliveries.push(self.enqueue(event).await?);
+            }
+            let n = deliveries.len() as u64;
+            for delivery in deliveries {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(KafkaError::Canceled.into()),
+                }
+            }
+            for (shard, cp) in &mut checkpoints {
+                if *cp < last {
+                    self.store
+                        .save_checkpoint(&self.checkpoint_name(*shard), last)
+                        .await?;
+                    *cp = last;
+                }
+            }
+            progress.published += n;
+            progress.position = last;
+            from = last;
+        }
+    }
+
+    /// Keeps publishing until `stop` completes, waking on appends (and polling for other
+    /// processes' appends). A failed round is logged and retried after a second.
+    pub async fn run(&self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let position = match self.publish_pending().await {
+                Ok(p) => p.position,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay round failed; retrying in 1 s");
+                    let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+                    if let futures::future::Either::Right(_) =
+                        futures::future::select(sleep, stop.as_mut()).await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let wait = std::pin::pin!(self.store.wait_for_append(position));
+            if let futures::future::Either::Right(_) =
+                futures::future::select(wait, stop.as_mut()).await
+            {
+                return;
+            }
+        }
+    }
+
+    async fn enqueue(&self, event: &RecordedEvent) -> Result<DeliveryFuture, RelayError> {
+        let topic = self.topic_of(&event.stream_id);
+        self.ensure_topic(&topic).await?;
+        let m = &event.metadata;
+        let (id, version, position, schema, time) = (
+            event.event_id.to_string(),
+            event.stream_version.to_string(),
+            event.global_position.to_string(),
+            event.schema_version.to_string(),
+            event
+                .event_time
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        );
+        let (causation, correlation) = (
+            m.causation_id.map(|u| u.to_string()),
+            m.correlation_id.map(|u| u.to_string()),
+        );
+        let mut headers = OwnedHeaders::new_with_capacity(11)
+            .insert(header("event_id", &id))
+            .insert(header("event_type", &event.event_type))
+            .insert(header("schema_version", &schema))
+            .insert(header("stream_id", &event.stream_id))
+            .insert(header("stream_version", &version))
+            .insert(header("global_position", &position))
+            .insert(header("event_time", &time))
+            .insert(header("tenant_id", &m.tenant_id))
+            .insert(header("actor", m.actor.as_str()));
+        if let Some(c) = &causation {
+            headers = headers.insert(header("causation_id", c));
+        }
+        if let Some(c) = &correlation {
+            headers = headers.insert(header("correlation_id", c));
+        }
+        let mut record = FutureRecord::to(&topic)
+            .key(aggregate_id(&event.stream_id))
+            .payload(&event.payload)
+            .headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: let librdkafka drain it, then try again.
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<(), RelayError> {
+        let mut known = self.topics.lock().await;
+        if !self.config.create_topics || known.contains(topic) {
+            return Ok(());
+        }
+        let new = NewTopic::new(
+            topic,
+            self.config.topic_partitions,
+            TopicReplication::Fixed(1),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in self.admin.create_topics([&new], &options).await? {
+            match result {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(RelayError::Topic { topic, code }),
+            }
+        }
+        known.insert(topic.to_owned());
+        Ok(())
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}

@@ -1,0 +1,110 @@
+//! What Tansu 0.6 does not do yet, shown so that we notice when a newer Tansu closes a gap (and
+//! then move the tests that run on librdkafka's mock cluster for it onto Tansu):
+//! transactions (EndTxn) and static membership (`group.instance.id`).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use crate::support::{broker, unique_prefix};
+
+async fn produce(topic: &str, n: usize) {
+    // Tansu does not create topics on first use.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for i in 0..n {
+        producer
+            .send(
+                FutureRecord::to(topic).key("k").payload(&format!("m{i}")),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Messages a fresh consumer in a new group reads from `topic` within `within`.
+fn consume_count(topic: &str, static_member: bool, within: Duration) -> usize {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker())
+        .set("group.id", unique_prefix())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    if static_member {
+        config.set("group.instance.id", "static-1");
+    }
+    let consumer: BaseConsumer = config.create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < within {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_gap_transactions_do_not_commit() {
+    let topic = format!("{}.txn", unique_prefix());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("transactional.id", unique_prefix())
+        .set("transaction.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let outcome = tokio::task::spawn_blocking(move || {
+        producer.init_transactions(Duration::from_secs(5))?;
+        producer.begin_transaction()?;
+        let _ = producer.send_result(FutureRecord::to(&topic).key("k").payload("v"));
+        producer.commit_transaction(Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    assert!(
+        outcome.is_err(),
+        "Tansu committed a transaction: it supports them now; move the exactly-once tests from the mock \
+         cluster to Tansu"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_gap_static_members_fetch_nothing() {
+    let topic = format!("{}.static", unique_prefix());
+    produce(&topic, 5).await;
+    let (dynamic, fixed) = tokio::task::spawn_blocking(move || {
+        (
+            consume_count(&topic, false, Duration::from_secs(6)),
+            consume_count(&topic, true, Duration::from_secs(6)),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(dynamic, 5, "a dynamic member reads the topic");
+    assert_eq!(
+        fixed, 0,
+        "a static member (group.instance.id) read {fixed} messages: Tansu supports static membership now; \
+         move the static-membership test from the mock cluster to Tansu"
+    );
+}
