@@ -13,4 +13,5 @@ pub mod backend;
 pub mod bench;
 pub mod http;
 pub mod import;
+pub mod inbox;
 pub mod service;

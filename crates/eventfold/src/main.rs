@@ -9,13 +9,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use eventfold::backend::{Backend, StoreUrl, DEFAULT_STORE};
 use eventfold::service::{timeline, AsOf, Service};
-use eventfold::{bench, http, import};
+use eventfold::{bench, http, import, inbox};
 use eventfold_core::{Aggregate, Replayed};
 use eventfold_domain::account::Account;
 use eventfold_domain::inventory::Inventory;
 use eventfold_domain::order::Order;
 use eventfold_domain::payment::Payment;
-use eventfold_kafka::{Relay, RelayConfig};
+use eventfold_kafka::{run_consumer, ConsumeStats, ConsumerConfig, Relay, RelayConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,11 @@ enum Command {
         #[arg(long)]
         shards: Option<String>,
     },
+    /// Consume a Kafka topic through an inbox until stopped (Ctrl-C). Needs --kafka-brokers.
+    Consume {
+        #[command(subcommand)]
+        consumer: ConsumerName,
+    },
     /// Apply the store's schema migrations (every command also does on opening) and print the
     /// schema version; running it twice is a no-op, a schema newer than this binary is refused.
     Migrate,
@@ -99,6 +104,20 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsumerName {
+    /// "Prize won" messages (topic `prizes`): each deposits its prize once per event_id.
+    Prizes {
+        /// Topic to read (default `prizes`).
+        #[arg(long, default_value = "prizes")]
+        topic: String,
+        /// Static membership (group.instance.id): restarts within the session timeout keep the
+        /// partitions without a rebalance.
+        #[arg(long)]
+        group_instance_id: Option<String>,
     },
 }
 
@@ -206,6 +225,27 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
     Ok(())
 }
 
+/// What `consume --json` prints when it stops.
+#[derive(Serialize)]
+struct ConsumeReport {
+    /// Messages handled (including duplicates that changed nothing).
+    done: u64,
+    /// Tries that failed transiently and were retried.
+    retries: u64,
+    /// Messages skipped as poison.
+    poison: u64,
+}
+
+impl From<ConsumeStats> for ConsumeReport {
+    fn from(s: ConsumeStats) -> Self {
+        Self {
+            done: s.done,
+            retries: s.retries,
+            poison: s.poison,
+        }
+    }
+}
+
 /// What `relay --once --json` prints.
 #[derive(Serialize)]
 struct RelayReport {
@@ -284,6 +324,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = relay.await;
             }
             served
+        }
+        Command::Consume {
+            consumer:
+                ConsumerName::Prizes {
+                    topic,
+                    group_instance_id,
+                },
+        } => {
+            let brokers = cli
+                .kafka_brokers
+                .clone()
+                .context("consume needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            let backend = Backend::open(&cli.store).await?;
+            let service = Service::new(backend.events.clone());
+            let mut config = ConsumerConfig::new(brokers, inbox::PRIZES, &[&topic]);
+            config.group_instance_id = group_instance_id;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            let stats = run_consumer(
+                &config,
+                |m| {
+                    let service = service.clone();
+                    async move { inbox::award_prize(&service, &m).await }
+                },
+                shutdown.cancelled_owned(),
+            )
+            .await?;
+            print(cli.json, &ConsumeReport::from(stats), || {
+                format!(
+                    "handled {} messages ({} retries, {} poison)",
+                    stats.done, stats.retries, stats.poison
+                )
+            })
         }
         Command::Relay { once, shards } => {
             let brokers = cli

@@ -1,4 +1,5 @@
-//! Kafka for eventfold (M13): the outbox relay.
+//! Kafka for eventfold: the outbox relay (M13) and an at-least-once consumer for inboxes (M14,
+//! [`consumer`]).
 //!
 //! **The event log is the outbox.** Every event is committed in the transaction of the command
 //! that caused it, and the message published for it is a pure function of the stored event (its
@@ -26,6 +27,10 @@
 //! `event_type`, `schema_version`, `stream_id`, `stream_version`, `global_position`,
 //! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id`
 //! when present.
+
+pub mod consumer;
+
+pub use consumer::{run_consumer, ConsumeStats, ConsumerConfig, Handled, Inbound};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -5,6 +5,7 @@ mod accounts;
 mod cli;
 mod durability;
 mod import;
+mod inbox;
 mod lanes;
 mod orders;
 mod outage;

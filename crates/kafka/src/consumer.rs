@@ -1,0 +1,232 @@
+//! At-least-once consumption with an inbox (M14): a message's offset is committed only after its
+//! handler succeeded, so a crash, a failed commit or a rebalance redelivers it; the handler makes
+//! the redelivery harmless by writing its effect together with a dedupe record keyed by the
+//! message's `event_id` ([`Inbound::inbox_key`]) in one transaction (for eventfold commands: the
+//! idempotency record written with the events).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::ClientConfig;
+
+/// Who consumes what.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group (`group.id`); also the inbox's name.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Static membership (M19, KIP-345): a stable `group.instance.id` per instance, so that a
+    /// restart within `session.timeout.ms` does not rebalance the group.
+    pub group_instance_id: Option<String>,
+    /// Extra librdkafka consumer settings (applied last).
+    pub settings: Vec<(String, String)>,
+}
+
+impl ConsumerConfig {
+    /// Group `group_id` on `topics`, reading from the earliest offset when it has none.
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, topics: &[&str]) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            group_instance_id: None,
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// A received message, detached from the consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Key as UTF-8 (lossy), if any.
+    pub key: Option<String>,
+    /// Headers as UTF-8 (lossy); a header without a value maps to "".
+    pub headers: HashMap<String, String>,
+    /// The value (empty for a tombstone).
+    pub payload: Vec<u8>,
+}
+
+impl Inbound {
+    /// The `event_id` header, which eventfold's relay sets on every message.
+    pub fn event_id(&self) -> Option<&str> {
+        self.headers.get("event_id").map(String::as_str)
+    }
+
+    /// The dedupe key of this message for consumer `consumer`: `inbox:{consumer}:{event_id}`, or,
+    /// for a message without an `event_id` header, its coordinates
+    /// (`inbox:{consumer}:{topic}/{partition}/{offset}`, which a redelivery keeps).
+    pub fn inbox_key(&self, consumer: &str) -> String {
+        match self.event_id() {
+            Some(id) => format!("inbox:{consumer}:{id}"),
+            None => format!(
+                "inbox:{consumer}:{}/{}/{}",
+                self.topic, self.partition, self.offset
+            ),
+        }
+    }
+}
+
+/// What a handler made of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// Done (or already done before: a duplicate); commit its offset.
+    Done,
+    /// A transient failure (database unavailable, say): try the same message again after a
+    /// backoff, without committing.
+    Retry(String),
+    /// The message can never be handled (undecodable, refused for good): log it, commit past it.
+    Poison(String),
+}
+
+/// Backoff between tries of one message: 100 ms doubling, capped at 5 s (M15).
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
+}
+
+/// What [`run_consumer`] counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumeStats {
+    /// Messages handled and committed (`Done`).
+    pub done: u64,
+    /// Tries that asked to retry.
+    pub retries: u64,
+    /// Messages given up as poison.
+    pub poison: u64,
+}
+
+/// Consumes until `stop` completes: each message goes to `handler` until it is `Done` or
+/// `Poison`, then its offset is committed (asynchronously: a commit lost in a crash only means a
+/// redelivery, which the inbox absorbs).
+///
+/// # Errors
+/// The consumer cannot be created or subscribed (a bad setting); broker trouble while running is
+/// retried by librdkafka and logged.
+pub async fn run_consumer<F, Fut>(
+    config: &ConsumerConfig,
+    handler: F,
+    stop: impl Future<Output = ()>,
+) -> Result<ConsumeStats, KafkaError>
+where
+    F: Fn(Inbound) -> Fut,
+    Fut: Future<Output = Handled>,
+{
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
+    if let Some(id) = &config.group_instance_id {
+        client.set("group.instance.id", id);
+    }
+    for (k, v) in &config.settings {
+        client.set(k, v);
+    }
+    let consumer: StreamConsumer = client.create()?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let mut stats = ConsumeStats::default();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            m = consumer.recv() => m,
+            () = &mut stop => return Ok(stats),
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error; continuing");
+                continue;
+            }
+        };
+        let inbound = detach(&message);
+        let mut attempt = 0;
+        loop {
+            match handler(inbound.clone()).await {
+                Handled::Done => {
+                    stats.done += 1;
+                    break;
+                }
+                Handled::Poison(why) => {
+                    tracing::error!(topic = %inbound.topic, partition = inbound.partition,
+                        offset = inbound.offset, error = %why, "poison message skipped");
+                    stats.poison += 1;
+                    break;
+                }
+                Handled::Retry(why) => {
+                    stats.retries += 1;
+                    tracing::warn!(error = %why, attempt, "message handler failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff(attempt)) => {}
+                        () = &mut stop => return Ok(stats),
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the message may be redelivered");
+        }
+    }
+}
+
+fn detach<M: Message>(m: &M) -> Inbound {
+    let mut headers = HashMap::new();
+    if let Some(h) = m.headers() {
+        for header in h.iter() {
+            headers.insert(
+                header.key.to_owned(),
+                String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    Inbound {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        headers,
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100_ms_and_caps_at_5_s() {
+        let ms: Vec<u128> = (0..8).map(|a| backoff(a).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    }
+
+    #[test]
+    fn inbox_key_prefers_the_event_id() {
+        let mut m = Inbound {
+            topic: "t".into(),
+            partition: 2,
+            offset: 7,
+            key: None,
+            headers: HashMap::new(),
+            payload: vec![],
+        };
+        assert_eq!(m.inbox_key("prizes"), "inbox:prizes:t/2/7");
+        m.headers.insert("event_id".into(), "e-1".into());
+        assert_eq!(m.inbox_key("prizes"), "inbox:prizes:e-1");
+    }
+}
