@@ -2,6 +2,7 @@
 //! checked with an independent client (`kcat`).
 
 mod faults;
+mod membership;
 mod support;
 mod tansu_gaps;
 
