@@ -14,4 +14,5 @@ pub mod bench;
 pub mod http;
 pub mod import;
 pub mod inbox;
+pub mod notifications;
 pub mod service;

@@ -9,12 +9,13 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use eventfold::backend::{Backend, StoreUrl, DEFAULT_STORE};
 use eventfold::service::{timeline, AsOf, Service};
-use eventfold::{bench, http, import, inbox};
+use eventfold::{bench, http, import, inbox, notifications};
 use eventfold_core::{Aggregate, Replayed};
 use eventfold_domain::account::Account;
 use eventfold_domain::inventory::Inventory;
 use eventfold_domain::order::Order;
 use eventfold_domain::payment::Payment;
+use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchStats};
 use eventfold_kafka::{run_consumer, ConsumeStats, ConsumerConfig, Relay, RelayConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConsumerName {
+    /// Notifications (topic `notifications`) into the table `notifications`, in batches, with
+    /// retries, a circuit breaker and a dead-letter topic (`notifications.dlq`).
+    Notifications {
+        /// Topic to read.
+        #[arg(long, default_value = "notifications")]
+        topic: String,
+        /// Flush at this many messages.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+        /// Flush when the oldest message has waited this long, ms.
+        #[arg(long, default_value_t = 5_000)]
+        max_wait_ms: u64,
+        /// Static membership (group.instance.id).
+        #[arg(long)]
+        group_instance_id: Option<String>,
+    },
     /// "Prize won" messages (topic `prizes`): each deposits its prize once per event_id.
     Prizes {
         /// Topic to read (default `prizes`).
@@ -223,6 +240,28 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
         println!("{}", text());
     }
     Ok(())
+}
+
+/// What `consume notifications --json` prints when it stops.
+#[derive(Serialize)]
+struct NotificationsReport {
+    written: u64,
+    batches: u64,
+    dead_lettered: u64,
+    failed_tries: u64,
+    breaker_opened: u64,
+}
+
+impl From<&BatchStats> for NotificationsReport {
+    fn from(s: &BatchStats) -> Self {
+        Self {
+            written: s.written,
+            batches: s.batches,
+            dead_lettered: s.dead_lettered,
+            failed_tries: s.failed_tries,
+            breaker_opened: s.breaker_opened,
+        }
+    }
 }
 
 /// What `consume --json` prints when it stops.
@@ -355,6 +394,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!(
                     "handled {} messages ({} retries, {} poison)",
                     stats.done, stats.retries, stats.poison
+                )
+            })
+        }
+        Command::Consume {
+            consumer:
+                ConsumerName::Notifications {
+                    topic,
+                    batch_size,
+                    max_wait_ms,
+                    group_instance_id,
+                },
+        } => {
+            let brokers = cli
+                .kafka_brokers
+                .clone()
+                .context("consume needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            if batch_size == 0 || max_wait_ms == 0 {
+                bail!("--batch-size and --max-wait-ms must be at least 1");
+            }
+            let sink = notifications::NotificationSink::open(&cli.store).await?;
+            let mut config = ConsumerConfig::new(brokers, "notifications", &[&topic]);
+            config.group_instance_id = group_instance_id;
+            let batch = BatchConfig {
+                max_messages: batch_size,
+                max_wait: Duration::from_millis(max_wait_ms),
+                ..BatchConfig::default()
+            };
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            let stats = run_batch_consumer(
+                &config,
+                &batch,
+                notifications::decode,
+                &sink,
+                shutdown.cancelled_owned(),
+            )
+            .await?;
+            print(cli.json, &NotificationsReport::from(&stats), || {
+                format!(
+                    "wrote {} notifications in {} batches; {} dead-lettered; {} failed tries; breaker opened {} times",
+                    stats.written, stats.batches, stats.dead_lettered, stats.failed_tries, stats.breaker_opened
                 )
             })
         }

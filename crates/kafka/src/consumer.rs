@@ -57,6 +57,8 @@ pub struct Inbound {
     pub headers: HashMap<String, String>,
     /// The value (empty for a tombstone).
     pub payload: Vec<u8>,
+    /// The message's timestamp (create or log-append time), ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Inbound {
@@ -185,7 +187,8 @@ where
     }
 }
 
-fn detach<M: Message>(m: &M) -> Inbound {
+/// Copies a received message out of the consumer.
+pub(crate) fn detach<M: Message>(m: &M) -> Inbound {
     let mut headers = HashMap::new();
     if let Some(h) = m.headers() {
         for header in h.iter() {
@@ -202,6 +205,7 @@ fn detach<M: Message>(m: &M) -> Inbound {
         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         headers,
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis(),
     }
 }
 
@@ -224,6 +228,7 @@ mod tests {
             key: None,
             headers: HashMap::new(),
             payload: vec![],
+            timestamp_ms: None,
         };
         assert_eq!(m.inbox_key("prizes"), "inbox:prizes:t/2/7");
         m.headers.insert("event_id".into(), "e-1".into());

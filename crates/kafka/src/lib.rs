@@ -1,5 +1,6 @@
-//! Kafka for eventfold: the outbox relay (M13) and an at-least-once consumer for inboxes (M14,
-//! [`consumer`]).
+//! Kafka for eventfold: the outbox relay (M13), an at-least-once consumer for inboxes (M14,
+//! [`consumer`]) and a batching consumer with retries, a circuit breaker and a dead-letter topic
+//! (M15, [`batch`]).
 //!
 //! **The event log is the outbox.** Every event is committed in the transaction of the command
 //! that caused it, and the message published for it is a pure function of the stored event (its
@@ -28,6 +29,7 @@
 //! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id`
 //! when present.
 
+pub mod batch;
 pub mod consumer;
 
 pub use consumer::{run_consumer, ConsumeStats, ConsumerConfig, Handled, Inbound};

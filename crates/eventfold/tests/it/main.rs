@@ -7,6 +7,7 @@ mod durability;
 mod import;
 mod inbox;
 mod lanes;
+mod notifications;
 mod orders;
 mod outage;
 mod projections;

@@ -1,0 +1,350 @@
+//! A batching consumer (M15): messages are decoded and collected until `max_messages` or
+//! `max_wait`, written to a sink in one call, and only then are their offsets committed, so
+//! nothing is committed to Kafka that is not durable in the sink.
+//!
+//! Failures: a sink write is tried at most `tries` times with exponential backoff (100 -> 200 ->
+//! 400 ms, capped at 5 s); when all tries fail the circuit breaker opens for `open_for`, during
+//! which nothing is written or consumed (the batch is kept), and then one half-open try decides
+//! whether it closes. A message that cannot be decoded, or that the sink refuses for good, goes
+//! to the dead-letter topic with the reason in its `error` header (and its origin in
+//! `source_topic` / `source_partition` / `source_offset`). Stopping flushes the open batch and
+//! commits.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::consumer::{backoff, detach, ConsumerConfig, Inbound};
+
+/// Why a sink write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    /// Worth retrying (the database is unavailable, a timeout).
+    Transient(String),
+    /// These rows will never be accepted (a constraint): the batch is split to find them.
+    Permanent(String),
+}
+
+/// Where batches go.
+#[async_trait]
+pub trait BatchSink<T: Sync>: Send + Sync {
+    /// Writes all `items` durably in one operation, or none of them.
+    ///
+    /// # Errors
+    /// [`SinkError`].
+    async fn write(&self, items: &[&T]) -> Result<(), SinkError>;
+}
+
+/// Batching, retry and breaker settings.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Flush at this many messages (default 100).
+    pub max_messages: usize,
+    /// Flush when the oldest message of the batch has waited this long (default 5 s).
+    pub max_wait: Duration,
+    /// Tries per batch before the breaker opens (default 3).
+    pub tries: u32,
+    /// How long the breaker stays open (default 5 s).
+    pub open_for: Duration,
+    /// Dead-letter topic (default `{first input topic}.dlq`).
+    pub dead_letter_topic: Option<String>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 100,
+            max_wait: Duration::from_secs(5),
+            tries: 3,
+            open_for: Duration::from_secs(5),
+            dead_letter_topic: None,
+        }
+    }
+}
+
+/// What the consumer did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchStats {
+    /// Messages written to the sink.
+    pub written: u64,
+    /// Batches written.
+    pub batches: u64,
+    /// Sink tries that failed.
+    pub failed_tries: u64,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Write time per batch, ms, in order.
+    pub flush_ms: Vec<f64>,
+    /// Time from a message's Kafka timestamp to the commit of its batch, ms, per message.
+    pub latency_ms: Vec<f64>,
+}
+
+struct Pending<T> {
+    items: Vec<(Inbound, T)>,
+    /// Next offset to commit per partition (messages decoded or dead-lettered so far).
+    offsets: HashMap<(String, i32), i64>,
+    opened: Option<Instant>,
+}
+
+/// Runs the batching consumer until `stop` completes (then flushes and commits).
+///
+/// # Errors
+/// The consumer or the dead-letter producer cannot be created (a bad setting), or a dead letter
+/// cannot be delivered (the offsets are then not committed and the message comes back).
+pub async fn run_batch_consumer<T, D, S>(
+    config: &ConsumerConfig,
+    batch: &BatchConfig,
+    decode: D,
+    sink: &S,
+    stop: impl Future<Output = ()>,
+) -> Result<BatchStats, KafkaError>
+where
+    T: Send + Sync,
+    D: Fn(&Inbound) -> Result<T, String>,
+    S: BatchSink<T>,
+{
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000");
+    if let Some(id) = &config.group_instance_id {
+        client.set("group.instance.id", id);
+    }
+    for (k, v) in &config.settings {
+        client.set(k, v);
+    }
+    let consumer: StreamConsumer = client.create()?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let dlq: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .create()?;
+    let dlq_topic = batch.dead_letter_topic.clone().unwrap_or_else(|| {
+        format!(
+            "{}.dlq",
+            config.topics.first().map_or("eventfold", String::as_str)
+        )
+    });
+    // Brokers that do not create topics on first use (Tansu) need the dead-letter topic made.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin
+        .create_topics(
+            [&NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await?
+    {
+        if let Err((topic, code)) = result {
+            if code != RDKafkaErrorCode::TopicAlreadyExists {
+                tracing::warn!(%topic, %code, "cannot create the dead-letter topic");
+            }
+        }
+    }
+
+    let mut stats = BatchStats::default();
+    let mut pending = Pending {
+        items: Vec::new(),
+        offsets: HashMap::new(),
+        opened: None,
+    };
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let deadline = pending.opened.map(|t| t + batch.max_wait);
+        let flush_now = tokio::select! {
+            m = consumer.recv() => {
+                match m {
+                    Ok(m) => {
+                        let inbound = detach(&m);
+                        let next = inbound.offset + 1;
+                        let key = (inbound.topic.clone(), inbound.partition);
+                        match decode(&inbound) {
+                            Ok(item) => {
+                                pending.opened.get_or_insert_with(Instant::now);
+                                pending.items.push((inbound, item));
+                            }
+                            Err(why) => {
+                                dead_letter(&dlq, &dlq_topic, &inbound, &why).await?;
+                                stats.dead_lettered += 1;
+                            }
+                        }
+                        pending.offsets.insert(key, next);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error; continuing"),
+                }
+                pending.items.len() >= batch.max_messages
+                    || (pending.items.is_empty() && !pending.offsets.is_empty())
+            }
+            () = sleep_until(deadline) => true,
+            () = &mut stop => {
+                flush(&consumer, &dlq, &dlq_topic, batch, sink, &mut pending, &mut stats).await?;
+                return Ok(stats);
+            }
+        };
+        if flush_now {
+            flush(
+                &consumer,
+                &dlq,
+                &dlq_topic,
+                batch,
+                sink,
+                &mut pending,
+                &mut stats,
+            )
+            .await?;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the pending batch (retrying, opening the breaker, splitting out rows refused for
+/// good) and commits its offsets.
+async fn flush<T, S>(
+    consumer: &StreamConsumer,
+    dlq: &FutureProducer,
+    dlq_topic: &str,
+    config: &BatchConfig,
+    sink: &S,
+    pending: &mut Pending<T>,
+    stats: &mut BatchStats,
+) -> Result<(), KafkaError>
+where
+    T: Send + Sync,
+    S: BatchSink<T>,
+{
+    if !pending.items.is_empty() {
+        let started = Instant::now();
+        let mut tries = 0u32;
+        while !pending.items.is_empty() {
+            let rows: Vec<&T> = pending.items.iter().map(|(_, t)| t).collect();
+            match sink.write(&rows).await {
+                Ok(()) => {
+                    for (inbound, _) in pending.items.drain(..) {
+                        record_written(stats, &inbound);
+                    }
+                }
+                Err(SinkError::Permanent(why)) => {
+                    // Find the rows the sink refuses: write one by one, dead-letter the refused.
+                    tracing::warn!(error = %why, "batch refused; writing its rows one by one");
+                    let mut retry = Vec::new();
+                    for (inbound, item) in std::mem::take(&mut pending.items) {
+                        match sink.write(&[&item]).await {
+                            Ok(()) => record_written(stats, &inbound),
+                            Err(SinkError::Permanent(why)) => {
+                                dead_letter(dlq, dlq_topic, &inbound, &why).await?;
+                                stats.dead_lettered += 1;
+                            }
+                            Err(SinkError::Transient(_)) => retry.push((inbound, item)),
+                        }
+                    }
+                    pending.items = retry;
+                }
+                Err(SinkError::Transient(why)) => {
+                    stats.failed_tries += 1;
+                    tries += 1;
+                    if tries >= config.tries {
+                        stats.breaker_opened += 1;
+                        tracing::warn!(error = %why, open_for = ?config.open_for,
+                            "sink failed {tries} times; circuit breaker open");
+                        tokio::time::sleep(config.open_for).await;
+                        tries = 0;
+                    } else {
+                        tokio::time::sleep(backoff(tries - 1)).await;
+                    }
+                }
+            }
+        }
+        stats
+            .flush_ms
+            .push(started.elapsed().as_secs_f64() * 1000.0);
+        stats.batches += 1;
+    }
+    if !pending.offsets.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &pending.offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        pending.offsets.clear();
+    }
+    pending.opened = None;
+    Ok(())
+}
+
+fn record_written(stats: &mut BatchStats, inbound: &Inbound) {
+    stats.written += 1;
+    if let Some(ts) = inbound.timestamp_ms {
+        stats.latency_ms.push((now_ms() - ts).max(0) as f64);
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn dead_letter(
+    dlq: &FutureProducer,
+    topic: &str,
+    m: &Inbound,
+    why: &str,
+) -> Result<(), KafkaError> {
+    let (partition, offset) = (m.partition.to_string(), m.offset.to_string());
+    let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 4);
+    for (k, v) in &m.headers {
+        headers = headers.insert(Header {
+            key: k.as_str(),
+            value: Some(v.as_str()),
+        });
+    }
+    headers = headers
+        .insert(Header {
+            key: "error",
+            value: Some(why),
+        })
+        .insert(Header {
+            key: "source_topic",
+            value: Some(m.topic.as_str()),
+        })
+        .insert(Header {
+            key: "source_partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "source_offset",
+            value: Some(offset.as_str()),
+        });
+    let mut record = FutureRecord::to(topic).payload(&m.payload).headers(headers);
+    if let Some(k) = &m.key {
+        record = record.key(k);
+    }
+    dlq.send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
