@@ -24,6 +24,9 @@ use tokio::sync::oneshot;
 
 use crate::service::{AsOf, CommandContext, Executed, Service};
 
+mod kafka;
+pub use kafka::{notifications, relay, NotificationsReport, RelayBenchReport};
+
 /// Settings of `bench append`.
 #[derive(Debug, Clone)]
 pub struct AppendBench {
@@ -217,6 +220,8 @@ pub enum BenchTarget {
 /// A benchmark's own store and raw baselines, removed by [`Scratch::remove`].
 struct Scratch {
     store: Arc<dyn EventStore>,
+    /// The scratch store's URL (for tools that open the same database).
+    url: String,
     read_models: Arc<dyn ReadModelStore>,
     /// (commits, append requests) of the store's writer so far.
     stats: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
@@ -249,6 +254,7 @@ impl Scratch {
                 let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
                 let stats_store = store.clone();
                 Ok(Self {
+                    url: format!("sqlite://{}", tmp.path().join("eventfold.db").display()),
                     read_models: store.clone(),
                     stats: Box::new(move || {
                         let s = stats_store.writer_stats();
@@ -285,6 +291,7 @@ impl Scratch {
                     }
                 }
                 Ok(Self {
+                    url: scratch_url.clone(),
                     read_models: store.clone(),
                     stats: Box::new(move || {
                         let s = stats_store.appender_stats();

@@ -185,6 +185,23 @@ enum BenchCommand {
         #[arg(long)]
         hot_stream: bool,
     },
+    /// Kafka -> notification table end to end (needs --kafka-brokers), against a bare
+    /// consumer's rate on the same broker; plus single flushes of 1,000 and 10,000 rows.
+    Notifications {
+        /// Messages to produce and consume.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Messages per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+    },
+    /// The outbox relay publishing N events (needs --kafka-brokers), read back for order and
+    /// losses, against a bare producer's rate on the same broker.
+    Relay {
+        /// Events in the log.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
     /// Read-all from position 0 of a log of N events.
     Read {
         /// Events in the log.
@@ -682,6 +699,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         format!(
                             "read {} events from position 0 in {:.2} s: {:.0} events/s",
                             r.events, r.seconds, r.events_per_sec
+                        )
+                    })
+                }
+                BenchCommand::Notifications {
+                    messages,
+                    batch_size,
+                } => {
+                    let brokers = cli.kafka_brokers.clone().context(
+                        "bench notifications needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
+                    )?;
+                    if messages == 0 || batch_size == 0 {
+                        bail!("--messages and --batch-size must be at least 1");
+                    }
+                    let r = bench::notifications(&target, &brokers, messages, batch_size).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "{} messages into {}: {:.0} msg/s (broker's bare consumer {:.0} msg/s, ratio {:.2}), \
+                             consume latency p50 {:.1} ms p95 {:.1} ms (end to end p95 {:.0} ms), {} batches (flush p95 {:.1} ms), \
+                             flush of 1,000 rows {:.1} ms, 10,000 rows {:.1} ms, peak RSS {:.0} MB",
+                            r.messages, r.store, r.messages_per_sec, r.broker_baseline_messages_per_sec,
+                            r.ratio_to_baseline, r.p50_latency_ms, r.p95_latency_ms, r.p95_end_to_end_ms, r.batches, r.flush_p95_ms,
+                            r.flush_1k_ms, r.flush_10k_ms, r.max_rss_mb
+                        )
+                    })
+                }
+                BenchCommand::Relay { events } => {
+                    let brokers = cli.kafka_brokers.clone().context(
+                        "bench relay needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
+                    )?;
+                    if events == 0 {
+                        bail!("--events must be at least 1");
+                    }
+                    let r = bench::relay(&target, &brokers, events).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "relayed {} events: {:.0} msg/s (broker's bare producer {:.0} msg/s, ratio {:.2}); \
+                             {} order violations, {} lost",
+                            r.events, r.messages_per_sec, r.broker_baseline_messages_per_sec, r.ratio_to_baseline,
+                            r.order_violations, r.lost
                         )
                     })
                 }

@@ -127,6 +127,13 @@ impl NotificationSink {
         }
     }
 
+    /// Closes the connections (before a scratch database is dropped, say).
+    pub async fn close(self) {
+        if let Self::Postgres(pool) = self {
+            pool.close().await;
+        }
+    }
+
     /// Rows in the table.
     ///
     /// # Errors

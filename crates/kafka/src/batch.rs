@@ -86,12 +86,16 @@ pub struct BatchStats {
     pub dead_lettered: u64,
     /// Write time per batch, ms, in order.
     pub flush_ms: Vec<f64>,
-    /// Time from a message's Kafka timestamp to the commit of its batch, ms, per message.
-    pub latency_ms: Vec<f64>,
+    /// Consume latency per message: from its arrival at this consumer to its batch being
+    /// durable in the sink, ms.
+    pub consume_latency_ms: Vec<f64>,
+    /// End-to-end latency per message: from its Kafka timestamp (when produced) to its batch
+    /// being durable in the sink, ms (includes time spent waiting in the topic).
+    pub end_to_end_ms: Vec<f64>,
 }
 
 struct Pending<T> {
-    items: Vec<(Inbound, T)>,
+    items: Vec<(Inbound, T, Instant)>,
     /// Next offset to commit per partition (messages decoded or dead-lettered so far).
     offsets: HashMap<(String, i32), i64>,
     opened: Option<Instant>,
@@ -179,7 +183,7 @@ where
                         match decode(&inbound) {
                             Ok(item) => {
                                 pending.opened.get_or_insert_with(Instant::now);
-                                pending.items.push((inbound, item));
+                                pending.items.push((inbound, item, Instant::now()));
                             }
                             Err(why) => {
                                 dead_letter(&dlq, &dlq_topic, &inbound, &why).await?;
@@ -195,21 +199,21 @@ where
             }
             () = sleep_until(deadline) => true,
             () = &mut stop => {
-                flush(&consumer, &dlq, &dlq_topic, batch, sink, &mut pending, &mut stats).await?;
+                let out = Out { consumer: &consumer, dlq: &dlq, dlq_topic: &dlq_topic, commit: CommitMode::Sync };
+                flush(&out, batch, sink, &mut pending, &mut stats).await?;
                 return Ok(stats);
             }
         };
         if flush_now {
-            flush(
-                &consumer,
-                &dlq,
-                &dlq_topic,
-                batch,
-                sink,
-                &mut pending,
-                &mut stats,
-            )
-            .await?;
+            // Asynchronous commits while running (a lost one only means a redelivery, which the
+            // sink dedupes); the last one, on stop, is synchronous.
+            let out = Out {
+                consumer: &consumer,
+                dlq: &dlq,
+                dlq_topic: &dlq_topic,
+                commit: CommitMode::Async,
+            };
+            flush(&out, batch, sink, &mut pending, &mut stats).await?;
         }
     }
 }
@@ -221,12 +225,18 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Where a flush commits and dead-letters.
+struct Out<'a> {
+    consumer: &'a StreamConsumer,
+    dlq: &'a FutureProducer,
+    dlq_topic: &'a str,
+    commit: CommitMode,
+}
+
 /// Writes the pending batch (retrying, opening the breaker, splitting out rows refused for
 /// good) and commits its offsets.
 async fn flush<T, S>(
-    consumer: &StreamConsumer,
-    dlq: &FutureProducer,
-    dlq_topic: &str,
+    out: &Out<'_>,
     config: &BatchConfig,
     sink: &S,
     pending: &mut Pending<T>,
@@ -240,25 +250,27 @@ where
         let started = Instant::now();
         let mut tries = 0u32;
         while !pending.items.is_empty() {
-            let rows: Vec<&T> = pending.items.iter().map(|(_, t)| t).collect();
+            let rows: Vec<&T> = pending.items.iter().map(|(_, t, _)| t).collect();
             match sink.write(&rows).await {
                 Ok(()) => {
-                    for (inbound, _) in pending.items.drain(..) {
-                        record_written(stats, &inbound);
+                    for (inbound, _, received) in pending.items.drain(..) {
+                        record_written(stats, &inbound, received);
                     }
                 }
                 Err(SinkError::Permanent(why)) => {
                     // Find the rows the sink refuses: write one by one, dead-letter the refused.
                     tracing::warn!(error = %why, "batch refused; writing its rows one by one");
                     let mut retry = Vec::new();
-                    for (inbound, item) in std::mem::take(&mut pending.items) {
+                    for (inbound, item, received) in std::mem::take(&mut pending.items) {
                         match sink.write(&[&item]).await {
-                            Ok(()) => record_written(stats, &inbound),
+                            Ok(()) => record_written(stats, &inbound, received),
                             Err(SinkError::Permanent(why)) => {
-                                dead_letter(dlq, dlq_topic, &inbound, &why).await?;
+                                dead_letter(out.dlq, out.dlq_topic, &inbound, &why).await?;
                                 stats.dead_lettered += 1;
                             }
-                            Err(SinkError::Transient(_)) => retry.push((inbound, item)),
+                            Err(SinkError::Transient(_)) => {
+                                retry.push((inbound, item, received));
+                            }
                         }
                     }
                     pending.items = retry;
@@ -288,17 +300,20 @@ where
         for ((topic, partition), next) in &pending.offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
-        consumer.commit(&tpl, CommitMode::Sync)?;
+        out.consumer.commit(&tpl, out.commit)?;
         pending.offsets.clear();
     }
     pending.opened = None;
     Ok(())
 }
 
-fn record_written(stats: &mut BatchStats, inbound: &Inbound) {
+fn record_written(stats: &mut BatchStats, inbound: &Inbound, received: Instant) {
     stats.written += 1;
+    stats
+        .consume_latency_ms
+        .push(received.elapsed().as_secs_f64() * 1000.0);
     if let Some(ts) = inbound.timestamp_ms {
-        stats.latency_ms.push((now_ms() - ts).max(0) as f64);
+        stats.end_to_end_ms.push((now_ms() - ts).max(0) as f64);
     }
 }
 

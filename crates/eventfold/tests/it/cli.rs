@@ -365,3 +365,57 @@ fn relay_once_publishes_the_log_to_kafka() {
     let bad = relay(&["--shards", "99"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not below 16"));
 }
+
+/// `bench notifications` and `bench relay` print the fields scripts rely on (small runs on
+/// Tansu; the figures themselves are in the closing notes).
+#[test]
+fn kafka_benches_print_their_fields() {
+    let brokers = std::env::var("EVENTFOLD_TEST_KAFKA").expect(
+        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
+    );
+    let admin = eventfold_postgres::testing::admin_url();
+    let notifications = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "notifications",
+            "--kafka-brokers",
+            &brokers,
+            "--messages",
+            "500",
+            "--json",
+        ],
+    ));
+    for field in [
+        "messages_per_sec",
+        "p95_latency_ms",
+        "flush_1k_ms",
+        "flush_10k_ms",
+        "max_rss_mb",
+        "broker_baseline_messages_per_sec",
+        "ratio_to_baseline",
+    ] {
+        assert!(
+            notifications[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {notifications}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("b.db").display());
+    let relay = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "relay",
+            "--kafka-brokers",
+            &brokers,
+            "--events",
+            "500",
+            "--json",
+        ],
+    ));
+    assert!(relay["messages_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    assert_eq!(relay["order_violations"], 0, "{relay}");
+    assert_eq!(relay["lost"], 0, "{relay}");
+    assert!(relay["ratio_to_baseline"].as_f64().is_some_and(|v| v > 0.0));
+}

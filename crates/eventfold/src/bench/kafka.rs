@@ -1,0 +1,395 @@
+//! Kafka benchmarks: `bench notifications` (Kafka -> notification table, end to end) and
+//! `bench relay` (event log -> Kafka). Each also measures the broker's own ceiling in the same run
+//! with a bare rdkafka client, so eventfold's figure reads as a ratio of what the broker allows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use eventfold_core::{AppendRequest, ExpectedVersion};
+use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchSink};
+use eventfold_kafka::{ConsumerConfig, Relay, RelayConfig};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde::Serialize;
+
+use super::{bench_event, payload, BenchTarget, Scratch};
+use crate::notifications::{decode, Notification, NotificationSink};
+
+/// What `bench notifications --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationsReport {
+    /// Sink backend.
+    pub store: String,
+    /// Messages consumed and written.
+    pub messages: u64,
+    /// Flush size (messages per batch).
+    pub batch_size: usize,
+    /// Messages per second, from the first produce to the last row committed.
+    pub messages_per_sec: f64,
+    /// Consume latency: a message's arrival at the consumer -> its batch durable in the table,
+    /// median, ms.
+    pub p50_latency_ms: f64,
+    /// 95th percentile of the same, ms.
+    pub p95_latency_ms: f64,
+    /// End to end: produced (Kafka timestamp) -> durable in the table, 95th percentile, ms. All
+    /// messages are produced at once, so this includes the time they queue in the topic.
+    pub p95_end_to_end_ms: f64,
+    /// Batches written.
+    pub batches: u64,
+    /// 95th percentile of the batch write time during the run, ms.
+    pub flush_p95_ms: f64,
+    /// One write of 1,000 rows (median of 3), ms.
+    pub flush_1k_ms: f64,
+    /// One write of 10,000 rows (median of 3), ms.
+    pub flush_10k_ms: f64,
+    /// Peak resident memory of the process (VmHWM), MB.
+    pub max_rss_mb: f64,
+    /// A bare rdkafka consumer reading the same number of messages, per second.
+    pub broker_baseline_messages_per_sec: f64,
+    /// `messages_per_sec / broker_baseline_messages_per_sec`.
+    pub ratio_to_baseline: f64,
+}
+
+/// What `bench relay --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayBenchReport {
+    /// Events in the log.
+    pub events: u64,
+    /// Events published per second (all acknowledged).
+    pub messages_per_sec: f64,
+    /// Keys whose first arrivals on the topic were not in stream order.
+    pub order_violations: u64,
+    /// Events not found on the topic.
+    pub lost: u64,
+    /// A bare idempotent producer sending the same number of messages of the same size, per
+    /// second (all acknowledged).
+    pub broker_baseline_messages_per_sec: f64,
+    /// `messages_per_sec / broker_baseline_messages_per_sec`.
+    pub ratio_to_baseline: f64,
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    for r in admin
+        .create_topics(
+            [&NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?
+    {
+        r.map_err(|(t, code)| anyhow::anyhow!("creating topic {t}: {code}"))?;
+    }
+    Ok(())
+}
+
+/// Produces `values` (keys cycling over 100) and waits for every acknowledgement; returns the
+/// messages per second.
+async fn produce_all(brokers: &str, topic: &str, values: &[String]) -> anyhow::Result<f64> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("k{}", i % 100);
+        deliveries.push(
+            producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(v))
+                .map_err(|(e, _)| e)?,
+        );
+    }
+    for d in deliveries {
+        d.await
+            .context("producer dropped")?
+            .map_err(|(e, _)| e)
+            .context("delivery")?;
+    }
+    Ok(values.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// Reads `n` messages of `topic` from the beginning with a bare consumer; returns them (headers
+/// as maps) and the messages per second.
+fn consume_bare(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+) -> anyhow::Result<(Vec<HashMap<String, String>>, f64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("bench-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut out = Vec::with_capacity(n);
+    let mut first: Option<Instant> = None;
+    let limit = Instant::now() + Duration::from_secs(120);
+    while out.len() < n && Instant::now() < limit {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for h in h.iter() {
+                    headers.insert(
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            out.push(headers);
+        }
+    }
+    let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());
+    Ok((out, n as f64 / secs.max(1e-9)))
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+fn max_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn notification_value(i: u64) -> String {
+    format!(
+        r#"{{"user_id": "user-{}", "event_type": "OrderShipped", "title": "Your order shipped", "body": "Order {i} is on its way."}}"#,
+        i % 1_000
+    )
+}
+
+fn synthetic(n: usize, tag: &str) -> Vec<Notification> {
+    (0..n)
+        .map(|i| Notification {
+            user_id: format!("user-{}", i % 1_000),
+            event_type: "OrderShipped".into(),
+            title: "Your order shipped".into(),
+            body: format!("Order {i} is on its way."),
+            created_at: Utc::now(),
+            source: format!("bench-{tag}-{i}"),
+        })
+        .collect()
+}
+
+/// Runs `bench notifications` on a scratch database of `target`, with topics on `brokers`.
+///
+/// # Errors
+/// The scratch database, the broker or the sink fails.
+pub async fn notifications(
+    target: &BenchTarget,
+    brokers: &str,
+    messages: u64,
+    batch_size: usize,
+) -> anyhow::Result<NotificationsReport> {
+    let scratch = Scratch::create(target).await?;
+    let sink = Arc::new(NotificationSink::open(&scratch.url).await?);
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let values: Vec<String> = (0..messages).map(notification_value).collect();
+
+    // The broker's ceiling: a bare consumer reading the same volume.
+    let ceiling = format!("bench-ceiling-{tag}");
+    create_topic(brokers, &ceiling, 3).await?;
+    produce_all(brokers, &ceiling, &values).await?;
+    let (b, t, n) = (brokers.to_owned(), ceiling.clone(), values.len());
+    let (_, baseline) = tokio::task::spawn_blocking(move || consume_bare(&b, &t, n)).await??;
+
+    // eventfold: the consumer runs first, then the messages are produced.
+    let topic = format!("bench-notifications-{tag}");
+    create_topic(brokers, &topic, 3).await?;
+    let config = ConsumerConfig::new(brokers, format!("bench-{tag}"), &[&topic]);
+    let batch = BatchConfig {
+        max_messages: batch_size,
+        max_wait: Duration::from_millis(200),
+        dead_letter_topic: Some(format!("{topic}.dlq")),
+        ..BatchConfig::default()
+    };
+    let consumer = {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let stop_sink = sink.clone();
+            let stop = async move {
+                let limit = Instant::now() + Duration::from_secs(300);
+                while stop_sink.count().await.unwrap_or(0) < messages && Instant::now() < limit {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            run_batch_consumer(&config, &batch, decode, sink.as_ref(), stop).await
+        })
+    };
+    // Let the consumer join its group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    produce_all(brokers, &topic, &values).await?;
+    let stats = consumer.await.context("consumer panicked")??;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        sink.count().await? == messages,
+        "the table holds {} rows of {messages}",
+        sink.count().await?
+    );
+
+    // Flush sizes, written directly (median of 3).
+    let flush = |n: usize| {
+        let sink = sink.clone();
+        let tag = tag.clone();
+        async move {
+            let mut times = Vec::new();
+            for round in 0..3 {
+                let rows = synthetic(n, &format!("{tag}-{n}-{round}"));
+                let refs: Vec<&Notification> = rows.iter().collect();
+                let t = Instant::now();
+                sink.write(&refs)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("flush of {n} rows: {e:?}"))?;
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            anyhow::Ok(quantile(&mut times, 0.5))
+        }
+    };
+    let flush_1k_ms = flush(1_000).await?;
+    let flush_10k_ms = flush(10_000).await?;
+
+    let mut latencies = stats.consume_latency_ms.clone();
+    let mut end_to_end = stats.end_to_end_ms.clone();
+    let mut flushes = stats.flush_ms.clone();
+    let store = match target {
+        BenchTarget::Sqlite(_) => "sqlite",
+        BenchTarget::Postgres(_) => "postgres",
+    };
+    if let Ok(s) = Arc::try_unwrap(sink) {
+        s.close().await;
+    }
+    scratch.remove().await?;
+    let messages_per_sec = messages as f64 / elapsed.max(1e-9);
+    Ok(NotificationsReport {
+        store: store.into(),
+        messages,
+        batch_size,
+        messages_per_sec,
+        p50_latency_ms: quantile(&mut latencies, 0.5),
+        p95_latency_ms: quantile(&mut latencies, 0.95),
+        p95_end_to_end_ms: quantile(&mut end_to_end, 0.95),
+        batches: stats.batches,
+        flush_p95_ms: quantile(&mut flushes, 0.95),
+        flush_1k_ms,
+        flush_10k_ms,
+        max_rss_mb: max_rss_mb(),
+        broker_baseline_messages_per_sec: baseline,
+        ratio_to_baseline: messages_per_sec / baseline.max(1e-9),
+    })
+}
+
+/// Runs `bench relay`: `events` events over 1,000 streams in a scratch store, published to
+/// `brokers`, then read back to count order violations and losses.
+///
+/// # Errors
+/// The scratch store, the broker or the relay fails.
+pub async fn relay(
+    target: &BenchTarget,
+    brokers: &str,
+    events: u64,
+) -> anyhow::Result<RelayBenchReport> {
+    let scratch = Scratch::create(target).await?;
+    let store = scratch.store.clone();
+    let body = payload(200);
+    let mut versions = vec![0u64; 1_000];
+    let mut written = 0u64;
+    while written < events {
+        let batch: Vec<AppendRequest> = (0..1_000u64.min(events - written))
+            .map(|i| {
+                let s = ((written + i) % 1_000) as usize;
+                let expected = if versions[s] == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(versions[s])
+                };
+                versions[s] += 1;
+                AppendRequest::new(format!("bench-{s}"), expected, vec![bench_event(&body)])
+            })
+            .collect();
+        written += batch.len() as u64;
+        for r in store.append_many(batch).await? {
+            r?;
+        }
+    }
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut config = RelayConfig::new(brokers);
+    config.topic_prefix = format!("bench{tag}");
+    let relay = Relay::new(store.clone(), config)?;
+    let started = Instant::now();
+    let progress = relay.publish_pending().await?;
+    let messages_per_sec = progress.published as f64 / started.elapsed().as_secs_f64().max(1e-9);
+
+    let (b, t, n) = (
+        brokers.to_owned(),
+        format!("bench{tag}.bench"),
+        events as usize,
+    );
+    let (headers, _) = tokio::task::spawn_blocking(move || consume_bare(&b, &t, n)).await??;
+    let mut seen = HashSet::new();
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut order_violations = 0;
+    for h in &headers {
+        let (Some(id), Some(stream), Some(version)) = (
+            h.get("event_id"),
+            h.get("stream_id"),
+            h.get("stream_version").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        if seen.insert(id.clone()) {
+            let previous = last.insert(stream.clone(), version).unwrap_or(0);
+            if version != previous + 1 {
+                order_violations += 1;
+            }
+        }
+    }
+    let lost = events.saturating_sub(seen.len() as u64);
+
+    let ceiling = format!("bench-relay-ceiling-{tag}");
+    create_topic(brokers, &ceiling, 3).await?;
+    let values = vec![body; events as usize];
+    let baseline = produce_all(brokers, &ceiling, &values).await?;
+    drop((relay, store));
+    scratch.remove().await?;
+    Ok(RelayBenchReport {
+        events,
+        messages_per_sec,
+        order_violations,
+        lost,
+        broker_baseline_messages_per_sec: baseline,
+        ratio_to_baseline: messages_per_sec / baseline.max(1e-9),
+    })
+}
