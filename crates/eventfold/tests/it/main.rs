@@ -11,5 +11,6 @@ mod notifications;
 mod orders;
 mod outage;
 mod projections;
+mod relay_kill;
 mod replay;
 mod support;
