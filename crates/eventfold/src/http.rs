@@ -7,6 +7,7 @@
 
 mod commands;
 mod queries;
+pub use queries::metrics_handle;
 
 use std::sync::Arc;
 
@@ -75,6 +76,7 @@ impl AppState {
         queries::realtime_sales,
         queries::projections,
         queries::healthz,
+        queries::prometheus,
         queries::ready
     ),
     components(schemas(ApiErrorBody))
@@ -102,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sales/realtime", get(queries::realtime_sales))
         .route("/projections", get(queries::projections))
         .route("/healthz", get(queries::healthz))
+        .route("/metrics", get(queries::prometheus))
         .route("/ready", get(queries::ready))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })

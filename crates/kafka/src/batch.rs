@@ -23,7 +23,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::consumer::{backoff, detach, ConsumerConfig, Inbound};
+use crate::consumer::{backoff, detach, ConsumerConfig, Inbound, LagMetrics};
 
 /// Why a sink write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,10 +129,12 @@ where
     if let Some(id) = &config.group_instance_id {
         client.set("group.instance.id", id);
     }
+    client.set("statistics.interval.ms", "1000");
     for (k, v) in &config.settings {
         client.set(k, v);
     }
-    let consumer: StreamConsumer = client.create()?;
+    let consumer: StreamConsumer<LagMetrics> =
+        client.create_with_context(LagMetrics::new(&config.group_id))?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dlq: FutureProducer = ClientConfig::new()
@@ -188,6 +190,7 @@ where
                             Err(why) => {
                                 dead_letter(&dlq, &dlq_topic, &inbound, &why).await?;
                                 stats.dead_lettered += 1;
+                                metrics::counter!("eventfold_dead_letter_total").increment(1);
                             }
                         }
                         pending.offsets.insert(key, next);
@@ -227,7 +230,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 /// Where a flush commits and dead-letters.
 struct Out<'a> {
-    consumer: &'a StreamConsumer,
+    consumer: &'a StreamConsumer<LagMetrics>,
     dlq: &'a FutureProducer,
     dlq_topic: &'a str,
     commit: CommitMode,
@@ -247,6 +250,7 @@ where
     S: BatchSink<T>,
 {
     if !pending.items.is_empty() {
+        metrics::histogram!("eventfold_batch_size").record(pending.items.len() as f64);
         let started = Instant::now();
         let mut tries = 0u32;
         while !pending.items.is_empty() {
@@ -267,6 +271,7 @@ where
                             Err(SinkError::Permanent(why)) => {
                                 dead_letter(out.dlq, out.dlq_topic, &inbound, &why).await?;
                                 stats.dead_lettered += 1;
+                                metrics::counter!("eventfold_dead_letter_total").increment(1);
                             }
                             Err(SinkError::Transient(_)) => {
                                 retry.push((inbound, item, received));
@@ -277,9 +282,11 @@ where
                 }
                 Err(SinkError::Transient(why)) => {
                     stats.failed_tries += 1;
+                    metrics::counter!("eventfold_batch_retries_total").increment(1);
                     tries += 1;
                     if tries >= config.tries {
                         stats.breaker_opened += 1;
+                        metrics::counter!("eventfold_breaker_opened_total").increment(1);
                         tracing::warn!(error = %why, open_for = ?config.open_for,
                             "sink failed {tries} times; circuit breaker open");
                         tokio::time::sleep(config.open_for).await;
@@ -294,6 +301,8 @@ where
             .flush_ms
             .push(started.elapsed().as_secs_f64() * 1000.0);
         stats.batches += 1;
+        metrics::histogram!("eventfold_batch_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
     if !pending.offsets.is_empty() {
         let mut tpl = TopicPartitionList::new();
@@ -309,6 +318,7 @@ where
 
 fn record_written(stats: &mut BatchStats, inbound: &Inbound, received: Instant) {
     stats.written += 1;
+    metrics::counter!("eventfold_batch_messages_total").increment(1);
     stats
         .consume_latency_ms
         .push(received.elapsed().as_secs_f64() * 1000.0);

@@ -136,10 +136,12 @@ where
     if let Some(id) = &config.group_instance_id {
         client.set("group.instance.id", id);
     }
+    client.set("statistics.interval.ms", "1000");
     for (k, v) in &config.settings {
         client.set(k, v);
     }
-    let consumer: StreamConsumer = client.create()?;
+    let consumer: StreamConsumer<LagMetrics> =
+        client.create_with_context(LagMetrics::new(&config.group_id))?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let mut stats = ConsumeStats::default();
@@ -162,16 +164,25 @@ where
             match handler(inbound.clone()).await {
                 Handled::Done => {
                     stats.done += 1;
+                    metrics::counter!("eventfold_consumer_messages_total",
+                        "group" => config.group_id.clone(), "outcome" => "done")
+                    .increment(1);
                     break;
                 }
                 Handled::Poison(why) => {
                     tracing::error!(topic = %inbound.topic, partition = inbound.partition,
                         offset = inbound.offset, error = %why, "poison message skipped");
                     stats.poison += 1;
+                    metrics::counter!("eventfold_consumer_messages_total",
+                        "group" => config.group_id.clone(), "outcome" => "poison")
+                    .increment(1);
                     break;
                 }
                 Handled::Retry(why) => {
                     stats.retries += 1;
+                    metrics::counter!("eventfold_consumer_retries_total",
+                        "group" => config.group_id.clone())
+                    .increment(1);
                     tracing::warn!(error = %why, attempt, "message handler failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff(attempt)) => {}
@@ -186,6 +197,37 @@ where
         }
     }
 }
+
+/// Publishes librdkafka's per-partition consumer lag (from its statistics, every second) as the
+/// gauge `eventfold_consumer_lag{group, topic, partition}` (messages).
+pub struct LagMetrics {
+    group: String,
+}
+
+impl LagMetrics {
+    /// For consumer group `group`.
+    pub fn new(group: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+        }
+    }
+}
+
+impl rdkafka::ClientContext for LagMetrics {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!("eventfold_consumer_lag", "group" => self.group.clone(),
+                        "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagMetrics {}
 
 /// Copies a received message out of the consumer.
 pub(crate) fn detach<M: Message>(m: &M) -> Inbound {

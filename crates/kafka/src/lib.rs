@@ -230,6 +230,7 @@ impl Relay {
         loop {
             let batch = self.store.read_all(from, self.config.batch_size).await?;
             let Some(last) = batch.last().map(|e| e.global_position) else {
+                metrics::gauge!("eventfold_relay_backlog_events").set(0.0);
                 return Ok(progress);
             };
             let mut deliveries = Vec::with_capacity(batch.len());
@@ -260,6 +261,9 @@ impl Relay {
             progress.published += n;
             progress.position = last;
             from = last;
+            metrics::counter!("eventfold_relay_published_total").increment(n);
+            let head = self.store.head_position().await?;
+            metrics::gauge!("eventfold_relay_backlog_events").set(head.saturating_sub(last) as f64);
         }
     }
 

@@ -361,6 +361,56 @@ pub async fn projections(
     Ok(Json(state.runner.status().await?))
 }
 
+/// The process's Prometheus recorder (installed on first use; every `metrics::` call in the
+/// process, including the Kafka relay and consumers, lands in it).
+pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (a host application's): then only this
+        // handle's own metrics (none) render, and the rest go to that recorder.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
+        }
+        handle
+    })
+}
+
+/// Prometheus metrics (text format 0.0.4): projection lag (`eventfold_projection_lag_events`,
+/// `eventfold_projection_lag_p95_seconds`, per projection), the outbox relay
+/// (`eventfold_relay_published_total`, `eventfold_relay_backlog_events`), consumers
+/// (`eventfold_consumer_lag{group,topic,partition}`, `eventfold_consumer_messages_total`,
+/// `eventfold_consumer_retries_total`) and the notification batches (`eventfold_batch_size`,
+/// `eventfold_batch_flush_seconds`, `eventfold_batch_retries_total`,
+/// `eventfold_breaker_opened_total`, `eventfold_dead_letter_total`).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+pub async fn prometheus(State(state): State<AppState>) -> Response {
+    let handle = metrics_handle();
+    match state.runner.status().await {
+        Ok(statuses) => {
+            for s in statuses {
+                metrics::gauge!("eventfold_projection_lag_events", "projection" => s.name.clone())
+                    .set(s.lag_events as f64);
+                if let Some(p95) = s.lag_p95_ms {
+                    metrics::gauge!("eventfold_projection_lag_p95_seconds", "projection" => s.name)
+                        .set(p95 / 1000.0);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "projection status for /metrics failed"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
 pub async fn healthz() -> Json<serde_json::Value> {

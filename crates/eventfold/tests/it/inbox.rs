@@ -134,8 +134,18 @@ async fn a_duplicated_prize_message_hands_out_one_prize() {
     )
     .await;
 
+    let metrics = eventfold::http::metrics_handle();
     let (done, poison) = consume(&service, &topic, "prizes-a", 5).await;
     assert_eq!((done, poison), (3, 2));
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"eventfold_consumer_messages_total{group="prizes-a",outcome="done"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"eventfold_consumer_messages_total{group="prizes-a",outcome="poison"} 2"#),
+        "{text}"
+    );
     let balance = |s: &Service| {
         let s = s.clone();
         async move {

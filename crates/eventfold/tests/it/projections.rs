@@ -49,3 +49,39 @@ async fn racing_runners_apply_each_event_once() {
         Err(eventfold_core::RunnerError::UnknownProjection(_))
     ));
 }
+
+/// `/metrics` speaks Prometheus text and carries each projection's lag.
+#[tokio::test]
+async fn metrics_endpoint_reports_projection_lag() {
+    let app = TestApp::new().await;
+    let r = app
+        .post(
+            "/accounts",
+            serde_json::json!({"account_id": "m-1", "owner": "o", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::CREATED);
+    // Before the runner catches up the balance projection trails the head by one event.
+    let before = app.get("/metrics").await;
+    assert_eq!(before.status, axum::http::StatusCode::OK);
+    assert!(before.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = before.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains(r#"eventfold_projection_lag_events{projection="balance_by_account"} 1"#),
+        "{text}"
+    );
+    app.project().await;
+    let after = app.get("/metrics").await;
+    let text = after.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains(r#"eventfold_projection_lag_events{projection="balance_by_account"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("eventfold_projection_lag_p95_seconds"),
+        "{text}"
+    );
+}
