@@ -21,6 +21,16 @@ use rdkafka::ClientConfig;
 const EVENTS: u64 = 100_000;
 const STREAMS: u64 = 500;
 
+/// A child process killed when dropped, so a failing test leaves no relay running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn broker() -> String {
     std::env::var("EVENTFOLD_TEST_KAFKA").expect(
         "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
@@ -141,7 +151,7 @@ async fn relay_killed_20_times_loses_nothing_and_the_inbox_applies_each_effect_o
         .unwrap()
         .subsec_nanos() as u64;
     for i in 0..20u64 {
-        let mut child = relay(false).spawn().expect("start the relay");
+        let mut child = KillOnDrop(relay(false).spawn().expect("start the relay"));
         let wait = 300
             + (seed
                 .wrapping_mul(6364136223846793005)
@@ -149,8 +159,8 @@ async fn relay_killed_20_times_loses_nothing_and_the_inbox_applies_each_effect_o
                 >> 33)
                 % 700;
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        child.kill().expect("SIGKILL the relay");
-        child.wait().unwrap();
+        child.0.kill().expect("SIGKILL the relay");
+        child.0.wait().unwrap();
         kills += 1;
     }
     appender.await.unwrap();
