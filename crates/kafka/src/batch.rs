@@ -15,10 +15,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -118,25 +116,7 @@ where
     D: Fn(&Inbound) -> Result<T, String>,
     S: BatchSink<T>,
 {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000");
-    if let Some(id) = &config.group_instance_id {
-        client.set("group.instance.id", id);
-    }
-    client.set("statistics.interval.ms", "1000");
-    for (k, v) in &config.settings {
-        client.set(k, v);
-    }
-    let consumer: StreamConsumer<LagMetrics> =
-        client.create_with_context(LagMetrics::new(&config.group_id))?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    let consumer = config.subscribe()?;
     let dlq: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -148,22 +128,8 @@ where
         )
     });
     // Brokers that do not create topics on first use (Tansu) need the dead-letter topic made.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .create()?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin
-        .create_topics(
-            [&NewTopic::new(&dlq_topic, 1, TopicReplication::Fixed(1))],
-            &options,
-        )
-        .await?
-    {
-        if let Err((topic, code)) = result {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                tracing::warn!(%topic, %code, "cannot create the dead-letter topic");
-            }
-        }
+    if let Err(e) = crate::create_topic(&config.brokers, &dlq_topic, 1).await {
+        tracing::warn!(error = %e, "cannot create the dead-letter topic");
     }
 
     let mut stats = BatchStats::default();

@@ -30,6 +30,35 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
+    /// A consumer subscribed to the topics: manual offset commits, earliest offset when the group
+    /// has none, reconnect backoff capped at 1 s, per-partition lag published every second
+    /// ([`LagMetrics`]); `settings` last.
+    ///
+    /// # Errors
+    /// A bad setting, or the subscription is refused.
+    pub fn subscribe(&self) -> Result<StreamConsumer<LagMetrics>, KafkaError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("statistics.interval.ms", "1000");
+        if let Some(id) = &self.group_instance_id {
+            client.set("group.instance.id", id);
+        }
+        for (k, v) in &self.settings {
+            client.set(k, v);
+        }
+        let consumer: StreamConsumer<LagMetrics> =
+            client.create_with_context(LagMetrics::new(&self.group_id))?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(consumer)
+    }
+
     /// Group `group_id` on `topics`, reading from the earliest offset when it has none.
     pub fn new(brokers: impl Into<String>, group_id: impl Into<String>, topics: &[&str]) -> Self {
         Self {
@@ -125,25 +154,7 @@ where
     F: Fn(Inbound) -> Fut,
     Fut: Future<Output = Handled>,
 {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000");
-    if let Some(id) = &config.group_instance_id {
-        client.set("group.instance.id", id);
-    }
-    client.set("statistics.interval.ms", "1000");
-    for (k, v) in &config.settings {
-        client.set(k, v);
-    }
-    let consumer: StreamConsumer<LagMetrics> =
-        client.create_with_context(LagMetrics::new(&config.group_id))?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
+    let consumer = config.subscribe()?;
     let mut stats = ConsumeStats::default();
     let mut stop = std::pin::pin!(stop);
     loop {

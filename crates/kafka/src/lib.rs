@@ -349,22 +349,47 @@ impl Relay {
         if !self.config.create_topics || known.contains(topic) {
             return Ok(());
         }
-        let new = NewTopic::new(
-            topic,
-            self.config.topic_partitions,
-            TopicReplication::Fixed(1),
-        );
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        for result in self.admin.create_topics([&new], &options).await? {
-            match result {
-                Ok(_) => {}
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => return Err(RelayError::Topic { topic, code }),
+        match create_topic_with(&self.admin, topic, self.config.topic_partitions).await {
+            Ok(()) => {}
+            Err(KafkaError::AdminOp(code)) => {
+                return Err(RelayError::Topic {
+                    topic: topic.to_owned(),
+                    code,
+                })
             }
+            Err(e) => return Err(e.into()),
         }
         known.insert(topic.to_owned());
         Ok(())
     }
+}
+
+/// Creates `topic` with `partitions` partitions (replication 1) on `brokers`; a topic that
+/// already exists is fine. Some brokers (Tansu) do not create topics on first use.
+///
+/// # Errors
+/// [`KafkaError::AdminOp`] with the broker's code when it refuses; other client errors.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    create_topic_with(&admin, topic, partitions).await
+}
+
+async fn create_topic_with(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), KafkaError> {
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics([&new], &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {

@@ -173,16 +173,27 @@ impl PrivateCluster {
             .to_owned()
     }
 
+    /// A server tool (`initdb`, `pg_ctl`) from the cluster's bin directory, run as `postgres`
+    /// when we are root.
+    fn server_command(&self, tool: &str) -> std::process::Command {
+        let program = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
     fn run(&self, tool: &str, args: &[&str], server_tool: bool) {
         let program = if server_tool {
             self.bin.join(tool)
         } else {
             std::path::PathBuf::from(tool)
         };
-        let mut command = if server_tool && self.as_postgres {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&program);
-            c
+        let mut command = if server_tool {
+            self.server_command(tool)
         } else {
             std::process::Command::new(&program)
         };
@@ -202,15 +213,8 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         let data = self.data();
-        let mut command = if self.as_postgres {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_ctl"));
-            c
-        } else {
-            std::process::Command::new(self.bin.join("pg_ctl"))
-        };
-        let _ = command
+        let _ = self
+            .server_command("pg_ctl")
             .args(["-D", &data, "-m", "immediate", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -10,9 +10,7 @@ use anyhow::Context;
 use chrono::Utc;
 use eventfold_core::{AppendRequest, ExpectedVersion};
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchSink};
-use eventfold_kafka::{ConsumerConfig, Relay, RelayConfig};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use eventfold_kafka::{create_topic, ConsumerConfig, Relay, RelayConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -73,26 +71,6 @@ pub struct RelayBenchReport {
     pub broker_baseline_messages_per_sec: f64,
     /// `messages_per_sec / broker_baseline_messages_per_sec`.
     pub ratio_to_baseline: f64,
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    for r in admin
-        .create_topics(
-            [&NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?
-    {
-        r.map_err(|(t, code)| anyhow::anyhow!("creating topic {t}: {code}"))?;
-    }
-    Ok(())
 }
 
 /// Produces `values` (keys cycling over 100) and waits for every acknowledgement; returns the

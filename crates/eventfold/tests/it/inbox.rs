@@ -5,37 +5,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::broker;
 use eventfold::inbox::award_prize;
 use eventfold::service::{AsOf, CommandContext, Service};
 use eventfold_core::{Actor, StoredResponse};
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::{Currency, Money};
 use eventfold_kafka::{run_consumer, ConsumerConfig, Handled};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
-        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
-    )
-}
-
 async fn publish(topic: &str, messages: &[(Option<&str>, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            [&NewTopic::new(topic, 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+    eventfold_kafka::create_topic(&broker(), topic, 2)
         .await
         .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .create()

@@ -7,34 +7,18 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::broker;
 use eventfold::notifications::{decode, NotificationSink};
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchStats};
 use eventfold_kafka::ConsumerConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
-        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
-    )
-}
-
 async fn publish(topic: &str, values: &[String]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            [&NewTopic::new(topic, 2, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+    eventfold_kafka::create_topic(&broker(), topic, 2)
         .await
         .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .create()

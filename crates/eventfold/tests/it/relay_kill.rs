@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::broker;
 use eventfold::service::{AsOf, CommandContext, Executed, Service};
 use eventfold_core::{
     Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoredResponse,
@@ -29,12 +30,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
-        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
-    )
 }
 
 fn event(n: u64) -> NewEvent {

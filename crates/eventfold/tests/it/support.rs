@@ -137,6 +137,16 @@ pub fn assert_error(reply: &Reply, status: StatusCode, code: &str, mentions: &st
     );
 }
 
+/// The test broker's bootstrap address (`EVENTFOLD_TEST_KAFKA`, set by `scripts/test`).
+///
+/// # Panics
+/// When it is not set, saying how to get one.
+pub fn broker() -> String {
+    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
+        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
+    )
+}
+
 /// The repository's copy of the CDNOW purchase log.
 pub fn cdnow_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cdnow/CDNOW_master.txt")

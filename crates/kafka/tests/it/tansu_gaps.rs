@@ -4,8 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
@@ -14,18 +12,9 @@ use crate::support::{broker, unique_prefix};
 
 async fn produce(topic: &str, n: usize) {
     // Tansu does not create topics on first use.
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            [&NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
+    eventfold_kafka::create_topic(&broker(), topic, 1)
         .await
         .unwrap();
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker())
         .set("enable.idempotence", "true")
