@@ -15,4 +15,5 @@ pub mod http;
 pub mod import;
 pub mod inbox;
 pub mod notifications;
+pub mod order_notifications;
 pub mod service;

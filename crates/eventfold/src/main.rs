@@ -1,5 +1,5 @@
-//! `eventfold`: the command-line interface for operators (serve, import, history, state,
-//! projections, bench).
+//! `eventfold`: the command-line interface for operators (serve, relay, consume, transform,
+//! migrate, import, history, state, projections, bench).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,13 +9,14 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use eventfold::backend::{Backend, StoreUrl, DEFAULT_STORE};
 use eventfold::service::{timeline, AsOf, Service};
-use eventfold::{bench, http, import, inbox, notifications};
+use eventfold::{bench, http, import, inbox, notifications, order_notifications};
 use eventfold_core::{Aggregate, Replayed};
 use eventfold_domain::account::Account;
 use eventfold_domain::inventory::Inventory;
 use eventfold_domain::order::Order;
 use eventfold_domain::payment::Payment;
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchStats};
+use eventfold_kafka::exactly_once::{run_exactly_once, ExactlyOnceConfig, ExactlyOnceStats};
 use eventfold_kafka::{run_consumer, ConsumeStats, ConsumerConfig, Relay, RelayConfig};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +73,13 @@ enum Command {
         #[command(subcommand)]
         consumer: ConsumerName,
     },
+    /// Run an exactly-once consume-transform-produce worker (input offsets and outputs commit in
+    /// one Kafka transaction) until stopped (Ctrl-C). Needs --kafka-brokers and a broker with
+    /// transactions.
+    Transform {
+        #[command(subcommand)]
+        transform: TransformName,
+    },
     /// Apply the store's schema migrations (every command also does on opening) and print the
     /// schema version; running it twice is a no-op, a schema newer than this binary is refused.
     Migrate,
@@ -105,6 +113,23 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TransformName {
+    /// Order events (`{prefix}.order`) into customer notifications (topic `notifications`).
+    OrderNotifications {
+        /// Topic to write notifications to.
+        #[arg(long, default_value = "notifications")]
+        topic: String,
+        /// `transactional.id`: stable per worker instance; a restarted instance fences the
+        /// previous one.
+        #[arg(long, default_value = "order-notifications-0")]
+        transactional_id: String,
+        /// Static membership (group.instance.id).
+        #[arg(long)]
+        group_instance_id: Option<String>,
     },
 }
 
@@ -281,6 +306,33 @@ impl From<&BatchStats> for NotificationsReport {
     }
 }
 
+/// What `transform --json` prints when it stops.
+#[derive(Serialize)]
+struct TransformReport {
+    /// Transactions committed.
+    committed: u64,
+    /// Transactions aborted (their batches were tried again).
+    aborted: u64,
+    /// Input messages committed.
+    inputs: u64,
+    /// Output messages committed.
+    outputs: u64,
+    /// Inputs dead-lettered.
+    dead_lettered: u64,
+}
+
+impl From<ExactlyOnceStats> for TransformReport {
+    fn from(s: ExactlyOnceStats) -> Self {
+        Self {
+            committed: s.committed,
+            aborted: s.aborted,
+            inputs: s.inputs,
+            outputs: s.outputs,
+            dead_lettered: s.dead_lettered,
+        }
+    }
+}
+
 /// What `consume --json` prints when it stops.
 #[derive(Serialize)]
 struct ConsumeReport {
@@ -452,6 +504,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 format!(
                     "wrote {} notifications in {} batches; {} dead-lettered; {} failed tries; breaker opened {} times",
                     stats.written, stats.batches, stats.dead_lettered, stats.failed_tries, stats.breaker_opened
+                )
+            })
+        }
+        Command::Transform {
+            transform:
+                TransformName::OrderNotifications {
+                    topic,
+                    transactional_id,
+                    group_instance_id,
+                },
+        } => {
+            let brokers = cli.kafka_brokers.clone().context(
+                "transform needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
+            )?;
+            let backend = Backend::open(&cli.store).await?;
+            let input = format!("{}.order", cli.kafka_topic_prefix);
+            let mut consumer = ConsumerConfig::new(
+                &brokers,
+                order_notifications::ORDER_NOTIFICATIONS,
+                &[&input],
+            );
+            consumer.group_instance_id = group_instance_id;
+            let config = ExactlyOnceConfig::new(consumer, transactional_id);
+            for t in [&topic, &input] {
+                eventfold_kafka::create_topic(&brokers, t, 3).await?;
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            let store = backend.events.clone();
+            let stats = run_exactly_once(
+                &config,
+                |m| {
+                    let (store, topic) = (store.clone(), topic.clone());
+                    async move { order_notifications::transform(&store, &topic, m).await }
+                },
+                shutdown.cancelled_owned(),
+            )
+            .await?;
+            print(cli.json, &TransformReport::from(stats), || {
+                format!(
+                    "committed {} transactions ({} inputs, {} outputs, {} dead-lettered); aborted {}",
+                    stats.committed, stats.inputs, stats.outputs, stats.dead_lettered, stats.aborted
                 )
             })
         }

@@ -187,7 +187,7 @@ where
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
@@ -305,6 +305,20 @@ async fn dead_letter(
     m: &Inbound,
     why: &str,
 ) -> Result<(), KafkaError> {
+    let headers = dead_letter_headers(m, why);
+    let mut record = FutureRecord::to(topic).payload(&m.payload).headers(headers);
+    if let Some(k) = &m.key {
+        record = record.key(k);
+    }
+    dlq.send(record, Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+}
+
+/// A dead letter's headers: the original ones, then `error` (why) and `source_topic` /
+/// `source_partition` / `source_offset` (where it came from).
+pub(crate) fn dead_letter_headers(m: &Inbound, why: &str) -> OwnedHeaders {
     let (partition, offset) = (m.partition.to_string(), m.offset.to_string());
     let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + 4);
     for (k, v) in &m.headers {
@@ -313,7 +327,7 @@ async fn dead_letter(
             value: Some(v.as_str()),
         });
     }
-    headers = headers
+    headers
         .insert(Header {
             key: "error",
             value: Some(why),
@@ -329,13 +343,5 @@ async fn dead_letter(
         .insert(Header {
             key: "source_offset",
             value: Some(offset.as_str()),
-        });
-    let mut record = FutureRecord::to(topic).payload(&m.payload).headers(headers);
-    if let Some(k) = &m.key {
-        record = record.key(k);
-    }
-    dlq.send(record, Duration::from_secs(30))
-        .await
-        .map(|_| ())
-        .map_err(|(e, _)| e)
+        })
 }

@@ -1,6 +1,7 @@
 //! Kafka for eventfold: the outbox relay (M13), an at-least-once consumer for inboxes (M14,
 //! [`consumer`]) and a batching consumer with retries, a circuit breaker and a dead-letter topic
-//! (M15, [`batch`]).
+//! (M15, [`batch`]), and an exactly-once consume-transform-produce worker on Kafka transactions
+//! (M16, [`exactly_once`]).
 //!
 //! **The event log is the outbox.** Every event is committed in the transaction of the command
 //! that caused it, and the message published for it is a pure function of the stored event (its
@@ -31,6 +32,7 @@
 
 pub mod batch;
 pub mod consumer;
+pub mod exactly_once;
 
 pub use consumer::{run_consumer, ConsumeStats, ConsumerConfig, Handled, Inbound};
 

@@ -8,6 +8,7 @@ mod import;
 mod inbox;
 mod lanes;
 mod notifications;
+mod order_notifications;
 mod orders;
 mod outage;
 mod projections;

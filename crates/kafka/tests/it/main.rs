@@ -1,6 +1,7 @@
 //! The outbox relay against a real Kafka-protocol broker (Tansu, started by `scripts/test`),
 //! checked with an independent client (`kcat`).
 
+mod exactly_once;
 mod faults;
 mod membership;
 mod support;
