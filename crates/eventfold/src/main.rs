@@ -65,8 +65,16 @@ enum Command {
         #[arg(long)]
         once: bool,
         /// Work partitions this relay owns, e.g. `0-7` or `0,2,4` (default: all of 0-15).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         shards: Option<String>,
+        /// Share the work partitions with the other relays of this group: Kafka's group
+        /// coordinator gives each to exactly one running relay and moves a stopped (or, after
+        /// 10 s, a dead) relay's to the others.
+        #[arg(long, conflicts_with = "once")]
+        group: Option<String>,
+        /// Do not create topics (they are provisioned separately).
+        #[arg(long)]
+        no_create_topics: bool,
     },
     /// Consume a Kafka topic through an inbox until stopped (Ctrl-C). Needs --kafka-brokers.
     Consume {
@@ -549,7 +557,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })
         }
-        Command::Relay { once, shards } => {
+        Command::Relay {
+            once,
+            shards,
+            group,
+            no_create_topics,
+        } => {
             let brokers = cli
                 .kafka_brokers
                 .clone()
@@ -560,6 +573,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(spec) = shards {
                 config.owned = Some(parse_shards(&spec, config.shards)?);
             }
+            config.group = group;
+            config.create_topics = !no_create_topics;
             let relay = Relay::new(backend.events.clone(), config)?;
             if once {
                 let p = relay.publish_pending().await?;

@@ -21,8 +21,13 @@
 //!
 //! **Work partitions.** The log is split into `shards` work partitions by a stable hash of the
 //! stream id, each with its own checkpoint (`relay:{prefix}:{shard}`). A relay publishes the
-//! shards it owns ([`RelayConfig::owned`], all by default); several relays can split the shards
-//! between them.
+//! shards it owns: all by default, a fixed set ([`RelayConfig::owned`]), or, with
+//! [`RelayConfig::group`], those Kafka's group coordinator gives it: the relays of a group are
+//! members of one consumer group on the message-less topic `{prefix}.relay-shards` (one partition
+//! per shard), so each shard has exactly one owner among the live relays, and a relay that leaves
+//! or stops heartbeating hands its shards to the others, which resume from the shard's
+//! checkpoint. A relay checks its assignment between batches and stops publishing a shard it no
+//! longer owns; the overlap is at most one batch (duplicates, never a loss).
 //!
 //! Message format (stable; consumers rely on it): key = aggregate id (the stream id after its
 //! `category-` prefix); value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
@@ -45,6 +50,7 @@ use eventfold_core::envelope::stream_category;
 use eventfold_core::{EventStore, RecordedEvent, StoreError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -66,8 +72,14 @@ pub struct RelayConfig {
     /// Work partitions of the log (default 16). Changing it re-maps streams to shards: stop every
     /// relay first.
     pub shards: u32,
-    /// The shards this relay publishes (`None`: all).
+    /// The shards this relay publishes (`None`: all, or those its group gives it).
     pub owned: Option<Vec<u32>>,
+    /// Share the shards with the other relays of this consumer group (`None`: no sharing). The
+    /// group subscribes to the topic `{prefix}.relay-shards`, which has one partition per shard
+    /// and carries no messages: Kafka's group coordinator gives each partition, hence each shard,
+    /// to exactly one member, and the shards of a relay that stops (or stops heartbeating for
+    /// `session.timeout.ms`, 10 s) go to the others. Excludes `owned`.
+    pub group: Option<String>,
     /// Events read from the log per batch (default 5,000).
     pub batch_size: usize,
     /// Extra librdkafka producer settings (applied last).
@@ -84,6 +96,7 @@ impl RelayConfig {
             create_topics: true,
             shards: 16,
             owned: None,
+            group: None,
             batch_size: 5_000,
             producer_settings: Vec::new(),
         }
@@ -128,7 +141,10 @@ pub struct Relay {
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     config: RelayConfig,
-    owned: Vec<u32>,
+    /// The shards owned now: fixed, or the group's current assignment.
+    owned: std::sync::Mutex<Vec<u32>>,
+    /// Member of `config.group` on the shard topic, when shards are shared.
+    membership: Option<BaseConsumer>,
     topics: tokio::sync::Mutex<HashSet<String>>,
 }
 
@@ -166,6 +182,30 @@ impl Relay {
                 config.shards
             )));
         }
+        let membership = match &config.group {
+            Some(_) if config.owned.is_some() => {
+                return Err(RelayError::Config(
+                    "owned shards and a group exclude each other".into(),
+                ))
+            }
+            Some(group) => Some(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &config.brokers)
+                    .set("group.id", group)
+                    .set("enable.auto.commit", "false")
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000")
+                    .set("reconnect.backoff.max.ms", "1000")
+                    .create()?,
+            ),
+            None => None,
+        };
+        // A group member owns nothing until the coordinator says so.
+        let owned = if membership.is_some() {
+            Vec::new()
+        } else {
+            owned
+        };
         let mut producer = ClientConfig::new();
         producer
             .set("bootstrap.servers", &config.brokers)
@@ -188,9 +228,79 @@ impl Relay {
             producer: producer.create()?,
             admin,
             config,
-            owned,
+            owned: std::sync::Mutex::new(owned),
+            membership,
             topics: tokio::sync::Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The topic whose partitions stand for the shards when they are shared by a group.
+    pub fn shard_topic(&self) -> String {
+        format!("{}.relay-shards", self.config.topic_prefix)
+    }
+
+    /// The shards this relay owns now (sorted).
+    pub fn owned_shards(&self) -> Vec<u32> {
+        self.owned.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Joins the group (creating the shard topic when topics are created) and subscribes; a
+    /// no-op without a group or when already subscribed.
+    async fn join(&self) -> Result<(), RelayError> {
+        let Some(member) = &self.membership else {
+            return Ok(());
+        };
+        if member
+            .subscription()
+            .map(|s| s.count() > 0)
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let topic = self.shard_topic();
+        if self.config.create_topics {
+            let partitions = i32::try_from(self.config.shards).unwrap_or(i32::MAX);
+            match create_topic_with(&self.admin, &topic, partitions).await {
+                Ok(()) => {}
+                Err(KafkaError::AdminOp(code)) => return Err(RelayError::Topic { topic, code }),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        member.subscribe(&[&topic])?;
+        Ok(())
+    }
+
+    /// Serves the group (heartbeats, rebalances) and refreshes the owned shards from the
+    /// assignment; returns them.
+    fn refresh_owned(&self) -> Vec<u32> {
+        let Some(member) = &self.membership else {
+            return self.owned_shards();
+        };
+        // The shard topic carries no messages: polling only runs the group protocol.
+        while let Some(m) = member.poll(Duration::ZERO) {
+            if let Err(e) = m {
+                tracing::warn!(error = %e, "relay group member error");
+            }
+        }
+        let mut shards: Vec<u32> = member
+            .assignment()
+            .map(|a| {
+                a.elements()
+                    .iter()
+                    .filter_map(|e| u32::try_from(e.partition()).ok())
+                    .filter(|s| *s < self.config.shards)
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort_unstable();
+        if let Ok(mut owned) = self.owned.lock() {
+            if *owned != shards {
+                tracing::info!(shards = ?shards, "relay shard ownership changed");
+                metrics::gauge!("eventfold_relay_owned_shards").set(shards.len() as f64);
+                owned.clone_from(&shards);
+            }
+        }
+        shards
     }
 
     /// The checkpoint name of a shard.
@@ -215,8 +325,16 @@ impl Relay {
     /// A store failure or a delivery that failed; checkpoints stay at the last fully
     /// acknowledged batch.
     pub async fn publish_pending(&self) -> Result<RelayProgress, RelayError> {
+        self.join().await?;
+        let owned = self.refresh_owned();
+        if owned.is_empty() {
+            return Ok(RelayProgress {
+                published: 0,
+                position: self.store.head_position().await?,
+            });
+        }
         let mut checkpoints: HashMap<u32, u64> = HashMap::new();
-        for shard in &self.owned {
+        for shard in &owned {
             let cp = self
                 .store
                 .load_checkpoint(&self.checkpoint_name(*shard))
@@ -266,11 +384,18 @@ impl Relay {
             metrics::counter!("eventfold_relay_published_total").increment(n);
             let head = self.store.head_position().await?;
             metrics::gauge!("eventfold_relay_backlog_events").set(head.saturating_sub(last) as f64);
+            if self.membership.is_some() && self.refresh_owned() != owned {
+                // Shards moved: stop publishing the ones given away; the next round starts
+                // from the checkpoints of the ones owned now.
+                return Ok(progress);
+            }
         }
     }
 
     /// Keeps publishing until `stop` completes, waking on appends (and polling for other
-    /// processes' appends). A failed round is logged and retried after a second.
+    /// processes' appends; every 250 ms in a group, to serve it and pick up moved shards). A
+    /// failed round is logged and retried after a second. Leaving returns the shards to the
+    /// group.
     pub async fn run(&self, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         loop {
@@ -287,10 +412,20 @@ impl Relay {
                     continue;
                 }
             };
-            let wait = std::pin::pin!(self.store.wait_for_append(position));
+            let wait = self.store.wait_for_append(position);
+            let wait = std::pin::pin!(async {
+                if self.membership.is_some() {
+                    let _ = tokio::time::timeout(Duration::from_millis(250), wait).await;
+                } else {
+                    wait.await;
+                }
+            });
             if let futures::future::Either::Right(_) =
                 futures::future::select(wait, stop.as_mut()).await
             {
+                if let Some(member) = &self.membership {
+                    member.unsubscribe();
+                }
                 return;
             }
         }

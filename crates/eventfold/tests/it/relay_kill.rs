@@ -2,6 +2,7 @@
 //! at random moments while 100,000 events are appended; afterwards every event is on the topic at
 //! least once, the first arrivals of each key are in stream order, and an inbox that applies one
 //! effect per message (a deposit keyed by the message's event id) applies each exactly once.
+//! And relays sharing the work in a group: one is SIGKILLed, the other takes over its shards.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
@@ -44,9 +45,9 @@ fn event(n: u64) -> NewEvent {
 }
 
 /// (event id, stream id, stream version) of every message on `topic`, in partition order.
-fn read_topic(topic: &str, at_least: usize) -> Vec<(String, String, u64)> {
+fn read_topic(bootstrap: &str, topic: &str, at_least: usize) -> Vec<(String, String, u64)> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
             format!("kill-reader-{}", uuid::Uuid::now_v7().simple()),
@@ -179,7 +180,7 @@ async fn relay_killed_20_times_loses_nothing_and_the_inbox_applies_each_effect_o
 
     let messages = tokio::task::spawn_blocking({
         let topic = format!("{prefix}.kill");
-        move || read_topic(&topic, EVENTS as usize)
+        move || read_topic(&broker(), &topic, EVENTS as usize)
     })
     .await
     .unwrap();
@@ -270,4 +271,120 @@ async fn relay_killed_20_times_loses_nothing_and_the_inbox_applies_each_effect_o
         Some(Money::parse("1000.00", Currency::USD).unwrap())
     );
     assert_eq!(account.version, EVENTS + 1);
+}
+
+/// Appends `n` events round-robin over `streams` streams named `{prefix}-{i}` (continuing their
+/// versions in `versions`).
+async fn append_round(store: &Arc<dyn EventStore>, prefix: &str, versions: &mut [u64], n: u64) {
+    let streams = versions.len() as u64;
+    let batch: Vec<AppendRequest> = (0..n)
+        .map(|i| {
+            let s = (i % streams) as usize;
+            let expected = if versions[s] == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(versions[s])
+            };
+            versions[s] += 1;
+            AppendRequest::new(format!("{prefix}-{s}"), expected, vec![event(i)])
+        })
+        .collect();
+    for r in store.append_many(batch).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Waits until every shard's checkpoint reached the head (at most `within`); the shards still
+/// behind.
+async fn caught_up(store: &Arc<dyn EventStore>, prefix: &str, within: Duration) -> Vec<u32> {
+    let head = store.head_position().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let mut behind = Vec::new();
+        for shard in 0..16 {
+            let cp = store
+                .load_checkpoint(&format!("relay:{prefix}:{shard}"))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if cp < head {
+                behind.push(shard);
+            }
+        }
+        if behind.is_empty() || started.elapsed() > within {
+            return behind;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// On librdkafka's mock cluster, because Tansu 0.6 never evicts a group member that stopped
+/// heartbeating (`tansu_gaps.rs` in eventfold-kafka): the relays are separate processes connected
+/// to the mock's listener, and the topics are made beforehand (the mock has no CreateTopics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_group_relays_shards_are_taken_over_by_the_other() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("group.db");
+    let url = format!("sqlite://{}", path.display());
+    let store: Arc<dyn EventStore> = Arc::new(eventfold_sqlite::SqliteStore::open(&path).unwrap());
+    let prefix = format!("grp{}", uuid::Uuid::now_v7().simple());
+    cluster
+        .create_topic(&format!("{prefix}.order"), 3, 1)
+        .unwrap();
+    cluster
+        .create_topic(&format!("{prefix}.relay-shards"), 16, 1)
+        .unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let relay = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_eventfold"));
+        c.args([
+            "relay",
+            "--kafka-brokers",
+            &bootstrap,
+            "--kafka-topic-prefix",
+            &prefix,
+            "--no-create-topics",
+            "--group",
+            &format!("{prefix}-relays"),
+        ])
+        .env("EVENTFOLD_STORE", &url)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        KillOnDrop(c.spawn().expect("start a relay"))
+    };
+    let topic = format!("{prefix}.order");
+    let mut versions = vec![0u64; 64];
+    let _a = relay();
+    let mut b = relay();
+    append_round(&store, "order", &mut versions, 1_000).await;
+    let published = caught_up(&store, &prefix, Duration::from_secs(60)).await;
+    assert!(published.is_empty(), "shards {published:?} never published");
+    let (t, b2) = (topic.clone(), bootstrap.clone());
+    let before = tokio::task::spawn_blocking(move || read_topic(&b2, &t, 1_000))
+        .await
+        .unwrap();
+    let ids: HashSet<&String> = before.iter().map(|(id, _, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        1_000,
+        "both relays running: everything published"
+    );
+
+    b.0.kill().expect("SIGKILL relay b");
+    b.0.wait().unwrap();
+    let killed = Instant::now();
+    append_round(&store, "order", &mut versions, 1_000).await;
+    // Every shard's checkpoint reaches the head: the survivor publishes the dead relay's shards
+    // once the group coordinator evicts it (session timeout, 10 s) and the group rebalances.
+    let behind = caught_up(&store, &prefix, Duration::from_secs(40)).await;
+    assert!(behind.is_empty(), "shards {behind:?} not taken over");
+    let took = killed.elapsed();
+    println!("the survivor published the killed relay's shards {took:?} after the kill");
+    let all = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &topic, 2_000))
+        .await
+        .unwrap();
+    let ids: HashSet<&String> = all.iter().map(|(id, _, _)| id).collect();
+    assert_eq!(ids.len(), 2_000, "every event reached the topic");
 }

@@ -165,3 +165,88 @@ async fn relay_aborted_mid_batch_loses_nothing_and_keeps_per_key_order() {
         );
     }
 }
+
+/// Polls `check` every 50 ms until it holds (at most 60 s); how long that took.
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "never: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Relays in one group divide the shards (each shard owned by exactly one at every moment we
+/// look), and when one leaves the other takes its shards: every event reaches the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_in_a_group_divide_the_shards_and_take_over_a_leavers() {
+    let (store, _dir) = sqlite_store();
+    let mut config = RelayConfig::new(broker());
+    config.topic_prefix = unique_prefix();
+    config.group = Some(format!("{}-relays", config.topic_prefix));
+    let start = |config: &RelayConfig| {
+        let relay = Arc::new(Relay::new(store.clone(), config.clone()).unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = {
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                relay
+                    .run(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            })
+        };
+        (relay, stop, task)
+    };
+    let all: Vec<u32> = (0..16).collect();
+    let (a, _stop_a, _task_a) = start(&config);
+    wait_until("a owns every shard", || a.owned_shards() == all).await;
+    fill(&store, 40, 5, 0).await;
+
+    let (b, stop_b, task_b) = start(&config);
+    let mut overlaps = Vec::new();
+    let split = wait_until("a and b divide the shards", || {
+        let (x, y) = (a.owned_shards(), b.owned_shards());
+        if x.iter().any(|s| y.contains(s)) {
+            overlaps.push((x.clone(), y.clone()));
+        }
+        let mut both: Vec<u32> = x.iter().chain(&y).copied().collect();
+        both.sort_unstable();
+        !x.is_empty() && !y.is_empty() && both == all
+    })
+    .await;
+    println!(
+        "a {:?}, b {:?} after {split:?}",
+        a.owned_shards(),
+        b.owned_shards()
+    );
+    fill(&store, 40, 5, 1).await;
+    let stragglers: Vec<_> = {
+        let (x, y) = (a.owned_shards(), b.owned_shards());
+        x.into_iter().filter(|s| y.contains(s)).collect()
+    };
+    assert!(
+        stragglers.is_empty() && overlaps.is_empty(),
+        "a shard had two owners: {overlaps:?}"
+    );
+
+    // b leaves: a takes its shards back.
+    let _ = stop_b.send(());
+    task_b.await.unwrap();
+    drop(b);
+    let took = wait_until("a owns every shard again", || a.owned_shards() == all).await;
+    println!("a took the leaver's shards {took:?} after it left");
+    fill(&store, 40, 5, 2).await;
+
+    let mut ids = HashSet::new();
+    for category in ["order", "account"] {
+        for m in consume(&format!("{}.{category}", config.topic_prefix), 300) {
+            ids.insert(m.headers["event_id"].clone());
+        }
+    }
+    assert_eq!(ids.len(), 600, "every event reached its topic");
+}

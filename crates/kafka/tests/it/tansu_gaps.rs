@@ -1,6 +1,7 @@
 //! What Tansu 0.6 does not do yet, shown so that we notice when a newer Tansu closes a gap (and
 //! then move the tests that run on librdkafka's mock cluster for it onto Tansu):
-//! transactions (EndTxn) and static membership (`group.instance.id`).
+//! transactions (EndTxn), static membership (`group.instance.id`), and evicting a group member
+//! that stopped heartbeating (its partitions stay assigned to it).
 
 use std::time::{Duration, Instant};
 
@@ -95,5 +96,64 @@ async fn tansu_gap_static_members_fetch_nothing() {
         fixed, 0,
         "a static member (group.instance.id) read {fixed} messages: Tansu supports static membership now; \
          move the static-membership test from the mock cluster to Tansu"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_gap_a_member_that_stops_heartbeating_is_never_evicted() {
+    let topic = format!("{}.evict", unique_prefix());
+    let group = unique_prefix();
+    eventfold_kafka::create_topic(&broker(), &topic, 4)
+        .await
+        .unwrap();
+    // Another member of the group in its own process (kcat), to be killed without leaving.
+    let mut other = std::process::Command::new("kcat")
+        .args(["-b", &broker(), "-q", "-G", &group, &topic])
+        .args([
+            "-X",
+            "session.timeout.ms=6000",
+            "-X",
+            "heartbeat.interval.ms=500",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kcat runs (scripts/test installs it)");
+    let (shared, most_after) = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .set("group.id", &group)
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let assigned = |c: &BaseConsumer| c.assignment().map(|a| a.count()).unwrap_or(0);
+        let started = Instant::now();
+        while !(1..4).contains(&assigned(&consumer)) && started.elapsed() < Duration::from_secs(30)
+        {
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let shared = assigned(&consumer);
+        other.kill().unwrap();
+        other.wait().unwrap();
+        let mut most = 0;
+        let killed = Instant::now();
+        while killed.elapsed() < Duration::from_secs(20) {
+            let _ = consumer.poll(Duration::from_millis(100));
+            most = most.max(assigned(&consumer));
+        }
+        (shared, most)
+    })
+    .await
+    .unwrap();
+    assert!(
+        (1..4).contains(&shared),
+        "the two members never shared the topic (this member held {shared} of 4 partitions)"
+    );
+    assert!(
+        most_after < 4,
+        "Tansu evicted a member that stopped heartbeating and gave its partitions away: move the \
+         killed-relay group test (eventfold relay_kill.rs) from the mock cluster to Tansu"
     );
 }
