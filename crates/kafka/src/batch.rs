@@ -72,6 +72,8 @@ impl Default for BatchConfig {
 /// What the consumer did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchStats {
+    /// When the first message arrived.
+    pub first_received: Option<Instant>,
     /// Messages written to the sink.
     pub written: u64,
     /// Batches written.
@@ -99,7 +101,32 @@ struct Pending<T> {
     opened: Option<Instant>,
 }
 
+impl<T> Pending<T> {
+    fn new() -> Self {
+        Self {
+            items: Vec::new(),
+            offsets: HashMap::new(),
+            opened: None,
+        }
+    }
+}
+
+/// A batch being written: resolves to the offsets to commit once it is durable, and what the
+/// write counted.
+type Flushing<'a> = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<(HashMap<(String, i32), i64>, BatchStats), KafkaError>>
+            + Send
+            + 'a,
+    >,
+>;
+
 /// Runs the batching consumer until `stop` completes (then flushes and commits).
+///
+/// One batch is written while the next one fills (the database write overlaps reading and
+/// decoding); offsets are committed in order, each after its batch is durable. While a write is
+/// retried or the breaker is open, at most one more batch is read ahead, and nothing of it is
+/// committed.
 ///
 /// # Errors
 /// The consumer or the dead-letter producer cannot be created (a bad setting), or a dead letter
@@ -131,20 +158,33 @@ where
     if let Err(e) = crate::create_topic(&config.brokers, &dlq_topic, 1).await {
         tracing::warn!(error = %e, "cannot create the dead-letter topic");
     }
+    let out = Out {
+        dlq: &dlq,
+        dlq_topic: &dlq_topic,
+    };
 
     let mut stats = BatchStats::default();
-    let mut pending = Pending {
-        items: Vec::new(),
-        offsets: HashMap::new(),
-        opened: None,
-    };
+    let mut pending = Pending::new();
+    let mut flushing: Option<Flushing<'_>> = None;
     let mut stop = std::pin::pin!(stop);
     loop {
+        // Full, or only dead letters to commit: write (or commit) as soon as nothing is in flight.
+        let due = pending.items.len() >= batch.max_messages
+            || (pending.items.is_empty() && !pending.offsets.is_empty());
         let deadline = pending.opened.map(|t| t + batch.max_wait);
-        let flush_now = tokio::select! {
-            m = consumer.recv() => {
+        tokio::select! {
+            written = async { flushing.as_mut().expect("in flight").await }, if flushing.is_some() => {
+                flushing = None;
+                let (offsets, done) = written?;
+                merge(&mut stats, done);
+                // Asynchronous commits while running (a lost one only means a redelivery, which
+                // the sink dedupes); the last one, on stop, is synchronous.
+                commit(&consumer, &offsets, CommitMode::Async)?;
+            }
+            m = consumer.recv(), if !due => {
                 match m {
                     Ok(m) => {
+                        stats.first_received.get_or_insert_with(Instant::now);
                         let inbound = detach(&m);
                         let next = inbound.offset + 1;
                         let key = (inbound.topic.clone(), inbound.partition);
@@ -163,26 +203,27 @@ where
                     }
                     Err(e) => tracing::warn!(error = %e, "kafka consumer error; continuing"),
                 }
-                pending.items.len() >= batch.max_messages
-                    || (pending.items.is_empty() && !pending.offsets.is_empty())
             }
-            () = sleep_until(deadline) => true,
+            () = sleep_until(deadline), if !due && flushing.is_none() => {}
             () = &mut stop => {
-                let out = Out { consumer: &consumer, dlq: &dlq, dlq_topic: &dlq_topic, commit: CommitMode::Sync };
-                flush(&out, batch, sink, &mut pending, &mut stats).await?;
+                if let Some(f) = flushing.take() {
+                    let (offsets, done) = f.await?;
+                    merge(&mut stats, done);
+                    commit(&consumer, &offsets, CommitMode::Sync)?;
+                }
+                let ready = std::mem::replace(&mut pending, Pending::new());
+                let (offsets, done) = flush(&out, batch, sink, ready).await?;
+                merge(&mut stats, done);
+                commit(&consumer, &offsets, CommitMode::Sync)?;
                 return Ok(stats);
             }
-        };
-        if flush_now {
-            // Asynchronous commits while running (a lost one only means a redelivery, which the
-            // sink dedupes); the last one, on stop, is synchronous.
-            let out = Out {
-                consumer: &consumer,
-                dlq: &dlq,
-                dlq_topic: &dlq_topic,
-                commit: CommitMode::Async,
-            };
-            flush(&out, batch, sink, &mut pending, &mut stats).await?;
+        }
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let due = pending.items.len() >= batch.max_messages
+            || (pending.items.is_empty() && !pending.offsets.is_empty());
+        if flushing.is_none() && (due || expired) {
+            let ready = std::mem::replace(&mut pending, Pending::new());
+            flushing = Some(Box::pin(flush(&out, batch, sink, ready)));
         }
     }
 }
@@ -194,27 +235,51 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Where a flush commits and dead-letters.
+/// Where a flush dead-letters.
 struct Out<'a> {
-    consumer: &'a StreamConsumer<LagMetrics>,
     dlq: &'a FutureProducer,
     dlq_topic: &'a str,
-    commit: CommitMode,
 }
 
-/// Writes the pending batch (retrying, opening the breaker, splitting out rows refused for
-/// good) and commits its offsets.
+fn merge(stats: &mut BatchStats, done: BatchStats) {
+    stats.written += done.written;
+    stats.batches += done.batches;
+    stats.failed_tries += done.failed_tries;
+    stats.breaker_opened += done.breaker_opened;
+    stats.dead_lettered += done.dead_lettered;
+    stats.flush_ms.extend(done.flush_ms);
+    stats.consume_latency_ms.extend(done.consume_latency_ms);
+    stats.end_to_end_ms.extend(done.end_to_end_ms);
+}
+
+fn commit(
+    consumer: &StreamConsumer<LagMetrics>,
+    offsets: &HashMap<(String, i32), i64>,
+    mode: CommitMode,
+) -> Result<(), KafkaError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    consumer.commit(&tpl, mode)
+}
+
+/// Writes a batch (retrying, opening the breaker, splitting out rows refused for good); returns
+/// its offsets, to be committed now that it is durable, and what it counted.
 async fn flush<T, S>(
     out: &Out<'_>,
     config: &BatchConfig,
     sink: &S,
-    pending: &mut Pending<T>,
-    stats: &mut BatchStats,
-) -> Result<(), KafkaError>
+    mut pending: Pending<T>,
+) -> Result<(HashMap<(String, i32), i64>, BatchStats), KafkaError>
 where
     T: Send + Sync,
     S: BatchSink<T>,
 {
+    let mut stats = BatchStats::default();
     if !pending.items.is_empty() {
         metrics::histogram!("eventfold_batch_size").record(pending.items.len() as f64);
         let started = Instant::now();
@@ -224,7 +289,7 @@ where
             match sink.write(&rows).await {
                 Ok(()) => {
                     for (inbound, _, received) in pending.items.drain(..) {
-                        record_written(stats, &inbound, received);
+                        record_written(&mut stats, &inbound, received);
                     }
                 }
                 Err(SinkError::Permanent(why)) => {
@@ -233,7 +298,7 @@ where
                     let mut retry = Vec::new();
                     for (inbound, item, received) in std::mem::take(&mut pending.items) {
                         match sink.write(&[&item]).await {
-                            Ok(()) => record_written(stats, &inbound, received),
+                            Ok(()) => record_written(&mut stats, &inbound, received),
                             Err(SinkError::Permanent(why)) => {
                                 dead_letter(out.dlq, out.dlq_topic, &inbound, &why).await?;
                                 stats.dead_lettered += 1;
@@ -270,16 +335,7 @@ where
         metrics::histogram!("eventfold_batch_flush_seconds")
             .record(started.elapsed().as_secs_f64());
     }
-    if !pending.offsets.is_empty() {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in &pending.offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
-        out.consumer.commit(&tpl, out.commit)?;
-        pending.offsets.clear();
-    }
-    pending.opened = None;
-    Ok(())
+    Ok((pending.offsets, stats))
 }
 
 fn record_written(stats: &mut BatchStats, inbound: &Inbound, received: Instant) {

@@ -13,6 +13,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
+/// Prefetched messages a consumer keeps at most, KiB (`queued.max.messages.kbytes`; librdkafka's
+/// default, 64 MiB, would dominate a consumer's memory while it is behind).
+pub const PREFETCH_KBYTES: &str = "8192";
+
 /// Who consumes what.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -31,8 +35,8 @@ pub struct ConsumerConfig {
 
 impl ConsumerConfig {
     /// A consumer subscribed to the topics: manual offset commits, earliest offset when the group
-    /// has none, reconnect backoff capped at 1 s, per-partition lag published every second
-    /// ([`LagMetrics`]); `settings` last.
+    /// has none, reconnect backoff capped at 1 s, prefetch capped at [`PREFETCH_KBYTES`],
+    /// per-partition lag published every second ([`LagMetrics`]); `settings` last.
     ///
     /// # Errors
     /// A bad setting, or the subscription is refused.
@@ -45,7 +49,8 @@ impl ConsumerConfig {
             .set("auto.offset.reset", "earliest")
             .set("reconnect.backoff.ms", "100")
             .set("reconnect.backoff.max.ms", "1000")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
         if let Some(id) = &self.group_instance_id {
             client.set("group.instance.id", id);
         }

@@ -3,13 +3,14 @@
 //! with a bare rdkafka client, so eventfold's figure reads as a ratio of what the broker allows.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::Utc;
 use eventfold_core::{AppendRequest, ExpectedVersion};
-use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchSink};
+use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchSink, SinkError};
 use eventfold_kafka::{create_topic, ConsumerConfig, Relay, RelayConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -29,15 +30,22 @@ pub struct NotificationsReport {
     pub messages: u64,
     /// Flush size (messages per batch).
     pub batch_size: usize,
-    /// Messages per second, from the first produce to the last row committed.
+    /// Messages per second, from the consumer's first message to the last row durable, with all
+    /// messages already in the topic (as the baseline reads them).
     pub messages_per_sec: f64,
+    /// Messages per second with the producer running at the same time, from the first produce to
+    /// the last row durable (bounded by the producer as well).
+    pub live_messages_per_sec: f64,
+    /// The bench's producer (idempotent, acks=all), per second.
+    pub producer_messages_per_sec: f64,
     /// Consume latency: a message's arrival at the consumer -> its batch durable in the table,
     /// median, ms.
     pub p50_latency_ms: f64,
     /// 95th percentile of the same, ms.
     pub p95_latency_ms: f64,
-    /// End to end: produced (Kafka timestamp) -> durable in the table, 95th percentile, ms. All
-    /// messages are produced at once, so this includes the time they queue in the topic.
+    /// End to end in the live run: produced (Kafka timestamp) -> durable in the table, 95th
+    /// percentile, ms. All messages are produced at once, so this includes the time they queue in
+    /// the topic.
     pub p95_end_to_end_ms: f64,
     /// Batches written.
     pub batches: u64,
@@ -47,8 +55,12 @@ pub struct NotificationsReport {
     pub flush_1k_ms: f64,
     /// One write of 10,000 rows (median of 3), ms.
     pub flush_10k_ms: f64,
-    /// Peak resident memory of the process (VmHWM), MB.
+    /// Peak resident memory (VmHWM) of the consumer process, `eventfold consume notifications`,
+    /// started on its own and draining `messages` messages into the table, MB.
     pub max_rss_mb: f64,
+    /// Peak resident memory of this bench process (producers, baseline consumer, two consumer
+    /// runs, their latency samples), MB: an upper bound.
+    pub bench_process_max_rss_mb: f64,
     /// A bare rdkafka consumer reading the same number of messages, per second.
     pub broker_baseline_messages_per_sec: f64,
     /// `messages_per_sec / broker_baseline_messages_per_sec`.
@@ -73,9 +85,14 @@ pub struct RelayBenchReport {
     pub ratio_to_baseline: f64,
 }
 
-/// Produces `values` (keys cycling over 100) and waits for every acknowledgement; returns the
-/// messages per second.
-async fn produce_all(brokers: &str, topic: &str, values: &[String]) -> anyhow::Result<f64> {
+/// Produces `n` values made by `value` (keys cycling over 100) and waits for every
+/// acknowledgement; returns the messages per second.
+async fn produce_all(
+    brokers: &str,
+    topic: &str,
+    n: u64,
+    value: impl Fn(u64) -> String,
+) -> anyhow::Result<f64> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -83,12 +100,13 @@ async fn produce_all(brokers: &str, topic: &str, values: &[String]) -> anyhow::R
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let started = Instant::now();
-    let mut deliveries = Vec::with_capacity(values.len());
-    for (i, v) in values.iter().enumerate() {
+    let mut deliveries = Vec::with_capacity(n as usize);
+    for i in 0..n {
         let key = format!("k{}", i % 100);
+        let v = value(i);
         deliveries.push(
             producer
-                .send_result(FutureRecord::to(topic).key(&key).payload(v))
+                .send_result(FutureRecord::to(topic).key(&key).payload(&v))
                 .map_err(|(e, _)| e)?,
         );
     }
@@ -98,15 +116,17 @@ async fn produce_all(brokers: &str, topic: &str, values: &[String]) -> anyhow::R
             .map_err(|(e, _)| e)
             .context("delivery")?;
     }
-    Ok(values.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }
 
-/// Reads `n` messages of `topic` from the beginning with a bare consumer; returns them (headers
-/// as maps) and the messages per second.
+/// Reads `n` messages of `topic` from the beginning with a bare consumer (prefetch capped as
+/// eventfold's consumers cap it); returns their headers as maps when `keep_headers`, and the
+/// messages per second.
 fn consume_bare(
     brokers: &str,
     topic: &str,
     n: usize,
+    keep_headers: bool,
 ) -> anyhow::Result<(Vec<HashMap<String, String>>, f64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -116,15 +136,24 @@ fn consume_bare(
         )
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set(
+            "queued.max.messages.kbytes",
+            eventfold_kafka::consumer::PREFETCH_KBYTES,
+        )
         .create()?;
     consumer.subscribe(&[topic])?;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::new();
+    let mut read = 0;
     let mut first: Option<Instant> = None;
     let limit = Instant::now() + Duration::from_secs(120);
-    while out.len() < n && Instant::now() < limit {
+    while read < n && Instant::now() < limit {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
             first.get_or_insert_with(Instant::now);
+            read += 1;
+            if !keep_headers {
+                continue;
+            }
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
                 for h in h.iter() {
@@ -149,8 +178,9 @@ fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-fn max_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// VmHWM of process `pid` (`self` for this one), MB; 0 when unknown.
+fn max_rss_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -181,6 +211,126 @@ fn synthetic(n: usize, tag: &str) -> Vec<Notification> {
         .collect()
 }
 
+/// The sink, counting the rows it made durable.
+struct Counted {
+    sink: Arc<NotificationSink>,
+    rows: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl BatchSink<Notification> for Counted {
+    async fn write(&self, items: &[&Notification]) -> Result<(), SinkError> {
+        self.sink.write(items).await?;
+        self.rows.fetch_add(items.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs the notification consumer on `topic` into `sink` until `messages` rows are durable;
+/// returns its stats and when the last row was.
+async fn consume_into(
+    sink: &Arc<NotificationSink>,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    batch_size: usize,
+    messages: u64,
+) -> anyhow::Result<(eventfold_kafka::batch::BatchStats, Instant)> {
+    let config = ConsumerConfig::new(brokers, format!("bench-{group}"), &[topic]);
+    let batch = BatchConfig {
+        max_messages: batch_size,
+        max_wait: Duration::from_millis(200),
+        dead_letter_topic: Some(format!("{topic}.dlq")),
+        ..BatchConfig::default()
+    };
+    let counted = Counted {
+        sink: sink.clone(),
+        rows: AtomicU64::new(0),
+    };
+    let done_at = std::sync::Mutex::new(None);
+    // Stops when every message is durable (counted in memory: a count(*) every few ms would load
+    // the database being measured).
+    let stop = async {
+        let limit = Instant::now() + Duration::from_secs(300);
+        while counted.rows.load(Ordering::Relaxed) < messages && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Ok(mut d) = done_at.lock() {
+            *d = Some(Instant::now());
+        }
+    };
+    let stats = run_batch_consumer(&config, &batch, decode, &counted, stop).await?;
+    anyhow::ensure!(
+        counted.rows.load(Ordering::Relaxed) == messages,
+        "{} of {messages} rows written",
+        counted.rows.load(Ordering::Relaxed)
+    );
+    let done_at = done_at
+        .into_inner()
+        .ok()
+        .flatten()
+        .unwrap_or_else(Instant::now);
+    Ok((stats, done_at))
+}
+
+/// Produces `messages` messages to `topic`, lets `eventfold consume notifications` (this binary,
+/// a child process) drain them into the table of store `url` until it holds `rows` rows, and
+/// returns the child's peak resident memory, MB. The child is stopped with SIGINT (it flushes
+/// and commits).
+async fn consumer_process_rss(
+    url: &str,
+    brokers: &str,
+    topic: &str,
+    batch_size: usize,
+    messages: u64,
+    sink: &NotificationSink,
+    rows: u64,
+) -> anyhow::Result<f64> {
+    create_topic(brokers, topic, 3).await?;
+    produce_all(brokers, topic, messages, notification_value).await?;
+    let exe = std::env::current_exe().context("locating the eventfold binary")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "--store",
+            url,
+            "--kafka-brokers",
+            brokers,
+            "consume",
+            "notifications",
+        ])
+        .args(["--topic", topic, "--batch-size", &batch_size.to_string()])
+        .args(["--max-wait-ms", "200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting eventfold consume notifications")?;
+    let pid = child
+        .id()
+        .context("the consumer exited at once")?
+        .to_string();
+    let limit = Instant::now() + Duration::from_secs(300);
+    let mut peak = 0.0f64;
+    while sink.count().await? < rows {
+        peak = peak.max(max_rss_mb(&pid));
+        anyhow::ensure!(
+            Instant::now() < limit,
+            "the consumer process did not drain the topic"
+        );
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the consumer process exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak = peak.max(max_rss_mb(&pid));
+    let _ = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    Ok(peak)
+}
+
 /// Runs `bench notifications` on a scratch database of `target`, with topics on `brokers`.
 ///
 /// # Errors
@@ -194,49 +344,68 @@ pub async fn notifications(
     let scratch = Scratch::create(target).await?;
     let sink = Arc::new(NotificationSink::open(&scratch.url).await?);
     let tag = uuid::Uuid::now_v7().simple().to_string();
-    let values: Vec<String> = (0..messages).map(notification_value).collect();
 
     // The broker's ceiling: a bare consumer reading the same volume.
     let ceiling = format!("bench-ceiling-{tag}");
     create_topic(brokers, &ceiling, 3).await?;
-    produce_all(brokers, &ceiling, &values).await?;
-    let (b, t, n) = (brokers.to_owned(), ceiling.clone(), values.len());
-    let (_, baseline) = tokio::task::spawn_blocking(move || consume_bare(&b, &t, n)).await??;
+    produce_all(brokers, &ceiling, messages, notification_value).await?;
+    let (b, t, n) = (brokers.to_owned(), ceiling.clone(), messages as usize);
+    let (_, baseline) =
+        tokio::task::spawn_blocking(move || consume_bare(&b, &t, n, false)).await??;
 
-    // eventfold: the consumer runs first, then the messages are produced.
-    let topic = format!("bench-notifications-{tag}");
-    create_topic(brokers, &topic, 3).await?;
-    let config = ConsumerConfig::new(brokers, format!("bench-{tag}"), &[&topic]);
-    let batch = BatchConfig {
-        max_messages: batch_size,
-        max_wait: Duration::from_millis(200),
-        dead_letter_topic: Some(format!("{topic}.dlq")),
-        ..BatchConfig::default()
-    };
-    let consumer = {
-        let sink = sink.clone();
+    // eventfold, draining a topic that holds every message (as the baseline does).
+    let drained = format!("bench-notifications-{tag}");
+    create_topic(brokers, &drained, 3).await?;
+    let producer_rate = produce_all(brokers, &drained, messages, notification_value).await?;
+    let (stats, done_at) =
+        consume_into(&sink, brokers, &drained, &tag, batch_size, messages).await?;
+    let first = stats
+        .first_received
+        .context("the consumer received nothing")?;
+    let messages_per_sec = messages as f64 / (done_at - first).as_secs_f64().max(1e-9);
+
+    // eventfold live: the consumer runs first, then the messages are produced.
+    let live = format!("bench-notifications-live-{tag}");
+    create_topic(brokers, &live, 3).await?;
+    let running = {
+        let (sink, brokers, live, tag) =
+            (sink.clone(), brokers.to_owned(), live.clone(), tag.clone());
         tokio::spawn(async move {
-            let stop_sink = sink.clone();
-            let stop = async move {
-                let limit = Instant::now() + Duration::from_secs(300);
-                while stop_sink.count().await.unwrap_or(0) < messages && Instant::now() < limit {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            run_batch_consumer(&config, &batch, decode, sink.as_ref(), stop).await
+            consume_into(
+                &sink,
+                &brokers,
+                &live,
+                &format!("{tag}-live"),
+                batch_size,
+                messages,
+            )
+            .await
         })
     };
     // Let the consumer join its group before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
-    produce_all(brokers, &topic, &values).await?;
-    let stats = consumer.await.context("consumer panicked")??;
-    let elapsed = started.elapsed().as_secs_f64();
+    produce_all(brokers, &live, messages, notification_value).await?;
+    let (live_stats, live_done) = running.await.context("consumer panicked")??;
+    let live_messages_per_sec = messages as f64 / (live_done - started).as_secs_f64().max(1e-9);
     anyhow::ensure!(
-        sink.count().await? == messages,
-        "the table holds {} rows of {messages}",
-        sink.count().await?
+        sink.count().await? == 2 * messages,
+        "the table holds {} rows of {}",
+        sink.count().await?,
+        2 * messages
     );
+
+    // The consumer's own memory: `eventfold consume notifications` as a process of its own.
+    let consumer_rss = consumer_process_rss(
+        &scratch.url,
+        brokers,
+        &format!("bench-notifications-rss-{tag}"),
+        batch_size,
+        messages,
+        &sink,
+        3 * messages,
+    )
+    .await?;
 
     // Flush sizes, written directly (median of 3).
     let flush = |n: usize| {
@@ -259,8 +428,8 @@ pub async fn notifications(
     let flush_1k_ms = flush(1_000).await?;
     let flush_10k_ms = flush(10_000).await?;
 
-    let mut latencies = stats.consume_latency_ms.clone();
-    let mut end_to_end = stats.end_to_end_ms.clone();
+    let mut latencies = live_stats.consume_latency_ms.clone();
+    let mut end_to_end = live_stats.end_to_end_ms.clone();
     let mut flushes = stats.flush_ms.clone();
     let store = match target {
         BenchTarget::Sqlite(_) => "sqlite",
@@ -270,12 +439,13 @@ pub async fn notifications(
         s.close().await;
     }
     scratch.remove().await?;
-    let messages_per_sec = messages as f64 / elapsed.max(1e-9);
     Ok(NotificationsReport {
         store: store.into(),
         messages,
         batch_size,
         messages_per_sec,
+        live_messages_per_sec,
+        producer_messages_per_sec: producer_rate,
         p50_latency_ms: quantile(&mut latencies, 0.5),
         p95_latency_ms: quantile(&mut latencies, 0.95),
         p95_end_to_end_ms: quantile(&mut end_to_end, 0.95),
@@ -283,7 +453,8 @@ pub async fn notifications(
         flush_p95_ms: quantile(&mut flushes, 0.95),
         flush_1k_ms,
         flush_10k_ms,
-        max_rss_mb: max_rss_mb(),
+        max_rss_mb: consumer_rss,
+        bench_process_max_rss_mb: max_rss_mb("self"),
         broker_baseline_messages_per_sec: baseline,
         ratio_to_baseline: messages_per_sec / baseline.max(1e-9),
     })
@@ -335,7 +506,7 @@ pub async fn relay(
         format!("bench{tag}.bench"),
         events as usize,
     );
-    let (headers, _) = tokio::task::spawn_blocking(move || consume_bare(&b, &t, n)).await??;
+    let (headers, _) = tokio::task::spawn_blocking(move || consume_bare(&b, &t, n, true)).await??;
     let mut seen = HashSet::new();
     let mut last: HashMap<String, u64> = HashMap::new();
     let mut order_violations = 0;
@@ -358,8 +529,7 @@ pub async fn relay(
 
     let ceiling = format!("bench-relay-ceiling-{tag}");
     create_topic(brokers, &ceiling, 3).await?;
-    let values = vec![body; events as usize];
-    let baseline = produce_all(brokers, &ceiling, &values).await?;
+    let baseline = produce_all(brokers, &ceiling, events, |_| body.clone()).await?;
     drop((relay, store));
     scratch.remove().await?;
     Ok(RelayBenchReport {
