@@ -55,6 +55,9 @@ pub struct BatchConfig {
     pub open_for: Duration,
     /// Dead-letter topic (default `{first input topic}.dlq`).
     pub dead_letter_topic: Option<String>,
+    /// Create the dead-letter topic at start (default true; off where topics are provisioned
+    /// separately).
+    pub create_dead_letter_topic: bool,
 }
 
 impl Default for BatchConfig {
@@ -65,6 +68,7 @@ impl Default for BatchConfig {
             tries: 3,
             open_for: Duration::from_secs(5),
             dead_letter_topic: None,
+            create_dead_letter_topic: true,
         }
     }
 }
@@ -155,8 +159,10 @@ where
         )
     });
     // Brokers that do not create topics on first use (Tansu) need the dead-letter topic made.
-    if let Err(e) = crate::create_topic(&config.brokers, &dlq_topic, 1).await {
-        tracing::warn!(error = %e, "cannot create the dead-letter topic");
+    if batch.create_dead_letter_topic {
+        if let Err(e) = crate::create_topic(&config.brokers, &dlq_topic, 1).await {
+            tracing::warn!(error = %e, "cannot create the dead-letter topic");
+        }
     }
     let out = Out {
         dlq: &dlq,

@@ -54,6 +54,7 @@ fn batch_config(topic: &str) -> BatchConfig {
         tries: 3,
         open_for: Duration::from_millis(500),
         dead_letter_topic: Some(format!("{topic}.dlq")),
+        create_dead_letter_topic: true,
     }
 }
 
