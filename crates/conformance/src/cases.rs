@@ -653,3 +653,67 @@ pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
     assert_eq!(store.projection_checkpoint("p").await.unwrap(), 0);
     assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
 }
+
+/// Fencing tokens (M21): an append with a token lower than one accepted before for the resource
+/// is refused and writes nothing; equal and higher tokens pass; resources are independent; in one
+/// `append_many` group a lower token after a higher one is refused too.
+pub async fn fencing_token_refuses_a_stale_holder<S: Backend>(store: Arc<S>) {
+    let fenced = |stream: &str, expected: ExpectedVersion, n: u64, token: u64| {
+        AppendRequest::new(stream, expected, events(n, 1)).with_fence("lock:stock:sku-1", token)
+    };
+    // Holder 1 writes; holder 2 (a later grant) writes; holder 1, paused past its lease, tries.
+    store
+        .append(fenced("stock-sku-1", ExpectedVersion::NoStream, 0, 1))
+        .await
+        .unwrap();
+    store
+        .append(fenced("stock-sku-1", ExpectedVersion::Exact(1), 1, 2))
+        .await
+        .unwrap();
+    let late = store
+        .append(fenced("stock-sku-1", ExpectedVersion::Any, 2, 1))
+        .await;
+    match late {
+        Err(StoreError::Fenced {
+            resource,
+            presented: 1,
+            current: 2,
+        }) => assert_eq!(resource, "lock:stock:sku-1"),
+        other => panic!("a stale token must be fenced, got {other:?}"),
+    }
+    assert_eq!(store.head_position().await.unwrap(), 2, "nothing written");
+    // The current holder writes again with the same token; another resource is independent.
+    store
+        .append(fenced("stock-sku-1", ExpectedVersion::Exact(2), 3, 2))
+        .await
+        .unwrap();
+    store
+        .append(
+            AppendRequest::new("stock-sku-2", ExpectedVersion::NoStream, events(4, 1))
+                .with_fence("lock:stock:sku-2", 1),
+        )
+        .await
+        .unwrap();
+    // In one group: token 5 is accepted, then token 4 for the same resource is refused.
+    let results = store
+        .append_many(vec![
+            fenced("stock-sku-1", ExpectedVersion::Exact(3), 5, 5),
+            fenced("other-stream", ExpectedVersion::NoStream, 6, 4),
+        ])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(StoreError::Fenced { current: 5, .. })),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(store.head_position().await.unwrap(), 5);
+    // A fence that cannot be stored is refused as invalid.
+    let bad = store
+        .append(
+            AppendRequest::new("stock-sku-3", ExpectedVersion::Any, events(7, 1)).with_fence("", 1),
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::InvalidRequest(m)) if m.contains("fence.resource")));
+}

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! It expands to one `#[tokio::test]` per case in [`cases`], so each failure is reported by name.
-//! The 19 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
-//! idempotent retries and projection commits.
+//! The 20 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
+//! idempotent retries, projection commits and fencing tokens.
 
 pub mod cases;
 
@@ -37,7 +37,8 @@ macro_rules! store_conformance {
             append_many_results_are_independent,
             checkpoint_resume,
             subscription_wakes_on_append,
-            projection_commit_checks_checkpoint
+            projection_commit_checks_checkpoint,
+            fencing_token_refuses_a_stale_holder
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

@@ -87,6 +87,21 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// An idempotency key to record atomically with the events.
     pub idempotency: Option<IdempotencyRecord>,
+    /// A fencing token from a lock on `fence.resource` (M21): the append is refused with
+    /// [`StoreError::Fenced`] when a higher token for the resource was presented before, so a
+    /// holder whose lock expired while it was paused cannot write after the next holder did.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing token (Kleppmann, "How to do distributed locking", 2016): issued by a lock service,
+/// increasing with every grant of the lock on `resource`; the store remembers the highest token
+/// it accepted per resource and refuses lower ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// What the lock protects, e.g. `lock:stock:sku-1`; 1 to 200 bytes.
+    pub resource: String,
+    /// The token the lock grant carried.
+    pub token: u64,
 }
 
 impl AppendRequest {
@@ -101,7 +116,18 @@ impl AppendRequest {
             expected,
             events,
             idempotency: None,
+            fence: None,
         }
+    }
+
+    /// This append, fenced by `token` from a lock on `resource`.
+    #[must_use]
+    pub fn with_fence(mut self, resource: impl Into<String>, token: u64) -> Self {
+        self.fence = Some(Fence {
+            resource: resource.into(),
+            token,
+        });
+        self
     }
 
     /// Checks what every backend must refuse before touching storage.
@@ -133,6 +159,17 @@ impl AppendRequest {
             }
             if self.events[..i].iter().any(|p| p.event_id == e.event_id) {
                 return invalid(format!("events[{i}].event_id {} repeats", e.event_id));
+            }
+        }
+        if let Some(f) = &self.fence {
+            if f.resource.is_empty() || f.resource.len() > 200 {
+                return invalid(format!(
+                    "fence.resource must be 1 to 200 bytes, got {}",
+                    f.resource.len()
+                ));
+            }
+            if i64::try_from(f.token).is_err() {
+                return invalid(format!("fence.token {} is above 2^63 - 1", f.token));
             }
         }
         Ok(())
@@ -190,6 +227,17 @@ pub enum StoreError {
     /// The request is malformed; the message names the field.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The append's fencing token is lower than one the store already accepted for the
+    /// resource: its lock expired and another holder has written since. Nothing was written.
+    #[error("fenced: token {presented} for {resource} is older than {current}")]
+    Fenced {
+        /// The locked resource.
+        resource: String,
+        /// The token presented.
+        presented: u64,
+        /// The highest token accepted so far.
+        current: u64,
+    },
     /// A projection's checkpoint moved under it (another runner committed first).
     #[error("checkpoint {name} is at {actual}, expected {expected}")]
     CheckpointMoved {

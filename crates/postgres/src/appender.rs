@@ -164,19 +164,23 @@ struct Plan {
     results: Vec<Result<AppendOutcome, StoreError>>,
     rows: Vec<Row13>,
     keys: Vec<IdempotencyRecord>,
+    /// Fencing tokens to record (the highest per resource), from the accepted requests.
+    fences: HashMap<String, u64>,
     /// The last position planned (`head` when nothing is written).
     last: u64,
 }
 
-/// Checks every request against the stream versions, stored event ids and used keys given, and
-/// against the requests before it in the group, in order.
+/// Checks every request against the stream versions, stored event ids, used keys and fencing
+/// tokens given, and against the requests before it in the group, in order.
 fn plan(
     requests: &[&AppendRequest],
     head: u64,
     mut versions: HashMap<String, u64>,
     stored: &HashMap<Uuid, (String, u64, u64)>,
     used_keys: &mut HashSet<String>,
+    fences: &mut HashMap<String, u64>,
 ) -> Plan {
+    let mut accepted_fences = HashMap::new();
     let mut next = head + 1;
     let mut rows: Vec<Row13> = Vec::new();
     // Events accepted earlier in this group: an identical append later in it is a retry.
@@ -184,44 +188,56 @@ fn plan(
     let mut keys = Vec::new();
     let mut results = Vec::with_capacity(requests.len());
     for request in requests {
-        let result =
-            check_one(request, &mut versions, stored, &batch_ids, used_keys).map(|current| {
-                let first = next;
-                for (i, e) in request.events.iter().enumerate() {
-                    let m = &e.metadata;
-                    rows.push(Row13 {
-                        position: next as i64,
-                        event_id: e.event_id,
-                        stream_id: request.stream_id.clone(),
-                        version: (current + 1 + i as u64) as i64,
-                        event_type: e.event_type.clone(),
-                        schema_version: e.schema_version as i32,
-                        event_time: e.event_time,
-                        actor: m.actor.as_str().to_owned(),
-                        causation_id: m.causation_id,
-                        correlation_id: m.correlation_id,
-                        tenant_id: m.tenant_id.clone(),
-                        payload: e.payload.clone(),
-                    });
-                    batch_ids.insert(
-                        e.event_id,
-                        (request.stream_id.clone(), current + 1 + i as u64, next),
-                    );
-                    next += 1;
-                }
-                let version = current + request.events.len() as u64;
-                versions.insert(request.stream_id.clone(), version);
-                if let Some(idem) = &request.idempotency {
-                    used_keys.insert(idem.key.clone());
-                    keys.push(idem.clone());
-                }
-                AppendOutcome {
-                    stream_version: version,
-                    first_position: first,
-                    last_position: next - 1,
-                    duplicate: false,
-                }
-            });
+        let result = check_one(
+            request,
+            &mut versions,
+            stored,
+            &batch_ids,
+            used_keys,
+            fences,
+        )
+        .map(|current| {
+            let first = next;
+            for (i, e) in request.events.iter().enumerate() {
+                let m = &e.metadata;
+                rows.push(Row13 {
+                    position: next as i64,
+                    event_id: e.event_id,
+                    stream_id: request.stream_id.clone(),
+                    version: (current + 1 + i as u64) as i64,
+                    event_type: e.event_type.clone(),
+                    schema_version: e.schema_version as i32,
+                    event_time: e.event_time,
+                    actor: m.actor.as_str().to_owned(),
+                    causation_id: m.causation_id,
+                    correlation_id: m.correlation_id,
+                    tenant_id: m.tenant_id.clone(),
+                    payload: e.payload.clone(),
+                });
+                batch_ids.insert(
+                    e.event_id,
+                    (request.stream_id.clone(), current + 1 + i as u64, next),
+                );
+                next += 1;
+            }
+            let version = current + request.events.len() as u64;
+            versions.insert(request.stream_id.clone(), version);
+            if let Some(idem) = &request.idempotency {
+                used_keys.insert(idem.key.clone());
+                keys.push(idem.clone());
+            }
+            if let Some(f) = &request.fence {
+                let highest = fences.entry(f.resource.clone()).or_insert(f.token);
+                *highest = (*highest).max(f.token);
+                accepted_fences.insert(f.resource.clone(), *highest);
+            }
+            AppendOutcome {
+                stream_version: version,
+                first_position: first,
+                last_position: next - 1,
+                duplicate: false,
+            }
+        });
         results.push(match result {
             Err(Duplicate(outcome)) => Ok(outcome),
             Err(Refused(e)) => Err(e),
@@ -232,6 +248,7 @@ fn plan(
         results,
         rows,
         keys,
+        fences: accepted_fences,
         last: next - 1,
     }
 }
@@ -255,10 +272,21 @@ async fn commit_assumed(
             };
             assumed.insert(r.stream_id.clone(), v);
         }
+        // Fenced appends read the fences under the lock: the checked path.
+        if r.fence.is_some() {
+            return Ok(None);
+        }
     }
     let (check_streams, check_versions): (Vec<String>, Vec<i64>) =
         assumed.iter().map(|(s, v)| (s.clone(), *v as i64)).unzip();
-    let mut plan = plan(requests, 0, assumed, &HashMap::new(), &mut HashSet::new());
+    let mut plan = plan(
+        requests,
+        0,
+        assumed,
+        &HashMap::new(),
+        &mut HashSet::new(),
+        &mut HashMap::new(),
+    );
     if plan.rows.is_empty() {
         return Ok(None);
     }
@@ -337,23 +365,30 @@ async fn commit_checked(
         .iter()
         .filter_map(|r| r.idempotency.as_ref().map(|i| i.key.clone()))
         .collect();
+    let resources: Vec<String> = requests
+        .iter()
+        .filter_map(|r| r.fence.as_ref().map(|f| f.resource.clone()))
+        .collect();
     let rows = sqlx::query(
         "SELECT 'h' AS kind, NULL::text AS s, coalesce(max(position), 0) AS a, NULL::bigint AS b, NULL::uuid AS i \
          FROM events \
          UNION ALL SELECT 'v', s, (SELECT stream_version FROM events WHERE stream_id = s \
            ORDER BY stream_version DESC LIMIT 1), NULL, NULL FROM UNNEST($1::text[]) AS u(s) \
          UNION ALL SELECT 'i', stream_id, stream_version, position, event_id FROM events WHERE event_id = ANY($2) \
-         UNION ALL SELECT 'k', key, NULL, NULL, NULL FROM idempotency_keys WHERE key = ANY($3)",
+         UNION ALL SELECT 'k', key, NULL, NULL, NULL FROM idempotency_keys WHERE key = ANY($3) \
+         UNION ALL SELECT 'f', resource, token, NULL, NULL FROM fences WHERE resource = ANY($4)",
     )
     .bind(&streams)
     .bind(&ids)
     .bind(&keys)
+    .bind(&resources)
     .fetch_all(&mut *tx)
     .await?;
     let mut head = 0i64;
     let mut versions: HashMap<String, u64> = HashMap::new();
     let mut stored: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
     let mut used_keys: HashSet<String> = HashSet::new();
+    let mut fences: HashMap<String, u64> = HashMap::new();
     for r in rows {
         let kind: &str = r.try_get(0)?;
         match kind {
@@ -374,13 +409,38 @@ async fn commit_checked(
                     ),
                 );
             }
+            "f" => {
+                fences.insert(r.try_get(1)?, r.try_get::<i64, _>(2)? as u64);
+            }
             _ => {
                 used_keys.insert(r.try_get(1)?);
             }
         }
     }
 
-    let plan = plan(requests, head as u64, versions, &stored, &mut used_keys);
+    let plan = plan(
+        requests,
+        head as u64,
+        versions,
+        &stored,
+        &mut used_keys,
+        &mut fences,
+    );
+    if !plan.fences.is_empty() {
+        let (resources, tokens): (Vec<String>, Vec<i64>) = plan
+            .fences
+            .iter()
+            .map(|(r, t)| (r.clone(), *t as i64))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO fences (resource, token) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (resource) DO UPDATE SET token = GREATEST(fences.token, EXCLUDED.token)",
+        )
+        .bind(resources)
+        .bind(tokens)
+        .execute(&mut *tx)
+        .await?;
+    }
     if !plan.rows.is_empty() {
         write_group(&mut tx, plan.rows, &plan.keys, Utc::now(), plan.last).await?;
     }
@@ -403,6 +463,7 @@ fn check_one(
     stored: &HashMap<Uuid, (String, u64, u64)>,
     batch_ids: &HashMap<Uuid, (String, u64, u64)>,
     used_keys: &HashSet<String>,
+    fences: &HashMap<String, u64>,
 ) -> Result<u64, NotWritten> {
     request.validate().map_err(Refused)?;
     let current = versions.get(&request.stream_id).copied().unwrap_or(0);
@@ -462,6 +523,15 @@ fn check_one(
         if used_keys.contains(&idem.key) {
             return Err(Refused(StoreError::IdempotencyKeyUsed {
                 key: idem.key.clone(),
+            }));
+        }
+    }
+    if let Some(f) = &request.fence {
+        if let Some(current) = fences.get(&f.resource).filter(|c| **c > f.token) {
+            return Err(Refused(StoreError::Fenced {
+                resource: f.resource.clone(),
+                presented: f.token,
+                current: *current,
             }));
         }
     }

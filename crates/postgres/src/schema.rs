@@ -82,4 +82,11 @@ BEGIN
     RETURN v_head;
 END $$;
 ",
+    // 3: fencing tokens (M21): the highest token accepted per locked resource.
+    r"
+CREATE TABLE fences (
+    resource TEXT PRIMARY KEY,
+    token    BIGINT NOT NULL
+);
+",
 ];

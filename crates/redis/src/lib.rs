@@ -1,4 +1,5 @@
-//! Redis for eventfold. So far: an inbox for effects outside the database (M14).
+//! Redis for eventfold: an inbox for effects outside the database (M14, below) and locks with
+//! watchdog renewal and fencing tokens (M21, [`lock`]).
 //!
 //! A consumer whose effect is not a database write (an e-mail, a call to a payment provider)
 //! cannot commit a dedupe record in the effect's transaction. [`RedisInbox`] dedupes with
@@ -10,6 +11,10 @@
 //! is then handled again: for an effect outside any transaction this is the best there is
 //! (at-least-once across a crash between the effect and `complete`, exactly-once otherwise), so
 //! the lease should outlast the effect's own timeout.
+
+pub mod lock;
+
+pub use lock::{LockError, LockGuard, LockOptions, LockService};
 
 use std::time::Duration;
 

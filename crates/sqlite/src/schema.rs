@@ -1,7 +1,8 @@
 //! Versioned migrations, applied in order on open; `PRAGMA user_version` records the last one.
 
 /// Each entry is one migration; never edit a released one, append a new one.
-pub(crate) const MIGRATIONS: &[&str] = &[r"
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE events (
     position       INTEGER PRIMARY KEY,        -- global position, assigned by the single writer
     event_id       BLOB    NOT NULL UNIQUE,    -- UUIDv7, 16 bytes
@@ -39,4 +40,12 @@ CREATE TABLE read_models (
     doc        TEXT NOT NULL,                  -- JSON
     PRIMARY KEY (projection, key)
 ) WITHOUT ROWID;
-"];
+",
+    // 2: fencing tokens (M21): the highest token accepted per locked resource.
+    r"
+CREATE TABLE fences (
+    resource TEXT PRIMARY KEY,
+    token    INTEGER NOT NULL
+) WITHOUT ROWID;
+",
+];

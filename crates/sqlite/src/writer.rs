@@ -205,7 +205,7 @@ impl Writer {
                     .map(|r| {
                         // One event without an idempotency record is one write, atomic on its
                         // own: it needs no savepoint.
-                        if r.events.len() == 1 && r.idempotency.is_none() {
+                        if r.events.len() == 1 && r.idempotency.is_none() && r.fence.is_none() {
                             self.append_one(&r, now)
                         } else {
                             self.in_savepoint(|_| self.append_one(&r, now))
@@ -407,13 +407,36 @@ fn first_event_location(
     .map_err(backend)
 }
 
-/// Inserts the idempotency record (if any) and the events after version `current`.
+/// Records the fencing token (if any), inserts the idempotency record (if any) and the events
+/// after version `current`.
 fn write_events(
     conn: &Connection,
     request: &AppendRequest,
     current: u64,
     now: DateTime<Utc>,
 ) -> Result<AppendOutcome, StoreError> {
+    if let Some(fence) = &request.fence {
+        let token = i64::try_from(fence.token)
+            .map_err(|_| StoreError::InvalidRequest("fence.token is above 2^63 - 1".into()))?;
+        let accepted = conn
+            .prepare_cached(
+                "INSERT INTO fences (resource, token) VALUES (?1, ?2) ON CONFLICT (resource) \
+                 DO UPDATE SET token = excluded.token WHERE excluded.token >= fences.token",
+            )
+            .and_then(|mut s| s.execute(params![fence.resource, token]))
+            .map_err(backend)?;
+        if accepted == 0 {
+            let current: i64 = conn
+                .prepare_cached("SELECT token FROM fences WHERE resource = ?1")
+                .and_then(|mut s| s.query_row([&fence.resource], |r| r.get(0)))
+                .map_err(backend)?;
+            return Err(StoreError::Fenced {
+                resource: fence.resource.clone(),
+                presented: fence.token,
+                current: current as u64,
+            });
+        }
+    }
     if let Some(idem) = &request.idempotency {
         let inserted = conn
             .prepare_cached(
