@@ -8,6 +8,8 @@
 //!   documents together with a projection's checkpoint.
 //! - [`projection`]: keyed-fold projections and the backend-agnostic [`ProjectionRunner`].
 //! - [`subscription`]: catch-up subscriptions over `read_all` that wake when the store appends.
+//! - [`stock`]: the flash-sale stock ledger port ([`stock::StockLedger`]) and its in-process
+//!   implementation.
 //!
 //! Nothing here touches a clock, a file, a socket or a runtime: backends and the service layer pass
 //! those in (see ARCHITECTURE.md).
@@ -16,6 +18,7 @@ pub mod aggregate;
 pub mod envelope;
 pub mod projection;
 pub mod read_model;
+pub mod stock;
 pub mod store;
 pub mod subscription;
 pub mod testkit;

@@ -1,5 +1,6 @@
-//! Redis for eventfold: an inbox for effects outside the database (M14, below) and locks with
-//! watchdog renewal and fencing tokens (M21, [`lock`]).
+//! Redis for eventfold: an inbox for effects outside the database (M14, below), locks with
+//! watchdog renewal and fencing tokens (M21, [`lock`]) and the flash-sale stock ledger (M20,
+//! [`stock`]).
 //!
 //! A consumer whose effect is not a database write (an e-mail, a call to a payment provider)
 //! cannot commit a dedupe record in the effect's transaction. [`RedisInbox`] dedupes with
@@ -13,8 +14,10 @@
 //! the lease should outlast the effect's own timeout.
 
 pub mod lock;
+pub mod stock;
 
 pub use lock::{LockError, LockGuard, LockOptions, LockService};
+pub use stock::RedisStock;
 
 use std::time::Duration;
 
