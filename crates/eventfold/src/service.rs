@@ -204,8 +204,20 @@ impl Service {
         if let Some(replay) = self.replay(ctx).await? {
             return Ok(replay);
         }
-        self.execute_in_lane::<A>(&stream_id, command, ctx.clone(), render)
+        match self
+            .execute_in_lane::<A>(&stream_id, command, ctx.clone(), render)
             .await
+        {
+            // The same request (same key) running concurrently may have won: the state it left
+            // refuses this one (an order that exists, say). Answer as it was answered.
+            Err(refused @ ServiceError::Refused { .. }) if ctx.idempotency.is_some() => {
+                match self.replay(ctx).await? {
+                    Some(replay) => Ok(replay),
+                    None => Err(refused),
+                }
+            }
+            other => other,
+        }
     }
 
     async fn replay<A>(&self, ctx: &CommandContext) -> Result<Option<Executed<A>>, ServiceError> {

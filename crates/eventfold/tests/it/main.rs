@@ -4,6 +4,7 @@
 mod accounts;
 mod cli;
 mod durability;
+mod flash_sale;
 mod import;
 mod inbox;
 mod lanes;

@@ -1,0 +1,260 @@
+//! The flash-sale purchase path (M20): a purchase attempt takes stock from the ledger (Redis or
+//! in-process, one atomic step), and only an attempt that got stock writes anything to the event
+//! store: the order, created with the attempt id as idempotency key, after which the take is
+//! confirmed. The crowd's refused attempts (sold out, over the limit) never reach the database.
+//!
+//! Crash between the two: a take left pending is rolled forward by [`FlashSale::reconcile`],
+//! which places the same order with the same idempotency key (exactly one order whichever of the
+//! purchase and the reconciliation writes it) and confirms the take. An order whose placement the
+//! domain refuses for good gives its stock back. So no stock stays sold without an order, and no
+//! order exists without stock (it is written only after its take). An accepted order that is
+//! never paid is cancelled by the unpaid-order timeout, which gives its stock back.
+
+use std::sync::Arc;
+
+use eventfold_core::stock::{StockError, StockLedger, TakeOutcome, TakeState};
+use eventfold_core::{Actor, StoredResponse};
+use eventfold_domain::order::{Order, OrderCommand, OrderLine};
+use eventfold_domain::Money;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use crate::service::{CommandContext, Executed, Service, ServiceError};
+
+/// A sale: what is sold, at what unit price, by which store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sale {
+    /// The SKU (1 to 100 bytes).
+    pub sku: String,
+    /// Price of one unit.
+    pub unit_price: Money,
+    /// The store id the orders carry.
+    pub store_id: String,
+}
+
+/// What a purchase attempt got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purchase {
+    /// Stock taken and the order placed (PENDING, to be paid).
+    Accepted {
+        /// The order's id.
+        order_id: String,
+        /// Units left after this take (`None` for a repeated attempt).
+        remaining: Option<u64>,
+        /// A repeat of an attempt accepted before: nothing new was taken or written.
+        duplicate: bool,
+    },
+    /// Not enough stock left.
+    SoldOut,
+    /// The buyer would go over the per-buyer limit.
+    OverLimit {
+        /// Units the buyer holds.
+        held: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// Why a purchase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaleError {
+    /// Bad input, naming the field.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The stock ledger failed.
+    #[error(transparent)]
+    Stock(#[from] StockError),
+    /// Placing the order failed; a take left pending is settled by reconciliation.
+    #[error(transparent)]
+    Order(#[from] ServiceError),
+}
+
+/// What [`FlashSale::reconcile`] settled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Pending takes whose order was placed (or found) and which were confirmed.
+    pub confirmed: u64,
+    /// Pending takes whose order the domain refused for good: stock given back.
+    pub returned: u64,
+}
+
+/// The purchase path over a service and a stock ledger.
+#[derive(Clone)]
+pub struct FlashSale {
+    service: Service,
+    ledger: Arc<dyn StockLedger>,
+}
+
+/// The order id of an attempt: `{sku}-{first 16 hex digits of SHA-256(attempt)}`, stable, so a
+/// repeat and the reconciliation name the same order.
+pub fn order_id(sku: &str, attempt: &str) -> String {
+    let digest = Sha256::digest(attempt.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{sku}-{hex}")
+}
+
+impl FlashSale {
+    /// Over `service` (the event store) and `ledger`.
+    pub fn new(service: Service, ledger: Arc<dyn StockLedger>) -> Self {
+        Self { service, ledger }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn StockLedger> {
+        &self.ledger
+    }
+
+    /// Opens `sale` with `stock` units, at most `per_buyer_limit` per buyer (a no-op when open).
+    ///
+    /// # Errors
+    /// [`SaleError::Invalid`] for a SKU over 100 bytes; ledger failures.
+    pub async fn open(
+        &self,
+        sale: &Sale,
+        stock: u64,
+        per_buyer_limit: u64,
+    ) -> Result<bool, SaleError> {
+        if sale.sku.is_empty() || sale.sku.len() > 100 {
+            return Err(SaleError::Invalid(format!(
+                "sku must be 1 to 100 bytes, got {}",
+                sale.sku.len()
+            )));
+        }
+        Ok(self.ledger.open(&sale.sku, stock, per_buyer_limit).await?)
+    }
+
+    /// One purchase attempt of `quantity` units by `buyer`, identified by `attempt` (the
+    /// client's idempotency key), at `now_ms` (ms since the Unix epoch).
+    ///
+    /// # Errors
+    /// [`SaleError::Invalid`] (buyer not usable as an actor id, quantity 0 or above 2^32 - 1),
+    /// [`SaleError::Stock`], [`SaleError::Order`] (the take then stays pending until
+    /// reconciliation settles it).
+    pub async fn purchase(
+        &self,
+        sale: &Sale,
+        buyer: &str,
+        quantity: u64,
+        attempt: &str,
+        now_ms: u64,
+    ) -> Result<Purchase, SaleError> {
+        let actor = Actor::parse(&format!("user:{buyer}")).map_err(SaleError::Invalid)?;
+        let quantity32 = u32::try_from(quantity)
+            .map_err(|_| SaleError::Invalid(format!("quantity {quantity} is too large")))?;
+        let order_id = order_id(&sale.sku, attempt);
+        match self
+            .ledger
+            .take(&sale.sku, buyer, quantity, attempt, now_ms)
+            .await?
+        {
+            TakeOutcome::Taken { remaining } => {
+                self.place(sale, &order_id, buyer, quantity32, attempt, actor)
+                    .await?;
+                self.ledger.confirm(&sale.sku, attempt).await?;
+                Ok(Purchase::Accepted {
+                    order_id,
+                    remaining: Some(remaining),
+                    duplicate: false,
+                })
+            }
+            TakeOutcome::Duplicate(take) => {
+                if take.state == TakeState::Pending {
+                    // The first try may have died between the ledger and the store.
+                    let q = u32::try_from(take.quantity).unwrap_or(u32::MAX);
+                    self.place(sale, &order_id, &take.buyer, q, attempt, actor)
+                        .await?;
+                    self.ledger.confirm(&sale.sku, attempt).await?;
+                }
+                Ok(Purchase::Accepted {
+                    order_id,
+                    remaining: None,
+                    duplicate: true,
+                })
+            }
+            TakeOutcome::SoldOut { .. } => Ok(Purchase::SoldOut),
+            TakeOutcome::OverLimit { held, limit } => Ok(Purchase::OverLimit { held, limit }),
+        }
+    }
+
+    /// Places the order of a take, idempotently (key `purchase:{sku}:{attempt}`).
+    async fn place(
+        &self,
+        sale: &Sale,
+        order_id: &str,
+        buyer: &str,
+        quantity: u32,
+        attempt: &str,
+        actor: Actor,
+    ) -> Result<(), ServiceError> {
+        let amount = Money::new(
+            sale.unit_price.amount * Decimal::from(quantity),
+            sale.unit_price.currency,
+        )
+        .map_err(|e| ServiceError::Refused {
+            code: "invalid_amount",
+            refusal: eventfold_domain::Refusal::Invalid,
+            message: e.to_string(),
+        })?;
+        let command = OrderCommand::Create {
+            customer_id: buyer.to_owned(),
+            store_id: sale.store_id.clone(),
+            lines: vec![OrderLine {
+                sku: sale.sku.clone(),
+                quantity,
+                amount,
+            }],
+            actor: actor.clone(),
+        };
+        let mut ctx = CommandContext::new(actor);
+        ctx.idempotency = Some((
+            format!("purchase:{}:{attempt}", sale.sku),
+            format!("{buyer}|{quantity}"),
+        ));
+        let render = Box::new(|_: &Order, version: u64| StoredResponse {
+            status: 201,
+            body: format!("{{\"version\":{version}}}"),
+        });
+        match self
+            .service
+            .execute::<Order>(order_id, command, &ctx, render)
+            .await?
+        {
+            Executed::Applied { .. } | Executed::Replayed(_) => Ok(()),
+        }
+    }
+
+    /// Settles the takes of `sale` still pending that were taken at or before `taken_before_ms`
+    /// (say, 5 s ago): each one's order is placed (or found: same idempotency key) and the take
+    /// confirmed; a take whose order the domain refuses for good is given back.
+    ///
+    /// # Errors
+    /// Ledger failures, store failures (the rest is settled by the next run).
+    pub async fn reconcile(
+        &self,
+        sale: &Sale,
+        taken_before_ms: u64,
+    ) -> Result<Reconciled, SaleError> {
+        let mut done = Reconciled::default();
+        for take in self.ledger.pending(&sale.sku, taken_before_ms).await? {
+            let order_id = order_id(&sale.sku, &take.attempt);
+            let actor = Actor::parse(&format!("user:{}", take.buyer))
+                .unwrap_or_else(|_| Actor::system("flash-sale-reconciler"));
+            let quantity = u32::try_from(take.quantity).unwrap_or(u32::MAX);
+            match self
+                .place(sale, &order_id, &take.buyer, quantity, &take.attempt, actor)
+                .await
+            {
+                Ok(()) => {
+                    self.ledger.confirm(&sale.sku, &take.attempt).await?;
+                    done.confirmed += 1;
+                }
+                Err(ServiceError::Refused { .. } | ServiceError::IdempotencyKeyReused { .. }) => {
+                    self.ledger.give_back(&sale.sku, &take.attempt).await?;
+                    done.returned += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done)
+    }
+}

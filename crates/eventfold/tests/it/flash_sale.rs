@@ -1,0 +1,188 @@
+//! The flash-sale purchase path (M20): a crowd with repeated attempts buys exactly the stock,
+//! each accepted attempt is one order in the store for its buyer, nobody goes over the limit;
+//! a take left pending by a crash between the ledger and the store is rolled forward by
+//! reconciliation. On SQLite with the in-process ledger, and on PostgreSQL with the Redis ledger.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use eventfold::flash_sale::{order_id, FlashSale, Purchase, Sale};
+use eventfold::service::{AsOf, Service};
+use eventfold_core::stock::{MemoryStock, StockLedger, TakeOutcome, TakeState};
+use eventfold_domain::order::Order;
+use eventfold_domain::{Currency, Money};
+
+use crate::support::TestApp;
+
+const STOCK: u64 = 50;
+const LIMIT: u64 = 2;
+
+fn sale() -> Sale {
+    Sale {
+        sku: "concert-vip".into(),
+        unit_price: Money::parse("88.00", Currency::USD).unwrap(),
+        store_id: "flash".into(),
+    }
+}
+
+async fn crowd(app: &TestApp, ledger: Arc<dyn StockLedger>) {
+    let sale = sale();
+    let shop = FlashSale::new(Service::new(app.backend.events.clone()), ledger.clone());
+    assert!(shop.open(&sale, STOCK, LIMIT).await.unwrap());
+    let tasks: Vec<_> = (0..16u64)
+        .map(|w| {
+            let (shop, sale) = (shop.clone(), sale.clone());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in (w..400).step_by(16) {
+                    // Every fifth attempt repeats the one before it (a double click).
+                    let n = if i % 5 == 4 { i - 1 } else { i };
+                    let (buyer, qty) = (format!("b{}", n % 120), 1 + n % 2);
+                    let attempt = format!("att-{n}");
+                    let got = shop
+                        .purchase(&sale, &buyer, qty, &attempt, n)
+                        .await
+                        .unwrap();
+                    out.push((attempt, buyer, qty, got));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut accepted: HashMap<String, (String, u64)> = HashMap::new();
+    let mut duplicates = 0;
+    for t in tasks {
+        for (attempt, buyer, qty, got) in t.await.unwrap() {
+            match got {
+                Purchase::Accepted {
+                    order_id: id,
+                    duplicate,
+                    ..
+                } => {
+                    assert_eq!(id, order_id(&sale.sku, &attempt));
+                    if duplicate {
+                        duplicates += 1;
+                    }
+                    accepted.insert(attempt, (buyer, qty));
+                }
+                Purchase::SoldOut | Purchase::OverLimit { .. } => {}
+            }
+        }
+    }
+    let units: u64 = accepted.values().map(|(_, q)| q).sum();
+    println!(
+        "{} orders, {units} units, {duplicates} repeated attempts answered with their order",
+        accepted.len()
+    );
+    assert_eq!(units, STOCK, "exactly the stock sold");
+    let mut per_buyer: HashMap<&str, u64> = HashMap::new();
+    for (b, q) in accepted.values() {
+        *per_buyer.entry(b).or_default() += q;
+    }
+    assert!(per_buyer.values().all(|q| *q <= LIMIT));
+    // Each accepted attempt is exactly one order in the store, for its buyer and quantity.
+    let service = Service::new(app.backend.events.clone());
+    let mut orders = HashSet::new();
+    for (attempt, (buyer, qty)) in &accepted {
+        let id = order_id(&sale.sku, attempt);
+        let order = service
+            .load::<Order>(&id, AsOf::Latest)
+            .await
+            .unwrap()
+            .expect("the order exists");
+        assert_eq!(order.version, 1, "created once");
+        let state = order.state;
+        assert_eq!(&state.customer_id, buyer);
+        assert_eq!(state.lines[0].quantity as u64, *qty);
+        orders.insert(id);
+    }
+    assert_eq!(orders.len(), accepted.len());
+    let levels = ledger.levels(&sale.sku).await.unwrap();
+    assert_eq!((levels.remaining, levels.held), (0, STOCK));
+    assert!(ledger
+        .pending(&sale.sku, u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crowd_buys_exactly_the_stock_in_process() {
+    crowd(&TestApp::new().await, Arc::new(MemoryStock::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crowd_buys_exactly_the_stock_on_postgres_and_redis() {
+    let redis = std::env::var("EVENTFOLD_TEST_REDIS").expect("EVENTFOLD_TEST_REDIS (scripts/test)");
+    let prefix = format!("test:{}:", uuid::Uuid::now_v7().simple());
+    let ledger = eventfold_redis::RedisStock::connect(&redis, &prefix)
+        .await
+        .unwrap();
+    crowd(&TestApp::postgres().await, Arc::new(ledger)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_left_pending_by_a_crash_is_rolled_forward_into_one_order() {
+    let app = TestApp::new().await;
+    let ledger: Arc<dyn StockLedger> = Arc::new(MemoryStock::new());
+    let shop = FlashSale::new(Service::new(app.backend.events.clone()), ledger.clone());
+    let sale = sale();
+    shop.open(&sale, 10, 2).await.unwrap();
+    // The process took stock and died before writing the order.
+    let taken = ledger
+        .take(&sale.sku, "b7", 2, "att-crash", 1_000)
+        .await
+        .unwrap();
+    assert!(matches!(taken, TakeOutcome::Taken { remaining: 8 }));
+    let id = order_id(&sale.sku, "att-crash");
+    let service = Service::new(app.backend.events.clone());
+    assert!(service
+        .load::<Order>(&id, AsOf::Latest)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Too young to settle; then settled; a second run finds nothing.
+    assert_eq!(shop.reconcile(&sale, 999).await.unwrap().confirmed, 0);
+    let done = shop.reconcile(&sale, 1_000).await.unwrap();
+    assert_eq!((done.confirmed, done.returned), (1, 0));
+    assert_eq!(shop.reconcile(&sale, u64::MAX).await.unwrap().confirmed, 0);
+    let order = service
+        .load::<Order>(&id, AsOf::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.state.customer_id, "b7");
+    assert_eq!(
+        order.state.total,
+        Some(Money::parse("176.00", Currency::USD).unwrap())
+    );
+    assert_eq!(
+        ledger.confirm(&sale.sku, "att-crash").await.unwrap(),
+        Some(TakeState::Confirmed)
+    );
+    // The buyer's retry of the same attempt is answered with the same order, nothing new.
+    let again = shop
+        .purchase(&sale, "b7", 2, "att-crash", 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Purchase::Accepted {
+            order_id: id.clone(),
+            remaining: None,
+            duplicate: true
+        }
+    );
+    assert_eq!(
+        service
+            .load::<Order>(&id, AsOf::Latest)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        1
+    );
+    let levels = ledger.levels(&sale.sku).await.unwrap();
+    assert_eq!((levels.remaining, levels.held), (8, 2));
+}
