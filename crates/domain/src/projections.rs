@@ -8,6 +8,7 @@
 //! | `balance_by_account` | account id | [`AccountBalance`] |
 //! | `daily_sales_by_store` | `store|YYYY-MM-DD|currency`, date of the event time (UTC) | [`SalesBucket`] |
 //! | `real_time_sales` | `store|YYYY-MM-DDTHH|currency`, hour of the ingest time (UTC) | [`SalesBucket`] |
+//! | `payment_deadlines` | `{created ms, 16 digits}:{order id}` (event time of creation) | [`OrderCreatedAt`] |
 //!
 //! Sales count an order when it is paid (+amount, +1 order) and subtract refunds (a cancelled paid
 //! order or a refund: -amount, +1 refund) on the day the refund happened.
@@ -21,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::account::{Account, AccountEvent};
 use crate::money::{Currency, Money};
 use crate::order::{Order, OrderEvent, OrderStatus};
+
+/// Name of the due-time index of orders (the unpaid-order timeout's delay queue, M18).
+pub const PAYMENT_DEADLINES: &str = "payment_deadlines";
 
 /// Name of the order summary projection.
 pub const ORDER_SUMMARY: &str = "order_summary";
@@ -478,5 +482,60 @@ mod tests {
             (hour.total.to_string().as_str(), hour.orders, hour.refunds),
             ("0.00", 2, 1)
         );
+    }
+}
+
+/// One entry of the `payment_deadlines` index: an order and when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCreatedAt {
+    /// Order id.
+    pub order_id: String,
+    /// Event time of its creation, ms since the Unix epoch (UTC).
+    pub created_ms: i64,
+}
+
+/// The key of an order created at `created_ms` in `payment_deadlines`: keys sort by creation
+/// time, so "created in this window" is one range scan.
+pub fn deadline_key(created_ms: i64, order_id: &str) -> String {
+    format!("{:016}:{order_id}", created_ms.max(0))
+}
+
+/// The `payment_deadlines` projection: a due-time index of orders by creation time (M18). Every
+/// created order gets an entry; the unpaid-order timeout scans the window that has come due and
+/// cancels what is still pending (entries are never removed: they are small, and the scan only
+/// reads the window).
+pub struct PaymentDeadlinesProjection;
+
+impl Projection for PaymentDeadlinesProjection {
+    type Doc = OrderCreatedAt;
+    type Input = i64;
+
+    fn name(&self) -> &'static str {
+        PAYMENT_DEADLINES
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, i64)>, String> {
+        if event.event_type != "OrderCreated" {
+            return Ok(None);
+        }
+        let Some(id) = aggregate_id(event, Order::CATEGORY) else {
+            return Ok(None);
+        };
+        let created_ms = event.event_time.timestamp_millis();
+        Ok(Some((deadline_key(created_ms, id), created_ms)))
+    }
+
+    fn apply(
+        &self,
+        _doc: Option<OrderCreatedAt>,
+        created_ms: i64,
+        event: &RecordedEvent,
+    ) -> Option<OrderCreatedAt> {
+        Some(OrderCreatedAt {
+            order_id: aggregate_id(event, Order::CATEGORY)
+                .unwrap_or_default()
+                .to_owned(),
+            created_ms,
+        })
     }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore, SchemaVersion};
 use eventfold_domain::projections::{
-    BalanceByAccountProjection, OrderSummaryProjection, SalesClock, SalesProjection,
+    BalanceByAccountProjection, OrderSummaryProjection, PaymentDeadlinesProjection, SalesClock,
+    SalesProjection,
 };
 use eventfold_postgres::PostgresStore;
 use eventfold_sqlite::SqliteStore;
@@ -107,6 +108,7 @@ impl Backend {
             .register(BalanceByAccountProjection)
             .register(SalesProjection(SalesClock::EventTimeDaily))
             .register(SalesProjection(SalesClock::IngestTimeHourly))
+            .register(PaymentDeadlinesProjection)
     }
 }
 

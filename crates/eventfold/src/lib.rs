@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod deadlines;
 pub mod flash_sale;
 pub mod http;
 pub mod import;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use eventfold::backend::{Backend, StoreUrl, DEFAULT_STORE};
 use eventfold::service::{timeline, AsOf, Service};
-use eventfold::{bench, http, import, inbox, notifications, order_notifications};
+use eventfold::{bench, deadlines, http, import, inbox, notifications, order_notifications};
 use eventfold_core::{Aggregate, Replayed};
 use eventfold_domain::account::Account;
 use eventfold_domain::inventory::Inventory;
@@ -57,6 +57,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Cancel orders still unpaid this many seconds after creation (0: never).
+        #[arg(long, default_value_t = 1800.0)]
+        unpaid_order_timeout_secs: f64,
     },
     /// Publish the event log to Kafka (the outbox relay): until stopped, or `--once` up to the
     /// current head. Needs --kafka-brokers.
@@ -415,7 +418,12 @@ fn parse_shards(spec: &str, shards: u32) -> anyhow::Result<Vec<u32>> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            unpaid_order_timeout_secs,
+        } => {
+            let timeout = Duration::try_from_secs_f64(unpaid_order_timeout_secs)
+                .context("--unpaid-order-timeout-secs must be a number of seconds, 0 or more")?;
             let backend = Backend::open(&cli.store).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -435,9 +443,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let timer = (!timeout.is_zero()).then(|| {
+                let timer = deadlines::UnpaidOrderTimeout::new(
+                    backend.events.clone(),
+                    backend.read_models.clone(),
+                    timeout,
+                );
+                let stop = shutdown.clone();
+                tokio::spawn(async move { timer.run(stop.cancelled_owned()).await })
+            });
             let served = http::serve(backend, listener, shutdown).await;
-            if let Some(relay) = relay {
-                let _ = relay.await;
+            for task in [relay, timer].into_iter().flatten() {
+                let _ = task.await;
             }
             served
         }

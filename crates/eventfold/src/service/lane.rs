@@ -212,7 +212,23 @@ impl Service {
         let mut version = loaded.version;
         let mut staged: Vec<Staged<A>> = Vec::new();
         let mut requests = Vec::new();
+        // Commands whose idempotency key a command staged in this batch carries: decided in the
+        // next batch, after that one committed, where the service finds its response.
+        let mut twins = Vec::new();
         for pending in batch {
+            let twin = pending.ctx.idempotency.as_ref().is_some_and(|(key, _)| {
+                staged.iter().any(|s| {
+                    s.pending
+                        .ctx
+                        .idempotency
+                        .as_ref()
+                        .is_some_and(|(k, _)| k == key)
+                })
+            });
+            if twin {
+                twins.push(pending);
+                continue;
+            }
             if let Some(expected) = pending.ctx.expected_version {
                 if expected != version {
                     let _ = pending.reply.send(Err(StoreError::VersionConflict {
@@ -289,6 +305,9 @@ impl Service {
                 for s in staged {
                     let _ = s.pending.reply.send(Err(copy_error(&e).into()));
                 }
+                for t in twins {
+                    let _ = t.reply.send(Err(copy_error(&e).into()));
+                }
                 return (None, Vec::new());
             }
         };
@@ -296,7 +315,7 @@ impl Service {
         // Requests succeed as a prefix: each expects the version the one before it produced, so
         // after the first refusal every later one conflicts and is decided again.
         let mut known = Some(loaded);
-        let mut retry = Vec::new();
+        let mut retry = twins;
         let mut failed = false;
         for (s, result) in staged.into_iter().zip(results) {
             match result {

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cli;
+mod deadlines;
 mod durability;
 mod flash_sale;
 mod import;

@@ -325,7 +325,8 @@ async fn sales_views(app: TestApp) {
             "order_summary",
             "balance_by_account",
             "daily_sales_by_store",
-            "real_time_sales"
+            "real_time_sales",
+            "payment_deadlines"
         ]
     );
     assert!(status
