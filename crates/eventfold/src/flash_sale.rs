@@ -1,14 +1,18 @@
 //! The flash-sale purchase path (M20): a purchase attempt takes stock from the ledger (Redis or
 //! in-process, one atomic step), and only an attempt that got stock writes anything to the event
-//! store: the order, created with the attempt id as idempotency key, after which the take is
-//! confirmed. The crowd's refused attempts (sold out, over the limit) never reach the database.
+//! store: the order, whose id is a function of the attempt id ([`order_id`]) and which is created
+//! with the idempotency key `purchase:{order_id}`, after which the take is confirmed. The ledger
+//! records the take under the order id. The crowd's refused attempts (sold out, over the limit)
+//! never reach the database.
 //!
 //! Crash between the two: a take left pending is rolled forward by [`FlashSale::reconcile`],
 //! which places the same order with the same idempotency key (exactly one order whichever of the
 //! purchase and the reconciliation writes it) and confirms the take. An order whose placement the
 //! domain refuses for good gives its stock back. So no stock stays sold without an order, and no
 //! order exists without stock (it is written only after its take). An accepted order that is
-//! never paid is cancelled by the unpaid-order timeout, which gives its stock back.
+//! never paid is cancelled by the unpaid-order timeout (`deadlines`); the stock of every cancelled
+//! sale order goes back through [`FlashSale::return_cancelled_stock`], a tail of the log with its
+//! own checkpoint (give-backs are idempotent per take).
 
 use std::sync::Arc;
 
@@ -19,7 +23,7 @@ use eventfold_domain::Money;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
-use crate::service::{CommandContext, Executed, Service, ServiceError};
+use crate::service::{AsOf, CommandContext, Executed, Service, ServiceError};
 
 /// A sale: what is sold, at what unit price, by which store.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,15 +146,17 @@ impl FlashSale {
         let quantity32 = u32::try_from(quantity)
             .map_err(|_| SaleError::Invalid(format!("quantity {quantity} is too large")))?;
         let order_id = order_id(&sale.sku, attempt);
+        // The ledger records the take under the order id (a function of the attempt), so the
+        // stock of a cancelled order can be given back by its id.
         match self
             .ledger
-            .take(&sale.sku, buyer, quantity, attempt, now_ms)
+            .take(&sale.sku, buyer, quantity, &order_id, now_ms)
             .await?
         {
             TakeOutcome::Taken { remaining } => {
-                self.place(sale, &order_id, buyer, quantity32, attempt, actor)
+                self.place(sale, &order_id, buyer, quantity32, actor)
                     .await?;
-                self.ledger.confirm(&sale.sku, attempt).await?;
+                self.ledger.confirm(&sale.sku, &order_id).await?;
                 Ok(Purchase::Accepted {
                     order_id,
                     remaining: Some(remaining),
@@ -161,9 +167,8 @@ impl FlashSale {
                 if take.state == TakeState::Pending {
                     // The first try may have died between the ledger and the store.
                     let q = u32::try_from(take.quantity).unwrap_or(u32::MAX);
-                    self.place(sale, &order_id, &take.buyer, q, attempt, actor)
-                        .await?;
-                    self.ledger.confirm(&sale.sku, attempt).await?;
+                    self.place(sale, &order_id, &take.buyer, q, actor).await?;
+                    self.ledger.confirm(&sale.sku, &order_id).await?;
                 }
                 Ok(Purchase::Accepted {
                     order_id,
@@ -176,14 +181,13 @@ impl FlashSale {
         }
     }
 
-    /// Places the order of a take, idempotently (key `purchase:{sku}:{attempt}`).
+    /// Places the order of a take, idempotently (key `purchase:{order_id}`).
     async fn place(
         &self,
         sale: &Sale,
         order_id: &str,
         buyer: &str,
         quantity: u32,
-        attempt: &str,
         actor: Actor,
     ) -> Result<(), ServiceError> {
         let amount = Money::new(
@@ -207,7 +211,7 @@ impl FlashSale {
         };
         let mut ctx = CommandContext::new(actor);
         ctx.idempotency = Some((
-            format!("purchase:{}:{attempt}", sale.sku),
+            format!("purchase:{order_id}"),
             format!("{buyer}|{quantity}"),
         ));
         let render = Box::new(|_: &Order, version: u64| StoredResponse {
@@ -236,20 +240,20 @@ impl FlashSale {
     ) -> Result<Reconciled, SaleError> {
         let mut done = Reconciled::default();
         for take in self.ledger.pending(&sale.sku, taken_before_ms).await? {
-            let order_id = order_id(&sale.sku, &take.attempt);
+            let order_id = take.attempt.clone();
             let actor = Actor::parse(&format!("user:{}", take.buyer))
                 .unwrap_or_else(|_| Actor::system("flash-sale-reconciler"));
             let quantity = u32::try_from(take.quantity).unwrap_or(u32::MAX);
             match self
-                .place(sale, &order_id, &take.buyer, quantity, &take.attempt, actor)
+                .place(sale, &order_id, &take.buyer, quantity, actor)
                 .await
             {
                 Ok(()) => {
-                    self.ledger.confirm(&sale.sku, &take.attempt).await?;
+                    self.ledger.confirm(&sale.sku, &order_id).await?;
                     done.confirmed += 1;
                 }
                 Err(ServiceError::Refused { .. } | ServiceError::IdempotencyKeyReused { .. }) => {
-                    self.ledger.give_back(&sale.sku, &take.attempt).await?;
+                    self.ledger.give_back(&sale.sku, &order_id).await?;
                     done.returned += 1;
                 }
                 Err(e) => return Err(e.into()),
@@ -257,4 +261,74 @@ impl FlashSale {
         }
         Ok(done)
     }
+
+    /// Gives back the stock of sale orders cancelled in the log after the checkpoint
+    /// `flash-sale:returns` (a cancelled order's take, found by its order id; once per take),
+    /// and advances the checkpoint. Returns the takes given back.
+    ///
+    /// # Errors
+    /// Store or ledger failures (the batch is read again next time: give-backs are idempotent).
+    pub async fn return_cancelled_stock(&self) -> Result<u64, SaleError> {
+        let store = self.service.store();
+        let mut position = store
+            .load_checkpoint(RETURNS)
+            .await
+            .map_err(ServiceError::from)?
+            .unwrap_or(0);
+        let mut returned = 0;
+        loop {
+            let batch = store
+                .read_all(position, 1_000)
+                .await
+                .map_err(ServiceError::from)?;
+            let Some(last) = batch.last().map(|e| e.global_position) else {
+                return Ok(returned);
+            };
+            for event in &batch {
+                if event.event_type != "OrderCancelled" {
+                    continue;
+                }
+                let Some(order_id) = event.stream_id.strip_prefix("order-") else {
+                    continue;
+                };
+                let order = self
+                    .service
+                    .load::<Order>(order_id, AsOf::Latest)
+                    .await
+                    .map_err(ServiceError::from)?;
+                let Some(order) = order else { continue };
+                for line in &order.state.lines {
+                    match self.ledger.give_back(&line.sku, order_id).await {
+                        Ok(true) => returned += 1,
+                        Ok(false) | Err(StockError::UnknownSku(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            store
+                .save_checkpoint(RETURNS, last)
+                .await
+                .map_err(ServiceError::from)?;
+            position = last;
+        }
+    }
+
+    /// Returns cancelled orders' stock as they are cancelled, until `stop` completes.
+    pub async fn run_returns(&self, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            if let Err(e) = self.return_cancelled_stock().await {
+                tracing::warn!(error = %e, "returning cancelled orders' stock failed; retrying");
+            }
+            let head = self.service.store().head_position().await.unwrap_or(0);
+            tokio::select! {
+                () = self.service.store().wait_for_append(head) => {}
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = &mut stop => return,
+            }
+        }
+    }
 }
+
+/// The checkpoint of [`FlashSale::return_cancelled_stock`].
+pub const RETURNS: &str = "flash-sale:returns";

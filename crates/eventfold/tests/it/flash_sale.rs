@@ -128,13 +128,10 @@ async fn a_take_left_pending_by_a_crash_is_rolled_forward_into_one_order() {
     let shop = FlashSale::new(Service::new(app.backend.events.clone()), ledger.clone());
     let sale = sale();
     shop.open(&sale, 10, 2).await.unwrap();
-    // The process took stock and died before writing the order.
-    let taken = ledger
-        .take(&sale.sku, "b7", 2, "att-crash", 1_000)
-        .await
-        .unwrap();
-    assert!(matches!(taken, TakeOutcome::Taken { remaining: 8 }));
+    // The process took stock (under the attempt's order id) and died before writing the order.
     let id = order_id(&sale.sku, "att-crash");
+    let taken = ledger.take(&sale.sku, "b7", 2, &id, 1_000).await.unwrap();
+    assert!(matches!(taken, TakeOutcome::Taken { remaining: 8 }));
     let service = Service::new(app.backend.events.clone());
     assert!(service
         .load::<Order>(&id, AsOf::Latest)
@@ -158,7 +155,7 @@ async fn a_take_left_pending_by_a_crash_is_rolled_forward_into_one_order() {
         Some(Money::parse("176.00", Currency::USD).unwrap())
     );
     assert_eq!(
-        ledger.confirm(&sale.sku, "att-crash").await.unwrap(),
+        ledger.confirm(&sale.sku, &id).await.unwrap(),
         Some(TakeState::Confirmed)
     );
     // The buyer's retry of the same attempt is answered with the same order, nothing new.
@@ -185,4 +182,45 @@ async fn a_take_left_pending_by_a_crash_is_rolled_forward_into_one_order() {
     );
     let levels = ledger.levels(&sale.sku).await.unwrap();
     assert_eq!((levels.remaining, levels.held), (8, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sale_orders_stock_goes_back_once() {
+    let app = TestApp::new().await;
+    let ledger: Arc<dyn StockLedger> = Arc::new(MemoryStock::new());
+    let shop = FlashSale::new(Service::new(app.backend.events.clone()), ledger.clone());
+    let sale = sale();
+    shop.open(&sale, 5, 2).await.unwrap();
+    let mut orders = Vec::new();
+    for (n, buyer) in ["b1", "b2", "b3"].iter().enumerate() {
+        match shop
+            .purchase(&sale, buyer, 1 + n as u64 % 2, &format!("a{n}"), 0)
+            .await
+            .unwrap()
+        {
+            Purchase::Accepted { order_id, .. } => orders.push(order_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ledger.levels(&sale.sku).await.unwrap().remaining, 1);
+    // Two orders are cancelled (by the buyer, or by the unpaid-order timeout).
+    for id in &orders[..2] {
+        let r = app
+            .post(
+                &format!("/orders/{id}/cancel"),
+                serde_json::json!({"reason": "changed my mind"}),
+            )
+            .await;
+        assert_eq!(r.status, axum::http::StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(shop.return_cancelled_stock().await.unwrap(), 2);
+    assert_eq!(shop.return_cancelled_stock().await.unwrap(), 0, "once");
+    let levels = ledger.levels(&sale.sku).await.unwrap();
+    // a0 took 1 unit, a1 took 2: 1 left + 3 back.
+    assert_eq!((levels.remaining, levels.held), (4, 1));
+    // The stock sells again.
+    assert!(matches!(
+        shop.purchase(&sale, "b4", 2, "a4", 0).await.unwrap(),
+        Purchase::Accepted { .. }
+    ));
 }
