@@ -46,6 +46,10 @@ struct Cli {
     /// Topic prefix: events of category `order` go to `{prefix}.order`.
     #[arg(long, global = true, default_value = "eventfold")]
     kafka_topic_prefix: String,
+    /// A hot stream to spread over N salted message keys, `STREAM=N` (repeatable), e.g.
+    /// `order-hot=8`: per-salt order, merged by `stream_version` downstream.
+    #[arg(long = "kafka-salt", global = true, value_parser = parse_salt)]
+    kafka_salt: Vec<(String, u32)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -383,6 +387,20 @@ impl From<eventfold_kafka::RelayProgress> for RelayReport {
     }
 }
 
+/// Parses `--kafka-salt STREAM=N` (N from 2 to 1,024).
+fn parse_salt(spec: &str) -> Result<(String, u32), String> {
+    let (stream, n) = spec
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected STREAM=N, e.g. order-hot=8"))?;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("{spec:?}: N must be a number"))?;
+    if stream.is_empty() || !(2..=1_024).contains(&n) {
+        return Err(format!("{spec:?}: need a stream and N from 2 to 1024"));
+    }
+    Ok((stream.to_owned(), n))
+}
+
 /// Parses `0-7`, `0,2,4` or a mix into shard numbers below `shards`.
 fn parse_shards(spec: &str, shards: u32) -> anyhow::Result<Vec<u32>> {
     let mut out = Vec::new();
@@ -434,6 +452,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(brokers) => {
                     let mut config = RelayConfig::new(brokers);
                     config.topic_prefix = cli.kafka_topic_prefix.clone();
+                    config.salted_streams = cli.kafka_salt.iter().cloned().collect();
                     let relay = Relay::new(backend.events.clone(), config)?;
                     let stop = shutdown.clone();
                     tracing::info!(brokers = %brokers, "publishing the event log to Kafka");
@@ -587,6 +606,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let backend = Backend::open(&cli.store).await?;
             let mut config = RelayConfig::new(brokers);
             config.topic_prefix = cli.kafka_topic_prefix.clone();
+            config.salted_streams = cli.kafka_salt.iter().cloned().collect();
             if let Some(spec) = shards {
                 config.owned = Some(parse_shards(&spec, config.shards)?);
             }
@@ -929,4 +949,26 @@ async fn signal(token: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_specs_name_the_stream_and_a_count_from_2() {
+        assert_eq!(parse_salt("order-hot=8"), Ok(("order-hot".into(), 8)));
+        assert_eq!(parse_salt("a=b=4"), Ok(("a=b".into(), 4)));
+        for bad in ["order-hot", "order-hot=1", "=4", "x=many", "x=2000"] {
+            assert!(parse_salt(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shard_specs_take_ranges_and_lists_below_the_count() {
+        assert_eq!(parse_shards("0-3,7", 16).unwrap(), [0, 1, 2, 3, 7]);
+        for bad in ["16", "3-1", "x", ""] {
+            assert!(parse_shards(bad, 16).is_err(), "{bad}");
+        }
+    }
 }

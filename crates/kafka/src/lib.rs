@@ -84,6 +84,20 @@ pub struct RelayConfig {
     pub batch_size: usize,
     /// Extra librdkafka producer settings (applied last).
     pub producer_settings: Vec<(String, String)>,
+    /// Hot streams whose messages are spread over N salted keys (M17): stream id -> N (2 or
+    /// more). See [`salted_key`] for the key and the ordering trade-off.
+    pub salted_streams: HashMap<String, u32>,
+}
+
+/// The message key of event `stream_version` of a stream salted over `salts` keys:
+/// `{aggregate id}#{(stream_version - 1) % salts}` (M17). Consecutive events go to consecutive
+/// salts, so one hot aggregate's load spreads over up to `salts` partitions. The trade-off: order
+/// holds per salt (each salt is one key, hence one partition, in stream order), not across salts;
+/// a consumer that needs the stream's order merges the salts by the `stream_version` header
+/// ([`consumer::VersionMerge`]). The messages carry `salt` and `salts` headers.
+pub fn salted_key(stream_id: &str, stream_version: u64, salts: u32) -> String {
+    let salt = stream_version.saturating_sub(1) % u64::from(salts.max(1));
+    format!("{}#{salt}", aggregate_id(stream_id))
 }
 
 impl RelayConfig {
@@ -99,6 +113,7 @@ impl RelayConfig {
             group: None,
             batch_size: 5_000,
             producer_settings: Vec::new(),
+            salted_streams: HashMap::new(),
         }
     }
 }
@@ -464,8 +479,24 @@ impl Relay {
         if let Some(c) = &correlation {
             headers = headers.insert(header("correlation_id", c));
         }
+        let salts = self
+            .config
+            .salted_streams
+            .get(&event.stream_id)
+            .copied()
+            .filter(|n| *n > 1);
+        let key = match salts {
+            Some(n) => {
+                let salt = (event.stream_version.saturating_sub(1) % u64::from(n)).to_string();
+                headers = headers
+                    .insert(header("salt", &salt))
+                    .insert(header("salts", &n.to_string()));
+                salted_key(&event.stream_id, event.stream_version, n)
+            }
+            None => aggregate_id(&event.stream_id).to_owned(),
+        };
         let mut record = FutureRecord::to(&topic)
-            .key(aggregate_id(&event.stream_id))
+            .key(&key)
             .payload(&event.payload)
             .headers(headers);
         loop {

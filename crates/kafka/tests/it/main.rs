@@ -250,3 +250,116 @@ async fn relays_in_a_group_divide_the_shards_and_take_over_a_leavers() {
     }
     assert_eq!(ids.len(), 600, "every event reached its topic");
 }
+
+/// A hot stream salted over 8 keys (M17) spreads over the topic's partitions; each salt keeps
+/// stream order, and merging the salts by `stream_version` restores the whole stream's order.
+/// An unsalted stream keeps one key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salted_hot_stream_spreads_over_partitions_and_merges_back_in_order() {
+    use eventfold_kafka::consumer::VersionMerge;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+
+    let (store, _dir) = sqlite_store();
+    for (stream, n) in [("order-hot", 400u64), ("order-cold", 50)] {
+        for v in 0..n {
+            let expected = if v == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(v)
+            };
+            store
+                .append(AppendRequest::new(stream, expected, vec![event(v + 1)]))
+                .await
+                .unwrap();
+        }
+    }
+    let mut config = RelayConfig::new(broker());
+    config.topic_prefix = unique_prefix();
+    config.topic_partitions = 8;
+    config.salted_streams.insert("order-hot".into(), 8);
+    let relay = Relay::new(store.clone(), config.clone()).unwrap();
+    assert_eq!(relay.publish_pending().await.unwrap().published, 450);
+
+    let topic = format!("{}.order", config.topic_prefix);
+    // (partition, key, stream id, stream version), in the order each partition delivers.
+    let messages = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker())
+            .set("group.id", unique_prefix())
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&topic]).unwrap();
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        while out.len() < 450 && started.elapsed() < std::time::Duration::from_secs(60) {
+            if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(100)) {
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|h| h.key == name))
+                        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                        .unwrap_or_default()
+                };
+                out.push((
+                    m.partition(),
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    header("stream_id"),
+                    header("stream_version").parse::<u64>().unwrap(),
+                ));
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+    assert_eq!(messages.len(), 450);
+
+    let hot: Vec<_> = messages.iter().filter(|m| m.2 == "order-hot").collect();
+    let keys: HashSet<&str> = hot.iter().map(|m| m.1.as_str()).collect();
+    let partitions: HashSet<i32> = hot.iter().map(|m| m.0).collect();
+    println!(
+        "hot stream: {} keys over partitions {partitions:?}",
+        keys.len()
+    );
+    assert_eq!(keys.len(), 8, "eight salted keys");
+    assert!(
+        partitions.len() >= 3,
+        "one hot key spread over {partitions:?}"
+    );
+    let cold: HashSet<(&str, i32)> = messages
+        .iter()
+        .filter(|m| m.2 == "order-cold")
+        .map(|m| (m.1.as_str(), m.0))
+        .collect();
+    assert_eq!(
+        cold,
+        HashSet::from([("cold", cold.iter().next().unwrap().1)])
+    );
+    // Per salt: stream order.
+    let mut per_key: HashMap<&str, Vec<u64>> = HashMap::new();
+    for m in &hot {
+        per_key.entry(m.1.as_str()).or_default().push(m.3);
+    }
+    for (key, versions) in &per_key {
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "salt {key} out of order"
+        );
+    }
+    // Merged: the whole stream in order, whatever the interleaving of the partitions.
+    let mut merge = VersionMerge::new(1);
+    let mut merged = Vec::new();
+    let mut by_partition: Vec<Vec<u64>> = vec![Vec::new(); 8];
+    for m in &hot {
+        by_partition[m.0 as usize].push(m.3);
+    }
+    // Read the partitions one after another (the worst interleaving for a merge).
+    for versions in by_partition.iter().rev() {
+        for v in versions {
+            merged.extend(merge.push(*v, *v));
+        }
+    }
+    assert_eq!(merged, (1..=400).collect::<Vec<u64>>());
+}
