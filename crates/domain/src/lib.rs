@@ -17,6 +17,7 @@ pub mod money;
 pub mod order;
 pub mod payment;
 pub mod projections;
+pub mod sale;
 
 pub use money::{Currency, Money, MoneyError};
 

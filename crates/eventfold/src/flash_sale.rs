@@ -16,9 +16,11 @@
 
 use std::sync::Arc;
 
+use eventfold_core::aggregate::decode_event;
 use eventfold_core::stock::{StockError, StockLedger, TakeOutcome, TakeState};
 use eventfold_core::{Actor, StoredResponse};
-use eventfold_domain::order::{Order, OrderCommand, OrderLine};
+use eventfold_domain::order::{Order, OrderCommand, OrderEvent, OrderLine};
+use eventfold_domain::sale::{Sale as SaleAggregate, SaleCommand, SaleEvent, SaleTerms};
 use eventfold_domain::Money;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -108,23 +110,120 @@ impl FlashSale {
         &self.ledger
     }
 
-    /// Opens `sale` with `stock` units, at most `per_buyer_limit` per buyer (a no-op when open).
+    /// Opens `sale` with `stock` units, at most `per_buyer_limit` per buyer: records the terms
+    /// (`SaleOpened` in stream `sale-{sku}`; the same terms again are a no-op, other terms are
+    /// refused) and opens the ledger. Returns whether the ledger was opened now.
     ///
     /// # Errors
-    /// [`SaleError::Invalid`] for a SKU over 100 bytes; ledger failures.
+    /// [`SaleError::Invalid`] for a SKU that is not a valid id; the domain's refusals; ledger
+    /// and store failures.
     pub async fn open(
         &self,
         sale: &Sale,
         stock: u64,
         per_buyer_limit: u64,
     ) -> Result<bool, SaleError> {
-        if sale.sku.is_empty() || sale.sku.len() > 100 {
-            return Err(SaleError::Invalid(format!(
-                "sku must be 1 to 100 bytes, got {}",
-                sale.sku.len()
-            )));
-        }
+        eventfold_domain::validate_id("sku", &sale.sku).map_err(SaleError::Invalid)?;
+        let actor = Actor::system("flash-sale");
+        let command = SaleCommand::Open {
+            terms: SaleTerms {
+                stock,
+                per_buyer_limit,
+                unit_price: sale.unit_price,
+                store_id: sale.store_id.clone(),
+            },
+            actor: actor.clone(),
+        };
+        let render = Box::new(|_: &SaleAggregate, version: u64| StoredResponse {
+            status: 200,
+            body: format!("{{\"version\":{version}}}"),
+        });
+        self.service
+            .execute::<SaleAggregate>(&sale.sku, command, &CommandContext::new(actor), render)
+            .await?;
         Ok(self.ledger.open(&sale.sku, stock, per_buyer_limit).await?)
+    }
+
+    /// Rebuilds an in-process ledger from the log after a restart: every opened sale, every
+    /// sale order's take (confirmed), every cancelled sale order's take given back. Run it on an
+    /// empty [`eventfold_core::stock::MemoryStock`] before serving purchases (a Redis ledger keeps
+    /// its own state and needs no rebuild). Returns the sales and orders restored.
+    ///
+    /// # Errors
+    /// Store or ledger failures, an undecodable event.
+    pub async fn restore(&self) -> Result<(u64, u64), SaleError> {
+        let store = self.service.store();
+        let mut sales: std::collections::HashMap<String, String> = Default::default();
+        let mut sale_orders: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let (mut opened, mut orders) = (0, 0);
+        let mut position = 0;
+        loop {
+            let batch = store
+                .read_all(position, 5_000)
+                .await
+                .map_err(ServiceError::from)?;
+            let Some(last) = batch.last().map(|e| e.global_position) else {
+                return Ok((opened, orders));
+            };
+            for e in &batch {
+                if let Some(sku) = e.stream_id.strip_prefix("sale-") {
+                    let SaleEvent::SaleOpened { terms, .. } =
+                        decode_event::<SaleEvent>(&e.event_type, &e.payload)
+                            .map_err(|x| SaleError::Invalid(format!("{}: {x}", e.stream_id)))?;
+                    self.ledger
+                        .open(sku, terms.stock, terms.per_buyer_limit)
+                        .await?;
+                    sales.insert(sku.to_owned(), terms.store_id);
+                    opened += 1;
+                    continue;
+                }
+                let Some(order_id) = e.stream_id.strip_prefix("order-") else {
+                    continue;
+                };
+                if !matches!(e.event_type.as_str(), "OrderCreated" | "OrderCancelled") {
+                    continue;
+                }
+                match decode_event::<OrderEvent>(&e.event_type, &e.payload)
+                    .map_err(|x| SaleError::Invalid(format!("{}: {x}", e.stream_id)))?
+                {
+                    OrderEvent::OrderCreated {
+                        customer_id,
+                        store_id,
+                        lines,
+                        ..
+                    } => {
+                        for line in lines {
+                            if sales.get(&line.sku) != Some(&store_id) {
+                                continue;
+                            }
+                            let at = u64::try_from(e.event_time.timestamp_millis()).unwrap_or(0);
+                            self.ledger
+                                .take(
+                                    &line.sku,
+                                    &customer_id,
+                                    u64::from(line.quantity),
+                                    order_id,
+                                    at,
+                                )
+                                .await?;
+                            self.ledger.confirm(&line.sku, order_id).await?;
+                            sale_orders
+                                .entry(order_id.to_owned())
+                                .or_default()
+                                .push(line.sku);
+                            orders += 1;
+                        }
+                    }
+                    OrderEvent::OrderCancelled { .. } => {
+                        for sku in sale_orders.get(order_id).into_iter().flatten() {
+                            self.ledger.give_back(sku, order_id).await?;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            position = last;
+        }
     }
 
     /// One purchase attempt of `quantity` units by `buyer`, identified by `attempt` (the

@@ -224,3 +224,56 @@ async fn a_cancelled_sale_orders_stock_goes_back_once() {
         Purchase::Accepted { .. }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_ledger_is_rebuilt_from_the_log_after_a_restart() {
+    let app = TestApp::new().await;
+    let sale = sale();
+    let before: Arc<dyn StockLedger> = Arc::new(MemoryStock::new());
+    let shop = FlashSale::new(Service::new(app.backend.events.clone()), before.clone());
+    shop.open(&sale, 6, 2).await.unwrap();
+    let mut ids = Vec::new();
+    for (attempt, buyer, qty) in [("x1", "b1", 2), ("x2", "b2", 1), ("x3", "b3", 2)] {
+        match shop.purchase(&sale, buyer, qty, attempt, 0).await.unwrap() {
+            Purchase::Accepted { order_id, .. } => ids.push(order_id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let r = app
+        .post(
+            &format!("/orders/{}/cancel", ids[2]),
+            serde_json::json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(r.status, axum::http::StatusCode::OK, "{}", r.body);
+    shop.return_cancelled_stock().await.unwrap();
+    let expected = before.levels(&sale.sku).await.unwrap();
+    assert_eq!((expected.remaining, expected.held), (3, 3));
+
+    // The process restarts: a fresh in-process ledger, rebuilt from the log.
+    let after: Arc<dyn StockLedger> = Arc::new(MemoryStock::new());
+    let restarted = FlashSale::new(Service::new(app.backend.events.clone()), after.clone());
+    assert_eq!(restarted.restore().await.unwrap(), (1, 3));
+    assert_eq!(after.levels(&sale.sku).await.unwrap(), expected);
+    // What it knew before, it knows now: a repeated attempt, a buyer at the limit, the terms.
+    assert!(matches!(
+        restarted.purchase(&sale, "b1", 2, "x1", 0).await.unwrap(),
+        Purchase::Accepted {
+            duplicate: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        restarted.purchase(&sale, "b1", 1, "x9", 0).await.unwrap(),
+        Purchase::OverLimit { held: 2, limit: 2 }
+    );
+    assert!(
+        restarted.open(&sale, 6, 2).await.is_ok(),
+        "same terms: a no-op"
+    );
+    assert!(
+        restarted.open(&sale, 7, 2).await.is_err(),
+        "other terms are refused"
+    );
+    assert_eq!(restarted.return_cancelled_stock().await.unwrap(), 0);
+}
