@@ -89,6 +89,8 @@ pub struct Reconciled {
 pub struct FlashSale {
     service: Service,
     ledger: Arc<dyn StockLedger>,
+    /// Terms of the sales seen so far, so a purchase reads no sale stream.
+    terms: Arc<std::sync::RwLock<std::collections::HashMap<String, Sale>>>,
 }
 
 /// The order id of an attempt: `{sku}-{first 16 hex digits of SHA-256(attempt)}`, stable, so a
@@ -102,7 +104,41 @@ pub fn order_id(sku: &str, attempt: &str) -> String {
 impl FlashSale {
     /// Over `service` (the event store) and `ledger`.
     pub fn new(service: Service, ledger: Arc<dyn StockLedger>) -> Self {
-        Self { service, ledger }
+        Self {
+            service,
+            ledger,
+            terms: Arc::default(),
+        }
+    }
+
+    /// The sale of `sku`, from the cache or its stream (`None`: never opened).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn sale(&self, sku: &str) -> Result<Option<Sale>, SaleError> {
+        if let Some(sale) = self.terms.read().ok().and_then(|t| t.get(sku).cloned()) {
+            return Ok(Some(sale));
+        }
+        if eventfold_domain::validate_id("sku", sku).is_err() {
+            return Ok(None);
+        }
+        let loaded = self
+            .service
+            .load::<SaleAggregate>(sku, AsOf::Latest)
+            .await
+            .map_err(ServiceError::from)?;
+        let Some(terms) = loaded.and_then(|l| l.state.opened) else {
+            return Ok(None);
+        };
+        let sale = Sale {
+            sku: sku.to_owned(),
+            unit_price: terms.unit_price,
+            store_id: terms.store_id,
+        };
+        if let Ok(mut t) = self.terms.write() {
+            t.insert(sku.to_owned(), sale.clone());
+        }
+        Ok(Some(sale))
     }
 
     /// The ledger.
@@ -141,6 +177,9 @@ impl FlashSale {
         self.service
             .execute::<SaleAggregate>(&sale.sku, command, &CommandContext::new(actor), render)
             .await?;
+        if let Ok(mut t) = self.terms.write() {
+            t.insert(sale.sku.clone(), sale.clone());
+        }
         Ok(self.ledger.open(&sale.sku, stock, per_buyer_limit).await?)
     }
 

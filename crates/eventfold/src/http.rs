@@ -6,6 +6,7 @@
 //! never reaches a response body.
 
 mod commands;
+mod flash;
 mod queries;
 pub use queries::metrics_handle;
 
@@ -26,6 +27,7 @@ use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 
 use crate::backend::Backend;
+use crate::flash_sale::FlashSale;
 use crate::service::{CommandContext, Service, ServiceError};
 
 /// Largest accepted request body, in bytes (64 KiB).
@@ -37,16 +39,27 @@ pub struct AppState {
     service: Service,
     read_models: Arc<dyn ReadModelStore>,
     runner: Arc<ProjectionRunner>,
+    flash_sale: FlashSale,
 }
 
 impl AppState {
-    /// State over an open backend and its projection runner.
+    /// State over an open backend and its projection runner, with an in-process stock ledger
+    /// (call [`FlashSale::restore`] on it after a restart, as `serve` does).
     pub fn new(backend: &Backend, runner: Arc<ProjectionRunner>) -> Self {
+        let service = Service::new(backend.events.clone());
+        let ledger: Arc<dyn eventfold_core::stock::StockLedger> =
+            Arc::new(eventfold_core::stock::MemoryStock::new());
         Self {
-            service: Service::new(backend.events.clone()),
+            flash_sale: FlashSale::new(service.clone(), ledger),
+            service,
             read_models: backend.read_models.clone(),
             runner,
         }
+    }
+
+    /// The flash-sale purchase path.
+    pub fn flash_sale(&self) -> &FlashSale {
+        &self.flash_sale
     }
 }
 
@@ -55,7 +68,7 @@ impl AppState {
 #[openapi(
     info(
         title = "eventfold",
-        description = "Event-sourced shop backend: accounts, orders, sales views."
+        description = "Event-sourced shop backend: accounts, orders, sales views, flash sales."
     ),
     paths(
         commands::open_account,
@@ -68,6 +81,8 @@ impl AppState {
         commands::complete_order,
         commands::cancel_order,
         commands::refund_order,
+        flash::open_flash_sale,
+        flash::purchase,
         queries::get_account,
         queries::get_balance,
         queries::get_order,
@@ -100,6 +115,8 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}/complete", post(commands::complete_order))
         .route("/orders/{id}/cancel", post(commands::cancel_order))
         .route("/orders/{id}/refund", post(commands::refund_order))
+        .route("/flash-sales", post(flash::open_flash_sale))
+        .route("/flash-sales/{sku}/purchases", post(flash::purchase))
         .route("/sales/daily", get(queries::daily_sales))
         .route("/sales/realtime", get(queries::realtime_sales))
         .route("/projections", get(queries::projections))
@@ -522,12 +539,27 @@ pub async fn serve(
             }
         })
     };
-    let app = router(AppState::new(&backend, runner));
+    let state = AppState::new(&backend, runner);
+    // The in-process stock ledger starts empty: rebuild it from the log before serving.
+    let (sales, orders) = state
+        .flash_sale
+        .restore()
+        .await
+        .map_err(|e| anyhow::anyhow!("restoring the flash-sale ledger: {e}"))?;
+    if sales > 0 {
+        tracing::info!(sales, orders, "flash-sale ledger restored");
+    }
+    let returns = {
+        let (flash_sale, shutdown) = (state.flash_sale.clone(), shutdown.clone());
+        tokio::spawn(async move { flash_sale.run_returns(shutdown.cancelled_owned()).await })
+    };
+    let app = router(state);
     tracing::info!(addr = %listener.local_addr()?, "eventfold serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
     shutdown.cancel();
     let _ = projections.await;
+    let _ = returns.await;
     Ok(())
 }

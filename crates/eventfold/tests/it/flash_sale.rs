@@ -277,3 +277,107 @@ async fn an_in_process_ledger_is_rebuilt_from_the_log_after_a_restart() {
     );
     assert_eq!(restarted.return_cancelled_stock().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn over_http_a_sale_opens_sells_its_stock_and_refuses_bad_input() {
+    use axum::http::{Method, StatusCode};
+    use serde_json::json;
+
+    use crate::support::assert_error;
+
+    let app = TestApp::new().await;
+    let terms = json!({"sku": "gig", "stock": 3, "per_buyer_limit": 2, "unit_price": "50.00",
+                       "currency": "USD"});
+    let opened = app.post("/flash-sales", terms.clone()).await;
+    assert_eq!(opened.status, StatusCode::CREATED, "{}", opened.body);
+    assert_eq!(opened.body["remaining"], 3);
+    assert_eq!(app.post("/flash-sales", terms).await.status, StatusCode::OK);
+    let other = json!({"sku": "gig", "stock": 4, "per_buyer_limit": 2, "unit_price": "50.00",
+                       "currency": "USD"});
+    assert_error(
+        &app.post("/flash-sales", other).await,
+        StatusCode::CONFLICT,
+        "sale_open_on_other_terms",
+        "other terms",
+    );
+
+    let buy = |key: Option<&'static str>, sku: &'static str, buyer: &'static str, qty: i64| {
+        let app = &app;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                key.map(|k| ("idempotency-key", k)).into_iter().collect();
+            app.send(
+                Method::POST,
+                &format!("/flash-sales/{sku}/purchases"),
+                &headers,
+                Some(json!({"buyer": buyer, "quantity": qty})),
+            )
+            .await
+        }
+    };
+    assert_error(
+        &buy(None, "gig", "b1", 1).await,
+        StatusCode::BAD_REQUEST,
+        "missing_idempotency_key",
+        "Idempotency-Key",
+    );
+    assert_error(
+        &buy(Some("k0"), "no-such", "b1", 1).await,
+        StatusCode::NOT_FOUND,
+        "unknown_sku",
+        "no-such",
+    );
+    for qty in [0, -1] {
+        assert_error(
+            &buy(Some("k0"), "gig", "b1", qty).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_purchase",
+            "quantity",
+        );
+    }
+    assert_error(
+        &buy(Some("k0"), "gig", "not a buyer", 1).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_purchase",
+        "actor id",
+    );
+
+    let first = buy(Some("k1"), "gig", "b1", 2).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    assert_eq!(first.body["remaining"], 1);
+    let again = buy(Some("k1"), "gig", "b1", 2).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["duplicate"], true);
+    assert_eq!(again.body["order_id"], first.body["order_id"]);
+    assert_error(
+        &buy(Some("k2"), "gig", "b1", 1).await,
+        StatusCode::CONFLICT,
+        "over_limit",
+        "limit of 2",
+    );
+    assert_error(
+        &buy(Some("k3"), "gig", "b2", 2).await,
+        StatusCode::CONFLICT,
+        "sold_out",
+        "sold out",
+    );
+    assert_eq!(
+        buy(Some("k4"), "gig", "b2", 1).await.status,
+        StatusCode::CREATED
+    );
+    assert_error(
+        &buy(Some("k5"), "gig", "b3", 1).await,
+        StatusCode::CONFLICT,
+        "sold_out",
+        "gig",
+    );
+    let order = app
+        .get(&format!(
+            "/orders/{}",
+            first.body["order_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(order.status, StatusCode::OK, "{}", order.body);
+    assert_eq!(order.body["status"], "PENDING");
+    assert_eq!(order.body["customer_id"], "b1");
+}
