@@ -46,9 +46,20 @@ impl AppState {
     /// State over an open backend and its projection runner, with an in-process stock ledger
     /// (call [`FlashSale::restore`] on it after a restart, as `serve` does).
     pub fn new(backend: &Backend, runner: Arc<ProjectionRunner>) -> Self {
+        Self::with_ledger(
+            backend,
+            runner,
+            Arc::new(eventfold_core::stock::MemoryStock::new()),
+        )
+    }
+
+    /// State with the given stock ledger (Redis, say).
+    pub fn with_ledger(
+        backend: &Backend,
+        runner: Arc<ProjectionRunner>,
+        ledger: Arc<dyn eventfold_core::stock::StockLedger>,
+    ) -> Self {
         let service = Service::new(backend.events.clone());
-        let ledger: Arc<dyn eventfold_core::stock::StockLedger> =
-            Arc::new(eventfold_core::stock::MemoryStock::new());
         Self {
             flash_sale: FlashSale::new(service.clone(), ledger),
             service,
@@ -520,6 +531,20 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(backend, listener, shutdown, None).await
+}
+
+/// Like [`serve`], with the flash-sale stock ledger given (`None`: in-process, rebuilt from the
+/// log before serving; a Redis ledger keeps its own state).
+///
+/// # Errors
+/// The listener fails, or the in-process ledger cannot be rebuilt.
+pub async fn serve_with(
+    backend: Backend,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    ledger: Option<Arc<dyn eventfold_core::stock::StockLedger>>,
+) -> anyhow::Result<()> {
     let runner = Arc::new(backend.projection_runner());
     let projections = {
         let runner = runner.clone();
@@ -539,15 +564,21 @@ pub async fn serve(
             }
         })
     };
-    let state = AppState::new(&backend, runner);
-    // The in-process stock ledger starts empty: rebuild it from the log before serving.
-    let (sales, orders) = state
-        .flash_sale
-        .restore()
-        .await
-        .map_err(|e| anyhow::anyhow!("restoring the flash-sale ledger: {e}"))?;
-    if sales > 0 {
-        tracing::info!(sales, orders, "flash-sale ledger restored");
+    let in_process = ledger.is_none();
+    let state = match ledger {
+        Some(ledger) => AppState::with_ledger(&backend, runner, ledger),
+        None => AppState::new(&backend, runner),
+    };
+    if in_process {
+        // The in-process stock ledger starts empty: rebuild it from the log before serving.
+        let (sales, orders) = state
+            .flash_sale
+            .restore()
+            .await
+            .map_err(|e| anyhow::anyhow!("restoring the flash-sale ledger: {e}"))?;
+        if sales > 0 {
+            tracing::info!(sales, orders, "flash-sale ledger restored");
+        }
     }
     let returns = {
         let (flash_sale, shutdown) = (state.flash_sale.clone(), shutdown.clone());

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -64,6 +65,9 @@ enum Command {
         /// Cancel orders still unpaid this many seconds after creation (0: never).
         #[arg(long, default_value_t = 1800.0)]
         unpaid_order_timeout_secs: f64,
+        /// Keep flash-sale stock in this Redis (`redis://HOST:PORT`) instead of in-process.
+        #[arg(long, env = "EVENTFOLD_REDIS")]
+        redis: Option<String>,
     },
     /// Publish the event log to Kafka (the outbox relay): until stopped, or `--once` up to the
     /// current head. Needs --kafka-brokers.
@@ -439,6 +443,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             unpaid_order_timeout_secs,
+            redis,
         } => {
             let timeout = Duration::try_from_secs_f64(unpaid_order_timeout_secs)
                 .context("--unpaid-order-timeout-secs must be a number of seconds, 0 or more")?;
@@ -471,7 +476,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let stop = shutdown.clone();
                 tokio::spawn(async move { timer.run(stop.cancelled_owned()).await })
             });
-            let served = http::serve(backend, listener, shutdown).await;
+            let ledger: Option<Arc<dyn eventfold_core::stock::StockLedger>> = match &redis {
+                Some(url) => Some(Arc::new(
+                    eventfold_redis::RedisStock::connect(url, "eventfold:")
+                        .await
+                        .with_context(|| format!("connecting to Redis at {url}"))?,
+                )),
+                None => None,
+            };
+            let served = http::serve_with(backend, listener, shutdown, ledger).await;
             for task in [relay, timer].into_iter().flatten() {
                 let _ = task.await;
             }

@@ -381,3 +381,51 @@ async fn over_http_a_sale_opens_sells_its_stock_and_refuses_bad_input() {
     assert_eq!(order.body["status"], "PENDING");
     assert_eq!(order.body["customer_id"], "b1");
 }
+
+/// `serve` with the Redis ledger (`serve --redis URL`): purchases over a real socket deduct the
+/// stock in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_with_the_redis_ledger_purchases_deduct_in_redis() {
+    let redis = std::env::var("EVENTFOLD_TEST_REDIS").expect("EVENTFOLD_TEST_REDIS (scripts/test)");
+    let prefix = format!("test:{}:", uuid::Uuid::now_v7().simple());
+    let ledger = Arc::new(
+        eventfold_redis::RedisStock::connect(&redis, &prefix)
+            .await
+            .unwrap(),
+    );
+    let app = TestApp::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(eventfold::http::serve_with(
+        app.backend.clone(),
+        listener,
+        shutdown.clone(),
+        Some(ledger.clone()),
+    ));
+    let client = reqwest::Client::new();
+    let opened = client
+        .post(format!("{base}/flash-sales"))
+        .json(
+            &serde_json::json!({"sku": "gig", "stock": 10, "per_buyer_limit": 3,
+                                  "unit_price": "5.00", "currency": "USD"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 201);
+    for (n, buyer) in ["b1", "b2", "b3"].iter().enumerate() {
+        let r = client
+            .post(format!("{base}/flash-sales/gig/purchases"))
+            .header("idempotency-key", format!("k{n}"))
+            .json(&serde_json::json!({"buyer": buyer, "quantity": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let levels = ledger.levels("gig").await.unwrap();
+    assert_eq!((levels.remaining, levels.held), (1, 9), "deducted in Redis");
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
