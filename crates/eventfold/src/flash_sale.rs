@@ -212,6 +212,16 @@ impl FlashSale {
                     self.ledger
                         .open(sku, terms.stock, terms.per_buyer_limit)
                         .await?;
+                    if let Ok(mut t) = self.terms.write() {
+                        t.insert(
+                            sku.to_owned(),
+                            Sale {
+                                sku: sku.to_owned(),
+                                unit_price: terms.unit_price,
+                                store_id: terms.store_id.clone(),
+                            },
+                        );
+                    }
                     sales.insert(sku.to_owned(), terms.store_id);
                     opened += 1;
                     continue;
@@ -400,6 +410,39 @@ impl FlashSale {
         Ok(done)
     }
 
+    /// Reconciles every sale this process knows (opened, restored or purchased from here): takes
+    /// pending for longer than `grace` are settled (see [`FlashSale::reconcile`]).
+    ///
+    /// # Errors
+    /// As [`FlashSale::reconcile`]; the other sales are still tried.
+    pub async fn reconcile_all(
+        &self,
+        now_ms: u64,
+        grace: std::time::Duration,
+    ) -> Result<Reconciled, SaleError> {
+        let sales: Vec<Sale> = self
+            .terms
+            .read()
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        let before = now_ms.saturating_sub(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
+        let mut total = Reconciled::default();
+        let mut failed = None;
+        for sale in sales {
+            match self.reconcile(&sale, before).await {
+                Ok(r) => {
+                    total.confirmed += r.confirmed;
+                    total.returned += r.returned;
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
     /// Gives back the stock of sale orders cancelled in the log after the checkpoint
     /// `flash-sale:returns` (a cancelled order's take, found by its order id; once per take),
     /// and advances the checkpoint. Returns the takes given back.
@@ -451,12 +494,26 @@ impl FlashSale {
         }
     }
 
-    /// Returns cancelled orders' stock as they are cancelled, until `stop` completes.
+    /// Returns cancelled orders' stock as they are cancelled, and reconciles takes pending for
+    /// more than 5 s, until `stop` completes.
     pub async fn run_returns(&self, stop: impl std::future::Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         loop {
             if let Err(e) = self.return_cancelled_stock().await {
                 tracing::warn!(error = %e, "returning cancelled orders' stock failed; retrying");
+            }
+            let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            match self
+                .reconcile_all(now, std::time::Duration::from_secs(5))
+                .await
+            {
+                Ok(r) if r.confirmed + r.returned > 0 => tracing::info!(
+                    confirmed = r.confirmed,
+                    returned = r.returned,
+                    "pending flash-sale takes reconciled"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "flash-sale reconciliation failed; retrying"),
             }
             let head = self.service.store().head_position().await.unwrap_or(0);
             tokio::select! {

@@ -276,6 +276,32 @@ async fn an_in_process_ledger_is_rebuilt_from_the_log_after_a_restart() {
         "other terms are refused"
     );
     assert_eq!(restarted.return_cancelled_stock().await.unwrap(), 0);
+    // The restored terms let the periodic reconciliation settle a take left pending.
+    let id = order_id(&sale.sku, "x-crash");
+    after.take(&sale.sku, "b5", 1, &id, 10_000).await.unwrap();
+    let grace = std::time::Duration::from_secs(5);
+    assert_eq!(
+        restarted
+            .reconcile_all(14_999, grace)
+            .await
+            .unwrap()
+            .confirmed,
+        0
+    );
+    assert_eq!(
+        restarted
+            .reconcile_all(15_000, grace)
+            .await
+            .unwrap()
+            .confirmed,
+        1
+    );
+    let service = Service::new(app.backend.events.clone());
+    assert!(service
+        .load::<Order>(&id, AsOf::Latest)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test]
