@@ -146,6 +146,21 @@ pub trait StockLedger: Send + Sync {
     async fn levels(&self, sku: &str) -> Result<StockLevels, StockError>;
 }
 
+/// Checks what every ledger refuses to open: a SKU that is empty or over 200 bytes, a per-buyer
+/// limit of 0.
+///
+/// # Errors
+/// [`StockError::Invalid`] naming the field.
+pub fn validate_open(sku: &str, per_buyer_limit: u64) -> Result<(), StockError> {
+    validate_take(sku, "-", 1, "-")?;
+    if per_buyer_limit == 0 {
+        return Err(StockError::Invalid(
+            "per_buyer_limit must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the names and quantity every ledger refuses.
 ///
 /// # Errors
@@ -204,12 +219,7 @@ impl MemoryStock {
 #[async_trait]
 impl StockLedger for MemoryStock {
     async fn open(&self, sku: &str, stock: u64, per_buyer_limit: u64) -> Result<bool, StockError> {
-        validate_take(sku, "-", 1, "-")?;
-        if per_buyer_limit == 0 {
-            return Err(StockError::Invalid(
-                "per_buyer_limit must be at least 1".into(),
-            ));
-        }
+        validate_open(sku, per_buyer_limit)?;
         self.with(|skus| {
             if skus.contains_key(sku) {
                 return false;

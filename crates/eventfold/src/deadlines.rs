@@ -45,8 +45,17 @@ pub struct UnpaidOrderTimeout {
     store: Arc<dyn EventStore>,
     read_models: Arc<dyn ReadModelStore>,
     delay: Duration,
-    /// Orders of the grace window already handled (creation ms), so a tick does not load them again.
-    handled: tokio::sync::Mutex<HashMap<String, i64>>,
+    progress: tokio::sync::Mutex<Progress>,
+}
+
+/// What a timer remembers between ticks.
+#[derive(Default)]
+struct Progress {
+    /// The cursor, once read from its checkpoint (the checkpoint is only read at the first tick).
+    cursor: Option<i64>,
+    /// Orders of the grace window already handled (creation ms), so a tick does not load them
+    /// again.
+    handled: HashMap<String, i64>,
 }
 
 impl UnpaidOrderTimeout {
@@ -61,7 +70,7 @@ impl UnpaidOrderTimeout {
             store,
             read_models,
             delay,
-            handled: tokio::sync::Mutex::new(HashMap::new()),
+            progress: tokio::sync::Mutex::default(),
         }
     }
 
@@ -73,14 +82,18 @@ impl UnpaidOrderTimeout {
     pub async fn fire_due(&self, now: DateTime<Utc>) -> Result<Fired, ServiceError> {
         let delay_ms = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
         let upto = now.timestamp_millis().saturating_sub(delay_ms).max(0);
-        let cursor = match self.store.load_checkpoint(CURSOR).await? {
-            Some(c) => i64::try_from(c).unwrap_or(i64::MAX),
-            // First start: only timers that came due recently (not years of history).
-            None => upto.saturating_sub(GRACE_MS),
+        let mut progress = self.progress.lock().await;
+        let cursor = match progress.cursor {
+            Some(c) => c,
+            None => match self.store.load_checkpoint(CURSOR).await? {
+                Some(c) => i64::try_from(c).unwrap_or(i64::MAX),
+                // First start: only timers that came due recently (not years of history).
+                None => upto.saturating_sub(GRACE_MS),
+            },
         };
         let from = cursor.saturating_sub(GRACE_MS).max(0);
         let mut fired = Fired::default();
-        let mut handled = self.handled.lock().await;
+        let handled = &mut progress.handled;
         handled.retain(|_, created| *created >= from);
         let end = deadline_key(upto, "\u{10ffff}");
         let mut start = deadline_key(from, "");
@@ -112,6 +125,9 @@ impl UnpaidOrderTimeout {
             self.store
                 .save_checkpoint(CURSOR, u64::try_from(upto).unwrap_or(0))
                 .await?;
+            progress.cursor = Some(upto);
+        } else {
+            progress.cursor = Some(cursor);
         }
         Ok(fired)
     }

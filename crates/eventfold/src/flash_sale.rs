@@ -229,7 +229,10 @@ impl FlashSale {
                 let Some(order_id) = e.stream_id.strip_prefix("order-") else {
                     continue;
                 };
-                if !matches!(e.event_type.as_str(), "OrderCreated" | "OrderCancelled") {
+                // Orders before the first sale, or not created or cancelled: nothing to decode.
+                if sales.is_empty()
+                    || !matches!(e.event_type.as_str(), "OrderCreated" | "OrderCancelled")
+                {
                     continue;
                 }
                 match decode_event::<OrderEvent>(&e.event_type, &e.payload)

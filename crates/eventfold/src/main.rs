@@ -391,6 +391,13 @@ impl From<eventfold_kafka::RelayProgress> for RelayReport {
     }
 }
 
+/// `--kafka-brokers`, which `command` needs.
+fn brokers(kafka_brokers: &Option<String>, command: &str) -> anyhow::Result<String> {
+    kafka_brokers.clone().with_context(|| {
+        format!("{command} needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")
+    })
+}
+
 /// Parses `--kafka-salt STREAM=N` (N from 2 to 1,024).
 fn parse_salt(spec: &str) -> Result<(String, u32), String> {
     let (stream, n) = spec
@@ -497,10 +504,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     group_instance_id,
                 },
         } => {
-            let brokers = cli
-                .kafka_brokers
-                .clone()
-                .context("consume needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            let brokers = brokers(&cli.kafka_brokers, "consume")?;
             let backend = Backend::open(&cli.store).await?;
             let service = Service::new(backend.events.clone());
             let mut config = ConsumerConfig::new(brokers, inbox::PRIZES, &[&topic]);
@@ -532,10 +536,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     group_instance_id,
                 },
         } => {
-            let brokers = cli
-                .kafka_brokers
-                .clone()
-                .context("consume needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            let brokers = brokers(&cli.kafka_brokers, "consume")?;
             if batch_size == 0 || max_wait_ms == 0 {
                 bail!("--batch-size and --max-wait-ms must be at least 1");
             }
@@ -572,9 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     group_instance_id,
                 },
         } => {
-            let brokers = cli.kafka_brokers.clone().context(
-                "transform needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
-            )?;
+            let brokers = brokers(&cli.kafka_brokers, "transform")?;
             let backend = Backend::open(&cli.store).await?;
             let input = format!("{}.order", cli.kafka_topic_prefix);
             let mut consumer = ConsumerConfig::new(
@@ -612,10 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             group,
             no_create_topics,
         } => {
-            let brokers = cli
-                .kafka_brokers
-                .clone()
-                .context("relay needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")?;
+            let brokers = brokers(&cli.kafka_brokers, "relay")?;
             let backend = Backend::open(&cli.store).await?;
             let mut config = RelayConfig::new(brokers);
             config.topic_prefix = cli.kafka_topic_prefix.clone();
@@ -865,9 +861,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     messages,
                     batch_size,
                 } => {
-                    let brokers = cli.kafka_brokers.clone().context(
-                        "bench notifications needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
-                    )?;
+                    let brokers = brokers(&cli.kafka_brokers, "bench notifications")?;
                     if messages == 0 || batch_size == 0 {
                         bail!("--messages and --batch-size must be at least 1");
                     }
@@ -884,9 +878,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
                 BenchCommand::Relay { events } => {
-                    let brokers = cli.kafka_brokers.clone().context(
-                        "bench relay needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)",
-                    )?;
+                    let brokers = brokers(&cli.kafka_brokers, "bench relay")?;
                     if events == 0 {
                         bail!("--events must be at least 1");
                     }

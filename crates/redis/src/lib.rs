@@ -74,7 +74,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
-const RELEASE: &str = r"
+/// Compare-and-delete: deletes `KEYS[1]` only while it holds `ARGV[1]` (the holder's token).
+pub(crate) const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -167,6 +168,7 @@ impl RedisInbox {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// A duration as whole milliseconds for `PX` / `PEXPIRE`, at least 1.
+pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

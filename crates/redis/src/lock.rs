@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use crate::{millis, RELEASE};
+
 /// Why a lock call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,12 +89,6 @@ return 0";
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0";
-
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0";
 
@@ -260,8 +256,4 @@ impl Drop for LockGuard {
             w.abort();
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }

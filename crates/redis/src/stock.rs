@@ -10,7 +10,8 @@
 
 use async_trait::async_trait;
 use eventfold_core::stock::{
-    validate_take, StockError, StockLedger, StockLevels, Take, TakeOutcome, TakeState,
+    validate_open, validate_take, StockError, StockLedger, StockLevels, Take, TakeOutcome,
+    TakeState,
 };
 use redis::aio::ConnectionManager;
 
@@ -120,12 +121,7 @@ fn parse_take(attempt: &str, text: &str) -> Result<Take, StockError> {
 #[async_trait]
 impl StockLedger for RedisStock {
     async fn open(&self, sku: &str, stock: u64, per_buyer_limit: u64) -> Result<bool, StockError> {
-        validate_take(sku, "-", 1, "-")?;
-        if per_buyer_limit == 0 {
-            return Err(StockError::Invalid(
-                "per_buyer_limit must be at least 1".into(),
-            ));
-        }
+        validate_open(sku, per_buyer_limit)?;
         let [stock_key, _, _] = self.keys(sku);
         let opened: i64 = redis::Script::new(OPEN)
             .key(stock_key)

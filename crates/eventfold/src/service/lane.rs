@@ -18,7 +18,7 @@
 //! client that disconnects) cannot stop a batch that holds other callers' commands.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use eventfold_core::{
@@ -215,19 +215,13 @@ impl Service {
         // Commands whose idempotency key a command staged in this batch carries: decided in the
         // next batch, after that one committed, where the service finds its response.
         let mut twins = Vec::new();
+        let mut staged_keys: HashSet<String> = HashSet::new();
         for pending in batch {
-            let twin = pending.ctx.idempotency.as_ref().is_some_and(|(key, _)| {
-                staged.iter().any(|s| {
-                    s.pending
-                        .ctx
-                        .idempotency
-                        .as_ref()
-                        .is_some_and(|(k, _)| k == key)
-                })
-            });
-            if twin {
-                twins.push(pending);
-                continue;
+            if let Some((key, _)) = &pending.ctx.idempotency {
+                if staged_keys.contains(key) {
+                    twins.push(pending);
+                    continue;
+                }
             }
             if let Some(expected) = pending.ctx.expected_version {
                 if expected != version {
@@ -285,6 +279,9 @@ impl Service {
                         fingerprint: fingerprint.clone(),
                         response: (pending.render)(&after, after_version),
                     });
+            if let Some((key, _)) = &pending.ctx.idempotency {
+                staged_keys.insert(key.clone());
+            }
             requests.push(request);
             staged.push(Staged {
                 pending,

@@ -21,6 +21,8 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
+use crate::support::read_from_start;
+
 const INPUTS: usize = 1_000;
 
 fn produce_inputs(bootstrap: &str, from: usize, to: usize) {
@@ -39,33 +41,15 @@ fn produce_inputs(bootstrap: &str, from: usize, to: usize) {
     producer.flush(Duration::from_secs(10)).unwrap();
 }
 
-/// (value, `source_offset` header) of every message of `topic` (3 partitions), from the
-/// beginning, read until `expected` arrived or `within` passed.
+/// The value of every message of `topic` (3 partitions), from the beginning, read until
+/// `expected` arrived or `within` passed, and whatever else is already there.
 fn read_all(bootstrap: &str, topic: &str, expected: usize, within: Duration) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "reader")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    while out.len() < expected && started.elapsed() < within {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-    }
-    // Anything beyond `expected` that is already there.
-    while let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-        out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-    }
-    out
+    read_from_start(bootstrap, topic, within, Duration::from_millis(500), |m| {
+        m.len() >= expected
+    })
+    .iter()
+    .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+    .collect()
 }
 
 fn cluster() -> (

@@ -6,59 +6,20 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use eventfold_core::{AppendRequest, EventStore, ExpectedVersion};
+use eventfold_core::EventStore;
 use eventfold_kafka::{Relay, RelayConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::support::event;
+use crate::support::{append, event_id_of, read_from_start};
 
 /// Every event id on `topic` (partitions 0..3) read from the beginning, for up to `within`.
 fn read_ids(bootstrap: &str, topic: &str, expected: usize, within: Duration) -> HashSet<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "fault-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut ids = HashSet::new();
-    let started = Instant::now();
-    while ids.len() < expected && started.elapsed() < within {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            if let Some(headers) = m.headers() {
-                use rdkafka::message::Headers;
-                for h in headers.iter() {
-                    if h.key == "event_id" {
-                        ids.insert(
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    ids
-}
-
-async fn append(store: &Arc<dyn EventStore>, stream: &str, from: u64, n: u64) {
-    for v in from..from + n {
-        let expected = if v == 0 {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Exact(v)
-        };
-        store
-            .append(AppendRequest::new(stream, expected, vec![event(v + 1)]))
-            .await
-            .unwrap();
-    }
+    let distinct = |m: &[OwnedMessage]| m.iter().filter_map(event_id_of).collect::<HashSet<_>>();
+    let messages = read_from_start(bootstrap, topic, within, Duration::ZERO, |m| {
+        distinct(m).len() >= expected
+    });
+    distinct(&messages)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -262,17 +262,7 @@ async fn a_salted_hot_stream_spreads_over_partitions_and_merges_back_in_order() 
 
     let (store, _dir) = sqlite_store();
     for (stream, n) in [("order-hot", 400u64), ("order-cold", 50)] {
-        for v in 0..n {
-            let expected = if v == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(v)
-            };
-            store
-                .append(AppendRequest::new(stream, expected, vec![event(v + 1)]))
-                .await
-                .unwrap();
-        }
+        support::append(&store, stream, 0, n).await;
     }
     let mut config = RelayConfig::new(broker());
     config.topic_prefix = unique_prefix();

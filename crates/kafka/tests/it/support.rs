@@ -94,3 +94,73 @@ pub fn consume(topic: &str, expected: usize) -> Vec<Message> {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Appends events `from + 1 ..= from + n` to `stream` one at a time (payload `{"n": version}`).
+pub async fn append(
+    store: &std::sync::Arc<dyn eventfold_core::EventStore>,
+    stream: &str,
+    from: u64,
+    n: u64,
+) {
+    use eventfold_core::{AppendRequest, ExpectedVersion};
+    for v in from..from + n {
+        let expected = if v == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(v)
+        };
+        store
+            .append(AppendRequest::new(stream, expected, vec![event(v + 1)]))
+            .await
+            .unwrap();
+    }
+}
+
+/// Reads partitions 0..3 of `topic` from the beginning (`read_committed`) until `done` holds for
+/// what arrived or `within` passed, then whatever else arrives within `linger`.
+pub fn read_from_start(
+    bootstrap: &str,
+    topic: &str,
+    within: Duration,
+    linger: Duration,
+    done: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "reader")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while !done(&out) && started.elapsed() < within {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    if !linger.is_zero() {
+        while let Some(Ok(m)) = consumer.poll(linger) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The `event_id` header of a message, if any.
+pub fn event_id_of(m: &rdkafka::message::OwnedMessage) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    m.headers()?
+        .iter()
+        .find(|h| h.key == "event_id")
+        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
