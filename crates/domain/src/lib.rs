@@ -6,6 +6,7 @@
 //!   CANCELLED and REFUNDED; every transition carries its actor and reason.
 //! - [`inventory`]: stock per SKU or event (reserve, release, sell).
 //! - [`payment`]: authorize, capture, refund, fail.
+//! - [`payment_saga`]: the payment saga's state and the orchestrator's decision (M22).
 //! - [`projections`]: order summary, balance by account, daily sales by store (event time),
 //!   real-time sales (ingest time).
 //!
@@ -16,6 +17,7 @@ pub mod inventory;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod payment_saga;
 pub mod projections;
 pub mod sale;
 

@@ -539,3 +539,50 @@ impl Projection for PaymentDeadlinesProjection {
         })
     }
 }
+
+/// The `sagas_in_flight` projection's name.
+pub const SAGAS_IN_FLIGHT: &str = "sagas_in_flight";
+
+/// A payment saga that has not ended (the orchestrator drives these again after a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaInFlight {
+    /// The order.
+    pub order_id: String,
+}
+
+/// Payment sagas still running, keyed by order id: a saga's first event adds it,
+/// `PaymentSagaEnded` deletes it (a report after the end adds it again until the compensation
+/// it calls for has ended it once more).
+pub struct SagasInFlightProjection;
+
+impl Projection for SagasInFlightProjection {
+    type Doc = SagaInFlight;
+    type Input = bool;
+
+    fn name(&self) -> &'static str {
+        SAGAS_IN_FLIGHT
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, bool)>, String> {
+        let Some(id) = aggregate_id(event, crate::payment_saga::PaymentSaga::CATEGORY) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            id.to_owned(),
+            event.event_type == "PaymentSagaEnded",
+        )))
+    }
+
+    fn apply(
+        &self,
+        _doc: Option<SagaInFlight>,
+        ended: bool,
+        event: &RecordedEvent,
+    ) -> Option<SagaInFlight> {
+        (!ended).then(|| SagaInFlight {
+            order_id: aggregate_id(event, crate::payment_saga::PaymentSaga::CATEGORY)
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+}

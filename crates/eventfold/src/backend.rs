@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore, SchemaVersion};
 use eventfold_domain::projections::{
-    BalanceByAccountProjection, OrderSummaryProjection, PaymentDeadlinesProjection, SalesClock,
-    SalesProjection,
+    BalanceByAccountProjection, OrderSummaryProjection, PaymentDeadlinesProjection,
+    SagasInFlightProjection, SalesClock, SalesProjection,
 };
 use eventfold_postgres::PostgresStore;
 use eventfold_sqlite::SqliteStore;
@@ -109,6 +109,7 @@ impl Backend {
             .register(SalesProjection(SalesClock::EventTimeDaily))
             .register(SalesProjection(SalesClock::IngestTimeHourly))
             .register(PaymentDeadlinesProjection)
+            .register(SagasInFlightProjection)
     }
 }
 

@@ -141,6 +141,11 @@ impl FlashSale {
         Ok(Some(sale))
     }
 
+    /// Whether any sale is known to this process (opened, restored or looked up).
+    pub fn knows_sales(&self) -> bool {
+        self.terms.read().is_ok_and(|t| !t.is_empty())
+    }
+
     /// The ledger.
     pub fn ledger(&self) -> &Arc<dyn StockLedger> {
         &self.ledger

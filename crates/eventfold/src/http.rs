@@ -7,6 +7,7 @@
 
 mod commands;
 mod flash;
+mod payments;
 mod queries;
 pub use queries::metrics_handle;
 
@@ -28,6 +29,8 @@ use utoipa::OpenApi;
 
 use crate::backend::Backend;
 use crate::flash_sale::FlashSale;
+use crate::payments::PaymentProvider;
+use crate::sagas::{SagaConfig, Sagas};
 use crate::service::{CommandContext, Service, ServiceError};
 
 /// Largest accepted request body, in bytes (64 KiB).
@@ -40,6 +43,8 @@ pub struct AppState {
     read_models: Arc<dyn ReadModelStore>,
     runner: Arc<ProjectionRunner>,
     flash_sale: FlashSale,
+    /// The sagas and the callback secret, when a payment provider is configured.
+    payments: Option<(Sagas, Arc<[u8]>)>,
 }
 
 impl AppState {
@@ -65,7 +70,31 @@ impl AppState {
             service,
             read_models: backend.read_models.clone(),
             runner,
+            payments: None,
         }
+    }
+
+    /// Adds the sagas (M22) driven by `provider`, accepting callbacks signed with `secret`.
+    pub fn with_payments(
+        mut self,
+        provider: Arc<dyn PaymentProvider>,
+        secret: &[u8],
+        config: SagaConfig,
+    ) -> Self {
+        let sagas = Sagas::new(
+            self.service.clone(),
+            self.read_models.clone(),
+            self.flash_sale.clone(),
+            provider,
+            config,
+        );
+        self.payments = Some((sagas, Arc::from(secret)));
+        self
+    }
+
+    /// The sagas, when payments are configured.
+    pub fn sagas(&self) -> Option<&Sagas> {
+        self.payments.as_ref().map(|(s, _)| s)
     }
 
     /// The flash-sale purchase path.
@@ -94,6 +123,8 @@ impl AppState {
         commands::refund_order,
         flash::open_flash_sale,
         flash::purchase,
+        flash::get_flash_sale,
+        payments::payment_callback,
         queries::get_account,
         queries::get_balance,
         queries::get_order,
@@ -127,7 +158,9 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}/cancel", post(commands::cancel_order))
         .route("/orders/{id}/refund", post(commands::refund_order))
         .route("/flash-sales", post(flash::open_flash_sale))
+        .route("/flash-sales/{sku}", get(flash::get_flash_sale))
         .route("/flash-sales/{sku}/purchases", post(flash::purchase))
+        .route("/payments/callbacks", post(payments::payment_callback))
         .route("/sales/daily", get(queries::daily_sales))
         .route("/sales/realtime", get(queries::realtime_sales))
         .route("/projections", get(queries::projections))
@@ -531,11 +564,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with(backend, listener, shutdown, None).await
+    serve_with(backend, listener, shutdown, ServeOptions::default()).await
 }
 
-/// Like [`serve`], with the flash-sale stock ledger given (`None`: in-process, rebuilt from the
-/// log before serving; a Redis ledger keeps its own state).
+/// What [`serve_with`] serves besides the defaults.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// The flash-sale stock ledger; `None`: in-process, rebuilt from the log before serving (a
+    /// Redis ledger keeps its own state).
+    pub ledger: Option<Arc<dyn eventfold_core::stock::StockLedger>>,
+    /// The payment provider, the callbacks' HMAC secret and the orchestrator's settings; with
+    /// them the order and payment sagas run (M22), without them orders are paid through
+    /// `POST /orders/{id}/pay`.
+    pub payments: Option<(Arc<dyn PaymentProvider>, Vec<u8>, SagaConfig)>,
+}
+
+/// Like [`serve`], with [`ServeOptions`].
 ///
 /// # Errors
 /// The listener fails, or the in-process ledger cannot be rebuilt.
@@ -543,8 +587,9 @@ pub async fn serve_with(
     backend: Backend,
     listener: tokio::net::TcpListener,
     shutdown: tokio_util::sync::CancellationToken,
-    ledger: Option<Arc<dyn eventfold_core::stock::StockLedger>>,
+    options: ServeOptions,
 ) -> anyhow::Result<()> {
+    let ServeOptions { ledger, payments } = options;
     let runner = Arc::new(backend.projection_runner());
     let projections = {
         let runner = runner.clone();
@@ -565,10 +610,13 @@ pub async fn serve_with(
         })
     };
     let in_process = ledger.is_none();
-    let state = match ledger {
+    let mut state = match ledger {
         Some(ledger) => AppState::with_ledger(&backend, runner, ledger),
         None => AppState::new(&backend, runner),
     };
+    if let Some((provider, secret, config)) = payments {
+        state = state.with_payments(provider, &secret, config);
+    }
     if in_process {
         // The in-process stock ledger starts empty: rebuild it from the log before serving.
         let (sales, orders) = state
@@ -584,6 +632,16 @@ pub async fn serve_with(
         let (flash_sale, shutdown) = (state.flash_sale.clone(), shutdown.clone());
         tokio::spawn(async move { flash_sale.run_returns(shutdown.cancelled_owned()).await })
     };
+    if let Some(sagas) = state.sagas() {
+        sagas
+            .init()
+            .await
+            .map_err(|e| anyhow::anyhow!("starting the sagas: {e}"))?;
+    }
+    let sagas = state.sagas().cloned().map(|sagas| {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { sagas.run(shutdown.cancelled_owned()).await })
+    });
     let app = router(state);
     tracing::info!(addr = %listener.local_addr()?, "eventfold serving");
     axum::serve(listener, app)
@@ -592,5 +650,8 @@ pub async fn serve_with(
     shutdown.cancel();
     let _ = projections.await;
     let _ = returns.await;
+    if let Some(sagas) = sagas {
+        let _ = sagas.await;
+    }
     Ok(())
 }

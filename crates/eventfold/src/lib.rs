@@ -8,6 +8,9 @@
 //! - [`http`]: the axum router (the only module that knows HTTP).
 //! - [`import`]: the CDNOW purchase-log import.
 //! - [`bench`]: `bench append` and `bench load`.
+//! - [`flash_sale`], [`deadlines`], [`payments`], [`sagas`]: the flash-sale purchase path, the
+//!   unpaid-order timeout, the payment provider and its signed callbacks, the order and payment
+//!   sagas (M17-M22).
 
 pub mod backend;
 pub mod bench;
@@ -18,4 +21,7 @@ pub mod import;
 pub mod inbox;
 pub mod notifications;
 pub mod order_notifications;
+pub mod payments;
+pub mod sagas;
 pub mod service;
+pub mod simulate;

@@ -68,6 +68,16 @@ enum Command {
         /// Keep flash-sale stock in this Redis (`redis://HOST:PORT`) instead of in-process.
         #[arg(long, env = "EVENTFOLD_REDIS")]
         redis: Option<String>,
+        /// Run the order and payment sagas against the payment provider at this URL (see
+        /// `eventfold::payments` for its API); without it orders are paid through the API.
+        #[arg(long, env = "EVENTFOLD_PAYMENT_PROVIDER")]
+        payment_provider: Option<String>,
+        /// The HMAC secret the provider signs callbacks with.
+        #[arg(long, env = "EVENTFOLD_PAYMENT_SECRET", hide_env_values = true)]
+        payment_secret: Option<String>,
+        /// How long one call to the provider may take before the saga tries again (ms).
+        #[arg(long, default_value_t = 3000)]
+        payment_step_timeout_ms: u64,
     },
     /// Publish the event log to Kafka (the outbox relay): until stopped, or `--once` up to the
     /// current head. Needs --kafka-brokers.
@@ -128,10 +138,61 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Simulations that drive a real server and print a report.
+    Simulate {
+        #[command(subcommand)]
+        simulation: Simulation,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum Simulation {
+    /// A crowd buys a flash sale over HTTP from `eventfold serve` (started as a child process on
+    /// --store, with --redis and --kafka-brokers passed on), paying through a sandbox payment
+    /// provider; prints what must hold (oversold, over-limit buyers, double charges, unpaid
+    /// orders not cancelled, stuck sagas, stock reconciled) and the accept path's speed.
+    FlashSale {
+        /// Units for sale.
+        #[arg(long, default_value_t = 1000)]
+        stock: u64,
+        /// Distinct buyers.
+        #[arg(long, default_value_t = 50_000)]
+        buyers: u64,
+        /// Purchase attempts.
+        #[arg(long, default_value_t = 200_000)]
+        attempts: u64,
+        /// Share of attempts that repeat an earlier one (same idempotency key).
+        #[arg(long, default_value_t = 0.1)]
+        duplicate_rate: f64,
+        /// Share of accepted orders whose buyer pays.
+        #[arg(long, default_value_t = 0.7)]
+        pay_rate: f64,
+        /// Share of paying buyers whose payment fails.
+        #[arg(long, default_value_t = 0.05)]
+        payment_failure_rate: f64,
+        /// Units one buyer may hold.
+        #[arg(long, default_value_t = 2)]
+        per_buyer_limit: u64,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The server's unpaid-order timeout for this run (seconds; the product default is 1800).
+        #[arg(long, default_value_t = 5.0)]
+        unpaid_order_timeout_secs: f64,
+        /// Kill the server with SIGKILL half-way and start it again.
+        #[arg(long)]
+        kill_server: bool,
+        /// Keep flash-sale stock in this Redis instead of in the server's process.
+        #[arg(long, env = "EVENTFOLD_REDIS")]
+        redis: Option<String>,
+        /// Varies buyers, quantities and payments between runs.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -451,6 +512,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             unpaid_order_timeout_secs,
             redis,
+            payment_provider,
+            payment_secret,
+            payment_step_timeout_ms,
         } => {
             let timeout = Duration::try_from_secs_f64(unpaid_order_timeout_secs)
                 .context("--unpaid-order-timeout-secs must be a number of seconds, 0 or more")?;
@@ -491,7 +555,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )),
                 None => None,
             };
-            let served = http::serve_with(backend, listener, shutdown, ledger).await;
+            let payments = match payment_provider {
+                Some(url) => {
+                    let secret = payment_secret.context(
+                        "--payment-provider needs --payment-secret (or EVENTFOLD_PAYMENT_SECRET) to check callbacks",
+                    )?;
+                    let config = eventfold::sagas::SagaConfig {
+                        step_timeout: Duration::from_millis(payment_step_timeout_ms),
+                        ..Default::default()
+                    };
+                    let provider =
+                        eventfold::payments::HttpProvider::new(&url, config.step_timeout)?;
+                    tracing::info!(provider = %url, "payment sagas on");
+                    let provider: Arc<dyn eventfold::payments::PaymentProvider> =
+                        Arc::new(provider);
+                    Some((provider, secret.into_bytes(), config))
+                }
+                None => None,
+            };
+            let options = http::ServeOptions { ledger, payments };
+            let served = http::serve_with(backend, listener, shutdown, options).await;
             for task in [relay, timer].into_iter().flatten() {
                 let _ = task.await;
             }
@@ -793,6 +876,80 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
             }
+        }
+        Command::Simulate {
+            simulation:
+                Simulation::FlashSale {
+                    stock,
+                    buyers,
+                    attempts,
+                    duplicate_rate,
+                    pay_rate,
+                    payment_failure_rate,
+                    per_buyer_limit,
+                    concurrency,
+                    unpaid_order_timeout_secs,
+                    kill_server,
+                    redis,
+                    seed,
+                },
+        } => {
+            for (name, rate) in [
+                ("--duplicate-rate", duplicate_rate),
+                ("--pay-rate", pay_rate),
+                ("--payment-failure-rate", payment_failure_rate),
+            ] {
+                if !(0.0..=1.0).contains(&rate) {
+                    bail!("{name} must be between 0 and 1, got {rate}");
+                }
+            }
+            if stock == 0
+                || buyers == 0
+                || attempts == 0
+                || concurrency == 0
+                || per_buyer_limit == 0
+            {
+                bail!("--stock, --buyers, --attempts, --concurrency and --per-buyer-limit must be at least 1");
+            }
+            let log =
+                std::env::temp_dir().join(format!("eventfold-simulate-{}.log", std::process::id()));
+            let config = eventfold::simulate::SimConfig {
+                exe: std::env::current_exe().context("finding the eventfold binary")?,
+                store: cli.store.clone(),
+                redis,
+                kafka_brokers: cli.kafka_brokers.clone(),
+                kafka_topic_prefix: cli.kafka_topic_prefix.clone(),
+                stock,
+                buyers,
+                attempts,
+                duplicate_rate,
+                pay_rate,
+                payment_failure_rate,
+                per_buyer_limit,
+                concurrency,
+                unpaid_timeout_secs: unpaid_order_timeout_secs,
+                kill_server,
+                seed,
+                server_log: log.clone(),
+            };
+            let report = eventfold::simulate::run(config).await?;
+            print(cli.json, &report, || {
+                format!(
+                    "{} attempts at {:.0}/s (p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms); {} orders accepted of {} units; \
+                     oversold {}, over-limit buyers {}, charges {} = paid orders {}, double charges {}, \
+                     unpaid not cancelled {}, stuck sagas {}, stock reconciled {}; sagas drained {} ms after the crowd{}; server log {}",
+                    report.attempts, report.attempts_per_sec, report.p50_ms, report.p95_ms, report.p99_ms,
+                    report.accepted, report.stock, report.oversold, report.over_limit_buyers, report.charges,
+                    report.paid_orders, report.double_charges, report.unpaid_not_cancelled, report.stuck_sagas,
+                    report.stock_reconciled, report.saga_drain_ms,
+                    if report.killed { "; the server was killed with SIGKILL half-way" } else { "" },
+                    log.display()
+                )
+            })?;
+            if !report.ok {
+                bail!("the flash-sale simulation found a violation (see the report)");
+            }
+            Ok(())
         }
         Command::Bench { command } => {
             let target = match StoreUrl::parse(&cli.store)? {

@@ -269,6 +269,8 @@ impl Service {
 /// One entry of a stream's audit timeline (M3): who did what, when, and the state before.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {
+    /// The event's stream, e.g. `order-42` or `paysaga-42` (an order's history holds both).
+    pub stream_id: String,
     /// Stream version of the event.
     pub version: u64,
     /// Global position.
@@ -320,6 +322,7 @@ pub fn timeline<A: Aggregate + Serialize>(
             serde_json::to_value(&state).unwrap_or_default()
         };
         out.push(TimelineEntry {
+            stream_id: e.stream_id.clone(),
             version: e.stream_version,
             global_position: e.global_position,
             event_id: e.event_id,

@@ -135,6 +135,36 @@ pub async fn open_flash_sale(
     Ok((status, Json(view)).into_response())
 }
 
+/// A sale's levels now: units at opening and units left in the ledger.
+#[utoipa::path(get, path = "/flash-sales/{sku}", params(("sku" = String, Path)),
+    responses((status = 200, body = FlashSaleView), (status = 404, body = super::ApiErrorBody)))]
+pub async fn get_flash_sale(
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+) -> Result<Json<FlashSaleView>, ApiError> {
+    let unknown = || ApiError::not_found("unknown_sku", format!("no flash sale for sku {sku}"));
+    let terms = state
+        .service
+        .load::<eventfold_domain::sale::Sale>(&sku, crate::service::AsOf::Latest)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|s| s.state.opened)
+        .ok_or_else(unknown)?;
+    let levels = state
+        .flash_sale
+        .ledger()
+        .levels(&sku)
+        .await
+        .map_err(SaleError::from)?;
+    Ok(Json(FlashSaleView {
+        sku: sku.clone(),
+        stock: levels.initial,
+        per_buyer_limit: terms.per_buyer_limit,
+        remaining: levels.remaining,
+    }))
+}
+
 /// One purchase attempt. 201 with the order; 200 for a repeated attempt; 409 `sold_out` or
 /// `over_limit`; 404 `unknown_sku`; 400 without an `Idempotency-Key`.
 #[utoipa::path(post, path = "/flash-sales/{sku}/purchases", request_body = PurchaseBody,

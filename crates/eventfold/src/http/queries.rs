@@ -168,7 +168,8 @@ pub async fn get_order(
     Ok(versioned(StatusCode::OK, &summary, v))
 }
 
-/// An order's audit timeline: who, when, what changed, and the state before each change.
+/// An order's audit timeline: who, when, what changed, and the state before each change; with
+/// its payment saga's events (stream `paysaga-{id}`), in log order.
 #[utoipa::path(get, path = "/orders/{id}/history", params(("id" = String, Path)),
     responses((status = 200, body = Vec<TimelineEntry>), (status = 404, body = super::ApiErrorBody)))]
 pub async fn order_history(
@@ -183,7 +184,16 @@ pub async fn order_history(
             format!("order {id} not found"),
         ));
     }
-    Ok(Json(timeline::<Order>(&events)?))
+    let mut entries = timeline::<Order>(&events)?;
+    let saga = state
+        .service
+        .read_stream(&eventfold_domain::payment_saga::PaymentSaga::stream_id(&id))
+        .await?;
+    entries.extend(timeline::<eventfold_domain::payment_saga::PaymentSaga>(
+        &saga,
+    )?);
+    entries.sort_by_key(|e| e.global_position);
+    Ok(Json(entries))
 }
 
 /// `GET /sales/daily` query.

@@ -427,7 +427,10 @@ async fn served_with_the_redis_ledger_purchases_deduct_in_redis() {
         app.backend.clone(),
         listener,
         shutdown.clone(),
-        Some(ledger.clone()),
+        eventfold::http::ServeOptions {
+            ledger: Some(ledger.clone()),
+            ..Default::default()
+        },
     ));
     let client = reqwest::Client::new();
     let opened = client

@@ -16,4 +16,6 @@ mod outage;
 mod projections;
 mod relay_kill;
 mod replay;
+mod sagas;
+mod simulate;
 mod support;
