@@ -965,6 +965,45 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// However the provider's reports of one paid order arrive (any order, any number of
+        /// copies, interleaved with the orchestrator's steps), the payment is captured at most
+        /// once, nothing is released or refunded, and the saga completes.
+        #[test]
+        fn reports_in_any_order_and_number_charge_once(
+            reports in proptest::collection::vec(0_u8..3, 1..8),
+            drives in proptest::collection::vec(proptest::bool::ANY, 8),
+        ) {
+            let mut reports = reports;
+            if !reports.iter().any(|r| *r != 1) {
+                reports.push(0);
+            }
+            let mut saga = started();
+            let mut calls = vec![];
+            for (i, r) in reports.iter().enumerate() {
+                let report = match r {
+                    1 => ProviderReport::Captured { charge_id: "ch-1".into() },
+                    _ => ProviderReport::FundsReserved { authorization_id: "auth-1".into() },
+                };
+                saga = run(saga, PaymentSagaCommand::Report(report));
+                if drives[i] {
+                    let (s, c) = drive(saga, OrderStanding::Pending, 0, &happy);
+                    saga = s;
+                    calls.extend(c);
+                }
+            }
+            let (saga, c) = drive(saga, OrderStanding::Pending, 0, &happy);
+            calls.extend(c);
+            let (saga, c) = drive(saga, OrderStanding::Paid, 0, &happy);
+            calls.extend(c);
+            let captures = calls.iter().filter(|s| **s == SagaStep::CapturePayment).count();
+            proptest::prop_assert!(captures <= 1, "{calls:?}");
+            proptest::prop_assert!(!calls.contains(&SagaStep::ReleaseFunds), "{calls:?}");
+            proptest::prop_assert!(!calls.contains(&SagaStep::RefundPayment), "{calls:?}");
+            proptest::prop_assert_eq!(saga.ended, Some(SagaOutcome::Completed));
+        }
+    }
+
     #[test]
     fn refuses_commands_out_of_place() {
         assert_eq!(

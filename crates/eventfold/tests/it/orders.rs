@@ -326,7 +326,8 @@ async fn sales_views(app: TestApp) {
             "balance_by_account",
             "daily_sales_by_store",
             "real_time_sales",
-            "payment_deadlines"
+            "payment_deadlines",
+            "sagas_in_flight"
         ]
     );
     assert!(status
