@@ -34,6 +34,12 @@ pub struct ProjectionCommit {
     pub to_checkpoint: u64,
 }
 
+/// The smallest key after `key` in byte order that a store can hold: `key` + U+0001 (NUL is
+/// not storable), for paging through [`ReadModelStore::range_docs`].
+pub fn key_after(key: &str) -> String {
+    format!("{key}\u{1}")
+}
+
 /// Storage for projections' documents and checkpoints (M9).
 #[async_trait]
 pub trait ReadModelStore: Send + Sync + 'static {
@@ -47,7 +53,9 @@ pub trait ReadModelStore: Send + Sync + 'static {
         keys: &[String],
     ) -> Result<Vec<(String, String)>, StoreError>;
 
-    /// Documents with `from_key <= key <= to_key` in key order, at most `limit`.
+    /// Documents with `from_key <= key <= to_key` in byte order of the keys, at most `limit`.
+    /// Keys and bounds never hold NUL (PostgreSQL text cannot); to read the next page, start at
+    /// [`key_after`] of the last key.
     ///
     /// # Errors
     /// Infrastructure failures.

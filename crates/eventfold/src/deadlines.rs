@@ -106,7 +106,7 @@ impl UnpaidOrderTimeout {
             for (key, json) in docs {
                 let entry: OrderCreatedAt = serde_json::from_str(&json)
                     .map_err(|e| StoreError::Corrupt(format!("{PAYMENT_DEADLINES} {key}: {e}")))?;
-                start = format!("{key}\u{0}");
+                start = eventfold_core::read_model::key_after(&key);
                 if handled.contains_key(&entry.order_id) {
                     continue;
                 }
@@ -175,7 +175,9 @@ impl UnpaidOrderTimeout {
                         .increment(f.cancelled);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "unpaid-order timeout tick failed"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::http::error_chain(&e), "unpaid-order timeout tick failed")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}

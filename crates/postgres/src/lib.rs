@@ -481,7 +481,8 @@ impl ReadModelStore for PostgresStore {
         max_count: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT key, doc FROM read_models WHERE projection = $1 AND key >= $2 AND key <= $3 \
+            "SELECT key, doc FROM read_models WHERE projection = $1 \
+             AND key COLLATE \"C\" >= $2 AND key COLLATE \"C\" <= $3 \
              ORDER BY key COLLATE \"C\" LIMIT $4",
         )
         .bind(projection)

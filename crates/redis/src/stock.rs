@@ -143,7 +143,10 @@ impl StockLedger for RedisStock {
     ) -> Result<TakeOutcome, StockError> {
         validate_take(sku, buyer, quantity, attempt)?;
         let [stock, held, takes] = self.keys(sku);
-        let (code, a, b): (i64, redis::Value, i64) = redis::Script::new(TAKE)
+        // The script's SHA-1 is computed once, not per attempt (this is the crowd's hot path).
+        static TAKE_SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(TAKE));
+        let (code, a, b): (i64, redis::Value, i64) = TAKE_SCRIPT
             .key(stock)
             .key(held)
             .key(takes)
