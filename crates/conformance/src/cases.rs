@@ -649,6 +649,29 @@ pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
         .await
         .unwrap()
         .is_empty());
+    // Ranges are in byte order whatever the database's collation, and page with `key_after`.
+    let keys = ["k_1", "kb", "k-1", "kB", "k.1"];
+    store
+        .commit_projections(vec![commit(
+            7,
+            8,
+            keys.iter().map(|k| (*k, Some("0"))).collect(),
+        )])
+        .await
+        .unwrap();
+    let (mut start, mut paged) = ("k".to_string(), vec![]);
+    loop {
+        let page = store
+            .range_docs("p", &start, "k\u{10ffff}", 2)
+            .await
+            .unwrap();
+        let Some((last, _)) = page.last() else { break };
+        start = eventfold_core::read_model::key_after(last);
+        paged.extend(page.into_iter().map(|(k, _)| k));
+    }
+    let mut sorted: Vec<String> = keys.iter().map(|k| (*k).to_string()).collect();
+    sorted.sort();
+    assert_eq!(paged, sorted);
     store.reset_projection("p").await.unwrap();
     assert_eq!(store.projection_checkpoint("p").await.unwrap(), 0);
     assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
