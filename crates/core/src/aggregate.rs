@@ -31,15 +31,75 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// Folds one event into the state. Must not fail: events are facts.
     fn apply(self, event: &Self::Event) -> Self;
 
-    /// The schema version of the event payloads this code writes (M5).
-    fn schema_version(_event: &Self::Event) -> u32 {
-        1
+    /// Upcasters of this aggregate's event types (M5), at most one per type and version: a
+    /// payload stored at version `v` is lifted `v -> v + 1 -> ...` up to the type's current
+    /// version ([`current_schema_version`]) on every read. Stored history is never rewritten.
+    /// Default: none, so every type is at version 1.
+    fn upcasters() -> &'static [Upcaster] {
+        &[]
     }
 
     /// The stream id for an aggregate id.
     fn stream_id(id: &str) -> String {
         format!("{}-{id}", Self::CATEGORY)
     }
+}
+
+/// Lifts one event type's payload from schema version `from` to `from + 1` (M5).
+#[derive(Debug, Clone, Copy)]
+pub struct Upcaster {
+    /// The event type, e.g. `FundsDeposited`.
+    pub event_type: &'static str,
+    /// The version it reads; it writes `from + 1`.
+    pub from: u32,
+    /// The lift; an error message names what the payload lacks.
+    pub lift: fn(serde_json::Value) -> Result<serde_json::Value, String>,
+}
+
+/// The schema version this build writes for `event_type` of `A`: one past its newest upcaster,
+/// else 1.
+pub fn current_schema_version<A: Aggregate>(event_type: &str) -> u32 {
+    A::upcasters()
+        .iter()
+        .filter(|u| u.event_type == event_type)
+        .map(|u| u.from + 1)
+        .max()
+        .unwrap_or(1)
+}
+
+/// The payload of an `event_type` event stored at `schema_version`, lifted to the current
+/// version (borrowed when it is current already).
+///
+/// # Errors
+/// A message when the version is newer than this build knows, when no upcaster lifts one of the
+/// versions on the way, or when a lift fails.
+pub fn upcast<'a, A: Aggregate>(
+    event_type: &str,
+    schema_version: u32,
+    payload: &'a str,
+) -> Result<std::borrow::Cow<'a, str>, String> {
+    let current = current_schema_version::<A>(event_type);
+    if schema_version == current {
+        return Ok(std::borrow::Cow::Borrowed(payload));
+    }
+    if schema_version > current {
+        return Err(format!(
+            "schema version {schema_version} is newer than this build knows (up to {current})"
+        ));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_str(payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+    for version in schema_version..current {
+        let upcaster = A::upcasters()
+            .iter()
+            .find(|u| u.event_type == event_type && u.from == version)
+            .ok_or_else(|| {
+                format!("no upcaster lifts schema version {version} (current is {current})")
+            })?;
+        value = (upcaster.lift)(value)
+            .map_err(|e| format!("upcasting schema version {version} to {}: {e}", version + 1))?;
+    }
+    Ok(std::borrow::Cow::Owned(value.to_string()))
 }
 
 /// Splits an externally tagged event into its type name and its payload (JSON text).
@@ -81,12 +141,15 @@ pub fn decode_event<E: DeserializeOwned>(
 /// # Errors
 /// [`StoreError::Corrupt`] naming the stream, version and type.
 pub fn decode_recorded<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, StoreError> {
-    decode_event(&event.event_type, &event.payload).map_err(|e| {
+    let corrupt = |e: &dyn std::fmt::Display| {
         StoreError::Corrupt(format!(
             "stream {} version {} type {} schema {}: {e}",
             event.stream_id, event.stream_version, event.event_type, event.schema_version
         ))
-    })
+    };
+    let payload = upcast::<A>(&event.event_type, event.schema_version, &event.payload)
+        .map_err(|e| corrupt(&e))?;
+    decode_event(&event.event_type, &payload).map_err(|e| corrupt(&e))
 }
 
 /// Decodes a replayed event of stream `stream_id` for aggregate `A`.
@@ -97,12 +160,15 @@ pub fn decode_replay<A: Aggregate>(
     stream_id: &str,
     event: &ReplayEvent,
 ) -> Result<A::Event, StoreError> {
-    decode_event(&event.event_type, &event.payload).map_err(|e| {
+    let corrupt = |e: &dyn std::fmt::Display| {
         StoreError::Corrupt(format!(
             "stream {stream_id} version {} type {} schema {}: {e}",
             event.stream_version, event.event_type, event.schema_version
         ))
-    })
+    };
+    let payload = upcast::<A>(&event.event_type, event.schema_version, &event.payload)
+        .map_err(|e| corrupt(&e))?;
+    decode_event(&event.event_type, &payload).map_err(|e| corrupt(&e))
 }
 
 /// An aggregate's state after replaying its stream, with the version it reached.
@@ -174,5 +240,122 @@ impl<A: Aggregate> Replayed<A> {
             self.version = event.stream_version;
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    /// A counter whose `Added` event went through three payload shapes:
+    /// v1 `{"n": 1}`, v2 `{"by": 1}`, v3 `{"by": 1, "note": ""}`.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    struct Counter(i64);
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    enum CounterEvent {
+        Added { by: i64, note: String },
+    }
+
+    fn rename_n(v: serde_json::Value) -> Result<serde_json::Value, String> {
+        let n = v.get("n").cloned().ok_or("v1 has no n")?;
+        Ok(serde_json::json!({ "by": n }))
+    }
+
+    fn add_note(mut v: serde_json::Value) -> Result<serde_json::Value, String> {
+        v["note"] = serde_json::Value::String(String::new());
+        Ok(v)
+    }
+
+    static COUNTER_UPCASTERS: [Upcaster; 2] = [
+        Upcaster {
+            event_type: "Added",
+            from: 2,
+            lift: add_note,
+        },
+        Upcaster {
+            event_type: "Added",
+            from: 1,
+            lift: rename_n,
+        },
+    ];
+
+    impl Aggregate for Counter {
+        type Command = ();
+        type Event = CounterEvent;
+        type Error = std::convert::Infallible;
+        const CATEGORY: &'static str = "counter";
+
+        fn upcasters() -> &'static [Upcaster] {
+            &COUNTER_UPCASTERS
+        }
+
+        fn handle(&self, (): ()) -> Result<Vec<CounterEvent>, Self::Error> {
+            Ok(vec![CounterEvent::Added {
+                by: 1,
+                note: String::new(),
+            }])
+        }
+
+        fn apply(self, event: &CounterEvent) -> Self {
+            match event {
+                CounterEvent::Added { by, .. } => Self(self.0 + by),
+            }
+        }
+    }
+
+    fn replay(version: u64, schema_version: u32, payload: &str) -> ReplayEvent {
+        ReplayEvent {
+            stream_version: version,
+            event_type: "Added".into(),
+            schema_version,
+            event_time: chrono::Utc::now(),
+            payload: payload.into(),
+        }
+    }
+
+    #[test]
+    fn upcasters_chain_from_any_stored_version_to_the_current_one() {
+        assert_eq!(current_schema_version::<Counter>("Added"), 3);
+        assert_eq!(current_schema_version::<Counter>("Other"), 1);
+        let events = [
+            replay(1, 1, r#"{"n":5}"#),
+            replay(2, 2, r#"{"by":10}"#),
+            replay(3, 3, r#"{"by":100,"note":"x"}"#),
+        ];
+        let state = Replayed::<Counter>::from_replay("counter-1", &events).unwrap();
+        assert_eq!((state.state, state.version), (Counter(115), 3));
+        // The current version is decoded as stored, without a copy.
+        assert!(matches!(
+            upcast::<Counter>("Added", 3, "{}").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_and_failed_lifts_name_the_stream_version_and_type() {
+        for (schema, payload, says) in [
+            (
+                9,
+                r#"{"by":1,"note":""}"#,
+                "schema version 9 is newer than this build knows (up to 3)",
+            ),
+            (0, r#"{"n":1}"#, "no upcaster lifts schema version 0"),
+            (
+                1,
+                r#"{"m":1}"#,
+                "upcasting schema version 1 to 2: v1 has no n",
+            ),
+        ] {
+            let err = Replayed::<Counter>::from_replay("counter-7", &[replay(4, schema, payload)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("stream counter-7 version 4 type Added") && err.contains(says),
+                "{err}"
+            );
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Account: a customer ledger in one currency. No overdraft.
 
+use eventfold_core::aggregate::Upcaster;
 use eventfold_core::{Actor, Aggregate};
 use serde::{Deserialize, Serialize};
 
@@ -142,11 +143,45 @@ impl Account {
     }
 }
 
+/// The account's upcasters (M5): `FundsDeposited` v1 -> v2.
+static UPCASTERS: [Upcaster; 1] = [Upcaster {
+    event_type: "FundsDeposited",
+    from: 1,
+    lift: funds_deposited_v1_to_v2,
+}];
+
+/// `FundsDeposited` v1 carried a bare amount, `{"amount": "10.00"}`; v2 carries money,
+/// `{"amount": {"amount": "10.00", "currency": "TWD"}}`, and a v1 deposit was in TWD (the seed's
+/// rule). eventfold builds before M5 wrote deposits with a currency under version 1; those pass
+/// unchanged.
+///
+/// # Errors
+/// A payload without `amount`, or with one that is neither a decimal string nor money.
+fn funds_deposited_v1_to_v2(mut v: serde_json::Value) -> Result<serde_json::Value, String> {
+    let amount = v
+        .get_mut("amount")
+        .ok_or_else(|| "FundsDeposited v1 has no amount".to_string())?;
+    match amount {
+        serde_json::Value::String(s) => {
+            *amount = serde_json::json!({"amount": s.clone(), "currency": "TWD"});
+            Ok(v)
+        }
+        serde_json::Value::Object(m) if m.contains_key("currency") => Ok(v),
+        other => Err(format!(
+            "FundsDeposited v1 amount must be a decimal string, got {other}"
+        )),
+    }
+}
+
 impl Aggregate for Account {
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
     const CATEGORY: &'static str = "account";
+
+    fn upcasters() -> &'static [Upcaster] {
+        &UPCASTERS
+    }
 
     fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
@@ -216,6 +251,39 @@ impl Aggregate for Account {
 mod tests {
     use super::*;
     use eventfold_core::testkit::AggregateTest;
+
+    #[test]
+    fn funds_deposited_v1_lifts_to_twd_money() {
+        use eventfold_core::aggregate::{current_schema_version, upcast};
+        assert_eq!(current_schema_version::<Account>("FundsDeposited"), 2);
+        assert_eq!(current_schema_version::<Account>("FundsWithdrawn"), 1);
+        let lifted = upcast::<Account>("FundsDeposited", 1, r#"{"amount":"12.30"}"#).unwrap();
+        let event: AccountEvent =
+            eventfold_core::aggregate::decode_event("FundsDeposited", &lifted).unwrap();
+        assert_eq!(
+            event,
+            AccountEvent::FundsDeposited {
+                amount: Money::parse("12.30", Currency::TWD).unwrap()
+            }
+        );
+        let with_currency = r#"{"amount":{"amount":"1.00","currency":"USD"}}"#;
+        let kept = upcast::<Account>("FundsDeposited", 1, with_currency).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&kept).unwrap(),
+            serde_json::from_str::<serde_json::Value>(with_currency).unwrap()
+        );
+        for bad in [
+            r#"{}"#,
+            r#"{"amount":12.3}"#,
+            r#"{"amount":{"amount":"1"}}"#,
+        ] {
+            let err = upcast::<Account>("FundsDeposited", 1, bad).unwrap_err();
+            assert!(
+                err.contains("upcasting schema version 1 to 2"),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     fn usd(s: &str) -> Money {
         Money::parse(s, Currency::USD).unwrap()

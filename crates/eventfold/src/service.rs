@@ -250,10 +250,11 @@ impl Service {
     ) -> Result<NewEvent, StoreError> {
         let (event_type, payload) =
             encode_event(event).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let schema_version = eventfold_core::aggregate::current_schema_version::<A>(&event_type);
         Ok(NewEvent {
             event_id,
             event_type,
-            schema_version: A::schema_version(event),
+            schema_version,
             event_time: ctx.event_time,
             metadata: EventMetadata {
                 actor: ctx.actor.clone(),
@@ -310,7 +311,16 @@ pub fn timeline<A: Aggregate + Serialize>(
     let mut out = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
         let decoded = decode_recorded::<A>(e)?;
-        let change: serde_json::Value = serde_json::from_str(&e.payload).map_err(|err| {
+        // The change as this build reads it: the payload lifted to the current schema (M5).
+        let lifted =
+            eventfold_core::aggregate::upcast::<A>(&e.event_type, e.schema_version, &e.payload)
+                .map_err(|err| {
+                    StoreError::Corrupt(format!(
+                        "stream {} version {}: {err}",
+                        e.stream_id, e.stream_version
+                    ))
+                })?;
+        let change: serde_json::Value = serde_json::from_str(&lifted).map_err(|err| {
             StoreError::Corrupt(format!(
                 "stream {} version {}: {err}",
                 e.stream_id, e.stream_version

@@ -19,3 +19,4 @@ mod replay;
 mod sagas;
 mod simulate;
 mod support;
+mod upcasting;
