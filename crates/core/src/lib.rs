@@ -18,6 +18,7 @@ pub mod aggregate;
 pub mod envelope;
 pub mod projection;
 pub mod read_model;
+pub mod snapshot;
 pub mod stock;
 pub mod store;
 pub mod subscription;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::money::{Currency, Money, MoneyError};
 use crate::{DomainError, Refusal};
 
-/// The account's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The account's state (snapshotted: see [`eventfold_core::snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     /// Whether `AccountOpened` happened.
     pub opened: bool,
@@ -141,6 +141,10 @@ impl Account {
             .filter(|_| self.opened)
             .ok_or(AccountError::NotOpen)
     }
+}
+
+impl eventfold_core::snapshot::Snapshotting for Account {
+    const STATE_VERSION: u32 = 1;
 }
 
 /// The account's upcasters (M5): `FundsDeposited` v1 -> v2.

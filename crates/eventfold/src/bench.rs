@@ -672,6 +672,9 @@ impl RawBaseline {
 pub struct LoadReport {
     /// Events in the stream.
     pub events: u64,
+    /// Median time to load the stream from a snapshot at its head (the snapshot read and an
+    /// empty tail), ms.
+    pub load_with_snapshot_ms: f64,
     /// Median time to read and fold the whole stream, no snapshot, ms.
     pub load_without_snapshot_ms: f64,
     /// 95th percentile of the same, ms.
@@ -696,13 +699,20 @@ pub async fn load(
     repetitions: usize,
 ) -> anyhow::Result<LoadReport> {
     let scratch = Scratch::create(target).await?;
-    let report = load_on(scratch.store.clone(), events, repetitions).await;
+    let report = load_on(
+        scratch.store.clone(),
+        scratch.read_models.clone(),
+        events,
+        repetitions,
+    )
+    .await;
     scratch.remove().await?;
     report
 }
 
 async fn load_on(
     store: Arc<dyn EventStore>,
+    read_models: Arc<dyn ReadModelStore>,
     events: u64,
     repetitions: usize,
 ) -> anyhow::Result<LoadReport> {
@@ -740,6 +750,18 @@ async fn load_on(
         version += n;
     }
     let mid = start + chrono::Duration::seconds((events / 2) as i64);
+    // A snapshot at the head, then a few events after it (a load reads the snapshot and the tail).
+    let snapshotted = eventfold_core::snapshot::write_snapshot::<Account>(
+        store.as_ref(),
+        read_models.as_ref(),
+        "account-bench",
+    )
+    .await?;
+    anyhow::ensure!(
+        snapshotted == events,
+        "snapshot at {snapshotted} of {events}"
+    );
+    let mut with_snapshot = Vec::with_capacity(repetitions);
     let mut whole = Vec::with_capacity(repetitions);
     let mut as_of = Vec::with_capacity(repetitions);
     let mut read = Vec::with_capacity(repetitions);
@@ -764,6 +786,19 @@ async fn load_on(
             loaded.version
         );
         let t = Instant::now();
+        let fast = crate::service::load_latest_snapshotted::<Account>(
+            store.as_ref(),
+            read_models.as_ref(),
+            "bench",
+        )
+        .await?
+        .context("bench stream missing")?;
+        with_snapshot.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            fast == loaded,
+            "the snapshot load differs from the full replay"
+        );
+        let t = Instant::now();
         let past = service
             .load::<Account>("bench", AsOf::Time(mid))
             .await?
@@ -781,6 +816,7 @@ async fn load_on(
     };
     Ok(LoadReport {
         events,
+        load_with_snapshot_ms: pick(&mut with_snapshot, 0.5),
         load_without_snapshot_ms: pick(&mut whole, 0.5),
         load_without_snapshot_p95_ms: pick(&mut whole, 0.95),
         full_read_ms: pick(&mut read, 0.5),

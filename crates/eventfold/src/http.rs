@@ -629,6 +629,22 @@ pub async fn serve_with(
             tracing::info!(sales, orders, "flash-sale ledger restored");
         }
     }
+    let snapshots = {
+        let (store, read_models, shutdown) = (
+            backend.events.clone(),
+            backend.read_models.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            crate::service::run_snapshots::<eventfold_domain::account::Account>(
+                store,
+                read_models,
+                eventfold_core::snapshot::DEFAULT_EVERY,
+                shutdown.cancelled_owned(),
+            )
+            .await;
+        })
+    };
     let returns = {
         let (flash_sale, shutdown) = (state.flash_sale.clone(), shutdown.clone());
         tokio::spawn(async move { flash_sale.run_returns(shutdown.cancelled_owned()).await })
@@ -651,6 +667,7 @@ pub async fn serve_with(
     shutdown.cancel();
     let _ = projections.await;
     let _ = returns.await;
+    let _ = snapshots.await;
     if let Some(sagas) = sagas {
         let _ = sagas.await;
     }

@@ -267,6 +267,52 @@ impl Service {
     }
 }
 
+/// Loads aggregate `id` as its newest usable snapshot plus the events after it (M4, see
+/// [`eventfold_core::snapshot`]); a snapshot that had to be ignored is logged.
+///
+/// # Errors
+/// Store failures, an undecodable event, a snapshot written by a newer state version.
+pub async fn load_latest_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
+    store: &dyn EventStore,
+    read_models: &dyn eventfold_core::ReadModelStore,
+    id: &str,
+) -> Result<Option<Replayed<A>>, StoreError> {
+    let stream_id = A::stream_id(id);
+    let loaded = eventfold_core::snapshot::load_latest::<A>(store, read_models, &stream_id).await?;
+    if let Some(why) = loaded.ignored {
+        tracing::warn!(
+            stream_id,
+            why,
+            "snapshot ignored; the stream was replayed in full"
+        );
+        metrics::counter!("eventfold_snapshots_ignored_total").increment(1);
+    }
+    Ok(loaded.replayed)
+}
+
+/// Runs the snapshot tail for `A` (every `every` events of a stream) until `stop` completes.
+pub async fn run_snapshots<A: eventfold_core::snapshot::Snapshotting>(
+    store: Arc<dyn EventStore>,
+    read_models: Arc<dyn eventfold_core::ReadModelStore>,
+    every: u64,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let head = store.head_position().await.unwrap_or(0);
+        match eventfold_core::snapshot::take_due::<A>(&store, &read_models, every).await {
+            Ok(n) if n > 0 => continue,
+            Ok(_) | Err(StoreError::CheckpointMoved { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "snapshot tail failed; retrying"),
+        }
+        tokio::select! {
+            () = store.wait_for_append(head) => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            () = &mut stop => return,
+        }
+    }
+}
+
 /// One entry of a stream's audit timeline (M3): who did what, when, and the state before.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TimelineEntry {

@@ -18,5 +18,6 @@ mod relay_kill;
 mod replay;
 mod sagas;
 mod simulate;
+mod snapshots;
 mod support;
 mod upcasting;

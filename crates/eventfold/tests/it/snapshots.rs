@@ -1,0 +1,239 @@
+//! Snapshots (M4) on both stores: taken every 100 events by the tail, a load is the snapshot
+//! plus the tail and equals a full replay, a tampered or older snapshot is ignored (never
+//! trusted), a newer one is an error naming the stream, and `snapshots rebuild` writes a good one.
+
+use std::sync::Arc;
+
+use eventfold::service::{AsOf, CommandContext, Service};
+use eventfold_core::read_model::{DocWrite, ProjectionCommit};
+use eventfold_core::snapshot::{self, SnapshotDoc, SNAPSHOTS};
+use eventfold_core::{Actor, AppendRequest, ExpectedVersion, ReadModelStore, StoreError};
+use eventfold_domain::account::{Account, AccountEvent};
+use eventfold_domain::{Currency, Money};
+
+use crate::support::TestApp;
+
+async fn put(read_models: &Arc<dyn ReadModelStore>, key: &str, doc: String) {
+    let at = read_models.projection_checkpoint(SNAPSHOTS).await.unwrap();
+    read_models
+        .commit_projections(vec![ProjectionCommit {
+            projection: SNAPSHOTS.into(),
+            writes: vec![DocWrite {
+                key: key.into(),
+                doc: Some(doc),
+            }],
+            from_checkpoint: at,
+            to_checkpoint: at,
+        }])
+        .await
+        .unwrap();
+}
+
+async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
+    let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
+    let service = Service::new(store.clone());
+    let ctx = CommandContext::new(Actor::system("test"));
+    let one = Money::parse("1.00", Currency::USD).unwrap();
+    let events = (0..251)
+        .map(|i| {
+            let e = if i == 0 {
+                AccountEvent::AccountOpened {
+                    owner: "c".into(),
+                    currency: Currency::USD,
+                }
+            } else {
+                AccountEvent::FundsDeposited { amount: one }
+            };
+            service
+                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .unwrap()
+        })
+        .collect();
+    store
+        .append(AppendRequest::new(
+            "account-snap",
+            ExpectedVersion::NoStream,
+            events,
+        ))
+        .await
+        .unwrap();
+    while snapshot::take_due::<Account>(&store, &read_models, 100)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let full = service
+        .load::<Account>("snap", AsOf::Latest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(full.version, 251);
+    let loaded = snapshot::load_latest::<Account>(&*store, &*read_models, "account-snap")
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded.from_snapshot, 200,
+        "the tail snapshots every 100 events"
+    );
+    assert_eq!(loaded.ignored, None);
+    assert_eq!(loaded.replayed.as_ref(), Some(&full));
+
+    // Tampered or older snapshots are ignored: the stream is replayed in full, same state.
+    let good: SnapshotDoc = serde_json::from_str(
+        &read_models
+            .get_docs(SNAPSHOTS, &["account-snap".into()])
+            .await
+            .unwrap()[0]
+            .1,
+    )
+    .unwrap();
+    let mut wrong_state = good.clone();
+    wrong_state.state = serde_json::json!({"balance": "a lot"});
+    let mut older = good.clone();
+    older.state_version = 0;
+    let mut other = good.clone();
+    other.aggregate = "order".into();
+    for (doc, why) in [
+        ("{not json".to_string(), "unreadable"),
+        (
+            serde_json::to_string(&wrong_state).unwrap(),
+            "state unreadable",
+        ),
+        (serde_json::to_string(&older).unwrap(), "older"),
+        (serde_json::to_string(&other).unwrap(), "of order"),
+    ] {
+        put(&read_models, "account-snap", doc).await;
+        let loaded = snapshot::load_latest::<Account>(&*store, &*read_models, "account-snap")
+            .await
+            .unwrap();
+        assert_eq!(loaded.from_snapshot, 0, "{why}");
+        assert!(
+            loaded.ignored.as_deref().unwrap_or("").contains(why),
+            "{why}: {:?}",
+            loaded.ignored
+        );
+        assert_eq!(loaded.replayed.as_ref(), Some(&full), "{why}");
+    }
+    // A snapshot from a newer eventfold is refused with the stream named.
+    let mut newer = good.clone();
+    newer.state_version = 2;
+    put(
+        &read_models,
+        "account-snap",
+        serde_json::to_string(&newer).unwrap(),
+    )
+    .await;
+    let err = snapshot::load_latest::<Account>(&*store, &*read_models, "account-snap")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("snapshot of stream account-snap") && m.contains("state version 2")),
+        "{err:?}"
+    );
+    // Rebuild: a full replay written at the head.
+    let version = snapshot::write_snapshot::<Account>(&*store, &*read_models, "account-snap")
+        .await
+        .unwrap();
+    assert_eq!(version, 251);
+    let loaded = snapshot::load_latest::<Account>(&*store, &*read_models, "account-snap")
+        .await
+        .unwrap();
+    assert_eq!((loaded.from_snapshot, loaded.replayed), (251, Some(full)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_snapshots_are_used_checked_and_rebuilt() {
+    let app = TestApp::new().await;
+    snapshots_are_used_checked_and_rebuilt(&app).await;
+    let reply = app.get("/accounts/snap").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (&reply.body["version"], &reply.body["balance"]["amount"]),
+        (&serde_json::json!(251), &serde_json::json!("250.00")),
+        "{}",
+        reply.body
+    );
+    // The HTTP read of the latest state goes through the snapshot: a (well-formed) snapshot
+    // that says otherwise is what it shows, until the snapshot is rebuilt.
+    let read_models = app.backend.read_models.clone();
+    let mut doc: SnapshotDoc = serde_json::from_str(
+        &read_models
+            .get_docs(SNAPSHOTS, &["account-snap".into()])
+            .await
+            .unwrap()[0]
+            .1,
+    )
+    .unwrap();
+    doc.state["balance"]["amount"] = serde_json::json!("999.00");
+    put(
+        &read_models,
+        "account-snap",
+        serde_json::to_string(&doc).unwrap(),
+    )
+    .await;
+    let reply = app.get("/accounts/snap").await;
+    assert_eq!(reply.body["balance"]["amount"], "999.00", "{}", reply.body);
+    snapshot::write_snapshot::<Account>(&*app.backend.events, &*read_models, "account-snap")
+        .await
+        .unwrap();
+    let reply = app.get("/accounts/snap").await;
+    assert_eq!(reply.body["balance"]["amount"], "250.00", "{}", reply.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_snapshots_are_used_checked_and_rebuilt() {
+    snapshots_are_used_checked_and_rebuilt(&TestApp::postgres().await).await;
+}
+
+#[test]
+fn cli_rebuilds_every_account_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("s.db").display());
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_eventfold"))
+            .args(["--store", &store])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let backend = eventfold::backend::Backend::open(&store).await.unwrap();
+        let service = Service::new(backend.events.clone());
+        let ctx = CommandContext::new(Actor::system("test"));
+        for id in ["a", "b"] {
+            let e = AccountEvent::AccountOpened {
+                owner: id.into(),
+                currency: Currency::USD,
+            };
+            let ev = service
+                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .unwrap();
+            backend
+                .events
+                .append(AppendRequest::new(
+                    format!("account-{id}"),
+                    ExpectedVersion::NoStream,
+                    vec![ev],
+                ))
+                .await
+                .unwrap();
+        }
+    });
+    let out = run(&["snapshots", "rebuild", "--all", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report, serde_json::json!({"streams": 2, "events": 2}));
+    let out = run(&["snapshots", "rebuild", "order-1"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only account streams are snapshotted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
