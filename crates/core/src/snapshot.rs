@@ -1,8 +1,9 @@
 //! Snapshots (M4): an aggregate's state at a stream version, so a load reads the newest usable
 //! snapshot plus the events after it instead of the whole stream.
 //!
-//! Snapshots are documents of the read-model store under the name [`SNAPSHOTS`], keyed by stream
-//! id (the newest one), written off the command path by [`take_due`] (a tail of the log with its
+//! Snapshots are documents of the read-model store under the name [`SNAPSHOTS`]: the newest under
+//! the stream id, every one under [`at_key`] (for as-of loads, [`load_until`]) with an index of
+//! them under [`index_key`]. They are written off the command path by [`take_due`] (a tail of the log with its
 //! own checkpoint, committed with the documents in one transaction) every `every` events of a
 //! stream, and by [`write_snapshot`] (`eventfold snapshots rebuild`). A snapshot records its
 //! stream version, its aggregate's category and the version of the state's shape
@@ -68,9 +69,59 @@ pub async fn newest<A: Snapshotting>(
     read_models: &dyn ReadModelStore,
     stream_id: &str,
 ) -> Result<Result<Replayed<A>, Unused>, StoreError> {
+    checked::<A>(read_models, stream_id, stream_id).await
+}
+
+/// The key of the snapshot of `stream_id` at `version` (kept for as-of loads).
+pub fn at_key(stream_id: &str, version: u64) -> String {
+    format!("{stream_id}@{version:020}")
+}
+
+/// The key of a stream's snapshot index.
+pub fn index_key(stream_id: &str) -> String {
+    format!("{stream_id}#index")
+}
+
+/// One snapshot in a stream's index: its version, the latest event time up to it, and the
+/// earliest event time among the events since the snapshot before (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The snapshot's stream version.
+    pub version: u64,
+    /// The latest event time of events `1..=version`.
+    pub max_time_ms: i64,
+    /// The earliest event time of the events since the previous snapshot.
+    pub chunk_min_time_ms: i64,
+}
+
+/// The snapshots a stream has, in version order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotIndex {
+    /// Entries, ascending by version.
+    pub entries: Vec<IndexEntry>,
+}
+
+async fn read_index(
+    read_models: &dyn ReadModelStore,
+    stream_id: &str,
+) -> Result<SnapshotIndex, StoreError> {
     let docs = read_models
-        .get_docs(SNAPSHOTS, &[stream_id.to_owned()])
+        .get_docs(SNAPSHOTS, &[index_key(stream_id)])
         .await?;
+    Ok(docs
+        .into_iter()
+        .next()
+        .and_then(|(_, json)| serde_json::from_str(&json).ok())
+        .unwrap_or_default())
+}
+
+/// The snapshot stored under `key`, checked (see the module docs).
+async fn checked<A: Snapshotting>(
+    read_models: &dyn ReadModelStore,
+    stream_id: &str,
+    key: &str,
+) -> Result<Result<Replayed<A>, Unused>, StoreError> {
+    let docs = read_models.get_docs(SNAPSHOTS, &[key.to_owned()]).await?;
     let Some((_, json)) = docs.into_iter().next() else {
         return Ok(Err(Unused::Missing));
     };
@@ -148,6 +199,102 @@ pub async fn load_latest<A: Snapshotting>(
     })
 }
 
+/// Where an as-of load should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The state right after this version.
+    Version(u64),
+    /// The fold of every event whose event time is at or before this instant.
+    Time(DateTime<Utc>),
+}
+
+/// Loads `stream_id` as of a version or an event time, starting from the newest snapshot that
+/// holds nothing the answer must leave out: for a version, the newest at or before it; for a
+/// time, the newest whose events are all at or before it. For a time it then reads only the
+/// stretches that can hold events at or before it (the snapshots' index records each stretch's
+/// earliest event time), so late events are folded in wherever they are. A snapshot that is not
+/// usable falls back to the full stream.
+///
+/// # Errors
+/// Store failures, an undecodable event, a snapshot from a newer state version.
+pub async fn load_until<A: Snapshotting>(
+    store: &dyn EventStore,
+    read_models: &dyn ReadModelStore,
+    stream_id: &str,
+    until: Until,
+) -> Result<Loaded<A>, StoreError> {
+    let index = read_index(read_models, stream_id).await?;
+    let entries = &index.entries;
+    let (base, skip_to) = match until {
+        Until::Version(v) => (entries.iter().rev().find(|e| e.version <= v), None),
+        Until::Time(t) => {
+            let t = t.timestamp_millis();
+            let base = entries.iter().rev().find(|e| e.max_time_ms <= t);
+            // Stretches after the last one that starts at or before `t` hold only later events.
+            let last_relevant = entries
+                .iter()
+                .rposition(|e| e.chunk_min_time_ms <= t)
+                .map(|i| entries[i].version);
+            (base, Some(last_relevant))
+        }
+    };
+    let empty = || Replayed {
+        state: A::default(),
+        version: 0,
+    };
+    let (start, ignored) = match base {
+        Some(e) => match checked::<A>(read_models, stream_id, &at_key(stream_id, e.version)).await?
+        {
+            Ok(r) => (r, None),
+            Err(Unused::Missing) => (empty(), None),
+            Err(Unused::Ignored(why)) => (empty(), Some(why)),
+        },
+        None => (empty(), None),
+    };
+    let from_snapshot = start.version;
+    let replayed = match until {
+        Until::Version(v) => {
+            let count = usize::try_from(v.saturating_sub(start.version)).unwrap_or(usize::MAX);
+            let tail = store
+                .read_stream_for_replay(stream_id, start.version + 1, count)
+                .await?;
+            start.extend_replay(stream_id, &tail)?
+        }
+        Until::Time(t) => {
+            let indexed_end = entries.last().map_or(0, |e| e.version);
+            // Events up to the last stretch that starts at or before `t`, then everything the
+            // index does not cover yet.
+            let mut events = Vec::new();
+            if let Some(end) = skip_to.flatten().filter(|end| *end > start.version) {
+                let count = usize::try_from(end - start.version).unwrap_or(usize::MAX);
+                events.extend(
+                    store
+                        .read_stream_for_replay(stream_id, start.version + 1, count)
+                        .await?,
+                );
+            }
+            let rest_from = indexed_end.max(start.version) + 1;
+            events.extend(
+                store
+                    .read_stream_for_replay(stream_id, rest_from, usize::MAX)
+                    .await?,
+            );
+            let mut state = start.state;
+            let mut version = start.version;
+            for e in events.iter().filter(|e| e.event_time <= t) {
+                state = state.apply(&crate::aggregate::decode_replay::<A>(stream_id, e)?);
+                version = e.stream_version;
+            }
+            Replayed { state, version }
+        }
+    };
+    Ok(Loaded {
+        replayed: (replayed.version > 0).then_some(replayed),
+        from_snapshot,
+        ignored,
+    })
+}
+
 fn doc_of<A: Snapshotting>(stream_id: &str, replayed: &Replayed<A>) -> Result<String, StoreError> {
     let doc = SnapshotDoc {
         stream_id: stream_id.to_owned(),
@@ -219,30 +366,79 @@ pub async fn take_due<A: Snapshotting>(
         return Ok(0);
     };
     let prefix = format!("{}-", A::CATEGORY);
-    let mut due: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut due: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     for e in &batch {
         if e.stream_version % every == 0 && e.stream_id.starts_with(&prefix) {
-            due.insert(&e.stream_id, e.stream_version);
+            due.entry(&e.stream_id).or_default().push(e.stream_version);
         }
     }
-    let mut writes = Vec::with_capacity(due.len());
-    for (stream_id, version) in due {
-        let start = match newest::<A>(&**read_models, stream_id).await? {
-            Ok(r) if r.version <= version => r,
-            _ => Replayed {
-                state: A::default(),
-                version: 0,
+    let mut writes = Vec::with_capacity(due.len() * 2);
+    for (stream_id, versions) in due {
+        let mut index = read_index(&**read_models, stream_id).await?;
+        // Start from the snapshot the index ends with (a batch read again after a crash finds
+        // its own snapshots there and skips them).
+        let last = index.entries.last().copied();
+        let (mut current, mut max_time) = match last {
+            Some(e) => match checked::<A>(&**read_models, stream_id, &at_key(stream_id, e.version))
+                .await?
+            {
+                Ok(r) => (r, e.max_time_ms),
+                Err(_) => {
+                    index.entries.clear();
+                    (
+                        Replayed {
+                            state: A::default(),
+                            version: 0,
+                        },
+                        i64::MIN,
+                    )
+                }
             },
+            None => (
+                Replayed {
+                    state: A::default(),
+                    version: 0,
+                },
+                i64::MIN,
+            ),
         };
-        let count = usize::try_from(version - start.version).unwrap_or(usize::MAX);
-        let tail = store
-            .read_stream_for_replay(stream_id, start.version + 1, count)
-            .await?;
-        let replayed = start.extend_replay(stream_id, &tail)?;
-        writes.push(DocWrite {
-            key: stream_id.to_owned(),
-            doc: Some(doc_of(stream_id, &replayed)?),
-        });
+        let mut latest = None;
+        for version in versions {
+            if version <= current.version {
+                continue;
+            }
+            let count = usize::try_from(version - current.version).unwrap_or(usize::MAX);
+            let tail = store
+                .read_stream_for_replay(stream_id, current.version + 1, count)
+                .await?;
+            let chunk_min = tail.iter().map(|e| e.event_time.timestamp_millis()).min();
+            let chunk_max = tail.iter().map(|e| e.event_time.timestamp_millis()).max();
+            current = current.extend_replay(stream_id, &tail)?;
+            max_time = max_time.max(chunk_max.unwrap_or(i64::MIN));
+            index.entries.push(IndexEntry {
+                version: current.version,
+                max_time_ms: max_time,
+                chunk_min_time_ms: chunk_min.unwrap_or(i64::MAX),
+            });
+            let doc = doc_of(stream_id, &current)?;
+            writes.push(DocWrite {
+                key: at_key(stream_id, current.version),
+                doc: Some(doc.clone()),
+            });
+            latest = Some(doc);
+        }
+        if let Some(doc) = latest {
+            writes.push(DocWrite {
+                key: stream_id.to_owned(),
+                doc: Some(doc),
+            });
+            writes.push(DocWrite {
+                key: index_key(stream_id),
+                doc: Some(
+                    serde_json::to_string(&index).map_err(|e| StoreError::Backend(Box::new(e)))?,
+                ),
+            });
+        }
     }
     read_models
         .commit_projections(vec![ProjectionCommit {

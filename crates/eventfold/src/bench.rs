@@ -682,8 +682,13 @@ pub struct LoadReport {
     /// Median time of a full-envelope `read_stream` of the same stream (all 13 fields, no fold),
     /// for comparison with the lean replay read that loads use, ms.
     pub full_read_ms: f64,
-    /// Median time to rebuild the state as of a time in the middle of the stream, ms.
+    /// Median time to rebuild the state as of a time in the middle of the stream, from the
+    /// snapshots, ms.
     pub as_of_ms: f64,
+    /// The same without snapshots (the whole stream read and filtered), ms.
+    pub as_of_without_snapshot_ms: f64,
+    /// Time the snapshot tail took to snapshot the stream every 100 events, ms.
+    pub snapshots_taken_ms: f64,
     /// Repetitions measured.
     pub repetitions: usize,
 }
@@ -750,7 +755,17 @@ async fn load_on(
         version += n;
     }
     let mid = start + chrono::Duration::seconds((events / 2) as i64);
-    // A snapshot at the head, then a few events after it (a load reads the snapshot and the tail).
+    // The snapshot tail takes one every 100 events (as `serve` does), then one at the head.
+    let t = Instant::now();
+    while eventfold_core::snapshot::take_due::<Account>(
+        &store,
+        &read_models,
+        eventfold_core::snapshot::DEFAULT_EVERY,
+    )
+    .await?
+        > 0
+    {}
+    let snapshots_taken_ms = t.elapsed().as_secs_f64() * 1000.0;
     let snapshotted = eventfold_core::snapshot::write_snapshot::<Account>(
         store.as_ref(),
         read_models.as_ref(),
@@ -761,6 +776,7 @@ async fn load_on(
         snapshotted == events,
         "snapshot at {snapshotted} of {events}"
     );
+    let mut as_of_without = Vec::with_capacity(repetitions);
     let mut with_snapshot = Vec::with_capacity(repetitions);
     let mut whole = Vec::with_capacity(repetitions);
     let mut as_of = Vec::with_capacity(repetitions);
@@ -803,7 +819,21 @@ async fn load_on(
             .load::<Account>("bench", AsOf::Time(mid))
             .await?
             .context("bench stream missing")?;
+        as_of_without.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        let past_fast = crate::service::load_snapshotted::<Account>(
+            store.as_ref(),
+            read_models.as_ref(),
+            "bench",
+            AsOf::Time(mid),
+        )
+        .await?
+        .context("bench stream missing")?;
         as_of.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            past_fast == past,
+            "the as-of load from a snapshot differs from the full replay"
+        );
         anyhow::ensure!(
             past.version == events / 2 + 1,
             "as-of version {}",
@@ -821,6 +851,8 @@ async fn load_on(
         load_without_snapshot_p95_ms: pick(&mut whole, 0.95),
         full_read_ms: pick(&mut read, 0.5),
         as_of_ms: pick(&mut as_of, 0.5),
+        as_of_without_snapshot_ms: pick(&mut as_of_without, 0.5),
+        snapshots_taken_ms,
         repetitions,
     })
 }

@@ -290,6 +290,37 @@ pub async fn load_latest_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
     Ok(loaded.replayed)
 }
 
+/// Loads aggregate `id` as of a version or an event time from the newest snapshot that holds
+/// nothing the answer must leave out (see [`eventfold_core::snapshot::load_until`]); the latest
+/// as [`load_latest_snapshotted`].
+///
+/// # Errors
+/// Store failures, an undecodable event, a snapshot written by a newer state version.
+pub async fn load_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
+    store: &dyn EventStore,
+    read_models: &dyn eventfold_core::ReadModelStore,
+    id: &str,
+    as_of: AsOf,
+) -> Result<Option<Replayed<A>>, StoreError> {
+    use eventfold_core::snapshot::{load_until, Until};
+    let until = match as_of {
+        AsOf::Latest => return load_latest_snapshotted::<A>(store, read_models, id).await,
+        AsOf::Version(v) => Until::Version(v),
+        AsOf::Time(t) => Until::Time(t),
+    };
+    let stream_id = A::stream_id(id);
+    let loaded = load_until::<A>(store, read_models, &stream_id, until).await?;
+    if let Some(why) = loaded.ignored {
+        tracing::warn!(
+            stream_id,
+            why,
+            "snapshot ignored; the stream was replayed in full"
+        );
+        metrics::counter!("eventfold_snapshots_ignored_total").increment(1);
+    }
+    Ok(loaded.replayed)
+}
+
 /// Runs the snapshot tail for `A` (every `every` events of a stream) until `stop` completes.
 pub async fn run_snapshots<A: eventfold_core::snapshot::Snapshotting>(
     store: Arc<dyn EventStore>,

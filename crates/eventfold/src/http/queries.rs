@@ -86,18 +86,14 @@ pub async fn get_account(
         (None, Some(v)) => (AsOf::Version(v), None),
         (None, None) => (AsOf::Latest, None),
     };
-    let loaded = match as_of {
-        // The latest state: the newest snapshot plus the events after it (M4).
-        AsOf::Latest => {
-            crate::service::load_latest_snapshotted::<Account>(
-                state.service.store().as_ref(),
-                state.read_models.as_ref(),
-                &id,
-            )
-            .await?
-        }
-        as_of => state.service.load::<Account>(&id, as_of).await?,
-    };
+    // From the newest usable snapshot plus the events after it (M4).
+    let loaded = crate::service::load_snapshotted::<Account>(
+        state.service.store().as_ref(),
+        state.read_models.as_ref(),
+        &id,
+        as_of,
+    )
+    .await?;
     let loaded: Replayed<Account> = loaded.ok_or_else(|| {
         ApiError::not_found(
             "account_not_found",

@@ -141,6 +141,112 @@ async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
     assert_eq!((loaded.from_snapshot, loaded.replayed), (251, Some(full)));
 }
 
+/// As-of loads from snapshots equal full replays, with late events (event time before earlier
+/// events') scattered through the stream.
+async fn as_of_loads_from_snapshots_equal_full_replays(app: &TestApp) {
+    let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
+    let service = Service::new(store.clone());
+    let one = Money::parse("1.00", Currency::USD).unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    // Event i happens at minute i, except every 37th, which is late: it happened 3 hours earlier.
+    let minute = |i: i64| {
+        if i > 0 && i % 37 == 0 {
+            t0 + chrono::Duration::minutes(i - 180)
+        } else {
+            t0 + chrono::Duration::minutes(i)
+        }
+    };
+    let events = (0..350_i64)
+        .map(|i| {
+            let e = if i == 0 {
+                AccountEvent::AccountOpened {
+                    owner: "late".into(),
+                    currency: Currency::USD,
+                }
+            } else {
+                AccountEvent::FundsDeposited {
+                    amount: Money::new(one.amount * rust_decimal::Decimal::from(i), Currency::USD)
+                        .unwrap(),
+                }
+            };
+            let mut ctx = CommandContext::new(Actor::system("test"));
+            ctx.event_time = minute(i);
+            service
+                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .unwrap()
+        })
+        .collect();
+    store
+        .append(AppendRequest::new(
+            "account-late",
+            ExpectedVersion::NoStream,
+            events,
+        ))
+        .await
+        .unwrap();
+    while snapshot::take_due::<Account>(&store, &read_models, 50)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let mut from_snapshots = 0;
+    for probe in (-200..400).step_by(7) {
+        let t = t0 + chrono::Duration::minutes(probe);
+        let want = service
+            .load::<Account>("late", AsOf::Time(t))
+            .await
+            .unwrap();
+        let got = snapshot::load_until::<Account>(
+            &*store,
+            &*read_models,
+            "account-late",
+            snapshot::Until::Time(t),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.ignored, None);
+        if got.from_snapshot > 0 {
+            from_snapshots += 1;
+        }
+        assert_eq!(
+            got.replayed.map(|r| r.state),
+            want.map(|r| r.state),
+            "as of minute {probe}"
+        );
+    }
+    assert!(
+        from_snapshots > 10,
+        "snapshots were used {from_snapshots} times"
+    );
+    for v in [1, 49, 50, 51, 199, 200, 349, 350, 400] {
+        let want = service
+            .load::<Account>("late", AsOf::Version(v))
+            .await
+            .unwrap();
+        let got = snapshot::load_until::<Account>(
+            &*store,
+            &*read_models,
+            "account-late",
+            snapshot::Until::Version(v),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.replayed, want, "as of version {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_as_of_loads_from_snapshots_equal_full_replays() {
+    as_of_loads_from_snapshots_equal_full_replays(&TestApp::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_as_of_loads_from_snapshots_equal_full_replays() {
+    as_of_loads_from_snapshots_equal_full_replays(&TestApp::postgres().await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_snapshots_are_used_checked_and_rebuilt() {
     let app = TestApp::new().await;
