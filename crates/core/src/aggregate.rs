@@ -39,6 +39,13 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
         &[]
     }
 
+    /// Rebuilds the state from a snapshot's JSON written at `state_version` (M4, see
+    /// [`crate::snapshot`]); `None` when this aggregate is not snapshotted or the snapshot is not
+    /// of its current state version. Command lanes start from it.
+    fn from_snapshot(_state: serde_json::Value, _state_version: u32) -> Option<Self> {
+        None
+    }
+
     /// The stream id for an aggregate id.
     fn stream_id(id: &str) -> String {
         format!("{}-{id}", Self::CATEGORY)

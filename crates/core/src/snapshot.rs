@@ -72,6 +72,37 @@ pub async fn newest<A: Snapshotting>(
     checked::<A>(read_models, stream_id, stream_id).await
 }
 
+/// The newest snapshot of `stream_id` as `A` accepts it ([`Aggregate::from_snapshot`]), for any
+/// aggregate: `None` when there is none, it is of another stream or aggregate, or `A` does not
+/// take it (the caller replays from the start).
+///
+/// # Errors
+/// Read-model failures.
+pub async fn base<A: Aggregate>(
+    read_models: &dyn ReadModelStore,
+    stream_id: &str,
+) -> Result<Option<Replayed<A>>, StoreError> {
+    let docs = read_models
+        .get_docs(SNAPSHOTS, &[stream_id.to_owned()])
+        .await?;
+    let Some(doc) = docs
+        .into_iter()
+        .next()
+        .and_then(|(_, json)| serde_json::from_str::<SnapshotDoc>(&json).ok())
+    else {
+        return Ok(None);
+    };
+    if doc.aggregate != A::CATEGORY || doc.stream_id != stream_id {
+        return Ok(None);
+    }
+    Ok(
+        A::from_snapshot(doc.state, doc.state_version).map(|state| Replayed {
+            state,
+            version: doc.stream_version,
+        }),
+    )
+}
+
 /// The key of the snapshot of `stream_id` at `version` (kept for as-of loads).
 pub fn at_key(stream_id: &str, version: u64) -> String {
     format!("{stream_id}@{version:020}")

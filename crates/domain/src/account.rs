@@ -187,6 +187,13 @@ impl Aggregate for Account {
         &UPCASTERS
     }
 
+    fn from_snapshot(state: serde_json::Value, state_version: u32) -> Option<Self> {
+        use eventfold_core::snapshot::Snapshotting;
+        (state_version == Self::STATE_VERSION)
+            .then(|| serde_json::from_value(state).ok())
+            .flatten()
+    }
+
     fn handle(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match command {
             AccountCommand::Open {

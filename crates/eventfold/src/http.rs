@@ -64,7 +64,8 @@ impl AppState {
         runner: Arc<ProjectionRunner>,
         ledger: Arc<dyn eventfold_core::stock::StockLedger>,
     ) -> Self {
-        let service = Service::new(backend.events.clone());
+        let service =
+            Service::new(backend.events.clone()).with_snapshots(backend.read_models.clone());
         Self {
             flash_sale: FlashSale::new(service.clone(), ledger),
             service,

@@ -115,6 +115,8 @@ pub enum Executed<A> {
 pub struct Service {
     store: Arc<dyn EventStore>,
     lanes: Arc<lane::Lanes>,
+    /// Where snapshots are read when a lane first loads a stream (M4).
+    snapshots: Option<Arc<dyn eventfold_core::ReadModelStore>>,
 }
 
 /// Which version of a stream to load.
@@ -134,7 +136,17 @@ impl Service {
         Self {
             store,
             lanes: Arc::default(),
+            snapshots: None,
         }
+    }
+
+    /// The same service, whose command lanes start a stream they load for the first time from
+    /// its snapshot in `read_models` (when its aggregate accepts it: see
+    /// [`eventfold_core::Aggregate::from_snapshot`]) instead of its first event.
+    #[must_use]
+    pub fn with_snapshots(mut self, read_models: Arc<dyn eventfold_core::ReadModelStore>) -> Self {
+        self.snapshots = Some(read_models);
+        self
     }
 
     /// The underlying store.

@@ -187,11 +187,24 @@ impl Service {
         A::Command: Clone,
         A::Error: DomainError,
     {
-        // Catch up: the cached state plus whatever was appended since (by anyone).
-        let base = cached.unwrap_or(Replayed {
-            state: A::default(),
-            version: 0,
-        });
+        // Catch up: the cached state (or the stream's snapshot, the first time) plus whatever was
+        // appended since (by anyone).
+        let base = match (cached, &self.snapshots) {
+            (Some(cached), _) => cached,
+            (None, Some(read_models)) => {
+                match eventfold_core::snapshot::base::<A>(read_models.as_ref(), stream_id).await {
+                    Ok(Some(snapshot)) => snapshot,
+                    Ok(None) | Err(_) => Replayed {
+                        state: A::default(),
+                        version: 0,
+                    },
+                }
+            }
+            (None, None) => Replayed {
+                state: A::default(),
+                version: 0,
+            },
+        };
         let loaded = match self
             .store
             .read_stream_for_replay(stream_id, base.version + 1, usize::MAX)

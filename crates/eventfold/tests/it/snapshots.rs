@@ -284,6 +284,21 @@ async fn sqlite_snapshots_are_used_checked_and_rebuilt() {
         .unwrap();
     let reply = app.get("/accounts/snap").await;
     assert_eq!(reply.body["balance"]["amount"], "250.00", "{}", reply.body);
+    // A command lane starts a stream from its snapshot too: with the tampered one back, a
+    // withdrawal only the snapshot's balance covers goes through.
+    put(
+        &read_models,
+        "account-snap",
+        serde_json::to_string(&doc).unwrap(),
+    )
+    .await;
+    let reply = app
+        .post(
+            "/accounts/snap/withdraw",
+            serde_json::json!({"amount": "900.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
