@@ -378,9 +378,9 @@ pub async fn write_snapshot<A: Snapshotting>(
 }
 
 /// One step of the snapshot tail: reads up to 2,000 events after its checkpoint and, for every
-/// stream of `A` whose version reached a multiple of `every` in them, stores a snapshot at that
-/// stream's newest such version (the previous snapshot plus the events after it), committed with
-/// the checkpoint. Returns the events read (0: caught up).
+/// stream of `A` whose version reached a multiple of `every` in them, stores a snapshot at each
+/// such version (the previous snapshot plus the events after it), committed with the checkpoint.
+/// Returns the events read (0: caught up).
 ///
 /// # Errors
 /// Store failures, an undecodable event ([`StoreError::CheckpointMoved`] when another tail
@@ -390,6 +390,23 @@ pub async fn take_due<A: Snapshotting>(
     read_models: &Arc<dyn ReadModelStore>,
     every: u64,
 ) -> Result<usize, StoreError> {
+    take_due_with::<A>(store, read_models, every, None, Utc::now()).await
+}
+
+/// [`take_due`], and by age: a stream of `A` with events in the batch whose newest snapshot was
+/// taken at least `max_age` before `now` (and is behind) gets one at its newest version in the
+/// batch, so a stream that grows slowly is not replayed from far back. A stream with no snapshot
+/// yet waits for its first `every` events.
+///
+/// # Errors
+/// As [`take_due`].
+pub async fn take_due_with<A: Snapshotting>(
+    store: &Arc<dyn EventStore>,
+    read_models: &Arc<dyn ReadModelStore>,
+    every: u64,
+    max_age: Option<chrono::Duration>,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
     let every = every.max(1);
     let from = read_models.projection_checkpoint(SNAPSHOTS).await?;
     let batch = store.read_all(from, 2_000).await?;
@@ -398,9 +415,34 @@ pub async fn take_due<A: Snapshotting>(
     };
     let prefix = format!("{}-", A::CATEGORY);
     let mut due: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    let mut newest: std::collections::BTreeMap<&str, u64> = Default::default();
     for e in &batch {
-        if e.stream_version % every == 0 && e.stream_id.starts_with(&prefix) {
+        if !e.stream_id.starts_with(&prefix) {
+            continue;
+        }
+        if e.stream_version % every == 0 {
             due.entry(&e.stream_id).or_default().push(e.stream_version);
+        }
+        newest.insert(&e.stream_id, e.stream_version);
+    }
+    if let Some(max_age) = max_age {
+        let aging: Vec<String> = newest
+            .keys()
+            .filter(|s| !due.contains_key(*s))
+            .map(|s| (*s).to_owned())
+            .collect();
+        for chunk in aging.chunks(500) {
+            for (_, json) in read_models.get_docs(SNAPSHOTS, chunk).await? {
+                let Ok(doc) = serde_json::from_str::<SnapshotDoc>(&json) else {
+                    continue;
+                };
+                let Some((stream, version)) = newest.get_key_value(doc.stream_id.as_str()) else {
+                    continue;
+                };
+                if doc.stream_version < *version && doc.taken_at + max_age <= now {
+                    due.entry(stream).or_default().push(*version);
+                }
+            }
         }
     }
     let mut writes = Vec::with_capacity(due.len() * 2);

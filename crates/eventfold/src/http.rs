@@ -641,6 +641,7 @@ pub async fn serve_with(
                 store,
                 read_models,
                 eventfold_core::snapshot::DEFAULT_EVERY,
+                Some(chrono::Duration::hours(1)),
                 shutdown.cancelled_owned(),
             )
             .await;

@@ -333,17 +333,27 @@ pub async fn load_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
     Ok(loaded.replayed)
 }
 
-/// Runs the snapshot tail for `A` (every `every` events of a stream) until `stop` completes.
+/// Runs the snapshot tail for `A` (every `every` events of a stream, and when a stream's snapshot
+/// is older than `max_age`) until `stop` completes.
 pub async fn run_snapshots<A: eventfold_core::snapshot::Snapshotting>(
     store: Arc<dyn EventStore>,
     read_models: Arc<dyn eventfold_core::ReadModelStore>,
     every: u64,
+    max_age: Option<chrono::Duration>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
     loop {
         let head = store.head_position().await.unwrap_or(0);
-        match eventfold_core::snapshot::take_due::<A>(&store, &read_models, every).await {
+        match eventfold_core::snapshot::take_due_with::<A>(
+            &store,
+            &read_models,
+            every,
+            max_age,
+            Utc::now(),
+        )
+        .await
+        {
             Ok(n) if n > 0 => continue,
             Ok(_) | Err(StoreError::CheckpointMoved { .. }) => {}
             Err(e) => tracing::warn!(error = %e, "snapshot tail failed; retrying"),

@@ -358,3 +358,84 @@ fn cli_rebuilds_every_account_snapshot() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_also_taken_by_age() {
+    let app = TestApp::new().await;
+    let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
+    let service = Service::new(store.clone());
+    let ctx = CommandContext::new(Actor::system("test"));
+    let one = Money::parse("1.00", Currency::USD).unwrap();
+    let event = |e: AccountEvent| {
+        service
+            .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+            .unwrap()
+    };
+    let mut events = vec![event(AccountEvent::AccountOpened {
+        owner: "c".into(),
+        currency: Currency::USD,
+    })];
+    events.extend((1..120).map(|_| event(AccountEvent::FundsDeposited { amount: one })));
+    store
+        .append(AppendRequest::new(
+            "account-aging",
+            ExpectedVersion::NoStream,
+            events,
+        ))
+        .await
+        .unwrap();
+    let hour = chrono::Duration::hours(1);
+    let now = chrono::Utc::now();
+    while snapshot::take_due_with::<Account>(&store, &read_models, 100, Some(hour), now)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let first = snapshot::load_latest::<Account>(&*store, &*read_models, "account-aging")
+        .await
+        .unwrap();
+    assert_eq!(first.from_snapshot, 100);
+    // One more event: the snapshot is 10 minutes old, young enough; then 2 hours: replaced.
+    for (at, expected) in [(10, 100), (120, 122)] {
+        let current = service
+            .load::<Account>("aging", AsOf::Latest)
+            .await
+            .unwrap()
+            .unwrap()
+            .version;
+        app.backend
+            .events
+            .append(AppendRequest::new(
+                "account-aging",
+                ExpectedVersion::Exact(current),
+                vec![event(AccountEvent::FundsDeposited { amount: one })],
+            ))
+            .await
+            .unwrap();
+        let later = now + chrono::Duration::minutes(at);
+        while snapshot::take_due_with::<Account>(
+            &app.backend.events,
+            &app.backend.read_models,
+            100,
+            Some(hour),
+            later,
+        )
+        .await
+        .unwrap()
+            > 0
+        {}
+        let loaded = snapshot::load_latest::<Account>(
+            &*app.backend.events,
+            &*app.backend.read_models,
+            "account-aging",
+        )
+        .await
+        .unwrap();
+        assert_eq!(loaded.from_snapshot, expected, "{at} minutes later");
+        let full = service
+            .load::<Account>("aging", AsOf::Latest)
+            .await
+            .unwrap();
+        assert_eq!(loaded.replayed, full);
+    }
+}
