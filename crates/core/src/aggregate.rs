@@ -39,6 +39,10 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
         &[]
     }
 
+    /// Whether this aggregate is snapshotted, so that [`Aggregate::from_snapshot`] can return a
+    /// state (command lanes look for a snapshot only then).
+    const SNAPSHOTTED: bool = false;
+
     /// Rebuilds the state from a snapshot's JSON written at `state_version` (M4, see
     /// [`crate::snapshot`]); `None` when this aggregate is not snapshotted or the snapshot is not
     /// of its current state version. Command lanes start from it.
@@ -188,6 +192,14 @@ pub struct Replayed<A> {
 }
 
 impl<A: Aggregate> Replayed<A> {
+    /// The state before any event (version 0).
+    pub fn empty() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+        }
+    }
+
     /// Folds recorded events (in version order) into a state.
     ///
     /// # Errors
@@ -195,10 +207,7 @@ impl<A: Aggregate> Replayed<A> {
     pub fn from_events<'a>(
         events: impl IntoIterator<Item = &'a RecordedEvent>,
     ) -> Result<Self, StoreError> {
-        let mut replayed = Self {
-            state: A::default(),
-            version: 0,
-        };
+        let mut replayed = Self::empty();
         for event in events {
             replayed.state = replayed.state.apply(&decode_recorded::<A>(event)?);
             replayed.version = event.stream_version;
@@ -214,10 +223,7 @@ impl<A: Aggregate> Replayed<A> {
         stream_id: &str,
         events: impl IntoIterator<Item = &'a ReplayEvent>,
     ) -> Result<Self, StoreError> {
-        let mut replayed = Self {
-            state: A::default(),
-            version: 0,
-        };
+        let mut replayed = Self::empty();
         for event in events {
             replayed.state = replayed.state.apply(&decode_replay::<A>(stream_id, event)?);
             replayed.version = event.stream_version;

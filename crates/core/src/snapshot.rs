@@ -82,13 +82,9 @@ pub async fn base<A: Aggregate>(
     read_models: &dyn ReadModelStore,
     stream_id: &str,
 ) -> Result<Option<Replayed<A>>, StoreError> {
-    let docs = read_models
-        .get_docs(SNAPSHOTS, &[stream_id.to_owned()])
-        .await?;
-    let Some(doc) = docs
-        .into_iter()
-        .next()
-        .and_then(|(_, json)| serde_json::from_str::<SnapshotDoc>(&json).ok())
+    let Some(doc) = stored(read_models, stream_id)
+        .await?
+        .and_then(|json| serde_json::from_str::<SnapshotDoc>(&json).ok())
     else {
         return Ok(None);
     };
@@ -136,14 +132,16 @@ async fn read_index(
     read_models: &dyn ReadModelStore,
     stream_id: &str,
 ) -> Result<SnapshotIndex, StoreError> {
-    let docs = read_models
-        .get_docs(SNAPSHOTS, &[index_key(stream_id)])
-        .await?;
-    Ok(docs
-        .into_iter()
-        .next()
-        .and_then(|(_, json)| serde_json::from_str(&json).ok())
+    Ok(stored(read_models, &index_key(stream_id))
+        .await?
+        .and_then(|json| serde_json::from_str(&json).ok())
         .unwrap_or_default())
+}
+
+/// The document stored under `key`, as JSON text.
+async fn stored(read_models: &dyn ReadModelStore, key: &str) -> Result<Option<String>, StoreError> {
+    let docs = read_models.get_docs(SNAPSHOTS, &[key.to_owned()]).await?;
+    Ok(docs.into_iter().next().map(|(_, json)| json))
 }
 
 /// The snapshot stored under `key`, checked (see the module docs).
@@ -152,8 +150,7 @@ async fn checked<A: Snapshotting>(
     stream_id: &str,
     key: &str,
 ) -> Result<Result<Replayed<A>, Unused>, StoreError> {
-    let docs = read_models.get_docs(SNAPSHOTS, &[key.to_owned()]).await?;
-    let Some((_, json)) = docs.into_iter().next() else {
+    let Some(json) = stored(read_models, key).await? else {
         return Ok(Err(Unused::Missing));
     };
     let doc: SnapshotDoc = match serde_json::from_str(&json) {
@@ -188,6 +185,17 @@ async fn checked<A: Snapshotting>(
     }
 }
 
+/// Where a load starts: the snapshot, or the empty state and why a stored snapshot was ignored.
+fn start_from<A: Aggregate>(
+    snapshot: Result<Replayed<A>, Unused>,
+) -> (Replayed<A>, Option<String>) {
+    match snapshot {
+        Ok(replayed) => (replayed, None),
+        Err(Unused::Missing) => (Replayed::empty(), None),
+        Err(Unused::Ignored(why)) => (Replayed::empty(), Some(why)),
+    }
+}
+
 /// What [`load_latest`] loaded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded<A> {
@@ -209,15 +217,7 @@ pub async fn load_latest<A: Snapshotting>(
     read_models: &dyn ReadModelStore,
     stream_id: &str,
 ) -> Result<Loaded<A>, StoreError> {
-    let empty = || Replayed {
-        state: A::default(),
-        version: 0,
-    };
-    let (start, ignored) = match newest::<A>(read_models, stream_id).await? {
-        Ok(replayed) => (replayed, None),
-        Err(Unused::Missing) => (empty(), None),
-        Err(Unused::Ignored(why)) => (empty(), Some(why)),
-    };
+    let (start, ignored) = start_from(newest::<A>(read_models, stream_id).await?);
     let from_snapshot = start.version;
     let tail = store
         .read_stream_for_replay(stream_id, start.version + 1, usize::MAX)
@@ -269,18 +269,11 @@ pub async fn load_until<A: Snapshotting>(
             (base, Some(last_relevant))
         }
     };
-    let empty = || Replayed {
-        state: A::default(),
-        version: 0,
-    };
     let (start, ignored) = match base {
-        Some(e) => match checked::<A>(read_models, stream_id, &at_key(stream_id, e.version)).await?
-        {
-            Ok(r) => (r, None),
-            Err(Unused::Missing) => (empty(), None),
-            Err(Unused::Ignored(why)) => (empty(), Some(why)),
-        },
-        None => (empty(), None),
+        Some(e) => {
+            start_from(checked::<A>(read_models, stream_id, &at_key(stream_id, e.version)).await?)
+        }
+        None => (Replayed::empty(), None),
     };
     let from_snapshot = start.version;
     let replayed = match until {
@@ -458,22 +451,10 @@ pub async fn take_due_with<A: Snapshotting>(
                 Ok(r) => (r, e.max_time_ms),
                 Err(_) => {
                     index.entries.clear();
-                    (
-                        Replayed {
-                            state: A::default(),
-                            version: 0,
-                        },
-                        i64::MIN,
-                    )
+                    (Replayed::empty(), i64::MIN)
                 }
             },
-            None => (
-                Replayed {
-                    state: A::default(),
-                    version: 0,
-                },
-                i64::MIN,
-            ),
+            None => (Replayed::empty(), i64::MIN),
         };
         let mut latest = None;
         for version in versions {

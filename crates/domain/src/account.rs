@@ -187,6 +187,8 @@ impl Aggregate for Account {
         &UPCASTERS
     }
 
+    const SNAPSHOTTED: bool = true;
+
     fn from_snapshot(state: serde_json::Value, state_version: u32) -> Option<Self> {
         use eventfold_core::snapshot::Snapshotting;
         (state_version == Self::STATE_VERSION)

@@ -802,10 +802,11 @@ async fn load_on(
             loaded.version
         );
         let t = Instant::now();
-        let fast = crate::service::load_latest_snapshotted::<Account>(
+        let fast = crate::service::load_snapshotted::<Account>(
             store.as_ref(),
             read_models.as_ref(),
             "bench",
+            AsOf::Latest,
         )
         .await?
         .context("bench stream missing")?;

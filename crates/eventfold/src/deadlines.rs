@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::{Actor, EventStore, ReadModelStore, StoreError, StoredResponse};
+use eventfold_core::{Actor, EventStore, ReadModelStore, StoreError};
 use eventfold_domain::order::{Order, OrderCommand, OrderStatus};
 use eventfold_domain::projections::{deadline_key, OrderCreatedAt, PAYMENT_DEADLINES};
 
@@ -148,10 +148,7 @@ impl UnpaidOrderTimeout {
         };
         let mut ctx = CommandContext::new(actor);
         ctx.idempotency = Some((format!("timeout:{order_id}"), "cancel".into()));
-        let render = Box::new(|_: &Order, version: u64| StoredResponse {
-            status: 200,
-            body: format!("{{\"version\":{version}}}"),
-        });
+        let render = crate::service::version_render::<Order>(200);
         match self
             .service
             .execute::<Order>(order_id, command, &ctx, render)

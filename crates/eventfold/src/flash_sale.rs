@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use eventfold_core::aggregate::decode_event;
 use eventfold_core::stock::{StockError, StockLedger, TakeOutcome, TakeState};
-use eventfold_core::{Actor, StoredResponse};
+use eventfold_core::Actor;
 use eventfold_domain::order::{Order, OrderCommand, OrderEvent, OrderLine};
 use eventfold_domain::sale::{Sale as SaleAggregate, SaleCommand, SaleEvent, SaleTerms};
 use eventfold_domain::Money;
@@ -97,8 +97,7 @@ pub struct FlashSale {
 /// repeat and the reconciliation name the same order.
 pub fn order_id(sku: &str, attempt: &str) -> String {
     let digest = Sha256::digest(attempt.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{sku}-{hex}")
+    format!("{sku}-{}", hex::encode(&digest[..8]))
 }
 
 impl FlashSale {
@@ -175,10 +174,7 @@ impl FlashSale {
             },
             actor: actor.clone(),
         };
-        let render = Box::new(|_: &SaleAggregate, version: u64| StoredResponse {
-            status: 200,
-            body: format!("{{\"version\":{version}}}"),
-        });
+        let render = crate::service::version_render::<SaleAggregate>(200);
         self.service
             .execute::<SaleAggregate>(&sale.sku, command, &CommandContext::new(actor), render)
             .await?;
@@ -370,10 +366,7 @@ impl FlashSale {
             format!("purchase:{order_id}"),
             format!("{buyer}|{quantity}"),
         ));
-        let render = Box::new(|_: &Order, version: u64| StoredResponse {
-            status: 201,
-            body: format!("{{\"version\":{version}}}"),
-        });
+        let render = crate::service::version_render::<Order>(201);
         match self
             .service
             .execute::<Order>(order_id, command, &ctx, render)

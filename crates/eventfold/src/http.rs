@@ -405,11 +405,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandBody<T> {
         let mut digest = Sha256::new();
         digest.update(digest_head.as_bytes());
         digest.update(text);
-        let fingerprint = digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fingerprint = hex::encode(digest.finalize());
         Ok(Self { body, fingerprint })
     }
 }

@@ -10,7 +10,7 @@
 //! Message: headers `event_id` (required: the dedupe key) and value
 //! `{"account_id": "...", "amount": "100.00", "currency": "USD"}` (money as a decimal string).
 
-use eventfold_core::{Actor, StoreError, StoredResponse};
+use eventfold_core::{Actor, StoreError};
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::Money;
 use eventfold_kafka::{Handled, Inbound};
@@ -62,16 +62,10 @@ pub async fn award_prize(service: &Service, message: &Inbound) -> Handled {
     let actor = Actor::system(PRIZES);
     let mut ctx = CommandContext::new(actor.clone());
     let digest = Sha256::digest(&message.payload);
-    ctx.idempotency = Some((
-        message.inbox_key(PRIZES),
-        digest.iter().map(|b| format!("{b:02x}")).collect(),
-    ));
+    ctx.idempotency = Some((message.inbox_key(PRIZES), hex::encode(digest)));
     ctx.causation_id = event_id.parse().ok();
     let command = AccountCommand::Deposit { amount, actor };
-    let render = Box::new(|_: &Account, version: u64| StoredResponse {
-        status: 200,
-        body: format!("{{\"version\":{version}}}"),
-    });
+    let render = crate::service::version_render::<Account>(200);
     match service
         .execute::<Account>(&prize.account_id, command, &ctx, render)
         .await

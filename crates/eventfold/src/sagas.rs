@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use eventfold_core::aggregate::decode_event;
-use eventfold_core::{Actor, Aggregate, EventStore, ReadModelStore, RecordedEvent, StoredResponse};
+use eventfold_core::{Actor, Aggregate, EventStore, ReadModelStore, RecordedEvent};
 use eventfold_domain::inventory::{Inventory, InventoryCommand, InventoryEvent};
 use eventfold_domain::order::{Order, OrderCommand, OrderStatus};
 use eventfold_domain::payment_saga::{
@@ -51,7 +51,7 @@ use uuid::Uuid;
 
 use crate::flash_sale::FlashSale;
 use crate::payments::{PaymentProvider, StepRequest};
-use crate::service::{AsOf, CommandContext, Render, Service, ServiceError};
+use crate::service::{version_render, AsOf, CommandContext, Service, ServiceError};
 
 /// The choreography tail's checkpoint.
 pub const CHECKPOINT: &str = "saga:choreography";
@@ -101,13 +101,6 @@ pub fn correlation(order_id: &str) -> Uuid {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-fn render<A: Aggregate>() -> Render<A> {
-    Box::new(|_: &A, version: u64| StoredResponse {
-        status: 200,
-        body: format!("{{\"version\":{version}}}"),
-    })
 }
 
 /// One reaction of a choreography participant.
@@ -302,7 +295,7 @@ impl Sagas {
         match self
             .inner
             .service
-            .execute::<PaymentSaga>(order_id, command, &ctx, render())
+            .execute::<PaymentSaga>(order_id, command, &ctx, version_render(200))
             .await
         {
             Ok(_) => Ok(true),
@@ -632,61 +625,31 @@ impl Sagas {
     /// release comes later in the log or in the same batch: the batch is run again.
     async fn react(&self, reaction: Reaction) -> Result<(), ServiceError> {
         let service = &self.inner.service;
-        let ctx = |key: String, order_id: Option<&str>, actor: &str| {
-            let mut ctx = CommandContext::new(Actor::system(actor));
-            ctx.idempotency = Some((key, "choreography".into()));
-            ctx.correlation_id = order_id.map(correlation);
-            ctx
-        };
-        let settle = |r: Result<(), ServiceError>| match r {
-            Err(ServiceError::Refused {
-                code: "insufficient_stock",
-                ..
-            }) => r,
-            Err(ServiceError::Refused { code, message, .. }) => {
-                tracing::debug!(
-                    code,
-                    message,
-                    "choreography reaction refused; nothing to do"
-                );
-                Ok(())
-            }
-            r => r,
-        };
         match reaction {
             Reaction::AddStock { sku, stock } => {
-                let c = ctx(format!("choreo:stock:{sku}"), None, "inventory");
-                let r = service
-                    .execute::<Inventory>(
-                        &sku,
-                        InventoryCommand::AddStock { quantity: stock },
-                        &c,
-                        render(),
-                    )
+                let command = InventoryCommand::AddStock { quantity: stock };
+                let key = format!("choreo:stock:{sku}");
+                self.reaction_command::<Inventory>(&sku, command, Some(key), None, "inventory")
                     .await
-                    .map(drop);
-                settle(r)
             }
             Reaction::Reserve {
                 order_id,
                 sku,
                 quantity,
             } => {
-                let c = ctx(
-                    format!("choreo:reserve:{order_id}:{sku}"),
-                    Some(&order_id),
-                    "inventory",
-                );
+                let key = format!("choreo:reserve:{order_id}:{sku}");
                 let command = InventoryCommand::Reserve {
                     order_id: order_id.clone(),
                     quantity,
                 };
-                settle(
-                    service
-                        .execute::<Inventory>(&sku, command, &c, render())
-                        .await
-                        .map(drop),
+                self.reaction_command::<Inventory>(
+                    &sku,
+                    command,
+                    Some(key),
+                    Some(&order_id),
+                    "inventory",
                 )
+                .await
             }
             Reaction::StartSaga { order_id } => {
                 let Some(order) = service.load::<Order>(&order_id, AsOf::Latest).await? else {
@@ -700,34 +663,27 @@ impl Sagas {
                     customer_id: order.state.customer_id.clone(),
                     amount,
                 };
-                let mut c = CommandContext::new(Actor::system("payments"));
-                c.correlation_id = Some(correlation(&order_id));
-                settle(
-                    service
-                        .execute::<PaymentSaga>(&order_id, command, &c, render())
-                        .await
-                        .map(drop),
-                )?;
+                // `Start` is a no-op when started: it needs no idempotency key.
+                self.reaction_command::<PaymentSaga>(
+                    &order_id,
+                    command,
+                    None,
+                    Some(&order_id),
+                    "payments",
+                )
+                .await?;
                 self.schedule(&order_id);
                 Ok(())
             }
             Reaction::Release { order_id } => {
-                self.inventory_of(&order_id, |sku| {
-                    let key = format!("choreo:release:{order_id}:{sku}");
-                    let command = InventoryCommand::Release {
-                        order_id: order_id.clone(),
-                    };
-                    (sku, command, key)
+                self.inventory_of(&order_id, "release", |order_id| InventoryCommand::Release {
+                    order_id,
                 })
                 .await
             }
             Reaction::Sell { order_id } => {
-                self.inventory_of(&order_id, |sku| {
-                    let key = format!("choreo:sell:{order_id}:{sku}");
-                    let command = InventoryCommand::Sell {
-                        order_id: order_id.clone(),
-                    };
-                    (sku, command, key)
+                self.inventory_of(&order_id, "sell", |order_id| InventoryCommand::Sell {
+                    order_id,
                 })
                 .await
             }
@@ -747,58 +703,97 @@ impl Sagas {
                     payment_id: charge,
                     actor: actor.clone(),
                 };
-                let c = ctx(
-                    format!("choreo:pay:{order_id}"),
+                let key = format!("choreo:pay:{order_id}");
+                self.reaction_command::<Order>(
+                    &order_id,
+                    pay,
+                    Some(key),
                     Some(&order_id),
                     "payment-saga",
-                );
-                settle(
-                    service
-                        .execute::<Order>(&order_id, pay, &c, render())
-                        .await
-                        .map(drop),
-                )?;
+                )
+                .await?;
                 let confirm = OrderCommand::Confirm {
                     actor,
                     reason: Some("payment saga completed".into()),
                 };
-                let c = ctx(
-                    format!("choreo:confirm:{order_id}"),
+                let key = format!("choreo:confirm:{order_id}");
+                self.reaction_command::<Order>(
+                    &order_id,
+                    confirm,
+                    Some(key),
                     Some(&order_id),
                     "payment-saga",
-                );
-                settle(
-                    service
-                        .execute::<Order>(&order_id, confirm, &c, render())
-                        .await
-                        .map(drop),
                 )
+                .await
             }
             Reaction::CancelOrder { order_id, reason } => {
                 let cancel = OrderCommand::Cancel {
                     actor: Actor::system("payment-saga"),
                     reason: format!("payment failed: {reason}"),
                 };
-                let c = ctx(
-                    format!("choreo:cancel:{order_id}"),
+                let key = format!("choreo:cancel:{order_id}");
+                self.reaction_command::<Order>(
+                    &order_id,
+                    cancel,
+                    Some(key),
                     Some(&order_id),
                     "payment-saga",
-                );
-                settle(
-                    service
-                        .execute::<Order>(&order_id, cancel, &c, render())
-                        .await
-                        .map(drop),
                 )
+                .await
             }
         }
     }
 
-    /// Runs an inventory command for each sale SKU of the order.
+    /// Runs one reaction's command on aggregate `id` as `actor`, with the idempotency key `key`
+    /// and the order's correlation id. A refusal that settles nothing (the order was paid or
+    /// cancelled meanwhile) is fine; `insufficient_stock` is returned (see [`Sagas::react`]).
+    async fn reaction_command<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        key: Option<String>,
+        order_id: Option<&str>,
+        actor: &str,
+    ) -> Result<(), ServiceError>
+    where
+        A::Command: Clone + Send + 'static,
+        A::Error: eventfold_domain::DomainError,
+    {
+        let mut ctx = CommandContext::new(Actor::system(actor));
+        ctx.idempotency = key.map(|k| (k, "choreography".into()));
+        ctx.correlation_id = order_id.map(correlation);
+        match self
+            .inner
+            .service
+            .execute::<A>(id, command, &ctx, version_render(200))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                e @ ServiceError::Refused {
+                    code: "insufficient_stock",
+                    ..
+                },
+            ) => Err(e),
+            Err(ServiceError::Refused { code, message, .. }) => {
+                tracing::debug!(
+                    code,
+                    message,
+                    "choreography reaction refused; nothing to do"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs the inventory command `command(order_id)` (key `choreo:{what}:{order}:{sku}`) on each
+    /// sale SKU of the order.
     async fn inventory_of(
         &self,
         order_id: &str,
-        command: impl Fn(String) -> (String, InventoryCommand, String),
+        what: &str,
+        command: impl Fn(String) -> InventoryCommand,
     ) -> Result<(), ServiceError> {
         let service = &self.inner.service;
         let Some(order) = service.load::<Order>(order_id, AsOf::Latest).await? else {
@@ -809,14 +804,15 @@ impl Sagas {
             if sale.is_none_or(|s| s.store_id != order.state.store_id) {
                 continue;
             }
-            let (sku, cmd, key) = command(line.sku.clone());
-            let mut c = CommandContext::new(Actor::system("inventory"));
-            c.idempotency = Some((key, "choreography".into()));
-            c.correlation_id = Some(correlation(order_id));
-            match service.execute::<Inventory>(&sku, cmd, &c, render()).await {
-                Ok(_) | Err(ServiceError::Refused { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            let key = format!("choreo:{what}:{order_id}:{}", line.sku);
+            self.reaction_command::<Inventory>(
+                &line.sku,
+                command(order_id.to_owned()),
+                Some(key),
+                Some(order_id),
+                "inventory",
+            )
+            .await?;
         }
         Ok(())
     }

@@ -119,6 +119,15 @@ pub struct Service {
     snapshots: Option<Arc<dyn eventfold_core::ReadModelStore>>,
 }
 
+/// The response stored for a command whose caller needs only the new version:
+/// `{"version": N}` with `status`.
+pub fn version_render<A: Aggregate>(status: u16) -> Render<A> {
+    Box::new(move |_: &A, version: u64| StoredResponse {
+        status,
+        body: format!("{{\"version\":{version}}}"),
+    })
+}
+
 /// Which version of a stream to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AsOf {
@@ -279,32 +288,10 @@ impl Service {
     }
 }
 
-/// Loads aggregate `id` as its newest usable snapshot plus the events after it (M4, see
-/// [`eventfold_core::snapshot`]); a snapshot that had to be ignored is logged.
-///
-/// # Errors
-/// Store failures, an undecodable event, a snapshot written by a newer state version.
-pub async fn load_latest_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
-    store: &dyn EventStore,
-    read_models: &dyn eventfold_core::ReadModelStore,
-    id: &str,
-) -> Result<Option<Replayed<A>>, StoreError> {
-    let stream_id = A::stream_id(id);
-    let loaded = eventfold_core::snapshot::load_latest::<A>(store, read_models, &stream_id).await?;
-    if let Some(why) = loaded.ignored {
-        tracing::warn!(
-            stream_id,
-            why,
-            "snapshot ignored; the stream was replayed in full"
-        );
-        metrics::counter!("eventfold_snapshots_ignored_total").increment(1);
-    }
-    Ok(loaded.replayed)
-}
-
-/// Loads aggregate `id` as of a version or an event time from the newest snapshot that holds
-/// nothing the answer must leave out (see [`eventfold_core::snapshot::load_until`]); the latest
-/// as [`load_latest_snapshotted`].
+/// Loads aggregate `id` from its newest snapshot that holds nothing the answer must leave out,
+/// plus the events after it (M4, see [`eventfold_core::snapshot`]: `load_latest` for the latest,
+/// `load_until` as of a version or an event time); a snapshot that had to be ignored is logged
+/// and counted (`eventfold_snapshots_ignored_total`).
 ///
 /// # Errors
 /// Store failures, an undecodable event, a snapshot written by a newer state version.
@@ -314,14 +301,15 @@ pub async fn load_snapshotted<A: eventfold_core::snapshot::Snapshotting>(
     id: &str,
     as_of: AsOf,
 ) -> Result<Option<Replayed<A>>, StoreError> {
-    use eventfold_core::snapshot::{load_until, Until};
-    let until = match as_of {
-        AsOf::Latest => return load_latest_snapshotted::<A>(store, read_models, id).await,
-        AsOf::Version(v) => Until::Version(v),
-        AsOf::Time(t) => Until::Time(t),
-    };
+    use eventfold_core::snapshot::{load_latest, load_until, Until};
     let stream_id = A::stream_id(id);
-    let loaded = load_until::<A>(store, read_models, &stream_id, until).await?;
+    let loaded = match as_of {
+        AsOf::Latest => load_latest::<A>(store, read_models, &stream_id).await?,
+        AsOf::Version(v) => {
+            load_until::<A>(store, read_models, &stream_id, Until::Version(v)).await?
+        }
+        AsOf::Time(t) => load_until::<A>(store, read_models, &stream_id, Until::Time(t)).await?,
+    };
     if let Some(why) = loaded.ignored {
         tracing::warn!(
             stream_id,

@@ -140,16 +140,12 @@ pub struct SimReport {
 
 const SECRET: &str = "whsec_simulated_provider";
 
-fn unit(seed: u64, what: &str, n: u64) -> f64 {
-    let d = Sha256::digest(format!("{seed}:{what}:{n}").as_bytes());
+/// A number in [0, 1) fixed by the seed, what it decides and about whom (an attempt number, an
+/// order id): runs with one seed make the same choices.
+fn unit(seed: u64, what: &str, key: impl std::fmt::Display) -> f64 {
+    let d = Sha256::digest(format!("{seed}:{what}:{key}").as_bytes());
     let v = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
     // 53 random bits into [0, 1).
-    (v >> 11) as f64 / (1_u64 << 53) as f64
-}
-
-fn hash_str(seed: u64, what: &str, s: &str) -> f64 {
-    let d = Sha256::digest(format!("{seed}:{what}:{s}").as_bytes());
-    let v = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
     (v >> 11) as f64 / (1_u64 << 53) as f64
 }
 
@@ -237,7 +233,7 @@ impl Sandbox {
     fn buyer_acts(&self, order: String, fails: bool) {
         let me = self.clone();
         tokio::spawn(async move {
-            let delay = 5 + (hash_str(me.seed, "delay", &order) * 100.0) as u64;
+            let delay = 5 + (unit(me.seed, "delay", &order) * 100.0) as u64;
             tokio::time::sleep(Duration::from_millis(delay)).await;
             let body = if fails {
                 json!({"type": "reservation_failed", "order_id": order, "reason": "card declined"})
@@ -246,7 +242,7 @@ impl Sandbox {
                 json!({"type": "funds_reserved", "order_id": order, "authorization_id": format!("auth-{order}")})
             };
             me.deliver(format!("evt-{order}"), body.clone()).await;
-            if hash_str(me.seed, "dup", &order) < me.duplicate_rate {
+            if unit(me.seed, "dup", &order) < me.duplicate_rate {
                 // A replay (same event id), then a late copy under a new event id.
                 me.deliver(format!("evt-{order}"), body.clone()).await;
                 tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -264,8 +260,8 @@ async fn authorizations(
     let key = idempotency_key(&headers);
     let mut act = None;
     let answer = sb.once(&key, |books| {
-        let pays = hash_str(sb.seed, "pay", &req.order_id) < sb.pay_rate;
-        let fails = pays && hash_str(sb.seed, "fail", &req.order_id) < sb.failure_rate;
+        let pays = unit(sb.seed, "pay", &req.order_id) < sb.pay_rate;
+        let fails = pays && unit(sb.seed, "fail", &req.order_id) < sb.failure_rate;
         books
             .authorizations
             .insert(req.order_id.clone(), (pays, fails));

@@ -89,10 +89,7 @@ pub async fn payment_callback(
             format!("no order {order_id}"),
         ));
     }
-    let digest: String = Sha256::digest(&body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(Sha256::digest(&body));
     let mut ctx = CommandContext::new(Actor::system("payment-provider"));
     ctx.idempotency = Some((format!("callback:{key}"), digest));
     ctx.correlation_id = Some(correlation(&order_id));

@@ -191,19 +191,13 @@ impl Service {
         // appended since (by anyone).
         let base = match (cached, &self.snapshots) {
             (Some(cached), _) => cached,
-            (None, Some(read_models)) => {
+            (None, Some(read_models)) if A::SNAPSHOTTED => {
                 match eventfold_core::snapshot::base::<A>(read_models.as_ref(), stream_id).await {
                     Ok(Some(snapshot)) => snapshot,
-                    Ok(None) | Err(_) => Replayed {
-                        state: A::default(),
-                        version: 0,
-                    },
+                    Ok(None) | Err(_) => Replayed::empty(),
                 }
             }
-            (None, None) => Replayed {
-                state: A::default(),
-                version: 0,
-            },
+            (None, _) => Replayed::empty(),
         };
         let loaded = match self
             .store

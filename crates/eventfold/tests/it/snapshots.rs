@@ -29,12 +29,17 @@ async fn put(read_models: &Arc<dyn ReadModelStore>, key: &str, doc: String) {
         .unwrap();
 }
 
-async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
-    let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
+/// Writes a USD account stream `stream_id` of `n` events: opened, then deposits of
+/// `deposit(i)` dollars, event `i` at `time(i)`.
+async fn write_account(
+    store: &Arc<dyn eventfold_core::EventStore>,
+    stream_id: &str,
+    n: i64,
+    deposit: impl Fn(i64) -> i64,
+    time: impl Fn(i64) -> chrono::DateTime<chrono::Utc>,
+) {
     let service = Service::new(store.clone());
-    let ctx = CommandContext::new(Actor::system("test"));
-    let one = Money::parse("1.00", Currency::USD).unwrap();
-    let events = (0..251)
+    let events = (0..n)
         .map(|i| {
             let e = if i == 0 {
                 AccountEvent::AccountOpened {
@@ -42,8 +47,13 @@ async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
                     currency: Currency::USD,
                 }
             } else {
-                AccountEvent::FundsDeposited { amount: one }
+                AccountEvent::FundsDeposited {
+                    amount: Money::new(rust_decimal::Decimal::from(deposit(i)), Currency::USD)
+                        .unwrap(),
+                }
             };
+            let mut ctx = CommandContext::new(Actor::system("test"));
+            ctx.event_time = time(i);
             service
                 .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
                 .unwrap()
@@ -51,12 +61,18 @@ async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
         .collect();
     store
         .append(AppendRequest::new(
-            "account-snap",
+            stream_id,
             ExpectedVersion::NoStream,
             events,
         ))
         .await
         .unwrap();
+}
+
+async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
+    let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
+    let service = Service::new(store.clone());
+    write_account(&store, "account-snap", 251, |_| 1, |_| chrono::Utc::now()).await;
     while snapshot::take_due::<Account>(&store, &read_models, 100)
         .await
         .unwrap()
@@ -146,7 +162,6 @@ async fn snapshots_are_used_checked_and_rebuilt(app: &TestApp) {
 async fn as_of_loads_from_snapshots_equal_full_replays(app: &TestApp) {
     let (store, read_models) = (app.backend.events.clone(), app.backend.read_models.clone());
     let service = Service::new(store.clone());
-    let one = Money::parse("1.00", Currency::USD).unwrap();
     let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
@@ -158,34 +173,7 @@ async fn as_of_loads_from_snapshots_equal_full_replays(app: &TestApp) {
             t0 + chrono::Duration::minutes(i)
         }
     };
-    let events = (0..350_i64)
-        .map(|i| {
-            let e = if i == 0 {
-                AccountEvent::AccountOpened {
-                    owner: "late".into(),
-                    currency: Currency::USD,
-                }
-            } else {
-                AccountEvent::FundsDeposited {
-                    amount: Money::new(one.amount * rust_decimal::Decimal::from(i), Currency::USD)
-                        .unwrap(),
-                }
-            };
-            let mut ctx = CommandContext::new(Actor::system("test"));
-            ctx.event_time = minute(i);
-            service
-                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
-                .unwrap()
-        })
-        .collect();
-    store
-        .append(AppendRequest::new(
-            "account-late",
-            ExpectedVersion::NoStream,
-            events,
-        ))
-        .await
-        .unwrap();
+    write_account(&store, "account-late", 350, |i| i, minute).await;
     while snapshot::take_due::<Account>(&store, &read_models, 50)
         .await
         .unwrap()
@@ -366,24 +354,12 @@ async fn snapshots_are_also_taken_by_age() {
     let service = Service::new(store.clone());
     let ctx = CommandContext::new(Actor::system("test"));
     let one = Money::parse("1.00", Currency::USD).unwrap();
+    write_account(&store, "account-aging", 120, |_| 1, |_| chrono::Utc::now()).await;
     let event = |e: AccountEvent| {
         service
             .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
             .unwrap()
     };
-    let mut events = vec![event(AccountEvent::AccountOpened {
-        owner: "c".into(),
-        currency: Currency::USD,
-    })];
-    events.extend((1..120).map(|_| event(AccountEvent::FundsDeposited { amount: one })));
-    store
-        .append(AppendRequest::new(
-            "account-aging",
-            ExpectedVersion::NoStream,
-            events,
-        ))
-        .await
-        .unwrap();
     let hour = chrono::Duration::hours(1);
     let now = chrono::Utc::now();
     while snapshot::take_due_with::<Account>(&store, &read_models, 100, Some(hour), now)
