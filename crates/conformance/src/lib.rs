@@ -9,8 +9,8 @@
 //! ```
 //!
 //! It expands to one `#[tokio::test]` per case in [`cases`], so each failure is reported by name.
-//! The 20 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
-//! idempotent retries, projection commits and fencing tokens.
+//! The 21 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
+//! idempotent retries, projection commits, fencing tokens and the hash chain.
 
 pub mod cases;
 
@@ -38,7 +38,8 @@ macro_rules! store_conformance {
             checkpoint_resume,
             subscription_wakes_on_append,
             projection_commit_checks_checkpoint,
-            fencing_token_refuses_a_stale_holder
+            fencing_token_refuses_a_stale_holder,
+            appends_keep_one_hash_chain
         );
     };
     (@cases $factory:path; $($case:ident),* $(,)?) => {

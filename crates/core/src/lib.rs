@@ -8,6 +8,7 @@
 //!   documents together with a projection's checkpoint.
 //! - [`projection`]: keyed-fold projections and the backend-agnostic [`ProjectionRunner`].
 //! - [`subscription`]: catch-up subscriptions over `read_all` that wake when the store appends.
+//! - [`chain`]: the hash chain (M6): canonical event bytes, links, the verifier and signed anchors.
 //! - [`stock`]: the flash-sale stock ledger port ([`stock::StockLedger`]) and its in-process
 //!   implementation.
 //!
@@ -15,6 +16,7 @@
 //! those in (see ARCHITECTURE.md).
 
 pub mod aggregate;
+pub mod chain;
 pub mod envelope;
 pub mod projection;
 pub mod read_model;

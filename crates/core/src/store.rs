@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::chain::ChainRow;
 use crate::envelope::{NewEvent, RecordedEvent, ReplayEvent};
 
 /// What the caller believes the stream's version is before the append (optimistic concurrency).
@@ -336,6 +337,30 @@ pub trait EventStore: Send + Sync + 'static {
         after_position: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `max_count` events with position greater than `after_position`, in position
+    /// order, raw (texts as bytes) with their hash-chain columns (M6): what `eventfold verify`
+    /// walks. Rows are not validated, so a tampered row reads and is reported by the verifier.
+    ///
+    /// # Errors
+    /// Infrastructure failures, or [`StoreError::Corrupt`] naming the position when a column has
+    /// the wrong type.
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError>;
+
+    /// Like [`EventStore::read_chain`] for one stream, in version order from `from_version`.
+    ///
+    /// # Errors
+    /// As [`EventStore::read_chain`].
+    async fn read_stream_chain(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError>;
 
     /// The highest committed global position (0 for an empty store).
     ///

@@ -44,6 +44,21 @@ pub struct AppendBench {
     /// (the stream's lane decides them in order, each append keeps its expected version). The
     /// deposit events' payloads are their own (about 60 bytes), not `payload_bytes`.
     pub hot_stream: bool,
+    /// The hash chain (M6) of eventfold's store: on, off, or both (a second store with it off,
+    /// driven in alternating rounds too, for `hash_chain_ratio`).
+    pub hash_chain: HashChain,
+}
+
+/// `bench append --hash-chain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum HashChain {
+    /// Appends compute the chain (the product's setting).
+    On,
+    /// Appends leave the chain columns empty.
+    Off,
+    /// Both, in alternating rounds of the same run.
+    Both,
 }
 
 /// What `bench append --json` prints. Rates per second of wall time; latencies per command in ms.
@@ -98,6 +113,15 @@ pub struct AppendReport {
     pub projection_lag_p95_ms: f64,
     /// 99th percentile of the same, ms.
     pub projection_lag_p99_ms: f64,
+    /// `--hash-chain`: whether eventfold's store chained its appends (`both`: the figures above
+    /// are with the chain on).
+    pub hash_chain: HashChain,
+    /// `--hash-chain both`: events per second of the same clients on a store with the chain off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unchained_events_per_sec: Option<f64>,
+    /// `--hash-chain both`: `events_per_sec / unchained_events_per_sec` (target at least 0.95).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_chain_ratio: Option<f64>,
 }
 
 /// The bench's live projection: events per stream.
@@ -242,7 +266,8 @@ enum Cleanup {
 }
 
 impl Scratch {
-    async fn create(target: &BenchTarget) -> anyhow::Result<Self> {
+    /// A scratch store (with the hash chain on or off) and the raw baselines.
+    async fn create(target: &BenchTarget, hash_chain: bool) -> anyhow::Result<Self> {
         match target {
             BenchTarget::Sqlite(dir) => {
                 std::fs::create_dir_all(dir)
@@ -251,7 +276,13 @@ impl Scratch {
                     .prefix("eventfold-bench-")
                     .tempdir_in(dir)
                     .context("creating bench directory")?;
-                let store = Arc::new(SqliteStore::open(tmp.path().join("eventfold.db"))?);
+                let store = Arc::new(SqliteStore::open_with(
+                    tmp.path().join("eventfold.db"),
+                    eventfold_sqlite::SqliteConfig {
+                        hash_chain,
+                        ..Default::default()
+                    },
+                )?);
                 let stats_store = store.clone();
                 Ok(Self {
                     url: format!("sqlite://{}", tmp.path().join("eventfold.db").display()),
@@ -279,8 +310,16 @@ impl Scratch {
                     .context("creating the scratch database")?;
                 let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
                 let scratch_url = format!("{base}/{name}");
-                let store =
-                    Arc::new(eventfold_postgres::PostgresStore::connect(&scratch_url).await?);
+                let store = Arc::new(
+                    eventfold_postgres::PostgresStore::connect_with(
+                        &scratch_url,
+                        eventfold_postgres::PostgresConfig {
+                            hash_chain,
+                            ..Default::default()
+                        },
+                    )
+                    .await?,
+                );
                 let stats_store = store.clone();
                 let raw = RawBaseline::postgres(&scratch_url, "raw", false).await?;
                 let raw_indexed = RawBaseline::postgres(&scratch_url, "raw_indexed", true).await?;
@@ -347,7 +386,11 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         !config.hot_stream || config.events_per_command == 1,
         "a hot-stream bench runs one event per command"
     );
-    let scratch = Scratch::create(target).await?;
+    let scratch = Scratch::create(target, config.hash_chain != HashChain::Off).await?;
+    let unchained = match config.hash_chain {
+        HashChain::Both => Some(Scratch::create(target, false).await?),
+        _ => None,
+    };
     let (store, raw, raw_indexed) = (
         scratch.store.clone(),
         scratch.raw.clone(),
@@ -356,77 +399,58 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     let per = config.events_per_command;
     let body = Arc::new(payload(config.payload_bytes));
     let service = Service::new(store.clone());
+    let unchained_service = unchained.as_ref().map(|u| Service::new(u.store.clone()));
     if config.hot_stream {
-        let open = AccountCommand::Open {
-            owner: "bench".into(),
-            currency: Currency::USD,
-            actor: Actor::system("bench"),
-        };
-        service
-            .execute::<Account>("bench-hot", open, &bench_context(), Box::new(no_render))
-            .await?;
+        for service in std::iter::once(&service).chain(&unchained_service) {
+            let open = AccountCommand::Open {
+                owner: "bench".into(),
+                currency: Currency::USD,
+                actor: Actor::system("bench"),
+            };
+            service
+                .execute::<Account>("bench-hot", open, &bench_context(), Box::new(no_render))
+                .await?;
+        }
     }
     let runner = Arc::new(
         ProjectionRunner::new(store.clone(), scratch.read_models.clone()).register(EventsPerStream),
     );
     runner.catch_up(None, &|_, _| {}).await?;
     runner.reset_lag();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let live = {
-        let runner = runner.clone();
-        tokio::spawn(async move {
-            runner
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, live) = live_projection(&runner);
+    // The unchained store carries the same live projection, so both sides do the same work.
+    let unchained_runner = unchained.as_ref().map(|u| {
+        Arc::new(
+            ProjectionRunner::new(u.store.clone(), u.read_models.clone()).register(EventsPerStream),
+        )
+    });
+    let unchained_live = unchained_runner.as_ref().map(live_projection);
 
     // Alternate eventfold and the baseline so that drift on a shared machine hits both.
     let rounds = config.rounds.max(1);
     let round = config.duration / rounds as u32;
     let mut ours = Run::empty();
+    let mut unchained_run = Run::empty();
     let mut baseline = Run::empty();
     let mut indexed = Run::empty();
-    let versions: Arc<Vec<AtomicU64>> =
-        Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect());
+    let new_versions = || -> Arc<Vec<AtomicU64>> {
+        Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect())
+    };
+    let (versions, unchained_versions) = (new_versions(), new_versions());
     for r in 0..rounds {
-        let run = if config.hot_stream {
-            let service = service.clone();
-            drive(config.clients, round, move |_, _| {
-                let service = service.clone();
-                async move { hot_deposit(&service).await }
-            })
-            .await?
-        } else {
-            let (store, body_ours, versions) = (store.clone(), body.clone(), versions.clone());
-            drive(config.clients, round, move |client, _| {
-                let store = store.clone();
-                let body = body_ours.clone();
-                let versions = versions.clone();
-                async move {
-                    let events = (0..per).map(|_| bench_event(&body)).collect();
-                    let v = versions[client].load(Ordering::Relaxed);
-                    let expected = if v == 0 {
-                        ExpectedVersion::NoStream
-                    } else {
-                        ExpectedVersion::Exact(v)
-                    };
-                    let out = store
-                        .append(AppendRequest::new(
-                            format!("bench-{client}"),
-                            expected,
-                            events,
-                        ))
-                        .await?;
-                    versions[client].store(out.stream_version, Ordering::Relaxed);
-                    Ok(())
+        // With the chain both on and off, each goes first in every other round.
+        let unchained_first = r % 2 == 1 && unchained_service.is_some();
+        for side in [unchained_first, !unchained_first] {
+            match (side, &unchained_service) {
+                (true, Some(unchained)) => unchained_run.add(
+                    drive_store(config, round, unchained, &unchained_versions, &body).await?,
+                )?,
+                (true, None) => {}
+                (false, _) => {
+                    ours.add(drive_store(config, round, &service, &versions, &body).await?)?
                 }
-            })
-            .await?
-        };
-        ours.add(run)?;
+            }
+        }
         let shape = (config.clients, per, config.hot_stream);
         baseline.add(drive_raw(&raw, shape, (r, round), &body).await?)?;
         indexed.add(drive_raw(&raw_indexed, shape, (r, round), &body).await?)?;
@@ -440,14 +464,24 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     );
     let _ = stop.send(());
     live.await.context("projection runner panicked")??;
+    if let Some((stop, live)) = unchained_live {
+        let _ = stop.send(());
+        live.await.context("projection runner panicked")??;
+    }
     let lag = |q| runner.lag_quantile_ms(q).unwrap_or(0.0);
     let (lag50, lag95, lag99) = (lag(0.5), lag(0.95), lag(0.99));
 
     let (commits, append_requests) = (scratch.stats)();
     let store_name = scratch.name;
-    drop((store, service, runner));
+    drop((store, service, runner, unchained_service, unchained_runner));
     scratch.remove().await?;
     let rate = |r: &Run| r.commands as f64 / r.elapsed;
+    let unchained_events_per_sec = unchained
+        .is_some()
+        .then(|| rate(&unchained_run) * per as f64);
+    if let Some(u) = unchained {
+        u.remove().await?;
+    }
     let events_per_sec = rate(&ours) * per as f64;
     let baseline_events_per_sec = rate(&baseline) * per as f64;
     Ok(AppendReport {
@@ -474,7 +508,74 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         projection_lag_p50_ms: lag50,
         projection_lag_p95_ms: lag95,
         projection_lag_p99_ms: lag99,
+        hash_chain: config.hash_chain,
+        unchained_events_per_sec,
+        hash_chain_ratio: unchained_events_per_sec.map(|u| events_per_sec / u.max(1e-9)),
     })
+}
+
+type LiveProjection = (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), eventfold_core::RunnerError>>,
+);
+
+/// Runs `runner` live until the returned sender is used.
+fn live_projection(runner: &Arc<ProjectionRunner>) -> LiveProjection {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = runner.clone();
+    let live = tokio::spawn(async move {
+        runner
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, live)
+}
+
+/// One round of eventfold's side on `service`'s store: deposits into one account (hot stream),
+/// or each client appending to its own stream `bench-{client}` with the version it last saw.
+async fn drive_store(
+    config: &AppendBench,
+    round: Duration,
+    service: &Service,
+    versions: &Arc<Vec<AtomicU64>>,
+    body: &Arc<String>,
+) -> anyhow::Result<Run> {
+    if config.hot_stream {
+        let service = service.clone();
+        return drive(config.clients, round, move |_, _| {
+            let service = service.clone();
+            async move { hot_deposit(&service).await }
+        })
+        .await;
+    }
+    let per = config.events_per_command;
+    let (store, body, versions) = (service.store().clone(), body.clone(), versions.clone());
+    drive(config.clients, round, move |client, _| {
+        let store = store.clone();
+        let body = body.clone();
+        let versions = versions.clone();
+        async move {
+            let events = (0..per).map(|_| bench_event(&body)).collect();
+            let v = versions[client].load(Ordering::Relaxed);
+            let expected = if v == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(v)
+            };
+            let out = store
+                .append(AppendRequest::new(
+                    format!("bench-{client}"),
+                    expected,
+                    events,
+                ))
+                .await?;
+            versions[client].store(out.stream_version, Ordering::Relaxed);
+            Ok(())
+        }
+    })
+    .await
 }
 
 fn bench_context() -> CommandContext {
@@ -703,7 +804,7 @@ pub async fn load(
     events: u64,
     repetitions: usize,
 ) -> anyhow::Result<LoadReport> {
-    let scratch = Scratch::create(target).await?;
+    let scratch = Scratch::create(target, true).await?;
     let report = load_on(
         scratch.store.clone(),
         scratch.read_models.clone(),
@@ -875,7 +976,7 @@ pub struct ReadReport {
 /// # Errors
 /// The scratch store cannot be created, an append fails, or the read returns the wrong count.
 pub async fn read(target: &BenchTarget, events: u64) -> anyhow::Result<ReadReport> {
-    let scratch = Scratch::create(target).await?;
+    let scratch = Scratch::create(target, true).await?;
     let store = scratch.store.clone();
     let body = payload(200);
     let mut written = 0u64;

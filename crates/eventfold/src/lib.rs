@@ -8,6 +8,7 @@
 //! - [`http`]: the axum router (the only module that knows HTTP).
 //! - [`import`]: the CDNOW purchase-log import.
 //! - [`bench`]: `bench append` and `bench load`.
+//! - [`verify`]: `verify` and `anchor sign` over the hash chain (M6).
 //! - [`flash_sale`], [`deadlines`], [`payments`], [`sagas`]: the flash-sale purchase path, the
 //!   unpaid-order timeout, the payment provider and its signed callbacks, the order and payment
 //!   sagas (M17-M22).
@@ -25,3 +26,4 @@ pub mod payments;
 pub mod sagas;
 pub mod service;
 pub mod simulate;
+pub mod verify;

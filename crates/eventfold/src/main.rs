@@ -143,6 +143,28 @@ enum Command {
         #[command(subcommand)]
         command: SnapshotsCommand,
     },
+    /// Walk the hash chain (M6) of the whole log or of one stream and name the first broken link
+    /// (position, stream, version, expected vs found); with --anchor, also check that the log
+    /// still extends a signed head. Exits 1 when a link or the anchor does not hold.
+    Verify {
+        /// The stream to walk, e.g. `account-42`.
+        stream: Option<String>,
+        /// The whole log (positions from 1, the global and every stream's links).
+        #[arg(long, conflicts_with = "stream")]
+        all: bool,
+        /// An anchor file written by `anchor sign` (the whole log is walked).
+        #[arg(long, requires = "public_key", conflicts_with = "stream")]
+        anchor: Option<PathBuf>,
+        /// The Ed25519 public key the anchor must be signed with: 64 hex characters, or a file
+        /// holding them.
+        #[arg(long, requires = "anchor")]
+        public_key: Option<String>,
+    },
+    /// Signed anchors of the hash chain (M6).
+    Anchor {
+        #[command(subcommand)]
+        command: AnchorCommand,
+    },
     /// Simulations that drive a real server and print a report.
     Simulate {
         #[command(subcommand)]
@@ -261,6 +283,30 @@ enum ImportSource {
 }
 
 #[derive(Subcommand)]
+enum AnchorCommand {
+    /// Create an Ed25519 key pair: the secret key (hex seed, file mode 0600, never overwritten)
+    /// and the public key (hex).
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        secret_key: PathBuf,
+        /// Where to write the public key.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Verify the whole log, then sign its head (position and hash) with the secret key and
+    /// write the anchor file (JSON). Nothing is signed when the chain is broken.
+    Sign {
+        /// The secret key file written by `anchor keygen`.
+        #[arg(long)]
+        secret_key: PathBuf,
+        /// Where to write the anchor.
+        #[arg(long, default_value = "eventfold-anchor.json")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum SnapshotsCommand {
     /// Replay a stream in full (trusting no snapshot) and store its snapshot at the head; with
     /// --all, every account stream.
@@ -316,6 +362,10 @@ enum BenchCommand {
         /// (per-stream lane, version checks kept); the baseline inserts into one stream too.
         #[arg(long)]
         hot_stream: bool,
+        /// The hash chain (M6) of the measured store: `on`, `off`, or `both` (a second store
+        /// with it off in alternating rounds; prints `hash_chain_ratio`).
+        #[arg(long, value_enum, default_value = "on")]
+        hash_chain: bench::HashChain,
     },
     /// Kafka -> notification table end to end (needs --kafka-brokers), against a bare
     /// consumer's rate on the same broker; plus single flushes of 1,000 and 10,000 rows.
@@ -380,6 +430,49 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A progress bar over log positions (hidden for --json or when stderr is not a terminal).
+fn chain_bar(json: bool, head: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(head);
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+/// Reads an anchor file and checks its signature with `key` (hex, or a file holding it).
+fn read_anchor(path: &Path, key: &str) -> anyhow::Result<eventfold::verify::TrustedAnchor> {
+    let key_text = if key.trim().len() == 64 && key.trim().bytes().all(|b| b.is_ascii_hexdigit()) {
+        key.to_owned()
+    } else {
+        std::fs::read_to_string(key).with_context(|| format!("reading public key file {key}"))?
+    };
+    let public = eventfold_core::chain::verifying_key(&key_text)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading anchor {}", path.display()))?;
+    let anchor: eventfold_core::chain::Anchor = serde_json::from_str(&text)
+        .with_context(|| format!("anchor {} is not an anchor file", path.display()))?;
+    let hash = anchor
+        .verify(&public)
+        .with_context(|| format!("anchor {}", path.display()))?;
+    Ok(eventfold::verify::TrustedAnchor { anchor, hash })
+}
+
+/// Writes a new secret file readable by its owner only; an existing file is never overwritten.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
+    writeln!(file, "{text}").with_context(|| format!("writing {}", path.display()))
 }
 
 fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
@@ -853,6 +946,113 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&state)?);
             Ok(())
         }
+        Command::Verify {
+            stream,
+            all,
+            anchor,
+            public_key,
+        } => {
+            use eventfold::verify::{verify, Target};
+            let target = match (stream, all || anchor.is_some()) {
+                (Some(s), _) => Target::Stream(s),
+                (None, true) => Target::All,
+                (None, false) => bail!("give a STREAM or --all"),
+            };
+            let trusted = match (anchor, public_key) {
+                (Some(path), Some(key)) => Some(read_anchor(&path, &key)?),
+                _ => None,
+            };
+            let backend = Backend::open(&cli.store).await?;
+            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            let report = verify(backend.events.clone(), &target, trusted.as_ref(), &|p| {
+                bar.set_position(p)
+            })
+            .await?;
+            bar.finish_and_clear();
+            print(cli.json, &report, || {
+                let mut text = format!(
+                    "{} events checked in {:.0} ms ({:.0} events/s)",
+                    report.events_checked, report.elapsed_ms, report.events_per_sec
+                );
+                if let Some(h) = &report.head {
+                    text += &format!("; head position {} hash {}", h.position, h.hash);
+                }
+                if let Some(a) = &report.anchor {
+                    text += &format!(
+                        "; anchor at position {} signed {}: {}",
+                        a.position,
+                        a.signed_at,
+                        if a.extended {
+                            "the log extends it"
+                        } else {
+                            "NOT extended"
+                        }
+                    );
+                }
+                match &report.first_broken {
+                    Some(b) => format!("{text}\n{b}"),
+                    None => format!("{text}\nok: every link holds"),
+                }
+            })?;
+            if !report.ok {
+                bail!("the hash chain does not verify (see the report)");
+            }
+            Ok(())
+        }
+        Command::Anchor {
+            command:
+                AnchorCommand::Keygen {
+                    secret_key,
+                    public_key,
+                },
+        } => {
+            let mut seed = [0u8; 32];
+            getrandom::getrandom(&mut seed).context("reading the OS random source")?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let public = hex::encode(key.verifying_key().as_bytes());
+            write_secret(&secret_key, &hex::encode(seed))?;
+            std::fs::write(&public_key, format!("{public}\n"))
+                .with_context(|| format!("writing {}", public_key.display()))?;
+            print(
+                cli.json,
+                &serde_json::json!({ "public_key": public, "secret_key_file": secret_key, "public_key_file": public_key }),
+                || {
+                    format!(
+                        "public key {public} (secret key in {})",
+                        secret_key.display()
+                    )
+                },
+            )
+        }
+        Command::Anchor {
+            command: AnchorCommand::Sign { secret_key, out },
+        } => {
+            let text = std::fs::read_to_string(&secret_key)
+                .with_context(|| format!("reading {}", secret_key.display()))?;
+            let key = eventfold_core::chain::signing_key(&text)
+                .with_context(|| format!("secret key file {}", secret_key.display()))?;
+            let backend = Backend::open(&cli.store).await?;
+            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            let (anchor, report) = eventfold::verify::sign_anchor(
+                backend.events.clone(),
+                &key,
+                chrono::Utc::now(),
+                &|p| bar.set_position(p),
+            )
+            .await?;
+            bar.finish_and_clear();
+            std::fs::write(&out, serde_json::to_string_pretty(&anchor)? + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            print(cli.json, &anchor, || {
+                format!(
+                    "signed head position {} hash {} ({} events verified first); anchor written to {}",
+                    anchor.position,
+                    anchor.hash,
+                    report.events_checked,
+                    out.display()
+                )
+            })
+        }
         Command::Snapshots {
             command: SnapshotsCommand::Rebuild { stream, all },
         } => {
@@ -1059,6 +1259,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     rounds,
                     payload_bytes,
                     hot_stream,
+                    hash_chain,
                 } => {
                     if clients == 0
                         || events_per_command == 0
@@ -1077,6 +1278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         rounds,
                         payload_bytes,
                         hot_stream,
+                        hash_chain,
                     };
                     let r = bench::append(&target, &config).await?;
                     print(cli.json, &r, || {
@@ -1089,7 +1291,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             if r.hot_stream { ", one hot stream" } else { "" },
                             r.baseline_commands_per_sec, r.baseline_events_per_sec, r.baseline_p99_ms, r.ratio_to_baseline,
                             r.ratio_to_indexed_baseline, r.projection_lag_p50_ms, r.projection_lag_p95_ms, r.projection_lag_p99_ms
-                        )
+                        ) + &match (r.unchained_events_per_sec, r.hash_chain_ratio) {
+                            (Some(u), Some(ratio)) => format!(
+                                "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3}"
+                            ),
+                            _ => format!("\nhash chain: {:?}", r.hash_chain).to_lowercase(),
+                        }
                     })
                 }
                 BenchCommand::Read { events } => {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use eventfold_core::chain::{Chainer, Content, Hash, Links, ZERO_HASH};
 use eventfold_core::{
     AppendOutcome, AppendRequest, ExpectedVersion, IdempotencyRecord, StoreError,
 };
@@ -45,6 +46,8 @@ pub(crate) struct Appender {
     pub(crate) head: watch::Sender<u64>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_batch: usize,
+    /// Whether appends compute the hash chain (M6).
+    pub(crate) chain: bool,
 }
 
 /// An event accepted for insertion, in the columns' order.
@@ -61,6 +64,8 @@ struct Row13 {
     correlation_id: Option<Uuid>,
     tenant_id: String,
     payload: String,
+    /// Chain columns, when the appender computed them (checked path with the chain on).
+    links: Option<Links>,
 }
 
 impl Appender {
@@ -107,7 +112,7 @@ impl Appender {
             }
             let c = conn.as_mut().expect("connected");
             let requests: Vec<&AppendRequest> = group.iter().flat_map(|j| &j.requests).collect();
-            match commit_group(c, &requests).await {
+            match commit_group(c, &requests, self.chain).await {
                 Ok((results, head)) => {
                     self.counters.commits.fetch_add(1, Relaxed);
                     self.counters
@@ -152,11 +157,38 @@ fn fail_all(group: Vec<Job>, message: &str) {
 async fn commit_group(
     conn: &mut PgConnection,
     requests: &[&AppendRequest],
+    chain: bool,
 ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
-    match commit_assumed(conn, requests).await? {
+    // Ingest time at the precision PostgreSQL keeps, so the hashed value is the stored one.
+    let now = whole_micros(Utc::now());
+    match commit_assumed(conn, requests, chain, now).await? {
         Some(done) => Ok(done),
-        None => commit_checked(conn, requests).await,
+        None => commit_checked(conn, requests, chain, now).await,
     }
+}
+
+/// `t` cut to whole microseconds (as both stores keep times and the chain hashes them).
+fn whole_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+/// The content digest (M6) of a planned row.
+fn digest(row: &Row13, ingest: DateTime<Utc>) -> Hash {
+    Content {
+        stream_id: row.stream_id.as_bytes(),
+        stream_version: row.version as u64,
+        event_id: row.event_id.as_bytes(),
+        event_type: row.event_type.as_bytes(),
+        schema_version: i64::from(row.schema_version),
+        event_time_us: row.event_time.timestamp_micros(),
+        ingest_time_us: ingest.timestamp_micros(),
+        actor: row.actor.as_bytes(),
+        causation_id: row.causation_id.as_ref().map(|u| u.as_bytes().as_slice()),
+        correlation_id: row.correlation_id.as_ref().map(|u| u.as_bytes().as_slice()),
+        tenant_id: row.tenant_id.as_bytes(),
+        payload: row.payload.as_bytes(),
+    }
+    .digest()
 }
 
 /// The group's rows, idempotency records and per-request results, numbered from `head + 1`.
@@ -207,12 +239,13 @@ fn plan(
                     version: (current + 1 + i as u64) as i64,
                     event_type: e.event_type.clone(),
                     schema_version: e.schema_version as i32,
-                    event_time: e.event_time,
+                    event_time: whole_micros(e.event_time),
                     actor: m.actor.as_str().to_owned(),
                     causation_id: m.causation_id,
                     correlation_id: m.correlation_id,
                     tenant_id: m.tenant_id.clone(),
                     payload: e.payload.clone(),
+                    links: None,
                 });
                 batch_ids.insert(
                     e.event_id,
@@ -261,6 +294,8 @@ fn plan(
 async fn commit_assumed(
     conn: &mut PgConnection,
     requests: &[&AppendRequest],
+    chain: bool,
+    now: DateTime<Utc>,
 ) -> Result<Option<(Vec<Result<AppendOutcome, StoreError>>, u64)>, sqlx::Error> {
     let mut assumed: HashMap<String, u64> = HashMap::new();
     for r in requests {
@@ -291,10 +326,26 @@ async fn commit_assumed(
         return Ok(None);
     }
     let count = plan.rows.len() as u64;
+    // The chain's content digests are computed here, outside the lock; the function links them.
+    let (slots, digests): (Vec<i32>, Option<Vec<Vec<u8>>>) = if chain {
+        let slot: HashMap<&str, i32> = check_streams
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i as i32 + 1))
+            .collect();
+        let (slots, digests) = plan
+            .rows
+            .iter()
+            .map(|r| (slot[r.stream_id.as_str()], digest(r, now).to_vec()))
+            .unzip();
+        (slots, Some(digests))
+    } else {
+        (Vec::new(), None)
+    };
     let c = Columns::from(std::mem::take(&mut plan.rows));
     let head: i64 = match sqlx::query_scalar(
         "SELECT eventfold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19, $20)",
+         $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(APPEND_LOCK)
     .bind(check_streams)
@@ -305,7 +356,7 @@ async fn commit_assumed(
     .bind(c.event_type)
     .bind(c.schema_version)
     .bind(c.event_time)
-    .bind(Utc::now())
+    .bind(now)
     .bind(c.actor)
     .bind(c.causation_id)
     .bind(c.correlation_id)
@@ -316,6 +367,8 @@ async fn commit_assumed(
     .bind(plan.keys.iter().map(|k| i32::from(k.response.status)).collect::<Vec<_>>())
     .bind(plan.keys.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
     .bind(NOTIFY_CHANNEL)
+    .bind(slots)
+    .bind(digests)
     .fetch_one(&mut *conn)
     .await
     {
@@ -343,6 +396,8 @@ async fn commit_assumed(
 async fn commit_checked(
     conn: &mut PgConnection,
     requests: &[&AppendRequest],
+    chain: bool,
+    now: DateTime<Utc>,
 ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -370,13 +425,14 @@ async fn commit_checked(
         .filter_map(|r| r.fence.as_ref().map(|f| f.resource.clone()))
         .collect();
     let rows = sqlx::query(
-        "SELECT 'h' AS kind, NULL::text AS s, coalesce(max(position), 0) AS a, NULL::bigint AS b, NULL::uuid AS i \
-         FROM events \
-         UNION ALL SELECT 'v', s, (SELECT stream_version FROM events WHERE stream_id = s \
-           ORDER BY stream_version DESC LIMIT 1), NULL, NULL FROM UNNEST($1::text[]) AS u(s) \
-         UNION ALL SELECT 'i', stream_id, stream_version, position, event_id FROM events WHERE event_id = ANY($2) \
-         UNION ALL SELECT 'k', key, NULL, NULL, NULL FROM idempotency_keys WHERE key = ANY($3) \
-         UNION ALL SELECT 'f', resource, token, NULL, NULL FROM fences WHERE resource = ANY($4)",
+        "(SELECT 'h' AS kind, NULL::text AS s, position AS a, NULL::bigint AS b, NULL::uuid AS i, \
+           hash AS x FROM events ORDER BY position DESC LIMIT 1) \
+         UNION ALL SELECT 'v', u.s, l.stream_version, NULL, NULL, l.hash FROM UNNEST($1::text[]) AS u(s) \
+           LEFT JOIN LATERAL (SELECT stream_version, hash FROM events WHERE stream_id = u.s \
+           ORDER BY stream_version DESC LIMIT 1) l ON true \
+         UNION ALL SELECT 'i', stream_id, stream_version, position, event_id, NULL FROM events WHERE event_id = ANY($2) \
+         UNION ALL SELECT 'k', key, NULL, NULL, NULL, NULL FROM idempotency_keys WHERE key = ANY($3) \
+         UNION ALL SELECT 'f', resource, token, NULL, NULL, NULL FROM fences WHERE resource = ANY($4)",
     )
     .bind(&streams)
     .bind(&ids)
@@ -385,6 +441,7 @@ async fn commit_checked(
     .fetch_all(&mut *tx)
     .await?;
     let mut head = 0i64;
+    let mut chainer = Chainer::new(ZERO_HASH);
     let mut versions: HashMap<String, u64> = HashMap::new();
     let mut stored: HashMap<Uuid, (String, u64, u64)> = HashMap::new();
     let mut used_keys: HashSet<String> = HashSet::new();
@@ -392,11 +449,16 @@ async fn commit_checked(
     for r in rows {
         let kind: &str = r.try_get(0)?;
         match kind {
-            "h" => head = r.try_get(2)?,
+            "h" => {
+                head = r.try_get(2)?;
+                chainer = Chainer::new(stored_hash(r.try_get(5)?));
+            }
             "v" => {
                 // One index probe per stream (the last version), not a scan of its history.
                 if let Some(v) = r.try_get::<Option<i64>, _>(2)? {
-                    versions.insert(r.try_get(1)?, v as u64);
+                    let stream: String = r.try_get(1)?;
+                    chainer.stream_head(&stream, stored_hash(r.try_get(5)?));
+                    versions.insert(stream, v as u64);
                 }
             }
             "i" => {
@@ -418,7 +480,7 @@ async fn commit_checked(
         }
     }
 
-    let plan = plan(
+    let mut plan = plan(
         requests,
         head as u64,
         versions,
@@ -426,6 +488,12 @@ async fn commit_checked(
         &mut used_keys,
         &mut fences,
     );
+    if chain {
+        for r in &mut plan.rows {
+            let d = digest(r, now);
+            r.links = Some(chainer.next(r.position as u64, &r.stream_id, &d));
+        }
+    }
     if !plan.fences.is_empty() {
         let (resources, tokens): (Vec<String>, Vec<i64>) = plan
             .fences
@@ -442,10 +510,17 @@ async fn commit_checked(
         .await?;
     }
     if !plan.rows.is_empty() {
-        write_group(&mut tx, plan.rows, &plan.keys, Utc::now(), plan.last).await?;
+        write_group(&mut tx, plan.rows, &plan.keys, now, plan.last).await?;
     }
     tx.commit().await?;
     Ok((plan.results, plan.last))
+}
+
+/// A stored hash column: 32 bytes, or [`ZERO_HASH`] when NULL (appended with the chain off) or
+/// malformed (verify reports that row).
+fn stored_hash(h: Option<Vec<u8>>) -> Hash {
+    h.and_then(|h| Hash::try_from(h.as_slice()).ok())
+        .unwrap_or(ZERO_HASH)
 }
 
 /// Why a request was not written: already stored (a retry), or refused.
@@ -553,6 +628,8 @@ struct Columns {
     correlation_id: Vec<Option<Uuid>>,
     tenant_id: Vec<String>,
     payload: Vec<String>,
+    prev_hash: Vec<Option<Vec<u8>>>,
+    hash: Vec<Option<Vec<u8>>>,
 }
 
 impl From<Vec<Row13>> for Columns {
@@ -571,6 +648,8 @@ impl From<Vec<Row13>> for Columns {
             c.correlation_id.push(r.correlation_id);
             c.tenant_id.push(r.tenant_id);
             c.payload.push(r.payload);
+            c.prev_hash.push(r.links.map(|l| l.prev_hash.to_vec()));
+            c.hash.push(r.links.map(|l| l.hash.to_vec()));
         }
         c
     }
@@ -588,10 +667,12 @@ async fn write_group(
     let c = Columns::from(rows);
     sqlx::query(
         "WITH ev AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
-           schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
-           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], \
-           $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], \
-           $12::text[], $13::text[]) AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl) RETURNING 1), \
+           schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+           prev_hash, hash) \
+           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl, ph, h FROM UNNEST($1::bigint[], $2::uuid[], \
+           $3::text[], $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], \
+           $12::text[], $13::text[], $20::bytea[], $21::bytea[]) \
+           AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h) RETURNING 1), \
          ik AS (INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
            SELECT k, f, st, b, $8 FROM UNNEST($14::text[], $15::text[], $16::int[], $17::text[]) \
            AS t(k, f, st, b) RETURNING 1) \
@@ -616,6 +697,8 @@ async fn write_group(
     .bind(keys.iter().map(|k| k.response.body.clone()).collect::<Vec<_>>())
     .bind(NOTIFY_CHANNEL)
     .bind(head.to_string())
+    .bind(c.prev_hash)
+    .bind(c.hash)
     .fetch_one(&mut **tx)
     .await
     .map(|_| ())

@@ -8,6 +8,7 @@
 //! binary send format, all big-endian.
 
 use chrono::{TimeZone, Utc};
+use eventfold_core::chain::ChainRow;
 use eventfold_core::ReplayEvent;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -60,6 +61,65 @@ pub(crate) fn parse_replay(data: &[u8]) -> Result<Vec<ReplayEvent>, String> {
     }
 }
 
+/// The columns [`parse_chain`] reads, in its order.
+pub(crate) const CHAIN_COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
+     ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
+     hash";
+
+/// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] into raw chain rows (M6): texts and hashes
+/// as stored bytes, times as Unix microseconds.
+///
+/// # Errors
+/// A message naming the byte offset where the data stops making sense.
+pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
+    let mut r = Reader { data, at: 0 };
+    if r.take(11)? != SIGNATURE {
+        return Err("not a binary COPY stream (bad signature)".into());
+    }
+    let _flags = r.u32()?;
+    let extension = r.u32()? as usize;
+    r.take(extension)?;
+    let mut rows = Vec::new();
+    loop {
+        let fields = r.i16()?;
+        if fields == -1 {
+            return Ok(rows);
+        }
+        if fields != 15 {
+            return Err(format!(
+                "tuple at offset {} has {fields} fields, expected 15",
+                r.at - 2
+            ));
+        }
+        let int8 = |r: &mut Reader<'_>| -> Result<i64, String> {
+            Ok(i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")))
+        };
+        let required = |r: &mut Reader<'_>| -> Result<Vec<u8>, String> {
+            let at = r.at;
+            r.optional()?
+                .ok_or_else(|| format!("NULL at offset {at} in a NOT NULL column"))
+        };
+        rows.push(ChainRow {
+            position: int8(&mut r)? as u64,
+            stream_id: required(&mut r)?,
+            stream_version: int8(&mut r)? as u64,
+            event_id: required(&mut r)?,
+            event_type: required(&mut r)?,
+            schema_version: i64::from(i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes"))),
+            event_time_us: int8(&mut r)? + PG_EPOCH_US,
+            ingest_time_us: int8(&mut r)? + PG_EPOCH_US,
+            actor: required(&mut r)?,
+            causation_id: r.optional()?,
+            correlation_id: r.optional()?,
+            tenant_id: required(&mut r)?,
+            payload: required(&mut r)?,
+            prev_hash: r.optional()?,
+            hash: r.optional()?,
+        });
+    }
+}
+
 struct Reader<'a> {
     data: &'a [u8],
     at: usize,
@@ -99,6 +159,16 @@ impl<'a> Reader<'a> {
             ));
         }
         self.take(size)
+    }
+
+    /// A field's bytes, `None` for NULL.
+    fn optional(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let len = self.u32()? as i32;
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| format!("bad length at offset {}", self.at))?;
+        Ok(Some(self.take(len)?.to_vec()))
     }
 
     fn text(&mut self) -> Result<String, String> {

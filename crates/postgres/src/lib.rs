@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
@@ -48,6 +49,10 @@ pub struct PostgresConfig {
     /// Longest a read waits for a pooled connection, reconnecting meanwhile, before it fails
     /// with [`StoreError::Unavailable`] (HTTP 503 with Retry-After) (default 2 s).
     pub acquire_timeout: Duration,
+    /// Whether appends compute the hash chain (M6; default true). Off only to measure what the
+    /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
+    /// and `eventfold verify` reports the first of them.
+    pub hash_chain: bool,
 }
 
 impl Default for PostgresConfig {
@@ -57,6 +62,7 @@ impl Default for PostgresConfig {
             max_batch_requests: 4_096,
             poll_interval: Duration::from_millis(100),
             acquire_timeout: Duration::from_secs(2),
+            hash_chain: true,
         }
     }
 }
@@ -139,6 +145,7 @@ impl PostgresStore {
                 head: head_tx.clone(),
                 counters: counters.clone(),
                 max_batch: config.max_batch_requests,
+                chain: config.hash_chain,
             }
             .run(),
         );
@@ -249,6 +256,9 @@ async fn migrate(pool: &PgPool) -> Result<SchemaVersion, StoreError> {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        if i + 1 == schema::CHAIN_MIGRATION {
+            backfill_chain(&mut tx).await?;
+        }
         sqlx::query("INSERT INTO eventfold_schema (version) VALUES ($1)")
             .bind(i as i32 + 1)
             .execute(&mut *tx)
@@ -260,6 +270,59 @@ async fn migrate(pool: &PgPool) -> Result<SchemaVersion, StoreError> {
         previous: current as u32,
         current: known as u32,
     })
+}
+
+/// Chains the rows stored before the hash chain existed, in position order, as the appender would
+/// have (inside the migration's transaction, holding the append lock; the append-only trigger is
+/// disabled for it and enabled again).
+async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_are_append_only")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let mut chainer = Chainer::new(ZERO_HASH);
+    let mut after = 0i64;
+    loop {
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT 10000) \
+             TO STDOUT (FORMAT binary)",
+            copy::CHAIN_COLUMNS
+        );
+        let data = copy_out(&mut *tx, &sql).await?;
+        let rows = copy::parse_chain(&data)
+            .map_err(|e| StoreError::Corrupt(format!("chain backfill after {after}: {e}")))?;
+        let Some(last) = rows.last() else { break };
+        after = last.position as i64;
+        let mut positions = Vec::with_capacity(rows.len());
+        let (mut prevs, mut hashes) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let l = chainer.next(r.position, &r.stream(), &r.content().digest());
+            positions.push(r.position as i64);
+            prevs.push(l.prev_hash.to_vec());
+            hashes.push(l.hash.to_vec());
+        }
+        sqlx::query(
+            "UPDATE events e SET prev_hash = u.ph, hash = u.h \
+             FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[]) AS u(p, ph, h) \
+             WHERE e.position = u.p",
+        )
+        .bind(positions)
+        .bind(prevs)
+        .bind(hashes)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_are_append_only")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    Ok(())
 }
 
 const SELECT_EVENTS: &str =
@@ -287,6 +350,17 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         },
         payload: row.try_get(12).map_err(backend)?,
     })
+}
+
+/// Runs a `COPY ... TO STDOUT` and collects its bytes.
+async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<u8>, StoreError> {
+    use futures::TryStreamExt;
+    let mut data = Vec::new();
+    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
+    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
 }
 
 fn limit(max_count: usize) -> i64 {
@@ -336,7 +410,6 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        use futures::TryStreamExt;
         // COPY takes no bind parameters: the stream id travels in a session setting (bound, never
         // spliced into SQL text), the numbers are formatted integers.
         let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
@@ -352,12 +425,7 @@ impl EventStore for PostgresStore {
             version(from_version),
             limit(max_count)
         );
-        let mut data = Vec::new();
-        let mut chunks = conn.copy_out_raw(&sql).await.map_err(backend)?;
-        while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
-            data.extend_from_slice(&chunk);
-        }
-        drop(chunks);
+        let data = copy_out(&mut conn, &sql).await?;
         copy::parse_replay(&data)
             .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))
     }
@@ -387,6 +455,49 @@ impl EventStore for PostgresStore {
         .await
         .map_err(backend)?;
         rows.iter().map(row_to_event).collect()
+    }
+
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE position > {} ORDER BY position LIMIT {}) \
+             TO STDOUT (FORMAT binary)",
+            copy::CHAIN_COLUMNS,
+            version(after_position),
+            limit(max_count)
+        );
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        let data = copy_out(&mut conn, &sql).await?;
+        copy::parse_chain(&data)
+            .map_err(|e| StoreError::Corrupt(format!("chain read after {after_position}: {e}")))
+    }
+
+    async fn read_stream_chain(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        // COPY takes no bind parameters: the stream id travels in a session setting.
+        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
+            .bind(stream_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE stream_id = current_setting('eventfold.replay_stream') \
+             AND stream_version >= {} ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
+            copy::CHAIN_COLUMNS,
+            version(from_version),
+            limit(max_count)
+        );
+        let data = copy_out(&mut conn, &sql).await?;
+        copy::parse_chain(&data)
+            .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -89,4 +89,74 @@ CREATE TABLE fences (
     token    BIGINT NOT NULL
 );
 ",
+    // 4: the hash chain (M6; see eventfold_core::chain). Rows stored before it are chained by
+    // `backfill_chain` in the same transaction. `eventfold_append` now also chains the group: the
+    // caller sends each event's content digest (SHA-256 of its canonical bytes, computed outside
+    // the lock) and its stream's slot in p_check_streams; under the lock the function links each
+    // event to the head and to its stream's last event. With p_digests NULL (chain off) the hash
+    // columns stay NULL.
+    r"
+ALTER TABLE events ADD COLUMN prev_hash BYTEA, ADD COLUMN hash BYTEA;
+DROP FUNCTION IF EXISTS eventfold_append(BIGINT, TEXT[], BIGINT[], UUID[], TEXT[], BIGINT[], TEXT[], INTEGER[],
+    TIMESTAMPTZ[], TIMESTAMPTZ, TEXT[], UUID[], UUID[], TEXT[], TEXT[], TEXT[], TEXT[], INTEGER[], TEXT[], TEXT);
+CREATE FUNCTION eventfold_append(
+    p_lock BIGINT, p_check_streams TEXT[], p_check_versions BIGINT[],
+    p_ids UUID[], p_streams TEXT[], p_versions BIGINT[], p_types TEXT[], p_schema_versions INTEGER[],
+    p_event_times TIMESTAMPTZ[], p_ingest TIMESTAMPTZ, p_actors TEXT[], p_causations UUID[],
+    p_correlations UUID[], p_tenants TEXT[], p_payloads TEXT[],
+    p_keys TEXT[], p_fingerprints TEXT[], p_statuses INTEGER[], p_bodies TEXT[], p_channel TEXT,
+    p_stream_slots INTEGER[], p_digests BYTEA[]
+) RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    v_zero CONSTANT BYTEA := decode(repeat('00', 32), 'hex');
+    v_ok BOOLEAN;
+    v_stream_heads BYTEA[];
+    v_head BIGINT;
+    v_prev BYTEA;
+    v_slot INTEGER;
+    v_prevs BYTEA[];
+    v_hashes BYTEA[];
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    -- A volatile function's statements each take a fresh snapshot: these see every commit made
+    -- before the lock was granted.
+    SELECT coalesce(bool_and(coalesce(l.stream_version, 0) = c.v), true),
+           array_agg(coalesce(l.hash, v_zero) ORDER BY c.o)
+      INTO v_ok, v_stream_heads
+      FROM unnest(p_check_streams, p_check_versions) WITH ORDINALITY AS c(s, v, o)
+      LEFT JOIN LATERAL (SELECT e.stream_version, e.hash FROM events e WHERE e.stream_id = c.s
+                         ORDER BY e.stream_version DESC LIMIT 1) l ON true;
+    IF NOT v_ok THEN
+        RETURN -1;
+    END IF;
+    SELECT e.position, e.hash INTO v_head, v_prev FROM events e ORDER BY e.position DESC LIMIT 1;
+    v_head := coalesce(v_head, 0);
+    v_prev := coalesce(v_prev, v_zero);
+    IF p_digests IS NOT NULL THEN
+        FOR i IN 1 .. cardinality(p_ids) LOOP
+            v_slot := p_stream_slots[i];
+            v_prevs[i] := v_prev;
+            v_prev := sha256(v_prev || v_stream_heads[v_slot] || int8send(v_head + i) || p_digests[i]);
+            v_hashes[i] := v_prev;
+            v_stream_heads[v_slot] := v_prev;
+        END LOOP;
+    END IF;
+    INSERT INTO events (position, event_id, stream_id, stream_version, event_type, schema_version,
+                        event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload,
+                        prev_hash, hash)
+    SELECT v_head + u.o, u.i, u.s, u.v, u.t, u.sv, u.et, p_ingest, u.a, u.ca, u.co, u.tn, u.pl,
+           u.ph, u.h
+    FROM unnest(p_ids, p_streams, p_versions, p_types, p_schema_versions, p_event_times, p_actors,
+                p_causations, p_correlations, p_tenants, p_payloads, v_prevs, v_hashes)
+         WITH ORDINALITY AS u(i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h, o);
+    INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at)
+    SELECT k.k, k.f, k.st, k.b, p_ingest
+    FROM unnest(p_keys, p_fingerprints, p_statuses, p_bodies) AS k(k, f, st, b);
+    PERFORM pg_notify(p_channel, (v_head + cardinality(p_ids))::text);
+    RETURN v_head;
+END $$;
+",
 ];
+
+/// The migration (1-based) that adds the hash chain.
+pub(crate) const CHAIN_MIGRATION: usize = 4;

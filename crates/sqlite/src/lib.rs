@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
@@ -48,6 +49,10 @@ pub struct SqliteConfig {
     pub checkpoint_interval: Duration,
     /// WAL size, in pages, at which a commit checkpoints by itself (default 20,000, about 80 MB).
     pub wal_autocheckpoint_pages: u32,
+    /// Whether appends compute the hash chain (M6; default true). Off only to measure what the
+    /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
+    /// and `eventfold verify` reports the first of them.
+    pub hash_chain: bool,
 }
 
 impl Default for SqliteConfig {
@@ -58,6 +63,7 @@ impl Default for SqliteConfig {
             busy_timeout: Duration::from_secs(5),
             checkpoint_interval: Duration::from_millis(200),
             wal_autocheckpoint_pages: 20_000,
+            hash_chain: true,
         }
     }
 }
@@ -125,6 +131,7 @@ impl SqliteStore {
             jobs_rx,
             head_tx,
             config.max_batch_requests,
+            config.hash_chain,
             counters.clone(),
         )?;
         let checkpointer = open_connection(&path, false, config.busy_timeout)?;
@@ -266,16 +273,60 @@ fn migrate(conn: &Connection) -> Result<SchemaVersion, StoreError> {
         )));
     }
     for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current) {
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
-            i + 1
-        ))
-        .map_err(backend)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+        let applied = conn
+            .execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
+            .map_err(backend)
+            .and_then(|()| {
+                if i + 1 == schema::CHAIN_MIGRATION {
+                    backfill_chain(conn)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+        if let Err(e) = applied {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
     }
     Ok(SchemaVersion {
         previous: current as u32,
         current: schema::MIGRATIONS.len() as u32,
     })
+}
+
+/// Chains the rows stored before the hash chain existed, in position order, as an appender
+/// would have (run inside the migration's transaction; the update trigger is dropped for it and
+/// created again).
+fn backfill_chain(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("DROP TRIGGER IF EXISTS events_are_append_only_update")
+        .map_err(backend)?;
+    let mut chainer = Chainer::new(ZERO_HASH);
+    let mut after = 0u64;
+    loop {
+        let rows = query_chain(conn, READ_CHAIN_SQL, params![after, 10_000], 10_000)?;
+        let Some(last) = rows.last() else { break };
+        after = last.position;
+        let mut update = conn
+            .prepare_cached("UPDATE events SET prev_hash = ?1, hash = ?2 WHERE position = ?3")
+            .map_err(backend)?;
+        for r in &rows {
+            let l = chainer.next(r.position, &r.stream(), &r.content().digest());
+            update
+                .execute(params![
+                    l.prev_hash.as_slice(),
+                    l.hash.as_slice(),
+                    r.position
+                ])
+                .map_err(backend)?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events \
+         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
+    )
+    .map_err(backend)
 }
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
@@ -326,6 +377,77 @@ const READ_ALL_SQL: &str = concat!(
     select_events!(),
     "WHERE position > ?1 ORDER BY position LIMIT ?2"
 );
+
+/// The columns [`row_to_chain`] reads, in its order.
+macro_rules! select_chain {
+    () => {
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+         prev_hash, hash FROM events "
+    };
+}
+
+const READ_CHAIN_SQL: &str = concat!(
+    select_chain!(),
+    "WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
+const READ_STREAM_CHAIN_SQL: &str = concat!(
+    select_chain!(),
+    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+);
+
+/// A text or blob column's bytes as stored (`None` for NULL).
+fn raw_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(idx).map_err(backend)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b.to_vec())),
+        _ => Err(StoreError::Corrupt(format!(
+            "position {position}: column {idx} is a number, expected text or bytes"
+        ))),
+    }
+}
+
+fn row_to_chain(row: &Row<'_>) -> Result<ChainRow, StoreError> {
+    let position: u64 = row.get(0).map_err(backend)?;
+    let bytes = |idx| {
+        raw_col(row, idx, position)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("position {position}: column {idx} is null"))
+        })
+    };
+    Ok(ChainRow {
+        position,
+        stream_id: bytes(1)?,
+        stream_version: row.get(2).map_err(backend)?,
+        event_id: bytes(3)?,
+        event_type: bytes(4)?,
+        schema_version: row.get(5).map_err(backend)?,
+        event_time_us: row.get(6).map_err(backend)?,
+        ingest_time_us: row.get(7).map_err(backend)?,
+        actor: bytes(8)?,
+        causation_id: raw_col(row, 9, position)?,
+        correlation_id: raw_col(row, 10, position)?,
+        tenant_id: bytes(11)?,
+        payload: bytes(12)?,
+        prev_hash: raw_col(row, 13, position)?,
+        hash: raw_col(row, 14, position)?,
+    })
+}
+
+fn query_chain(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    capacity: usize,
+) -> Result<Vec<ChainRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::with_capacity(capacity.min(1 << 16));
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(row_to_chain(row)?);
+    }
+    Ok(out)
+}
 
 fn uuid_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Uuid>, StoreError> {
     let value = row.get_ref(idx).map_err(backend)?;
@@ -510,6 +632,42 @@ impl EventStore for SqliteStore {
                 READ_ALL_SQL,
                 params![after_position, limit(max_count)],
                 max_count.min(10_000),
+            )
+        })
+        .await
+    }
+
+    async fn read_chain(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let limit = limit(max_count);
+        self.read(move |conn| {
+            query_chain(
+                conn,
+                READ_CHAIN_SQL,
+                params![after_position, limit],
+                max_count,
+            )
+        })
+        .await
+    }
+
+    async fn read_stream_chain(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let stream_id = stream_id.to_owned();
+        let limit = limit(max_count);
+        self.read(move |conn| {
+            query_chain(
+                conn,
+                READ_STREAM_CHAIN_SQL,
+                params![stream_id, from_version, limit],
+                max_count,
             )
         })
         .await

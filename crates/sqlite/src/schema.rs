@@ -48,4 +48,13 @@ CREATE TABLE fences (
     token    INTEGER NOT NULL
 ) WITHOUT ROWID;
 ",
+    // 3: the hash chain (M6; see eventfold_core::chain). Rows stored before it are chained by
+    // `backfill_chain` in the same transaction.
+    r"
+ALTER TABLE events ADD COLUMN prev_hash BLOB;          -- hash of position - 1 (32 bytes)
+ALTER TABLE events ADD COLUMN hash BLOB;               -- this event's hash
+",
 ];
+
+/// The migration (1-based) that adds the hash chain.
+pub(crate) const CHAIN_MIGRATION: usize = 3;

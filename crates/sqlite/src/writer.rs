@@ -12,7 +12,9 @@ use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use crate::{backend, micros, read_checkpoint, Counters, STREAM_VERSION_SQL};
+use eventfold_core::chain::{Chainer, Content, Hash, ZERO_HASH};
+
+use crate::{backend, micros, read_checkpoint, Counters};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -51,9 +53,12 @@ pub(crate) struct Writer {
     jobs: mpsc::Receiver<Job>,
     head: watch::Sender<u64>,
     max_batch: usize,
-    /// Stream versions as this writer last wrote or read them. Valid while no other connection
-    /// has committed: `PRAGMA data_version` changes when one has, and then the cache is dropped.
-    versions: RefCell<HashMap<String, u64>>,
+    /// Stream versions and last hashes as this writer last wrote or read them. Valid while no
+    /// other connection has committed: `PRAGMA data_version` changes when one has, and then the
+    /// cache is dropped.
+    versions: RefCell<HashMap<String, (u64, Hash)>>,
+    /// Whether appends compute the hash chain (M6).
+    chain: bool,
     data_version: Cell<i64>,
     counters: Arc<Counters>,
 }
@@ -70,6 +75,7 @@ impl Writer {
         jobs: mpsc::Receiver<Job>,
         head: watch::Sender<u64>,
         max_batch: usize,
+        chain: bool,
         counters: Arc<Counters>,
     ) -> Result<(), StoreError> {
         let writer = Writer {
@@ -78,6 +84,7 @@ impl Writer {
             head,
             max_batch: max_batch.max(1),
             versions: RefCell::new(HashMap::new()),
+            chain,
             data_version: Cell::new(-1),
             counters,
         };
@@ -270,17 +277,30 @@ impl Writer {
             .map(|_| ())
     }
 
-    fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
+    /// The stream's version and its last event's hash ([`ZERO_HASH`] for a new stream or an
+    /// event without one).
+    fn stream_head(&self, stream_id: &str) -> Result<(u64, Hash), StoreError> {
         if let Some(v) = self.versions.borrow().get(stream_id) {
             return Ok(*v);
         }
-        let v = self
+        let head = self
             .conn
-            .prepare_cached(STREAM_VERSION_SQL)
-            .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
+            .prepare_cached(
+                "SELECT stream_version, hash FROM events WHERE stream_id = ?1 \
+                 ORDER BY stream_version DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row([stream_id], |r| {
+                    Ok((r.get::<_, u64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                })
+                .optional()
+            })
             .map_err(backend)?;
-        self.versions.borrow_mut().insert(stream_id.to_owned(), v);
-        Ok(v)
+        let head = head.map_or((0, ZERO_HASH), |(v, h)| (v, stored_hash(h)));
+        self.versions
+            .borrow_mut()
+            .insert(stream_id.to_owned(), head);
+        Ok(head)
     }
 
     /// Appends one request inside the group's transaction. Writes happen only after every check
@@ -292,7 +312,7 @@ impl Writer {
     ) -> Result<AppendOutcome, StoreError> {
         let conn = &self.conn;
         request.validate()?;
-        let current = self.stream_version(&request.stream_id)?;
+        let (current, stream_hash) = self.stream_head(&request.stream_id)?;
         let retried = || -> Result<Option<AppendOutcome>, StoreError> {
             match first_event_location(conn, request)? {
                 Some((stream, version, position)) => {
@@ -317,10 +337,12 @@ impl Writer {
                 return Ok(outcome);
             }
         }
-        let outcome = write_events(conn, request, current, now)?;
-        self.versions
-            .borrow_mut()
-            .insert(request.stream_id.clone(), outcome.stream_version);
+        let (outcome, stream_hash) =
+            write_events(conn, request, (current, stream_hash), now, self.chain)?;
+        self.versions.borrow_mut().insert(
+            request.stream_id.clone(),
+            (outcome.stream_version, stream_hash),
+        );
         Ok(outcome)
     }
 }
@@ -407,14 +429,23 @@ fn first_event_location(
     .map_err(backend)
 }
 
+/// A stored hash column: 32 bytes, or [`ZERO_HASH`] when NULL (appended with the chain off) or
+/// malformed (verify reports that row).
+fn stored_hash(h: Option<Vec<u8>>) -> Hash {
+    h.and_then(|h| Hash::try_from(h.as_slice()).ok())
+        .unwrap_or(ZERO_HASH)
+}
+
 /// Records the fencing token (if any), inserts the idempotency record (if any) and the events
-/// after version `current`.
+/// after the stream's `(version, last hash)`, numbered from the log's head and chained to it
+/// (M6) when `chain` is on. Returns the outcome and the stream's new last hash.
 fn write_events(
     conn: &Connection,
     request: &AppendRequest,
-    current: u64,
+    (current, stream_hash): (u64, Hash),
     now: DateTime<Utc>,
-) -> Result<AppendOutcome, StoreError> {
+    chain: bool,
+) -> Result<(AppendOutcome, Hash), StoreError> {
     if let Some(fence) = &request.fence {
         let token = i64::try_from(fence.token)
             .map_err(|_| StoreError::InvalidRequest("fence.token is above 2^63 - 1".into()))?;
@@ -459,30 +490,53 @@ fn write_events(
             });
         }
     }
+    // The single writer holds the write lock: the head read here is the one the events follow.
+    let (head, head_hash) = conn
+        .prepare_cached("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+        .and_then(|mut s| {
+            s.query_row([], |r| {
+                Ok((r.get::<_, u64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?
+        .map_or((0, ZERO_HASH), |(p, h)| (p, stored_hash(h)));
+    let mut chainer = Chainer::new(head_hash);
+    chainer.stream_head(&request.stream_id, stream_hash);
+    let ingest_us = micros(now);
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
-             event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
+             schema_version, event_time, ingest_time, actor, causation_id, correlation_id, \
+             tenant_id, payload, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .map_err(backend)?;
-    let mut first_position = 0;
-    let mut last_position = 0;
+    let mut last_hash = stream_hash;
     for (i, e) in request.events.iter().enumerate() {
         let m = &e.metadata;
+        let position = head + 1 + i as u64;
+        let version = current + 1 + i as u64;
+        let links = chain.then(|| {
+            let digest = Content::of_new(&request.stream_id, version, e, ingest_us).digest();
+            chainer.next(position, &request.stream_id, &digest)
+        });
         let result = insert.execute(params![
+            position,
             e.event_id.as_bytes().as_slice(),
             request.stream_id,
-            current + 1 + i as u64,
+            version,
             e.event_type,
             e.schema_version,
             micros(e.event_time),
-            micros(now),
+            ingest_us,
             m.actor.as_str(),
             m.causation_id.as_ref().map(|u| u.as_bytes().as_slice()),
             m.correlation_id.as_ref().map(|u| u.as_bytes().as_slice()),
             m.tenant_id,
             e.payload,
+            links.as_ref().map(|l| l.prev_hash.as_slice()),
+            links.as_ref().map(|l| l.hash.as_slice()),
         ]);
         if let Err(err) = result {
             if err.to_string().contains("events.event_id") {
@@ -500,17 +554,15 @@ fn write_events(
             }
             return Err(backend(err));
         }
-        last_position = conn.last_insert_rowid() as u64;
-        if i == 0 {
-            first_position = last_position;
-        }
+        last_hash = links.map_or(ZERO_HASH, |l| l.hash);
     }
-    Ok(AppendOutcome {
+    let outcome = AppendOutcome {
         stream_version: current + request.events.len() as u64,
-        first_position,
-        last_position,
+        first_position: head + 1,
+        last_position: head + request.events.len() as u64,
         duplicate: false,
-    })
+    };
+    Ok((outcome, last_hash))
 }
 
 fn commit_projections(conn: &Connection, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {

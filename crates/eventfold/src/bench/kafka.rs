@@ -341,7 +341,7 @@ pub async fn notifications(
     messages: u64,
     batch_size: usize,
 ) -> anyhow::Result<NotificationsReport> {
-    let scratch = Scratch::create(target).await?;
+    let scratch = Scratch::create(target, true).await?;
     let sink = Arc::new(NotificationSink::open(&scratch.url).await?);
     let tag = uuid::Uuid::now_v7().simple().to_string();
 
@@ -470,7 +470,7 @@ pub async fn relay(
     brokers: &str,
     events: u64,
 ) -> anyhow::Result<RelayBenchReport> {
-    let scratch = Scratch::create(target).await?;
+    let scratch = Scratch::create(target, true).await?;
     let store = scratch.store.clone();
     let body = payload(200);
     let mut versions = vec![0u64; 1_000];

@@ -1,0 +1,223 @@
+//! `eventfold verify` and `eventfold anchor` (M6): walk the hash chain of the whole log or of one
+//! stream, name the first broken link, sign the chain head, check that the log still extends a
+//! signed head.
+//!
+//! The chain itself (canonical bytes, links, the verifier, anchors) is
+//! [`eventfold_core::chain`]; this module reads the store, times the walk and reports.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use eventfold_core::chain::{Anchor, BrokenLink, ChainRow, ChainVerifier, Hash, Scope};
+use eventfold_core::{EventStore, StoreError};
+use serde::Serialize;
+
+/// Rows read per batch; the next batch is read while this one is checked.
+const BATCH: usize = 20_000;
+
+/// What to walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The whole log, from position 1 to the head.
+    All,
+    /// One stream, from version 1 to its last event.
+    Stream(String),
+}
+
+/// An anchor whose signature has been checked, with the hash it commits to.
+#[derive(Debug, Clone)]
+pub struct TrustedAnchor {
+    /// The anchor file's content.
+    pub anchor: Anchor,
+    /// Its hash, decoded.
+    pub hash: Hash,
+}
+
+/// What `eventfold verify --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// True when every link held (and the anchor, if given, is extended by the log).
+    pub ok: bool,
+    /// `all` or `stream`.
+    pub scope: &'static str,
+    /// The stream walked (scope `stream`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Events whose links held.
+    pub events_checked: u64,
+    /// Wall time of the walk, ms.
+    pub elapsed_ms: f64,
+    /// `events_checked` per second of wall time.
+    pub events_per_sec: f64,
+    /// The last event checked: its position and hash (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<Head>,
+    /// The first link that does not hold: position, stream, version, field, expected, found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<BrokenLink>,
+    /// The anchor checked (its signature verified before the walk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<AnchorCheck>,
+}
+
+/// A chain head.
+#[derive(Debug, Clone, Serialize)]
+pub struct Head {
+    /// Global position.
+    pub position: u64,
+    /// Hash, hex.
+    pub hash: String,
+}
+
+/// The result of checking an anchor against the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnchorCheck {
+    /// The anchored position.
+    pub position: u64,
+    /// The anchored hash, hex.
+    pub hash: String,
+    /// When it was signed.
+    pub signed_at: DateTime<Utc>,
+    /// True when the event at `position` has the anchored hash and the chain holds up to it.
+    pub extended: bool,
+}
+
+/// Walks the chain of `target` and reports the first broken link; with `anchor` (whole log only)
+/// also that the event at the anchored position has the anchored hash. `progress` is told the
+/// position reached after every batch.
+///
+/// # Errors
+/// The store cannot be read ([`StoreError::Corrupt`] when a column has the wrong type).
+pub async fn verify(
+    store: Arc<dyn EventStore>,
+    target: &Target,
+    anchor: Option<&TrustedAnchor>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, StoreError> {
+    let started = Instant::now();
+    let scope = match target {
+        Target::All => Scope::Log,
+        Target::Stream(_) => Scope::Stream,
+    };
+    let mut verifier = ChainVerifier::new(scope);
+    let mut first_broken = None;
+    let mut anchored: Option<bool> = None;
+    let read = |after: u64| {
+        let store = store.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            match target {
+                Target::All => store.read_chain(after, BATCH).await,
+                // `after` is the last version read here.
+                Target::Stream(s) => store.read_stream_chain(&s, after + 1, BATCH).await,
+            }
+        })
+    };
+    let cursor = |row: &ChainRow| match target {
+        Target::All => row.position,
+        Target::Stream(_) => row.stream_version,
+    };
+    let mut next = read(0);
+    'walk: loop {
+        let rows = next.await.map_err(|e| StoreError::Backend(Box::new(e)))??;
+        let Some(last) = rows.last() else { break };
+        if rows.len() == BATCH {
+            next = read(cursor(last));
+        } else {
+            next = tokio::spawn(async { Ok(Vec::new()) });
+        }
+        for row in &rows {
+            if let Err(broken) = verifier.check(row) {
+                first_broken = Some(broken);
+                break 'walk;
+            }
+            if let Some(a) = anchor.filter(|a| a.anchor.position == row.position) {
+                let held = row.hash.as_deref() == Some(a.hash.as_slice());
+                anchored = Some(held);
+                if !held {
+                    first_broken = Some(BrokenLink {
+                        position: row.position,
+                        stream: row.stream(),
+                        version: row.stream_version,
+                        field: "anchor".into(),
+                        expected: a.anchor.hash.clone(),
+                        found: row.hash.as_deref().map_or("none".into(), hex::encode),
+                    });
+                    break 'walk;
+                }
+            }
+        }
+        progress(rows.last().map_or(0, |r| r.position));
+    }
+    let head = verifier.head();
+    if let (Some(a), None, None) = (anchor, &first_broken, anchored) {
+        // The log ends before the anchored position: events were removed.
+        anchored = Some(false);
+        let (position, _) = head.unwrap_or((0, [0; 32]));
+        first_broken = Some(BrokenLink {
+            position: a.anchor.position,
+            stream: String::new(),
+            version: 0,
+            field: "anchor".into(),
+            expected: format!("an event at position {}", a.anchor.position),
+            found: format!("the log ends at position {position}"),
+        });
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let checked = verifier.checked();
+    if let (Target::Stream(s), 0, None) = (target, checked, &first_broken) {
+        return Err(StoreError::InvalidRequest(format!(
+            "stream {s} has no events to verify"
+        )));
+    }
+    Ok(VerifyReport {
+        ok: first_broken.is_none(),
+        scope: match target {
+            Target::All => "all",
+            Target::Stream(_) => "stream",
+        },
+        stream: match target {
+            Target::All => None,
+            Target::Stream(s) => Some(s.clone()),
+        },
+        events_checked: checked,
+        elapsed_ms: elapsed * 1000.0,
+        events_per_sec: checked as f64 / elapsed.max(1e-9),
+        head: head.map(|(position, hash)| Head {
+            position,
+            hash: hex::encode(hash),
+        }),
+        first_broken,
+        anchor: anchor.map(|a| AnchorCheck {
+            position: a.anchor.position,
+            hash: a.anchor.hash.clone(),
+            signed_at: a.anchor.signed_at,
+            extended: anchored == Some(true),
+        }),
+    })
+}
+
+/// Verifies the whole log and signs its head with `key` at `now`.
+///
+/// # Errors
+/// The log is empty or its chain is broken (nothing is signed), or the store cannot be read.
+pub async fn sign_anchor(
+    store: Arc<dyn EventStore>,
+    key: &ed25519_dalek::SigningKey,
+    now: DateTime<Utc>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<(Anchor, VerifyReport)> {
+    let report = verify(store, &Target::All, None, progress).await?;
+    if let Some(broken) = &report.first_broken {
+        anyhow::bail!("refusing to sign a broken chain: {broken}");
+    }
+    let head = report
+        .head
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("nothing to anchor: the log is empty"))?;
+    let hash: Hash = hex::decode(&head.hash)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("head hash is not 32 bytes"))?;
+    Ok((Anchor::sign(key, head.position, &hash, now), report))
+}
