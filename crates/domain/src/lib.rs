@@ -2,6 +2,7 @@
 //!
 //! - [`money`]: decimal [`Money`] with an ISO 4217 [`Currency`].
 //! - [`account`]: a customer ledger (no overdraft).
+//! - [`interest`]: interest on daily balances by algorithm version (v1, v2), for corrections (M7).
 //! - [`order`]: the order state machine PENDING -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED, with
 //!   CANCELLED and REFUNDED; every transition carries its actor and reason.
 //! - [`inventory`]: stock per SKU or event (reserve, release, sell).
@@ -13,6 +14,7 @@
 //! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
 
 pub mod account;
+pub mod interest;
 pub mod inventory;
 pub mod money;
 pub mod order;

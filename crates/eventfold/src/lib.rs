@@ -8,6 +8,7 @@
 //! - [`http`]: the axum router (the only module that knows HTTP).
 //! - [`import`]: the CDNOW purchase-log import.
 //! - [`bench`]: `bench append` and `bench load`.
+//! - [`corrections`]: `correct interest`, corrections by replay (M7).
 //! - [`verify`]: `verify` and `anchor sign` over the hash chain (M6).
 //! - [`flash_sale`], [`deadlines`], [`payments`], [`sagas`]: the flash-sale purchase path, the
 //!   unpaid-order timeout, the payment provider and its signed callbacks, the order and payment
@@ -15,6 +16,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod corrections;
 pub mod deadlines;
 pub mod flash_sale;
 pub mod http;

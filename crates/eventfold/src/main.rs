@@ -165,6 +165,11 @@ enum Command {
         #[command(subcommand)]
         command: AnchorCommand,
     },
+    /// Corrections by replay (M7).
+    Correct {
+        #[command(subcommand)]
+        command: CorrectCommand,
+    },
     /// Simulations that drive a real server and print a report.
     Simulate {
         #[command(subcommand)]
@@ -283,6 +288,31 @@ enum ImportSource {
 }
 
 #[derive(Subcommand)]
+enum CorrectCommand {
+    /// Replay every account over `--from <= day < --to` (UTC days) under the booked interest
+    /// algorithm (v1) and `--algorithm`, append one CorrectionApplied per account whose interest
+    /// differs (a second run appends nothing), bring the projections up to date, and write the
+    /// reconciliation report (CSV and JSON: account, old interest, new interest, delta).
+    Interest {
+        /// First day, YYYY-MM-DD.
+        #[arg(long)]
+        from: String,
+        /// Day after the last, YYYY-MM-DD (exclusive).
+        #[arg(long)]
+        to: String,
+        /// The algorithm to correct to.
+        #[arg(long, default_value = "v2")]
+        algorithm: String,
+        /// Annual rate as a fraction (0.015 is 1.5 %).
+        #[arg(long, default_value = "0.015")]
+        annual_rate: String,
+        /// Where the report files go.
+        #[arg(long, default_value = ".")]
+        report_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum AnchorCommand {
     /// Create an Ed25519 key pair: the secret key (hex seed, file mode 0600, never overwritten)
     /// and the public key (hex).
@@ -389,6 +419,16 @@ enum BenchCommand {
         /// Events in the log.
         #[arg(long, default_value_t = 200_000)]
         events: u64,
+    },
+    /// `correct interest` (v1 -> v2 over 2024) on N accounts of M events each, written into a
+    /// scratch store first; run twice (the second must append nothing).
+    Correct {
+        /// Accounts.
+        #[arg(long, default_value_t = 200_000)]
+        accounts: u64,
+        /// Events per account.
+        #[arg(long, default_value_t = 50)]
+        events_per_account: u64,
     },
     /// Time to load one stream of N events without a snapshot, and as of its middle.
     Load {
@@ -999,6 +1039,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Correct {
+            command:
+                CorrectCommand::Interest {
+                    from,
+                    to,
+                    algorithm,
+                    annual_rate,
+                    report_dir,
+                },
+        } => {
+            use eventfold::corrections::{correct_interest, write_report, InterestCorrection};
+            use eventfold_domain::interest::InterestAlgorithm;
+            let day = |flag: &str, s: &str| {
+                chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .with_context(|| format!("{flag} {s:?} is not a date (YYYY-MM-DD)"))
+            };
+            let correction = InterestCorrection {
+                from: day("--from", &from)?,
+                to: day("--to", &to)?,
+                old: InterestAlgorithm::V1,
+                new: InterestAlgorithm::parse(&algorithm)
+                    .map_err(|e| anyhow::anyhow!("--algorithm: {e}"))?,
+                annual_rate: rust_decimal::Decimal::from_str_exact(annual_rate.trim()).map_err(
+                    |_| anyhow::anyhow!("--annual-rate {annual_rate:?} is not a decimal number"),
+                )?,
+                now: chrono::Utc::now(),
+            };
+            correction.validate().map_err(anyhow::Error::msg)?;
+            let backend = Backend::open(&cli.store).await?;
+            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg:8} {wide_bar} {pos}/{len}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = correct_interest(backend.events.clone(), &correction, &|phase, n| {
+                if bar.message() != phase {
+                    bar.set_message(phase);
+                    bar.set_position(0);
+                }
+                bar.set_position(n)
+            })
+            .await?;
+            bar.set_length(report.corrections_appended);
+            bar.finish_and_clear();
+            let (csv, json) = write_report(&report, &report_dir)?;
+            // The projections (balance_by_account) pick the corrections up.
+            let runner = backend.projection_runner().with_batch_size(5_000);
+            runner.catch_up(None, &|_, _| {}).await?;
+            print(cli.json, &report, || {
+                format!(
+                    "{} accounts replayed ({} events) under {} and {} for {}..{}: {} corrections appended, \
+                     {} already applied, {} without difference, {} re-read; total delta {:?}; \
+                     {:.0} ms (replay {:.0} ms, append {:.0} ms)\nreport: {} and {}",
+                    report.accounts, report.events_read, report.old_algorithm, report.new_algorithm,
+                    report.from, report.to, report.corrections_appended, report.already_applied,
+                    report.no_difference, report.retried, report.total_delta, report.elapsed_ms,
+                    report.replay_ms, report.append_ms, csv.display(), json.display()
+                )
+            })
+        }
         Command::Anchor {
             command:
                 AnchorCommand::Keygen {
@@ -1343,6 +1443,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                              {} order violations, {} lost",
                             r.events, r.messages_per_sec, r.broker_baseline_messages_per_sec, r.ratio_to_baseline,
                             r.order_violations, r.lost
+                        )
+                    })
+                }
+                BenchCommand::Correct {
+                    accounts,
+                    events_per_account,
+                } => {
+                    if accounts == 0 || events_per_account == 0 {
+                        bail!("--accounts and --events-per-account must be at least 1");
+                    }
+                    let r = bench::correct(&target, accounts, events_per_account).await?;
+                    print(cli.json, &r, || {
+                        format!(
+                            "{} accounts x {} events written in {:.0} ms; correct interest: {:.0} ms (replay {:.0} ms, append {:.0} ms), \
+                             {:.0} events/s, {} corrections; second run {:.0} ms, {} appended",
+                            r.accounts, r.events_per_account, r.populate_ms, r.correction_ms, r.replay_ms, r.append_ms,
+                            r.events_per_sec, r.corrections_appended, r.second_run_ms, r.second_run_appended
                         )
                     })
                 }

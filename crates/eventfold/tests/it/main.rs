@@ -4,6 +4,7 @@
 mod accounts;
 mod chain;
 mod cli;
+mod corrections;
 mod deadlines;
 mod durability;
 mod flash_sale;
