@@ -383,8 +383,13 @@ impl ChainVerifier {
         }
         self.last_position = row.position;
         self.prev = hash;
-        self.streams
-            .insert(row.stream_id.clone(), (row.stream_version, hash));
+        match self.streams.get_mut(row.stream_id.as_slice()) {
+            Some(head) => *head = (row.stream_version, hash),
+            None => {
+                self.streams
+                    .insert(row.stream_id.clone(), (row.stream_version, hash));
+            }
+        }
         self.checked += 1;
         Ok(())
     }

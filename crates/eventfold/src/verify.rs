@@ -13,8 +13,14 @@ use eventfold_core::chain::{Anchor, BrokenLink, ChainRow, ChainVerifier, Hash, S
 use eventfold_core::{EventStore, StoreError};
 use serde::Serialize;
 
-/// Rows read per batch; the next batch is read while this one is checked.
+/// Rows read per batch.
 const BATCH: usize = 20_000;
+
+/// Batches read ahead while one is checked, each on a task (and, on PostgreSQL, a connection) of
+/// its own. Positions (versions, for a stream) are consecutive in an intact chain, so the next
+/// batches start where this one should end; when a batch ends elsewhere (a gap), the reads ahead
+/// are dropped and reading starts again from where it did end.
+const READ_AHEAD: usize = 2;
 
 /// What to walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,8 @@ pub struct VerifyReport {
     pub elapsed_ms: f64,
     /// `events_checked` per second of wall time.
     pub events_per_sec: f64,
+    /// Of the wall time, ms spent waiting for the store's reads (the rest is checking).
+    pub read_wait_ms: f64,
     /// The last event checked: its position and hash (hex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head: Option<Head>,
@@ -118,14 +126,31 @@ pub async fn verify(
         Target::All => row.position,
         Target::Stream(_) => row.stream_version,
     };
-    let mut next = read(0);
+    let mut ahead = std::collections::VecDeque::new();
+    let mut planned = 0u64;
+    let mut expected = 0u64;
+    let mut read_wait = 0.0;
     'walk: loop {
-        let rows = next.await.map_err(|e| StoreError::Backend(Box::new(e)))??;
+        while ahead.len() < READ_AHEAD {
+            ahead.push_back((planned, read(planned)));
+            planned += BATCH as u64;
+        }
+        let (from, reading) = ahead.pop_front().expect("reads ahead");
+        let waiting = Instant::now();
+        let rows = reading
+            .await
+            .map_err(|e| StoreError::Backend(Box::new(e)))??;
+        read_wait += waiting.elapsed().as_secs_f64();
+        if from != expected {
+            // The batch before ended elsewhere than planned: read again from where it ended.
+            ahead.clear();
+            planned = expected;
+            continue;
+        }
         let Some(last) = rows.last() else { break };
-        if rows.len() == BATCH {
-            next = read(cursor(last));
-        } else {
-            next = tokio::spawn(async { Ok(Vec::new()) });
+        expected = cursor(last);
+        if rows.len() < BATCH {
+            ahead.clear();
         }
         for row in &rows {
             if let Err(broken) = verifier.check(row) {
@@ -149,6 +174,9 @@ pub async fn verify(
             }
         }
         progress(rows.last().map_or(0, |r| r.position));
+        if rows.len() < BATCH {
+            break;
+        }
     }
     let head = verifier.head();
     if let (Some(a), None, None) = (anchor, &first_broken, anchored) {
@@ -184,6 +212,7 @@ pub async fn verify(
         events_checked: checked,
         elapsed_ms: elapsed * 1000.0,
         events_per_sec: checked as f64 / elapsed.max(1e-9),
+        read_wait_ms: read_wait * 1000.0,
         head: head.map(|(position, hash)| Head {
             position,
             hash: hex::encode(hash),

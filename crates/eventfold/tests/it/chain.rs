@@ -539,3 +539,43 @@ fn the_cli_verifies_signs_and_refuses_bad_keys_and_anchors() {
         .starts_with("order-"));
     assert!(report["first_broken"]["version"].as_u64().unwrap() >= 1);
 }
+
+/// A log longer than one read batch (20,000 rows, with reads ahead): every row is checked in
+/// order, and a change far into it is found at its position.
+async fn a_long_log_is_walked_in_order_across_batches(app: TestApp) {
+    let store = app.backend.events.clone();
+    for s in 0..45u32 {
+        store
+            .append(AppendRequest::new(
+                format!("long-{s}"),
+                ExpectedVersion::NoStream,
+                (0..1_000).map(|n| event(s * 1_000 + n)).collect(),
+            ))
+            .await
+            .unwrap();
+    }
+    let report = verify_all(&app, None).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 45_000);
+    tamper(
+        &app,
+        "UPDATE events SET payload = 'X' || substr(payload, 2) WHERE position = 41234",
+    )
+    .await;
+    let report = verify_all(&app, None).await;
+    assert_eq!(
+        broken_at(&report),
+        (41_234, "hash".into(), "long-41".into(), 234)
+    );
+    assert_eq!(report.events_checked, 41_233);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_long_log_is_walked_in_order_across_batches() {
+    a_long_log_is_walked_in_order_across_batches(TestApp::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_long_log_is_walked_in_order_across_batches() {
+    a_long_log_is_walked_in_order_across_batches(TestApp::postgres().await).await;
+}
