@@ -12,7 +12,7 @@ use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use eventfold_core::chain::{Chainer, Content, Hash, ZERO_HASH};
+use eventfold_core::chain::{link, Content, Hash, Links, ZERO_HASH};
 
 use crate::{backend, micros, read_checkpoint, Counters};
 
@@ -501,8 +501,8 @@ fn write_events(
         })
         .map_err(backend)?
         .map_or((0, ZERO_HASH), |(p, h)| (p, stored_hash(h)));
-    let mut chainer = Chainer::new(head_hash);
-    chainer.stream_head(&request.stream_id, stream_hash);
+    // One request is one stream: each event links to the one before, in the log and the stream.
+    let (mut prev, mut stream_prev) = (head_hash, stream_hash);
     let ingest_us = micros(now);
     let mut insert = conn
         .prepare_cached(
@@ -519,7 +519,13 @@ fn write_events(
         let version = current + 1 + i as u64;
         let links = chain.then(|| {
             let digest = Content::of_new(&request.stream_id, version, e, ingest_us).digest();
-            chainer.next(position, &request.stream_id, &digest)
+            let hash = link(&prev, &stream_prev, position, &digest);
+            let links = Links {
+                prev_hash: prev,
+                hash,
+            };
+            (prev, stream_prev) = (hash, hash);
+            links
         });
         let result = insert.execute(params![
             position,
