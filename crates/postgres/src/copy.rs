@@ -22,13 +22,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
 pub(crate) fn parse_replay(data: &[u8]) -> Result<Vec<ReplayEvent>, String> {
-    let mut r = Reader { data, at: 0 };
-    if r.take(11)? != SIGNATURE {
-        return Err("not a binary COPY stream (bad signature)".into());
-    }
-    let _flags = r.u32()?;
-    let extension = r.u32()? as usize;
-    r.take(extension)?;
+    let mut r = Reader::open(data)?;
     let mut events = Vec::new();
     loop {
         let fields = r.i16()?;
@@ -73,13 +67,7 @@ pub(crate) const CHAIN_COLUMNS: &str =
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
 pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
-    let mut r = Reader { data, at: 0 };
-    if r.take(11)? != SIGNATURE {
-        return Err("not a binary COPY stream (bad signature)".into());
-    }
-    let _flags = r.u32()?;
-    let extension = r.u32()? as usize;
-    r.take(extension)?;
+    let mut r = Reader::open(data)?;
     let mut rows = Vec::new();
     loop {
         let fields = r.i16()?;
@@ -126,6 +114,18 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader after the header (signature, flags, header extension) of `data`.
+    fn open(data: &'a [u8]) -> Result<Self, String> {
+        let mut r = Reader { data, at: 0 };
+        if r.take(11)? != SIGNATURE {
+            return Err("not a binary COPY stream (bad signature)".into());
+        }
+        let _flags = r.u32()?;
+        let extension = r.u32()? as usize;
+        r.take(extension)?;
+        Ok(r)
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .at

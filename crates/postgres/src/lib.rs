@@ -352,6 +352,33 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     })
 }
 
+impl PostgresStore {
+    /// The binary COPY of `columns` of a stream's events from `from_version`, in version order,
+    /// at most `max_count`. COPY takes no bind parameters: the stream id travels in a session
+    /// setting (bound, never spliced into SQL text); the numbers are formatted integers.
+    async fn copy_stream(
+        &self,
+        stream_id: &str,
+        columns: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
+            .bind(stream_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let sql = format!(
+            "COPY (SELECT {columns} FROM events WHERE stream_id = current_setting('eventfold.replay_stream') \
+             AND stream_version >= {} ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
+            version(from_version),
+            limit(max_count)
+        );
+        copy_out(&mut conn, &sql).await
+    }
+}
+
 /// Runs a `COPY ... TO STDOUT` and collects its bytes.
 async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<u8>, StoreError> {
     use futures::TryStreamExt;
@@ -410,22 +437,14 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        // COPY takes no bind parameters: the stream id travels in a session setting (bound, never
-        // spliced into SQL text), the numbers are formatted integers.
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
-            .bind(stream_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        let sql = format!(
-            "COPY (SELECT stream_version, event_type, schema_version, event_time, payload FROM events \
-             WHERE stream_id = current_setting('eventfold.replay_stream') AND stream_version >= {} \
-             ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
-            version(from_version),
-            limit(max_count)
-        );
-        let data = copy_out(&mut conn, &sql).await?;
+        let data = self
+            .copy_stream(
+                stream_id,
+                "stream_version, event_type, schema_version, event_time, payload",
+                from_version,
+                max_count,
+            )
+            .await?;
         copy::parse_replay(&data)
             .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))
     }
@@ -481,21 +500,9 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError> {
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        // COPY takes no bind parameters: the stream id travels in a session setting.
-        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
-            .bind(stream_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        let sql = format!(
-            "COPY (SELECT {} FROM events WHERE stream_id = current_setting('eventfold.replay_stream') \
-             AND stream_version >= {} ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
-            copy::CHAIN_COLUMNS,
-            version(from_version),
-            limit(max_count)
-        );
-        let data = copy_out(&mut conn, &sql).await?;
+        let data = self
+            .copy_stream(stream_id, copy::CHAIN_COLUMNS, from_version, max_count)
+            .await?;
         copy::parse_chain(&data)
             .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))
     }
