@@ -579,3 +579,36 @@ async fn sqlite_a_long_log_is_walked_in_order_across_batches() {
 async fn postgres_a_long_log_is_walked_in_order_across_batches() {
     a_long_log_is_walked_in_order_across_batches(TestApp::postgres().await).await;
 }
+
+/// Rows appended with the chain off (a measurement setting) are reported, never passed; an
+/// empty log has nothing to anchor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchained_rows_fail_verify_and_an_empty_log_is_not_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(
+        eventfold_sqlite::SqliteStore::open_with(
+            dir.path().join("off.db"),
+            eventfold_sqlite::SqliteConfig {
+                hash_chain: false,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let key = chain::signing_key(&"5a".repeat(32)).unwrap();
+    let empty = eventfold::verify::sign_anchor(store.clone(), &key, chrono::Utc::now(), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(empty.to_string().contains("empty"), "{empty}");
+    fixture(&store).await;
+    let report = verify(store, &Target::All, None, &|_| {}).await.unwrap();
+    let broken = report.first_broken.unwrap();
+    assert_eq!(
+        (
+            broken.position,
+            broken.field.as_str(),
+            broken.found.as_str()
+        ),
+        (1, "prev_hash", "none")
+    );
+}
