@@ -631,7 +631,15 @@ pub fn next_action(saga: &PaymentSaga, order: OrderStanding, now_ms: i64) -> Sag
         Some(at) if *at > now_ms => SagaAction::Wait(Some(*at)),
         _ => SagaAction::Call(s),
     };
-    let charged = saga.is_done(CapturePayment) && !saga.is_done(RefundPayment);
+    // A capture tried without a known outcome (its worker died mid-call, or the try timed out)
+    // may have charged: compensation refunds first, and the provider refuses a refund of
+    // nothing (refused for good), after which the funds are released.
+    let capture_in_doubt = saga.attempts.contains_key(&CapturePayment)
+        && !saga.is_done(CapturePayment)
+        && !saga.failed_for_good.contains_key(&CapturePayment)
+        && !saga.failed_for_good.contains_key(&RefundPayment);
+    let charged =
+        (saga.is_done(CapturePayment) || capture_in_doubt) && !saga.is_done(RefundPayment);
     let held =
         saga.is_done(ReserveFunds) && !saga.is_done(CapturePayment) && !saga.is_done(ReleaseFunds);
     match saga.ended {
@@ -851,6 +859,41 @@ mod tests {
         );
         assert!(saga.failed.is_some());
         let (saga, _) = drive(saga, OrderStanding::Cancelled, 0, &decline);
+        assert_eq!(saga.ended, Some(SagaOutcome::Compensated));
+    }
+
+    #[test]
+    fn a_capture_in_doubt_on_a_cancelled_order_is_refunded_before_the_funds_are_released() {
+        let (saga, _) = drive(started(), OrderStanding::Pending, 0, &happy);
+        let saga = run(saga, reserved());
+        // The capture's try gets no answer (the server was killed mid-call): it may have charged.
+        let no_answer = |s: SagaStep| match s {
+            SagaStep::CapturePayment => StepResult::Transient("no answer".into()),
+            s => happy(s),
+        };
+        let (saga, calls) = drive(saga, OrderStanding::Pending, 0, &no_answer);
+        assert_eq!(calls, vec![SagaStep::CapturePayment]);
+        // The order is cancelled before the retry: the refund goes first.
+        let (saga, calls) = drive(saga.clone(), OrderStanding::Cancelled, 0, &happy);
+        assert_eq!(calls, vec![SagaStep::RefundPayment, SagaStep::ReleaseFunds]);
+        assert_eq!(saga.ended, Some(SagaOutcome::Compensated));
+    }
+
+    #[test]
+    fn a_capture_in_doubt_that_charged_nothing_ends_with_the_funds_released() {
+        let (saga, _) = drive(started(), OrderStanding::Pending, 0, &happy);
+        let saga = run(saga, reserved());
+        let no_answer = |s: SagaStep| match s {
+            SagaStep::CapturePayment => StepResult::Transient("no answer".into()),
+            s => happy(s),
+        };
+        let (saga, _) = drive(saga, OrderStanding::Pending, 0, &no_answer);
+        let nothing_charged = |s: SagaStep| match s {
+            SagaStep::RefundPayment => StepResult::Refused("nothing to refund".into()),
+            s => happy(s),
+        };
+        let (saga, calls) = drive(saga, OrderStanding::Cancelled, 0, &nothing_charged);
+        assert_eq!(calls, vec![SagaStep::RefundPayment, SagaStep::ReleaseFunds]);
         assert_eq!(saga.ended, Some(SagaOutcome::Compensated));
     }
 
