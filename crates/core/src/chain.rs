@@ -138,6 +138,15 @@ pub fn link(prev_hash: &Hash, stream_prev_hash: &Hash, position: u64, digest: &H
     h.finalize().into()
 }
 
+/// A stored `hash` column as the hash to link to: its 32 bytes, or [`ZERO_HASH`] when NULL
+/// (appended with the chain off) or malformed. Either way the row it came from is the one
+/// `verify` reports, so the appender need not refuse to write after it.
+pub fn stored_hash(column: Option<Vec<u8>>) -> Hash {
+    column
+        .and_then(|h| Hash::try_from(h.as_slice()).ok())
+        .unwrap_or(ZERO_HASH)
+}
+
 /// The two chain columns of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Links {

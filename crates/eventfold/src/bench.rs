@@ -1099,8 +1099,8 @@ pub async fn correct(
         annual_rate: rust_decimal::Decimal::new(15, 3),
         now: chrono::Utc::now(),
     };
-    let first = correct_interest(store.clone(), &correction, &|_, _| {}).await?;
-    let second = correct_interest(store.clone(), &correction, &|_, _| {}).await?;
+    let first = correct_interest(store.clone(), &correction, &|_, _, _| {}).await?;
+    let second = correct_interest(store.clone(), &correction, &|_, _, _| {}).await?;
     let name = scratch.name;
     drop((store, service));
     scratch.remove().await?;

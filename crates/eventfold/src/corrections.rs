@@ -15,7 +15,7 @@
 //!   meanwhile is read again and recomputed.
 //! - The corrections of one run share a correlation id; their event time is the run's time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -133,8 +133,8 @@ pub struct CorrectionReport {
     pub no_difference: u64,
     /// Accounts re-read because they moved during the run.
     pub retried: u64,
-    /// Sum of appended deltas per currency.
-    pub total_delta: HashMap<String, Decimal>,
+    /// Sum of appended deltas per currency code.
+    pub total_delta: BTreeMap<String, Decimal>,
     /// Reading and replaying, ms.
     pub replay_ms: f64,
     /// Appending, ms.
@@ -178,8 +178,9 @@ impl Ledger {
     }
 }
 
-/// Progress: `("replay", position)` while reading, `("append", accounts done)` while appending.
-pub type Progress<'a> = &'a (dyn Fn(&'static str, u64) + Sync);
+/// Progress `(phase, done, of)`: `("replay", position, head)` while reading the log,
+/// `("append", accounts, accounts to correct)` while appending.
+pub type Progress<'a> = &'a (dyn Fn(&'static str, u64, u64) + Sync);
 
 /// Runs the correction on every account stream of `store`.
 ///
@@ -197,6 +198,7 @@ pub async fn correct_interest(
     let mut ledgers: HashMap<String, Ledger> = HashMap::new();
     let mut events_read = 0u64;
     let mut after = 0;
+    let head = store.head_position().await?;
     loop {
         let batch = store.read_all(after, 10_000).await?;
         let Some(last) = batch.last() else { break };
@@ -210,7 +212,7 @@ pub async fn correct_interest(
                 events_read += 1;
             }
         }
-        progress("replay", after);
+        progress("replay", after, head.max(after));
     }
     let mut streams: Vec<String> = ledgers.keys().cloned().collect();
     streams.sort_unstable();
@@ -255,11 +257,11 @@ pub async fn correct_interest(
             }
         }
         done += chunk.len() as u64;
-        progress("append", done);
+        progress("append", done, pending.len() as u64);
     }
     let append_ms = appending.elapsed().as_secs_f64() * 1000.0;
     let count = |status| lines.iter().filter(|l| l.status == status).count() as u64;
-    let mut total_delta: HashMap<String, Decimal> = HashMap::new();
+    let mut total_delta: BTreeMap<String, Decimal> = BTreeMap::new();
     for l in lines.iter().filter(|l| l.status == "applied") {
         *total_delta.entry(l.currency.code().to_owned()).or_default() += l.delta;
     }

@@ -472,9 +472,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// A progress bar over log positions (hidden for --json or when stderr is not a terminal).
-fn chain_bar(json: bool, head: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(head);
+/// A progress bar of `len` steps (hidden for --json or when stderr is not a terminal).
+fn progress_bar(json: bool, len: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -1003,7 +1003,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let backend = Backend::open(&cli.store).await?;
-            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            let bar = progress_bar(cli.json, backend.events.head_position().await?);
             let report = verify(backend.events.clone(), &target, trusted.as_ref(), &|p| {
                 bar.set_position(p)
             })
@@ -1068,20 +1068,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             correction.validate().map_err(anyhow::Error::msg)?;
             let backend = Backend::open(&cli.store).await?;
-            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            let bar = progress_bar(cli.json, 0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{msg:8} {wide_bar} {pos}/{len}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report = correct_interest(backend.events.clone(), &correction, &|phase, n| {
-                if bar.message() != phase {
+            let report =
+                correct_interest(backend.events.clone(), &correction, &|phase, done, of| {
                     bar.set_message(phase);
-                    bar.set_position(0);
-                }
-                bar.set_position(n)
-            })
-            .await?;
-            bar.set_length(report.corrections_appended);
+                    bar.set_length(of);
+                    bar.set_position(done);
+                })
+                .await?;
             bar.finish_and_clear();
             let (csv, json) = write_report(&report, &report_dir)?;
             // The projections (balance_by_account) pick the corrections up.
@@ -1132,7 +1130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let key = eventfold_core::chain::signing_key(&text)
                 .with_context(|| format!("secret key file {}", secret_key.display()))?;
             let backend = Backend::open(&cli.store).await?;
-            let bar = chain_bar(cli.json, backend.events.head_position().await?);
+            let bar = progress_bar(cli.json, backend.events.head_position().await?);
             let (anchor, report) = eventfold::verify::sign_anchor(
                 backend.events.clone(),
                 &key,
@@ -1185,10 +1183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 (None, false) => bail!("give a STREAM or --all"),
             };
-            let bar = indicatif::ProgressBar::new(streams.len() as u64);
-            if cli.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
+            let bar = progress_bar(cli.json, streams.len() as u64);
             let mut report = SnapshotsReport {
                 streams: 0,
                 events: 0,
@@ -1230,10 +1225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     }
                     let head = backend.events.head_position().await?;
-                    let bar = indicatif::ProgressBar::new(head);
-                    if cli.json {
-                        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-                    }
+                    let bar = progress_bar(cli.json, head);
                     let started = std::time::Instant::now();
                     let position = runner
                         .rebuild(name.as_deref(), &|p, _| bar.set_position(p))

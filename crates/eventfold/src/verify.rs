@@ -103,6 +103,16 @@ pub async fn verify(
     anchor: Option<&TrustedAnchor>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, StoreError> {
+    Ok(walk(store, target, anchor, progress).await?.0)
+}
+
+/// [`verify`], also returning the last checked position and hash.
+async fn walk(
+    store: Arc<dyn EventStore>,
+    target: &Target,
+    anchor: Option<&TrustedAnchor>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(VerifyReport, Option<(u64, Hash)>), StoreError> {
     let started = Instant::now();
     let scope = match target {
         Target::All => Scope::Log,
@@ -149,9 +159,6 @@ pub async fn verify(
         }
         let Some(last) = rows.last() else { break };
         expected = cursor(last);
-        if rows.len() < BATCH {
-            ahead.clear();
-        }
         for row in &rows {
             if let Err(broken) = verifier.check(row) {
                 first_broken = Some(broken);
@@ -199,7 +206,7 @@ pub async fn verify(
             "stream {s} has no events to verify"
         )));
     }
-    Ok(VerifyReport {
+    let report = VerifyReport {
         ok: first_broken.is_none(),
         scope: match target {
             Target::All => "all",
@@ -224,7 +231,8 @@ pub async fn verify(
             signed_at: a.anchor.signed_at,
             extended: anchored == Some(true),
         }),
-    })
+    };
+    Ok((report, head))
 }
 
 /// Verifies the whole log and signs its head with `key` at `now`.
@@ -237,16 +245,11 @@ pub async fn sign_anchor(
     now: DateTime<Utc>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<(Anchor, VerifyReport)> {
-    let report = verify(store, &Target::All, None, progress).await?;
+    let (report, head) = walk(store, &Target::All, None, progress).await?;
     if let Some(broken) = &report.first_broken {
         anyhow::bail!("refusing to sign a broken chain: {broken}");
     }
-    let head = report
-        .head
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("nothing to anchor: the log is empty"))?;
-    let hash: Hash = hex::decode(&head.hash)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("head hash is not 32 bytes"))?;
-    Ok((Anchor::sign(key, head.position, &hash, now), report))
+    let (position, hash) =
+        head.ok_or_else(|| anyhow::anyhow!("nothing to anchor: the log is empty"))?;
+    Ok((Anchor::sign(key, position, &hash, now), report))
 }

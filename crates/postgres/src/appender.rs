@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use eventfold_core::chain::{Chainer, Content, Hash, Links, ZERO_HASH};
+use eventfold_core::chain::{stored_hash, Chainer, Content, Hash, Links, ZERO_HASH};
 use eventfold_core::{
     AppendOutcome, AppendRequest, ExpectedVersion, IdempotencyRecord, StoreError,
 };
@@ -514,13 +514,6 @@ async fn commit_checked(
     }
     tx.commit().await?;
     Ok((plan.results, plan.last))
-}
-
-/// A stored hash column: 32 bytes, or [`ZERO_HASH`] when NULL (appended with the chain off) or
-/// malformed (verify reports that row).
-fn stored_hash(h: Option<Vec<u8>>) -> Hash {
-    h.and_then(|h| Hash::try_from(h.as_slice()).ok())
-        .unwrap_or(ZERO_HASH)
 }
 
 /// Why a request was not written: already stored (a retry), or refused.

@@ -12,7 +12,7 @@ use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
-use eventfold_core::chain::{link, Content, Hash, Links, ZERO_HASH};
+use eventfold_core::chain::{link, stored_hash, Content, Hash, Links, ZERO_HASH};
 
 use crate::{backend, micros, read_checkpoint, Counters};
 
@@ -427,13 +427,6 @@ fn first_event_location(
         .optional()
     })
     .map_err(backend)
-}
-
-/// A stored hash column: 32 bytes, or [`ZERO_HASH`] when NULL (appended with the chain off) or
-/// malformed (verify reports that row).
-fn stored_hash(h: Option<Vec<u8>>) -> Hash {
-    h.and_then(|h| Hash::try_from(h.as_slice()).ok())
-        .unwrap_or(ZERO_HASH)
 }
 
 /// Records the fencing token (if any), inserts the idempotency record (if any) and the events

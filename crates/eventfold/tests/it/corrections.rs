@@ -129,7 +129,7 @@ async fn interest_is_corrected_once_and_reported(app: TestApp) {
     let two = expected(&[("31415.92", "2024-02-29T23:00:00Z")]);
     assert!(!one.2.is_zero() && !two.2.is_zero());
 
-    let report = correct_interest(store.clone(), &c, &|_, _| {})
+    let report = correct_interest(store.clone(), &c, &|_, _, _| {})
         .await
         .unwrap();
     assert_eq!(
@@ -169,7 +169,7 @@ async fn interest_is_corrected_once_and_reported(app: TestApp) {
 
     // A second run appends nothing and reports the same figures.
     let head = store.head_position().await.unwrap();
-    let again = correct_interest(store.clone(), &c, &|_, _| {})
+    let again = correct_interest(store.clone(), &c, &|_, _, _| {})
         .await
         .unwrap();
     assert_eq!((again.corrections_appended, again.already_applied), (0, 2));
