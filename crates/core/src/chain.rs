@@ -228,6 +228,9 @@ pub struct ChainRow {
     pub prev_hash: Option<Vec<u8>>,
     /// Stored `hash`.
     pub hash: Option<Vec<u8>>,
+    /// For an archived event (M8): the content digest it had, kept in the hot stub while the
+    /// payload lives in an archive file (the stub's payload is empty); `None` for a hot event.
+    pub archived_digest: Option<Vec<u8>>,
 }
 
 impl ChainRow {
@@ -249,6 +252,11 @@ impl ChainRow {
         }
     }
 
+    /// Whether this row is an archived event's stub (M8).
+    pub fn is_archived(&self) -> bool {
+        self.archived_digest.is_some()
+    }
+
     /// The stream id as text (lossy: a tampered id still prints).
     pub fn stream(&self) -> String {
         String::from_utf8_lossy(&self.stream_id).into_owned()
@@ -265,7 +273,9 @@ pub struct BrokenLink {
     /// Its stream version.
     pub version: u64,
     /// What does not hold: `position` (a gap or a repeat), `prev_hash`, `stream_version`,
-    /// `hash` (the content or position was changed, or the stream's previous event) or `anchor`.
+    /// `archived_digest` (an archived stub that is not one), `hash` (the content or position was
+    /// changed, or the stream's previous event), `anchor`, or, checking an archive (M8),
+    /// `archive` (an event of the archive differs from the log's).
     pub field: String,
     /// What the chain requires there (hex for hashes).
     pub expected: String,
@@ -281,6 +291,61 @@ impl std::fmt::Display for BrokenLink {
             self.position, self.stream, self.version, self.field, self.expected, self.found
         )
     }
+}
+
+/// Whether `archived`, an event read back from an archive file (M8), is the event the log holds
+/// at its position: `hot` is the log's row there, either the archived stub or, after a restore,
+/// the full event. Position, stream, version and both hashes must be equal, and the archived
+/// content's digest must be the stub's `archived_digest` (or the restored row's own digest). The
+/// hot row's own links are [`ChainVerifier`]'s to check, so an archive that matches its stubs is
+/// proven against the chain.
+///
+/// # Errors
+/// A [`BrokenLink`] with field `archive` naming what differs.
+pub fn archived_matches(hot: &ChainRow, archived: &ChainRow) -> Result<(), BrokenLink> {
+    let differs = |what: &str, expected: String, found: String| BrokenLink {
+        position: hot.position,
+        stream: hot.stream(),
+        version: hot.stream_version,
+        field: "archive".to_owned(),
+        expected: format!("{what} {expected}"),
+        found: format!("{what} {found}"),
+    };
+    if archived.position != hot.position {
+        return Err(differs(
+            "position",
+            hot.position.to_string(),
+            archived.position.to_string(),
+        ));
+    }
+    if archived.stream_id != hot.stream_id || archived.stream_version != hot.stream_version {
+        return Err(differs(
+            "stream",
+            format!("{}@{}", hot.stream(), hot.stream_version),
+            format!("{}@{}", archived.stream(), archived.stream_version),
+        ));
+    }
+    for (what, h, a) in [
+        ("prev_hash", &hot.prev_hash, &archived.prev_hash),
+        ("hash", &hot.hash, &archived.hash),
+    ] {
+        if h != a {
+            return Err(differs(what, show(h.as_deref()), show(a.as_deref())));
+        }
+    }
+    let expected = match hot.archived_digest.as_deref() {
+        Some(d) => d.to_vec(),
+        None => hot.content().digest().to_vec(),
+    };
+    let found = archived.content().digest();
+    if expected != found {
+        return Err(differs(
+            "content digest",
+            hex::encode(expected),
+            hex::encode(found),
+        ));
+    }
+    Ok(())
 }
 
 fn show(stored: Option<&[u8]>) -> String {
@@ -334,7 +399,10 @@ impl ChainVerifier {
     /// # Errors
     /// The first link of the row that does not hold, in this order: position (the next one in
     /// the log; increasing within a stream), `prev_hash` (log scope), stream version, then the
-    /// `hash` recomputed from `prev_hash`, the stream's previous hash, position and content.
+    /// `hash` recomputed from `prev_hash`, the stream's previous hash, position and content. For
+    /// an archived stub (M8) the content digest is the one the stub keeps, which must be 32 bytes
+    /// beside an empty payload; whether the archive file holds that content is
+    /// [`archived_matches`]'s question.
     pub fn check(&mut self, row: &ChainRow) -> Result<(), BrokenLink> {
         let broken = |field: &str, expected: String, found: String| BrokenLink {
             position: row.position,
@@ -386,7 +454,24 @@ impl ChainVerifier {
             Some(p) => p,
             None => return Err(broken("prev_hash", "32 bytes".into(), show(stored_prev))),
         };
-        let hash = link(&prev, &stream_head, row.position, &row.content().digest());
+        let digest = match row.archived_digest.as_deref() {
+            None => row.content().digest(),
+            Some(d) => match Hash::try_from(d) {
+                Ok(d) if row.payload.is_empty() => d,
+                _ => {
+                    return Err(broken(
+                        "archived_digest",
+                        "32 bytes beside an empty payload".into(),
+                        format!(
+                            "{} beside {} payload bytes",
+                            show(Some(d)),
+                            row.payload.len()
+                        ),
+                    ))
+                }
+            },
+        };
+        let hash = link(&prev, &stream_head, row.position, &digest);
         if row.hash.as_deref() != Some(hash.as_slice()) {
             return Err(broken("hash", hex::encode(hash), show(row.hash.as_deref())));
         }
@@ -564,6 +649,7 @@ mod tests {
             payload: payload.as_bytes().to_vec(),
             prev_hash: None,
             hash: None,
+            archived_digest: None,
         }
     }
 
@@ -693,5 +779,51 @@ mod tests {
             verifying_key("abc"),
             Err(AnchorError::BadKey { .. })
         ));
+    }
+
+    /// An archived stub keeps the chain: the log verifies with the stub's digest, a stub whose
+    /// digest or payload was changed breaks at it, and the archived event must be the one the
+    /// stub stands for.
+    #[test]
+    fn archived_stubs_keep_the_chain_and_prove_their_archive() {
+        let rows = chained();
+        let stub = |r: &ChainRow| ChainRow {
+            payload: Vec::new(),
+            archived_digest: Some(r.content().digest().to_vec()),
+            ..r.clone()
+        };
+        let mut log = rows.clone();
+        log[1] = stub(&rows[1]);
+        log[3] = stub(&rows[3]);
+        assert_eq!(verify(&log, Scope::Log), Ok(6));
+        let a: Vec<ChainRow> = log
+            .iter()
+            .filter(|r| r.stream_id == b"a-1")
+            .cloned()
+            .collect();
+        assert_eq!(verify(&a, Scope::Stream), Ok(3));
+
+        let mut wrong = log.clone();
+        wrong[1].archived_digest = Some(vec![1; 32]);
+        let broken = verify(&wrong, Scope::Log).unwrap_err();
+        assert_eq!((broken.position, broken.field.as_str()), (2, "hash"));
+        let mut kept = log.clone();
+        kept[3].payload = b"{}".to_vec();
+        let broken = verify(&kept, Scope::Log).unwrap_err();
+        assert_eq!(
+            (broken.position, broken.field.as_str()),
+            (4, "archived_digest")
+        );
+
+        assert_eq!(archived_matches(&log[1], &rows[1]), Ok(()));
+        // A restored row is matched by its own content.
+        assert_eq!(archived_matches(&rows[1], &rows[1]), Ok(()));
+        let mut forged = rows[1].clone();
+        forged.payload = b"{\"n\":99}".to_vec();
+        let broken = archived_matches(&log[1], &forged).unwrap_err();
+        assert_eq!((broken.position, broken.field.as_str()), (2, "archive"));
+        assert!(broken.expected.starts_with("content digest"), "{broken}");
+        let broken = archived_matches(&log[1], &rows[3]).unwrap_err();
+        assert!(broken.expected.starts_with("position"), "{broken}");
     }
 }

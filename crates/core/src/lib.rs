@@ -33,7 +33,7 @@ pub use envelope::{
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
 pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 pub use store::{
-    AppendOutcome, AppendRequest, EventStore, ExpectedVersion, Fence, IdempotencyRecord,
-    SchemaVersion, StoreError, StoredResponse,
+    AppendOutcome, AppendRequest, ArchiveStub, EventStore, ExpectedVersion, Fence,
+    IdempotencyRecord, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
 };
 pub use subscription::{catch_up, Subscription};

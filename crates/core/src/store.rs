@@ -255,9 +255,49 @@ pub enum StoreError {
     /// Stored data cannot be decoded; the message names the row.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The read reached an archived event (M8): its payload is in an archive file, and the stream
+    /// cannot be replayed from the hot store until `eventfold restore` brings it back. Nothing
+    /// was returned.
+    #[error(
+        "stream {stream_id} version {version} (position {position}) is archived; \
+         bring it back with `eventfold restore --from DIR --stream {stream_id}`"
+    )]
+    Archived {
+        /// The stream read.
+        stream_id: String,
+        /// The first archived version the read reached.
+        version: u64,
+        /// Its global position.
+        position: u64,
+    },
     /// Any other backend failure.
     #[error("event store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// One event to archive (M8): the store keeps its row as a stub (every column but the payload,
+/// plus `digest`) so that positions, stream versions, event ids and the hash chain stay whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveStub {
+    /// Global position of the event.
+    pub position: u64,
+    /// Its stored `hash`, which must still be there (the row the archive file was written from).
+    pub hash: crate::chain::Hash,
+    /// Its content digest ([`crate::chain::Content::digest`]), kept in the stub.
+    pub digest: crate::chain::Hash,
+}
+
+/// One archived event to bring back (M8): its payload, for the stub at `position` whose stored
+/// hash is `hash`. The caller has proven the payload against the stub's digest
+/// ([`crate::chain::archived_matches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredPayload {
+    /// Global position of the stub.
+    pub position: u64,
+    /// Its stored `hash`.
+    pub hash: crate::chain::Hash,
+    /// The payload (JSON text) as it was appended.
+    pub payload: String,
 }
 
 /// An append-only event store (M1).
@@ -297,7 +337,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// `from_version` (1 = the first event). An unknown stream reads as empty.
     ///
     /// # Errors
-    /// Infrastructure failures or [`StoreError::Corrupt`].
+    /// Infrastructure failures, [`StoreError::Corrupt`], or [`StoreError::Archived`] when the
+    /// read reaches an archived event (M8).
     async fn read_stream(
         &self,
         stream_id: &str,
@@ -310,7 +351,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// time-travel query. Backends override it with a leaner read.
     ///
     /// # Errors
-    /// Infrastructure failures or [`StoreError::Corrupt`].
+    /// As [`EventStore::read_stream`].
     async fn read_stream_for_replay(
         &self,
         stream_id: &str,
@@ -328,7 +369,8 @@ pub trait EventStore: Send + Sync + 'static {
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
 
     /// Reads up to `max_count` events of the global log with position greater than
-    /// `after_position`, in position order.
+    /// `after_position`, in position order. Archived events (M8) are left out: their positions
+    /// are gaps here, and [`EventStore::read_chain`] shows their stubs.
     ///
     /// # Errors
     /// Infrastructure failures or [`StoreError::Corrupt`].
@@ -341,6 +383,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// Reads up to `max_count` events with position greater than `after_position`, in position
     /// order, raw (texts as bytes) with their hash-chain columns (M6): what `eventfold verify`
     /// walks. Rows are not validated, so a tampered row reads and is reported by the verifier.
+    /// Archived events (M8) read as their stubs (empty payload, `archived_digest` set).
     ///
     /// # Errors
     /// Infrastructure failures, or [`StoreError::Corrupt`] naming the position when a column has
@@ -361,6 +404,27 @@ pub trait EventStore: Send + Sync + 'static {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError>;
+
+    /// Archives events (M8): in one transaction, each event named becomes a stub, its payload
+    /// emptied and its content digest kept, so the chain, stream versions and event ids hold.
+    /// The append-only trigger allows exactly this change and [`EventStore::restore_events`]'s.
+    /// An event already archived with the same digest is skipped (a re-run). Returns how many
+    /// events this call archived.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the position when there is no event there with the
+    /// given hash, or it is archived with another digest (nothing is changed); infrastructure
+    /// failures.
+    async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError>;
+
+    /// Brings archived events back (M8): in one transaction, each stub named gets its payload
+    /// back and stops being archived. A position that is not archived (restored before) is
+    /// skipped. Returns how many events this call restored.
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the position when no event there has the given hash
+    /// (nothing is changed); infrastructure failures.
+    async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError>;
 
     /// The highest committed global position (0 for an empty store).
     ///

@@ -253,6 +253,7 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "idempotency_key_used", e.to_string())
             }
             StoreError::Fenced { .. } => Self::new(StatusCode::CONFLICT, "fenced", e.to_string()),
+            StoreError::Archived { .. } => Self::new(StatusCode::GONE, "archived", e.to_string()),
             StoreError::InvalidRequest(m) => Self::bad_request("invalid_request", m.clone()),
             StoreError::Unavailable(_) | StoreError::CheckpointMoved { .. } => {
                 tracing::warn!(error = %error_chain(&e), "store unavailable");

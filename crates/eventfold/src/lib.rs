@@ -14,6 +14,7 @@
 //!   unpaid-order timeout, the payment provider and its signed callbacks, the order and payment
 //!   sagas (M17-M22).
 
+pub mod archive;
 pub mod backend;
 pub mod bench;
 pub mod corrections;

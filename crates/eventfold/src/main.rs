@@ -159,6 +159,33 @@ enum Command {
         /// holding them.
         #[arg(long, requires = "anchor")]
         public_key: Option<String>,
+        /// An archive directory written by `archive` (M8) to check against the log as it is
+        /// walked: every file's SHA-256, every archived event against its stub, every stub
+        /// against the archive (the whole log is walked).
+        #[arg(long, conflicts_with = "stream")]
+        archive: Option<PathBuf>,
+    },
+    /// Move the events of closed streams (orders completed, cancelled or refunded) whose event
+    /// time is before --before out of the hot store into compressed, checksummed month files in
+    /// --to, with a manifest of chain heads (M8). The hot rows stay as stubs that keep the hash
+    /// chain, stream versions and event ids; snapshots stay hot. The chain is verified first.
+    Archive {
+        /// The cut-off: YYYY-MM-DD (00:00 UTC) or an RFC 3339 time.
+        #[arg(long)]
+        before: String,
+        /// The archive directory (created if missing; later runs add to its manifest).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Bring archived events back into the hot store from an archive directory (M8): every
+    /// file's checksum is checked and every event proven against its stub first.
+    Restore {
+        /// The archive directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Only this stream's events, e.g. `order-42`.
+        #[arg(long)]
+        stream: Option<String>,
     },
     /// Signed anchors of the hash chain (M6).
     Anchor {
@@ -479,6 +506,28 @@ fn progress_bar(json: bool, len: u64) -> indicatif::ProgressBar {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     bar
+}
+
+/// A progress bar for work in named phases: the phase, a bar, done/of.
+fn phase_bar(json: bool) -> indicatif::ProgressBar {
+    let bar = progress_bar(json, 0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:8} {wide_bar} {pos}/{len}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// `--before`: a UTC day (its 00:00) or an RFC 3339 time.
+fn parse_cutoff(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            anyhow::anyhow!("--before {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 time")
+        })
 }
 
 /// Reads an anchor file and checks its signature with `key` (hex, or a file holding it).
@@ -991,9 +1040,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             all,
             anchor,
             public_key,
+            archive,
         } => {
-            use eventfold::verify::{verify, Target};
-            let target = match (stream, all || anchor.is_some()) {
+            use eventfold::verify::{verify, verify_with_archive, Target};
+            let target = match (stream, all || anchor.is_some() || archive.is_some()) {
                 (Some(s), _) => Target::Stream(s),
                 (None, true) => Target::All,
                 (None, false) => bail!("give a STREAM or --all"),
@@ -1004,10 +1054,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let backend = Backend::open(&cli.store).await?;
             let bar = progress_bar(cli.json, backend.events.head_position().await?);
-            let report = verify(backend.events.clone(), &target, trusted.as_ref(), &|p| {
-                bar.set_position(p)
-            })
-            .await?;
+            let report = match archive {
+                None => {
+                    verify(backend.events.clone(), &target, trusted.as_ref(), &|p| {
+                        bar.set_position(p)
+                    })
+                    .await?
+                }
+                Some(dir) => {
+                    let mut merge = eventfold::archive::ArchiveMerge::open(&dir)?;
+                    verify_with_archive(
+                        backend.events.clone(),
+                        trusted.as_ref(),
+                        &mut merge,
+                        &|p| bar.set_position(p),
+                    )
+                    .await?
+                }
+            };
             bar.finish_and_clear();
             print(cli.json, &report, || {
                 let mut text = format!(
@@ -1016,6 +1080,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 if let Some(h) = &report.head {
                     text += &format!("; head position {} hash {}", h.position, h.hash);
+                }
+                if report.archived > 0 {
+                    text += &format!("; {} of them archived (stubs)", report.archived);
+                }
+                if let Some(a) = &report.archive {
+                    text += &format!(
+                        "; archive: {} files, {} events checked against the log",
+                        a.files, a.events_checked
+                    );
                 }
                 if let Some(a) = &report.anchor {
                     text += &format!(
@@ -1038,6 +1111,66 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("the hash chain does not verify (see the report)");
             }
             Ok(())
+        }
+        Command::Archive { before, to } => {
+            let before = parse_cutoff(&before)?;
+            let backend = Backend::open(&cli.store).await?;
+            let bar = phase_bar(cli.json);
+            let report = eventfold::archive::archive(
+                backend.events.clone(),
+                before,
+                &to,
+                &|phase, done, of| {
+                    bar.set_message(phase.to_owned());
+                    bar.set_length(of);
+                    bar.set_position(done);
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            print(cli.json, &report, || {
+                let mut text = format!(
+                    "{} events of {} closed streams before {} archived into {} files ({} bytes; {} payload bytes out of the hot store) in {:.0} ms; {} events verified first",
+                    report.events_archived, report.streams, report.before.to_rfc3339(),
+                    report.files.len(), report.file_bytes, report.payload_bytes,
+                    report.elapsed_ms, report.events_checked
+                );
+                if report.events_finished_from_earlier_run > 0 {
+                    text += &format!(
+                        "; {} events of an earlier, interrupted run finished",
+                        report.events_finished_from_earlier_run
+                    );
+                }
+                for f in &report.files {
+                    text += &format!(
+                        "\n  {} {}: {} events, positions {}..{}, sha256 {}",
+                        f.name, f.month, f.events, f.first.position, f.last.position, f.sha256
+                    );
+                }
+                text
+            })
+        }
+        Command::Restore { from, stream } => {
+            let backend = Backend::open(&cli.store).await?;
+            let bar = phase_bar(cli.json);
+            let report = eventfold::archive::restore(
+                backend.events.clone(),
+                &from,
+                stream.as_deref(),
+                &|phase, done, of| {
+                    bar.set_message(phase.to_owned());
+                    bar.set_length(of);
+                    bar.set_position(done);
+                },
+            )
+            .await?;
+            bar.finish_and_clear();
+            print(cli.json, &report, || {
+                format!(
+                    "{} events restored from {} files ({} were hot already) in {:.0} ms",
+                    report.events_restored, report.files, report.already_hot, report.elapsed_ms
+                )
+            })
         }
         Command::Correct {
             command:
@@ -1068,11 +1201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             correction.validate().map_err(anyhow::Error::msg)?;
             let backend = Backend::open(&cli.store).await?;
-            let bar = progress_bar(cli.json, 0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg:8} {wide_bar} {pos}/{len}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+            let bar = phase_bar(cli.json);
             let report =
                 correct_interest(backend.events.clone(), &correction, &|phase, done, of| {
                     bar.set_message(phase);

@@ -67,10 +67,25 @@ pub struct VerifyReport {
     /// The anchor checked (its signature verified before the walk).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchor: Option<AnchorCheck>,
+    /// Of `events_checked`, archived events (M8): stubs whose links were checked with the
+    /// content digest they keep.
+    pub archived: u64,
+    /// The archive checked against the log (`--archive DIR`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveCheck>,
+}
+
+/// The result of checking an archive directory against the log (M8).
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveCheck {
+    /// Files whose size and SHA-256 matched the manifest.
+    pub files: u64,
+    /// Archived events proven against the log's stubs (or restored rows).
+    pub events_checked: u64,
 }
 
 /// A chain head.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Head {
     /// Global position.
     pub position: u64,
@@ -103,7 +118,26 @@ pub async fn verify(
     anchor: Option<&TrustedAnchor>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, StoreError> {
-    Ok(walk(store, target, anchor, progress).await?.0)
+    Ok(walk(store, target, anchor, None, progress).await?.0)
+}
+
+/// [`verify`] of the whole log, also checking the archive `merge` reads (M8): every archived
+/// event must be the log's event at its position (its content digest the stub's, its links the
+/// stub's), and every stub must have its event in the archive. A mismatch is the report's
+/// `first_broken` with field `archive`.
+///
+/// # Errors
+/// The store cannot be read, or an archive file does not decode ([`StoreError::Corrupt`] naming
+/// the file and line).
+pub async fn verify_with_archive(
+    store: Arc<dyn EventStore>,
+    anchor: Option<&TrustedAnchor>,
+    merge: &mut crate::archive::ArchiveMerge,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, StoreError> {
+    Ok(walk(store, &Target::All, anchor, Some(merge), progress)
+        .await?
+        .0)
 }
 
 /// [`verify`], also returning the last checked position and hash.
@@ -111,8 +145,11 @@ async fn walk(
     store: Arc<dyn EventStore>,
     target: &Target,
     anchor: Option<&TrustedAnchor>,
+    mut merge: Option<&mut crate::archive::ArchiveMerge>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(VerifyReport, Option<(u64, Hash)>), StoreError> {
+    let archive_file = |e: anyhow::Error| StoreError::Corrupt(format!("{e:#}"));
+    let mut archived = 0;
     let started = Instant::now();
     let scope = match target {
         Target::All => Scope::Log,
@@ -164,6 +201,13 @@ async fn walk(
                 first_broken = Some(broken);
                 break 'walk;
             }
+            archived += u64::from(row.is_archived());
+            if let Some(m) = merge.as_deref_mut() {
+                if let Err(broken) = m.check(row).map_err(archive_file)? {
+                    first_broken = Some(broken);
+                    break 'walk;
+                }
+            }
             if let Some(a) = anchor.filter(|a| a.anchor.position == row.position) {
                 let held = row.hash.as_deref() == Some(a.hash.as_slice());
                 anchored = Some(held);
@@ -184,6 +228,9 @@ async fn walk(
         if rows.len() < BATCH {
             break;
         }
+    }
+    if let (Some(m), None) = (merge.as_deref_mut(), &first_broken) {
+        first_broken = m.finish().map_err(archive_file)?.err();
     }
     let head = verifier.head();
     if let (Some(a), None, None) = (anchor, &first_broken, anchored) {
@@ -231,6 +278,11 @@ async fn walk(
             signed_at: a.anchor.signed_at,
             extended: anchored == Some(true),
         }),
+        archived,
+        archive: merge.map(|m| ArchiveCheck {
+            files: m.file_count,
+            events_checked: m.checked,
+        }),
     };
     Ok((report, head))
 }
@@ -245,7 +297,7 @@ pub async fn sign_anchor(
     now: DateTime<Utc>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<(Anchor, VerifyReport)> {
-    let (report, head) = walk(store, &Target::All, None, progress).await?;
+    let (report, head) = walk(store, &Target::All, None, None, progress).await?;
     if let Some(broken) = &report.first_broken {
         anyhow::bail!("refusing to sign a broken chain: {broken}");
     }

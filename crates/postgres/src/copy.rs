@@ -16,22 +16,37 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-/// Parses the binary COPY of `SELECT stream_version, event_type, schema_version, event_time,
-/// payload` (bigint, text, integer, timestamptz, text).
+/// The columns [`parse_replay`] reads, in its order.
+pub(crate) const REPLAY_COLUMNS: &str =
+    "stream_version, event_type, schema_version, event_time, payload, archived_digest IS NOT NULL";
+
+/// A stream replay: its events, up to the first archived one (M8) if the read reached one.
+#[derive(Debug)]
+pub(crate) struct Replay {
+    pub(crate) events: Vec<ReplayEvent>,
+    /// The version of the first archived event read; the events before it are in `events`.
+    pub(crate) archived: Option<u64>,
+}
+
+/// Parses the binary COPY of `SELECT` [`REPLAY_COLUMNS`] (bigint, text, integer, timestamptz,
+/// text, boolean), stopping at the first archived event.
 ///
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
-pub(crate) fn parse_replay(data: &[u8]) -> Result<Vec<ReplayEvent>, String> {
+pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
     let mut r = Reader::open(data)?;
     let mut events = Vec::new();
     loop {
         let fields = r.i16()?;
         if fields == -1 {
-            return Ok(events);
+            return Ok(Replay {
+                events,
+                archived: None,
+            });
         }
-        if fields != 5 {
+        if fields != 6 {
             return Err(format!(
-                "tuple at offset {} has {fields} fields, expected 5",
+                "tuple at offset {} has {fields} fields, expected 6",
                 r.at - 2
             ));
         }
@@ -45,6 +60,12 @@ pub(crate) fn parse_replay(data: &[u8]) -> Result<Vec<ReplayEvent>, String> {
             .and_then(|us| Utc.timestamp_micros(us).single())
             .ok_or_else(|| format!("timestamp out of range at offset {at}"))?;
         let payload = r.text()?;
+        if r.field(1)? != [0] {
+            return Ok(Replay {
+                events,
+                archived: Some(stream_version as u64),
+            });
+        }
         events.push(ReplayEvent {
             stream_version: stream_version as u64,
             event_type,
@@ -59,7 +80,13 @@ pub(crate) fn parse_replay(data: &[u8]) -> Result<Vec<ReplayEvent>, String> {
 pub(crate) const CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
-     hash";
+     hash, archived_digest";
+
+/// [`CHAIN_COLUMNS`] for migration 4's backfill, which runs before the archive's column exists.
+pub(crate) const BACKFILL_CHAIN_COLUMNS: &str =
+    "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
+     ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
+     hash, NULL::bytea";
 
 /// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] into raw chain rows (M6): texts and hashes
 /// as stored bytes, times as Unix microseconds.
@@ -74,9 +101,9 @@ pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
         if fields == -1 {
             return Ok(rows);
         }
-        if fields != 15 {
+        if fields != 16 {
             return Err(format!(
-                "tuple at offset {} has {fields} fields, expected 15",
+                "tuple at offset {} has {fields} fields, expected 16",
                 r.at - 2
             ));
         }
@@ -104,6 +131,7 @@ pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
             payload: required(&mut r)?,
             prev_hash: r.optional()?,
             hash: r.optional()?,
+            archived_digest: r.optional()?,
         });
     }
 }
@@ -184,12 +212,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn copy_of(rows: &[(i64, &str, i32, i64, &str)]) -> Vec<u8> {
+    fn copy_of(rows: &[(i64, &str, i32, i64, &str, bool)]) -> Vec<u8> {
         let mut out = SIGNATURE.to_vec();
         out.extend(0u32.to_be_bytes());
         out.extend(0u32.to_be_bytes());
-        for (v, t, s, us, p) in rows {
-            out.extend(5i16.to_be_bytes());
+        for (v, t, s, us, p, archived) in rows {
+            out.extend(6i16.to_be_bytes());
             out.extend(8i32.to_be_bytes());
             out.extend(v.to_be_bytes());
             out.extend((t.len() as i32).to_be_bytes());
@@ -200,6 +228,8 @@ mod tests {
             out.extend((us - PG_EPOCH_US).to_be_bytes());
             out.extend((p.len() as i32).to_be_bytes());
             out.extend(p.as_bytes());
+            out.extend(1i32.to_be_bytes());
+            out.push(u8::from(*archived));
         }
         out.extend((-1i16).to_be_bytes());
         out
@@ -208,10 +238,19 @@ mod tests {
     #[test]
     fn parses_rows_and_the_trailer() {
         let data = copy_of(&[
-            (1, "Opened", 1, 1_700_000_000_000_000, "{}"),
-            (2, "Deposited", 2, 1_700_000_000_000_001, "{\"a\":\"é\"}"),
+            (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
+            (
+                2,
+                "Deposited",
+                2,
+                1_700_000_000_000_001,
+                "{\"a\":\"é\"}",
+                false,
+            ),
         ]);
-        let events = parse_replay(&data).unwrap();
+        let replay = parse_replay(&data).unwrap();
+        assert_eq!(replay.archived, None);
+        let events = replay.events;
         assert_eq!(events.len(), 2);
         assert_eq!(events[1].stream_version, 2);
         assert_eq!(events[1].event_type, "Deposited");
@@ -225,12 +264,24 @@ mod tests {
 
     #[test]
     fn empty_result_is_no_events() {
-        assert!(parse_replay(&copy_of(&[])).unwrap().is_empty());
+        assert!(parse_replay(&copy_of(&[])).unwrap().events.is_empty());
+    }
+
+    #[test]
+    fn a_replay_stops_at_the_first_archived_event() {
+        let data = copy_of(&[
+            (1, "Opened", 1, 0, "{}", false),
+            (2, "Deposited", 1, 0, "", true),
+            (3, "Deposited", 1, 0, "", true),
+        ]);
+        let replay = parse_replay(&data).unwrap();
+        assert_eq!(replay.events.len(), 1);
+        assert_eq!(replay.archived, Some(2));
     }
 
     #[test]
     fn truncated_or_foreign_data_is_an_error_naming_the_offset() {
-        let data = copy_of(&[(1, "Opened", 1, 0, "{}")]);
+        let data = copy_of(&[(1, "Opened", 1, 0, "{}", false)]);
         let cut = parse_replay(&data[..data.len() - 5]).unwrap_err();
         assert!(cut.contains("ends early at offset"), "{cut}");
         assert!(parse_replay(b"hello").unwrap_err().contains("ends early"));

@@ -21,8 +21,9 @@ use async_trait::async_trait;
 use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
-    Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, SchemaVersion, StoreError, StoredResponse,
+    Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
+    ReadModelStore, RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError,
+    StoredResponse,
 };
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
@@ -291,7 +292,7 @@ async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         let sql = format!(
             "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT 10000) \
              TO STDOUT (FORMAT binary)",
-            copy::CHAIN_COLUMNS
+            copy::BACKFILL_CHAIN_COLUMNS
         );
         let data = copy_out(&mut *tx, &sql).await?;
         let rows = copy::parse_chain(&data)
@@ -327,10 +328,18 @@ async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
 
 const SELECT_EVENTS: &str =
     "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload FROM events ";
+     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+     archived_digest IS NOT NULL FROM events ";
 
 fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position = row.try_get::<i64, _>(0).map_err(backend)? as u64;
+    if row.try_get::<bool, _>(13).map_err(backend)? {
+        return Err(StoreError::Archived {
+            stream_id: row.try_get(1).map_err(backend)?,
+            version: row.try_get::<i64, _>(2).map_err(backend)? as u64,
+            position,
+        });
+    }
     let actor: String = row.try_get(8).map_err(backend)?;
     Ok(RecordedEvent {
         global_position: position,
@@ -390,6 +399,13 @@ async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<u8>, S
     Ok(data)
 }
 
+fn no_event_to(position: u64, hash: &[u8], what: &str) -> StoreError {
+    StoreError::InvalidRequest(format!(
+        "position {position}: no event with hash {} to {what}",
+        hex::encode(hash)
+    ))
+}
+
 fn limit(max_count: usize) -> i64 {
     i64::try_from(max_count).unwrap_or(i64::MAX)
 }
@@ -438,15 +454,28 @@ impl EventStore for PostgresStore {
         max_count: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
         let data = self
-            .copy_stream(
-                stream_id,
-                "stream_version, event_type, schema_version, event_time, payload",
-                from_version,
-                max_count,
-            )
+            .copy_stream(stream_id, copy::REPLAY_COLUMNS, from_version, max_count)
             .await?;
-        copy::parse_replay(&data)
-            .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))
+        let replay = copy::parse_replay(&data)
+            .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))?;
+        match replay.archived {
+            None => Ok(replay.events),
+            Some(v) => {
+                let position: i64 = sqlx::query_scalar(
+                    "SELECT position FROM events WHERE stream_id = $1 AND stream_version = $2",
+                )
+                .bind(stream_id)
+                .bind(version(v))
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+                Err(StoreError::Archived {
+                    stream_id: stream_id.to_owned(),
+                    version: v,
+                    position: position as u64,
+                })
+            }
+        }
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
@@ -466,7 +495,7 @@ impl EventStore for PostgresStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"
+            "{SELECT_EVENTS} WHERE position > $1 AND archived_digest IS NULL ORDER BY position LIMIT $2"
         ))
         .bind(version(after_position))
         .bind(limit(max_count))
@@ -505,6 +534,91 @@ impl EventStore for PostgresStore {
             .await?;
         copy::parse_chain(&data)
             .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))
+    }
+
+    async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError> {
+        let positions: Vec<i64> = stubs.iter().map(|s| s.position as i64).collect();
+        let hashes: Vec<&[u8]> = stubs.iter().map(|s| s.hash.as_slice()).collect();
+        let digests: Vec<&[u8]> = stubs.iter().map(|s| s.digest.as_slice()).collect();
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        let archived = sqlx::query(
+            "UPDATE events e SET payload = '', archived_digest = u.d \
+             FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[]) AS u(p, h, d) \
+             WHERE e.position = u.p AND e.hash = u.h AND e.archived_digest IS NULL",
+        )
+        .bind(&positions)
+        .bind(&hashes)
+        .bind(&digests)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        // Every stub must now be there with its hash and digest (archived now or before).
+        let missing: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT u.p, e.archived_digest FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[]) AS u(p, h, d) \
+             LEFT JOIN events e ON e.position = u.p AND e.hash = u.h \
+             WHERE e.archived_digest IS DISTINCT FROM u.d ORDER BY u.p LIMIT 1",
+        )
+        .bind(&positions)
+        .bind(&hashes)
+        .bind(&digests)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if let Some((position, stored)) = missing {
+            let position = position as u64;
+            let stub = stubs
+                .iter()
+                .find(|s| s.position == position)
+                .expect("asked for");
+            return Err(match stored {
+                Some(_) => StoreError::InvalidRequest(format!(
+                    "position {position}: archived before with another content digest"
+                )),
+                None => no_event_to(position, &stub.hash, "archive"),
+            });
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(archived)
+    }
+
+    async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError> {
+        let positions: Vec<i64> = payloads.iter().map(|p| p.position as i64).collect();
+        let hashes: Vec<&[u8]> = payloads.iter().map(|p| p.hash.as_slice()).collect();
+        let texts: Vec<&str> = payloads.iter().map(|p| p.payload.as_str()).collect();
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        let restored = sqlx::query(
+            "UPDATE events e SET payload = u.pl, archived_digest = NULL \
+             FROM UNNEST($1::bigint[], $2::bytea[], $3::text[]) AS u(p, h, pl) \
+             WHERE e.position = u.p AND e.hash = u.h AND e.archived_digest IS NOT NULL",
+        )
+        .bind(&positions)
+        .bind(&hashes)
+        .bind(&texts)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        let missing: Option<i64> = sqlx::query_scalar(
+            "SELECT u.p FROM UNNEST($1::bigint[], $2::bytea[]) AS u(p, h) \
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.position = u.p AND e.hash = u.h) \
+             ORDER BY u.p LIMIT 1",
+        )
+        .bind(&positions)
+        .bind(&hashes)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if let Some(position) = missing {
+            let position = position as u64;
+            let p = payloads
+                .iter()
+                .find(|p| p.position == position)
+                .expect("asked for");
+            return Err(no_event_to(position, &p.hash, "restore"));
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(restored)
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -156,6 +156,30 @@ BEGIN
     RETURN v_head;
 END $$;
 ",
+    // 5: the archive (M8). An archived event stays as a stub: its payload is emptied (it lives in
+    // an archive file) and its content digest is kept, so the chain, stream versions and event
+    // ids hold. The append-only trigger allows exactly that change and its reverse (restore).
+    r"
+ALTER TABLE events ADD COLUMN archived_digest BYTEA;   -- content digest of an archived event
+CREATE OR REPLACE FUNCTION eventfold_events_are_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND (NEW.position, NEW.event_id, NEW.stream_id, NEW.stream_version, NEW.event_type,
+            NEW.schema_version, NEW.event_time, NEW.ingest_time, NEW.actor, NEW.causation_id,
+            NEW.correlation_id, NEW.tenant_id, NEW.prev_hash, NEW.hash)
+           IS NOT DISTINCT FROM
+           (OLD.position, OLD.event_id, OLD.stream_id, OLD.stream_version, OLD.event_type,
+            OLD.schema_version, OLD.event_time, OLD.ingest_time, OLD.actor, OLD.causation_id,
+            OLD.correlation_id, OLD.tenant_id, OLD.prev_hash, OLD.hash)
+       AND ((OLD.archived_digest IS NULL AND length(NEW.archived_digest) = 32 AND NEW.payload = '')
+         OR (OLD.archived_digest IS NOT NULL AND NEW.archived_digest IS NULL AND OLD.payload = ''
+             AND NEW.payload <> ''))
+    THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'events are append-only (only archive and restore may change a payload)';
+END $$;
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

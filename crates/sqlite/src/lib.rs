@@ -24,8 +24,9 @@ use chrono::{DateTime, Utc};
 use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
-    Actor, AppendOutcome, AppendRequest, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, SchemaVersion, StoreError, StoredResponse,
+    Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
+    ReadModelStore, RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError,
+    StoredResponse,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, watch};
@@ -305,7 +306,7 @@ fn backfill_chain(conn: &Connection) -> Result<(), StoreError> {
     let mut chainer = Chainer::new(ZERO_HASH);
     let mut after = 0u64;
     loop {
-        let rows = query_chain(conn, READ_CHAIN_SQL, params![after, 10_000], 10_000)?;
+        let rows = query_chain(conn, BACKFILL_CHAIN_SQL, params![after, 10_000], 10_000)?;
         let Some(last) = rows.last() else { break };
         after = last.position;
         let mut update = conn
@@ -362,7 +363,8 @@ pub(crate) const STREAM_VERSION_SQL: &str =
 macro_rules! select_events {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload FROM events "
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+         archived_digest IS NOT NULL FROM events "
     };
 }
 
@@ -371,11 +373,11 @@ const READ_STREAM_SQL: &str = concat!(
     "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
 );
 const REPLAY_STREAM_SQL: &str =
-    "SELECT stream_version, event_type, schema_version, event_time, payload \
-     FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
+    "SELECT stream_version, event_type, schema_version, event_time, payload, \
+     archived_digest IS NOT NULL, position FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
 const READ_ALL_SQL: &str = concat!(
     select_events!(),
-    "WHERE position > ?1 ORDER BY position LIMIT ?2"
+    "WHERE position > ?1 AND archived_digest IS NULL ORDER BY position LIMIT ?2"
 );
 
 /// The columns [`row_to_chain`] reads, in its order.
@@ -383,9 +385,15 @@ macro_rules! select_chain {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
          event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         prev_hash, hash FROM events "
+         prev_hash, hash, archived_digest FROM events "
     };
 }
+
+/// [`READ_CHAIN_SQL`] for migration 3's backfill, which runs before the archive's column exists.
+const BACKFILL_CHAIN_SQL: &str =
+    "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+     prev_hash, hash, NULL FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";
 
 const READ_CHAIN_SQL: &str = concat!(
     select_chain!(),
@@ -431,6 +439,7 @@ fn row_to_chain(row: &Row<'_>) -> Result<ChainRow, StoreError> {
         payload: bytes(12)?,
         prev_hash: raw_col(row, 13, position)?,
         hash: raw_col(row, 14, position)?,
+        archived_digest: raw_col(row, 15, position)?,
     })
 }
 
@@ -464,6 +473,13 @@ fn uuid_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Uuid>, St
 
 fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
     let position: u64 = row.get(0).map_err(backend)?;
+    if row.get(13).map_err(backend)? {
+        return Err(StoreError::Archived {
+            stream_id: row.get(1).map_err(backend)?,
+            version: row.get(2).map_err(backend)?,
+            position,
+        });
+    }
     let actor: String = row.get(8).map_err(backend)?;
     Ok(RecordedEvent {
         global_position: position,
@@ -594,6 +610,13 @@ impl EventStore for SqliteStore {
             let mut out = Vec::with_capacity(capacity);
             while let Some(row) = rows.next().map_err(backend)? {
                 let version: u64 = row.get(0).map_err(backend)?;
+                if row.get(5).map_err(backend)? {
+                    return Err(StoreError::Archived {
+                        stream_id,
+                        version,
+                        position: row.get(6).map_err(backend)?,
+                    });
+                }
                 out.push(ReplayEvent {
                     stream_version: version,
                     event_type: row.get(1).map_err(backend)?,
@@ -671,6 +694,14 @@ impl EventStore for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError> {
+        self.write(|reply| Job::Archive(stubs, reply)).await
+    }
+
+    async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError> {
+        self.write(|reply| Job::Restore(payloads, reply)).await
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -54,6 +54,27 @@ CREATE TABLE fences (
 ALTER TABLE events ADD COLUMN prev_hash BLOB;          -- hash of position - 1 (32 bytes)
 ALTER TABLE events ADD COLUMN hash BLOB;               -- this event's hash
 ",
+    // 4: the archive (M8). An archived event stays as a stub: its payload is emptied (it lives in
+    // an archive file) and its content digest is kept, so the chain, stream versions and event
+    // ids hold. The update trigger allows exactly that change and its reverse (restore).
+    r"
+ALTER TABLE events ADD COLUMN archived_digest BLOB;    -- content digest of an archived event
+DROP TRIGGER IF EXISTS events_are_append_only_update;
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+WHEN NOT (
+    NEW.position IS OLD.position AND NEW.event_id IS OLD.event_id
+    AND NEW.stream_id IS OLD.stream_id AND NEW.stream_version IS OLD.stream_version
+    AND NEW.event_type IS OLD.event_type AND NEW.schema_version IS OLD.schema_version
+    AND NEW.event_time IS OLD.event_time AND NEW.ingest_time IS OLD.ingest_time
+    AND NEW.actor IS OLD.actor AND NEW.causation_id IS OLD.causation_id
+    AND NEW.correlation_id IS OLD.correlation_id AND NEW.tenant_id IS OLD.tenant_id
+    AND NEW.prev_hash IS OLD.prev_hash AND NEW.hash IS OLD.hash
+    AND ((OLD.archived_digest IS NULL AND length(NEW.archived_digest) IS 32 AND NEW.payload = '')
+      OR (OLD.archived_digest IS NOT NULL AND NEW.archived_digest IS NULL AND OLD.payload = ''
+             AND NEW.payload <> ''))
+)
+BEGIN SELECT RAISE(ABORT, 'events are append-only (only archive and restore may change a payload)'); END;
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

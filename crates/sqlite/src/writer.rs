@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
-use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
+use eventfold_core::{
+    AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, RestoredPayload, StoreError,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
@@ -27,6 +29,8 @@ pub(crate) enum Job {
     SaveCheckpoint(String, u64, Reply<()>),
     CommitProjections(Vec<ProjectionCommit>, Reply<()>),
     ResetProjection(String, Reply<()>),
+    Archive(Vec<ArchiveStub>, Reply<u64>),
+    Restore(Vec<RestoredPayload>, Reply<u64>),
 }
 
 impl Job {
@@ -34,6 +38,8 @@ impl Job {
         match self {
             Job::Append(requests, _) => requests.len(),
             Job::CommitProjections(commits, _) => commits.len(),
+            Job::Archive(stubs, _) => stubs.len(),
+            Job::Restore(payloads, _) => payloads.len(),
             _ => 1,
         }
     }
@@ -46,6 +52,7 @@ enum Done {
         Reply<Vec<Result<AppendOutcome, StoreError>>>,
     ),
     Unit(Result<(), StoreError>, Reply<()>),
+    Count(Result<u64, StoreError>, Reply<u64>),
 }
 
 pub(crate) struct Writer {
@@ -169,6 +176,9 @@ impl Writer {
                         Done::Unit(result, reply) => {
                             let _ = reply.send(result);
                         }
+                        Done::Count(result, reply) => {
+                            let _ = reply.send(result);
+                        }
                     }
                 }
             }
@@ -183,6 +193,9 @@ impl Writer {
                             let _ = reply.send(Err(unavailable(&message)));
                         }
                         Done::Unit(_, reply) => {
+                            let _ = reply.send(Err(unavailable(&message)));
+                        }
+                        Done::Count(_, reply) => {
                             let _ = reply.send(Err(unavailable(&message)));
                         }
                     }
@@ -252,6 +265,12 @@ impl Writer {
                     .map_err(backend)
                 });
                 Done::Unit(result, reply)
+            }
+            Job::Archive(stubs, reply) => {
+                Done::Count(self.in_savepoint(|c| archive(c, &stubs)), reply)
+            }
+            Job::Restore(payloads, reply) => {
+                Done::Count(self.in_savepoint(|c| restore(c, &payloads)), reply)
             }
         }
     }
@@ -361,7 +380,89 @@ fn fail(job: Job, message: &str) {
         | Job::ResetProjection(_, reply) => {
             let _ = reply.send(Err(unavailable(message)));
         }
+        Job::Archive(_, reply) | Job::Restore(_, reply) => {
+            let _ = reply.send(Err(unavailable(message)));
+        }
     }
+}
+
+/// Turns events into archived stubs (M8, see [`eventfold_core::EventStore::archive_events`]).
+fn archive(conn: &Connection, stubs: &[ArchiveStub]) -> Result<u64, StoreError> {
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE events SET payload = '', archived_digest = ?1 \
+             WHERE position = ?2 AND hash = ?3 AND archived_digest IS NULL",
+        )
+        .map_err(backend)?;
+    let mut archived = 0;
+    for s in stubs {
+        if update
+            .execute(params![s.digest.as_slice(), s.position, s.hash.as_slice()])
+            .map_err(backend)?
+            == 1
+        {
+            archived += 1;
+            continue;
+        }
+        let stored: Option<Option<Vec<u8>>> = conn
+            .prepare_cached("SELECT archived_digest FROM events WHERE position = ?1 AND hash = ?2")
+            .and_then(|mut q| {
+                q.query_row(params![s.position, s.hash.as_slice()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        match stored {
+            Some(Some(d)) if d == s.digest => {}
+            Some(_) => {
+                return Err(StoreError::InvalidRequest(format!(
+                    "position {}: archived before with another content digest",
+                    s.position
+                )))
+            }
+            None => return Err(no_event_to(s.position, &s.hash, "archive")),
+        }
+    }
+    Ok(archived)
+}
+
+/// Gives archived stubs their payloads back (M8, see
+/// [`eventfold_core::EventStore::restore_events`]).
+fn restore(conn: &Connection, payloads: &[RestoredPayload]) -> Result<u64, StoreError> {
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE events SET payload = ?1, archived_digest = NULL \
+             WHERE position = ?2 AND hash = ?3 AND archived_digest IS NOT NULL",
+        )
+        .map_err(backend)?;
+    let mut restored = 0;
+    for p in payloads {
+        if update
+            .execute(params![p.payload, p.position, p.hash.as_slice()])
+            .map_err(backend)?
+            == 1
+        {
+            restored += 1;
+            continue;
+        }
+        let hot: Option<u64> = conn
+            .prepare_cached("SELECT position FROM events WHERE position = ?1 AND hash = ?2")
+            .and_then(|mut q| {
+                q.query_row(params![p.position, p.hash.as_slice()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        if hot.is_none() {
+            return Err(no_event_to(p.position, &p.hash, "restore"));
+        }
+    }
+    Ok(restored)
+}
+
+fn no_event_to(position: u64, hash: &Hash, what: &str) -> StoreError {
+    StoreError::InvalidRequest(format!(
+        "position {position}: no event with hash {} to {what}",
+        hex::encode(hash)
+    ))
 }
 
 fn stored_id_at(

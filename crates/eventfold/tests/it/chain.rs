@@ -315,8 +315,8 @@ async fn every_change_in_the_database_is_caught(new_app: impl AsyncFn() -> TestA
 }
 
 /// Rows written before the chain existed: the migration chains them exactly as the appender
-/// does. The chain columns are dropped and the schema set back one migration, then the store is
-/// opened again.
+/// does. The chain and archive columns are dropped and the schema set back to before the chain
+/// (two migrations: the chain's, then the archive's), then the store is opened again.
 async fn old_rows_are_chained_by_the_migration(app: TestApp) {
     fixture(&app.backend.events).await;
     let before = app.backend.events.read_chain(0, 100).await.unwrap();
@@ -325,7 +325,8 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
             tamper(
                 &app,
                 "ALTER TABLE events DROP COLUMN prev_hash; \
-                 ALTER TABLE events DROP COLUMN hash; PRAGMA user_version = 2;",
+                 ALTER TABLE events DROP COLUMN hash; \
+                 ALTER TABLE events DROP COLUMN archived_digest; PRAGMA user_version = 2;",
             )
             .await;
             format!("sqlite://{}", path.display())
@@ -333,9 +334,10 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
         StoreUrl::Postgres(url) => {
             tamper(
                 &app,
-                "ALTER TABLE events DROP COLUMN prev_hash, DROP COLUMN hash; \
+                "ALTER TABLE events DROP COLUMN prev_hash, DROP COLUMN hash, \
+                 DROP COLUMN archived_digest; \
                  DROP FUNCTION eventfold_append; \
-                 DELETE FROM eventfold_schema WHERE version = 4; \
+                 DELETE FROM eventfold_schema WHERE version >= 4; \
                  ALTER TABLE events ENABLE TRIGGER events_are_append_only;",
             )
             .await;
@@ -343,7 +345,7 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
         }
     };
     let reopened = Backend::open(&url).await.unwrap();
-    assert_eq!(reopened.schema.previous + 1, reopened.schema.current);
+    assert_eq!(reopened.schema.previous + 2, reopened.schema.current);
     let after = reopened.events.read_chain(0, 100).await.unwrap();
     assert_eq!(after, before, "backfilled links equal the appender's");
     // The store appends after the backfill, and the chain holds.

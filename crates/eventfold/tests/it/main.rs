@@ -2,6 +2,7 @@
 //! CDNOW import against the raw file, the CLI, durability under kill -9, and replay properties.
 
 mod accounts;
+mod archive;
 mod chain;
 mod cli;
 mod corrections;
