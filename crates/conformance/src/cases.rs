@@ -210,8 +210,31 @@ pub async fn replay_read_matches_read_stream<S: Backend>(store: Arc<S>) {
                 .unwrap();
             let want: Vec<ReplayEvent> = full.into_iter().map(ReplayEvent::from).collect();
             assert_eq!(replay, want, "from {from} max {max}");
+            let mut streamed = Vec::new();
+            store
+                .replay_stream("s-1", from, max, &mut |e| {
+                    streamed.push(e);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(streamed, want, "replay_stream from {from} max {max}");
         }
     }
+    // A sink error stops the replay and is returned; the store stays usable.
+    let mut seen = 0;
+    let stopped = store
+        .replay_stream("s-1", 1, 100, &mut |e| {
+            seen += 1;
+            if e.stream_version == 4 {
+                return Err(StoreError::Corrupt("stop at 4".into()));
+            }
+            Ok(())
+        })
+        .await;
+    assert!(matches!(stopped, Err(StoreError::Corrupt(m)) if m == "stop at 4"));
+    assert_eq!(seen, 4);
+    assert_eq!(store.stream_version("s-1").await.unwrap(), 9);
     assert!(store
         .read_stream_for_replay("missing-1", 1, 10)
         .await

@@ -231,6 +231,18 @@ impl<A: Aggregate> Replayed<A> {
         Ok(replayed)
     }
 
+    /// Folds one more replay event of stream `stream_id` (the next in version order) into this
+    /// state: the step of a fold fed by [`crate::EventStore::replay_stream`].
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when the event does not decode.
+    pub fn push_replay(&mut self, stream_id: &str, event: &ReplayEvent) -> Result<(), StoreError> {
+        let state = std::mem::take(&mut self.state);
+        self.state = state.apply(&decode_replay::<A>(stream_id, event)?);
+        self.version = event.stream_version;
+        Ok(())
+    }
+
     /// Folds further replay events of stream `stream_id` (the ones after `self.version`, in
     /// version order) into this state: a cached state caught up with its stream's tail.
     ///

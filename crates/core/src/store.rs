@@ -362,6 +362,29 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(events.into_iter().map(ReplayEvent::from).collect())
     }
 
+    /// [`EventStore::read_stream_for_replay`], handing each event to `sink` as it is read instead
+    /// of returning them together, so that a long stream is folded while the rest of it is still
+    /// arriving (and is never held whole). Stops at the first error `sink` returns. Backends
+    /// whose reads arrive in pieces (PostgreSQL's COPY) override it; the default reads first.
+    ///
+    /// # Errors
+    /// As [`EventStore::read_stream`], or `sink`'s error.
+    async fn replay_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+        sink: &mut (dyn FnMut(ReplayEvent) -> Result<(), StoreError> + Send),
+    ) -> Result<(), StoreError> {
+        for event in self
+            .read_stream_for_replay(stream_id, from_version, max_count)
+            .await?
+        {
+            sink(event)?;
+        }
+        Ok(())
+    }
+
     /// The stream's current version (0 when it does not exist).
     ///
     /// # Errors

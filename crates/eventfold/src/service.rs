@@ -186,16 +186,20 @@ impl Service {
             AsOf::Version(v) => usize::try_from(v).unwrap_or(usize::MAX),
             _ => usize::MAX,
         };
-        let events = self
-            .store
-            .read_stream_for_replay(&stream_id, 1, max_count)
-            .await?;
-        let replayed = match as_of {
-            AsOf::Time(t) => {
-                Replayed::<A>::from_replay(&stream_id, events.iter().filter(|e| e.event_time <= t))?
-            }
-            _ => Replayed::<A>::from_replay(&stream_id, &events)?,
+        let until = match as_of {
+            AsOf::Time(t) => Some(t),
+            _ => None,
         };
+        let mut replayed = Replayed::<A>::empty();
+        // Folded as the events arrive (late events included: every event at or before the time).
+        self.store
+            .replay_stream(&stream_id, 1, max_count, &mut |event| {
+                if until.is_none_or(|t| event.event_time <= t) {
+                    replayed.push_replay(&stream_id, &event)?;
+                }
+                Ok(())
+            })
+            .await?;
         Ok((replayed.version > 0).then_some(replayed))
     }
 

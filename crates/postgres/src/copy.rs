@@ -34,46 +34,183 @@ pub(crate) struct Replay {
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
 pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
-    let mut r = Reader::open(data)?;
-    let mut events = Vec::new();
-    loop {
-        let fields = r.i16()?;
-        if fields == -1 {
-            return Ok(Replay {
-                events,
-                archived: None,
-            });
+    let mut feed = ReplayFeed::default();
+    let mut rows = Vec::new();
+    feed.feed(data, &mut rows)?;
+    feed.finish()?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            ReplayRow::Event(e) => events.push(e),
+            ReplayRow::Archived(version) => {
+                return Ok(Replay {
+                    events,
+                    archived: Some(version),
+                })
+            }
         }
-        if fields != 6 {
-            return Err(format!(
-                "tuple at offset {} has {fields} fields, expected 6",
-                r.at - 2
-            ));
-        }
-        let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
-        let event_type = r.text()?;
-        let schema_version = i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes"));
-        let at = r.at;
-        let micros = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
-        let event_time = micros
-            .checked_add(PG_EPOCH_US)
-            .and_then(|us| Utc.timestamp_micros(us).single())
-            .ok_or_else(|| format!("timestamp out of range at offset {at}"))?;
-        let payload = r.text()?;
-        if r.field(1)? != [0] {
-            return Ok(Replay {
-                events,
-                archived: Some(stream_version as u64),
-            });
-        }
-        events.push(ReplayEvent {
-            stream_version: stream_version as u64,
-            event_type,
-            schema_version: schema_version as u32,
-            event_time,
-            payload,
-        });
     }
+    Ok(Replay {
+        events,
+        archived: None,
+    })
+}
+
+/// One tuple of a replay COPY.
+#[derive(Debug)]
+pub(crate) enum ReplayRow {
+    /// A hot event.
+    Event(ReplayEvent),
+    /// An archived event's stub (M8), at this version.
+    Archived(u64),
+}
+
+/// The replay COPY parsed in the pieces it arrives in (a `CopyData` message holds a tuple, or
+/// less, or more): complete tuples are handed on at once and an incomplete one waits for the
+/// rest, so the caller folds while the server still sends.
+#[derive(Debug, Default)]
+pub(crate) struct ReplayFeed {
+    /// Bytes of an incomplete header or tuple.
+    pending: Vec<u8>,
+    /// Bytes consumed before `pending` (for offsets in messages).
+    consumed: usize,
+    started: bool,
+    ended: bool,
+}
+
+impl ReplayFeed {
+    /// Parses what `chunk` completes, pushing each tuple to `out`.
+    ///
+    /// # Errors
+    /// A message naming the byte offset where the data stops making sense.
+    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<ReplayRow>) -> Result<(), String> {
+        if self.pending.is_empty() {
+            let used = self.parse(chunk, out)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+            self.consumed += used;
+        } else {
+            self.pending.extend_from_slice(chunk);
+            let data = std::mem::take(&mut self.pending);
+            let used = self.parse(&data, out)?;
+            self.pending = data[used..].to_vec();
+            self.consumed += used;
+        }
+        Ok(())
+    }
+
+    /// Checks that the data ended with the trailer and nothing incomplete.
+    ///
+    /// # Errors
+    /// The data stopped before the trailer.
+    pub(crate) fn finish(&self) -> Result<(), String> {
+        if self.ended && self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.started && self.pending.len() >= 2 {
+            // A tuple that never completed may be one whose lengths are wrong: name that.
+            let mut r = Reader {
+                data: &self.pending,
+                at: 2,
+            };
+            if let Err(e) = replay_tuple(&mut r) {
+                if !e.contains("ends early") {
+                    return Err(format!("{e} (tuple at offset {})", self.consumed));
+                }
+            }
+        }
+        Err(format!(
+            "COPY data ends early at offset {}",
+            self.consumed + self.pending.len()
+        ))
+    }
+
+    /// Parses the complete header and tuples at the start of `data`; returns the bytes used.
+    fn parse(&mut self, data: &[u8], out: &mut Vec<ReplayRow>) -> Result<usize, String> {
+        let mut r = Reader { data, at: 0 };
+        if !self.started {
+            if data.len() >= 11 && data[..11] != SIGNATURE[..] {
+                return Err("not a binary COPY stream (bad signature)".into());
+            }
+            if data.len() < 19 {
+                return Ok(0);
+            }
+            let extension = u32::from_be_bytes(data[15..19].try_into().expect("4 bytes")) as usize;
+            if data.len() < 19 + extension {
+                return Ok(0);
+            }
+            r = Reader::open(data)?;
+            self.started = true;
+        }
+        loop {
+            let at = r.at;
+            if self.ended {
+                if at < data.len() {
+                    return Err(format!(
+                        "data after the trailer at offset {}",
+                        self.consumed + at
+                    ));
+                }
+                return Ok(at);
+            }
+            let Some(end) = tuple_end(data, at) else {
+                return Ok(at);
+            };
+            let fields = r.i16()?;
+            if fields == -1 {
+                self.ended = true;
+                continue;
+            }
+            if fields != 6 {
+                return Err(format!(
+                    "tuple at offset {} has {fields} fields, expected 6",
+                    self.consumed + at
+                ));
+            }
+            out.push(
+                replay_tuple(&mut r)
+                    .map_err(|e| format!("{e} (tuple at offset {})", self.consumed + at))?,
+            );
+            debug_assert_eq!(r.at, end);
+        }
+    }
+}
+
+/// Where the tuple (or trailer) starting at `at` ends, when `data` holds all of it.
+fn tuple_end(data: &[u8], at: usize) -> Option<usize> {
+    let count = i16::from_be_bytes(data.get(at..at + 2)?.try_into().expect("2 bytes"));
+    let mut p = at + 2;
+    for _ in 0..count.max(0) {
+        let len = i32::from_be_bytes(data.get(p..p + 4)?.try_into().expect("4 bytes"));
+        p += 4 + usize::try_from(len).unwrap_or(0);
+        if p > data.len() {
+            return None;
+        }
+    }
+    Some(p)
+}
+
+/// One replay tuple's fields, after its field count.
+fn replay_tuple(r: &mut Reader<'_>) -> Result<ReplayRow, String> {
+    let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
+    let event_type = r.text()?;
+    let schema_version = i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes"));
+    let at = r.at;
+    let micros = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
+    let event_time = micros
+        .checked_add(PG_EPOCH_US)
+        .and_then(|us| Utc.timestamp_micros(us).single())
+        .ok_or_else(|| format!("timestamp out of range at offset {at}"))?;
+    let payload = r.text()?;
+    if r.field(1)? != [0] {
+        return Ok(ReplayRow::Archived(stream_version as u64));
+    }
+    Ok(ReplayRow::Event(ReplayEvent {
+        stream_version: stream_version as u64,
+        event_type,
+        schema_version: schema_version as u32,
+        event_time,
+        payload,
+    }))
 }
 
 /// The columns [`parse_chain`] reads, in its order.
@@ -265,6 +402,45 @@ mod tests {
     #[test]
     fn empty_result_is_no_events() {
         assert!(parse_replay(&copy_of(&[])).unwrap().events.is_empty());
+    }
+
+    /// Fed in pieces of any size (a byte at a time, or a tuple and a half), the feed gives the
+    /// events of the whole.
+    #[test]
+    fn the_feed_parses_the_data_in_any_pieces() {
+        let data = copy_of(&[
+            (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
+            (
+                2,
+                "Deposited",
+                2,
+                1_700_000_000_000_001,
+                "{\"a\":\"é\"}",
+                false,
+            ),
+            (3, "Deposited", 1, 1_700_000_000_000_002, "{\"b\":1}", false),
+        ]);
+        let whole = parse_replay(&data).unwrap().events;
+        assert_eq!(whole.len(), 3);
+        for size in [1, 2, 7, 19, 20, 33, 64, data.len()] {
+            let mut feed = ReplayFeed::default();
+            let mut rows = Vec::new();
+            for piece in data.chunks(size) {
+                feed.feed(piece, &mut rows).unwrap();
+            }
+            feed.finish().unwrap();
+            let events: Vec<ReplayEvent> = rows
+                .into_iter()
+                .map(|r| match r {
+                    ReplayRow::Event(e) => e,
+                    ReplayRow::Archived(v) => panic!("archived {v}"),
+                })
+                .collect();
+            assert_eq!(events, whole, "pieces of {size}");
+        }
+        let mut feed = ReplayFeed::default();
+        feed.feed(&data[..data.len() - 3], &mut Vec::new()).unwrap();
+        assert!(feed.finish().unwrap_err().contains("ends early"));
     }
 
     #[test]

@@ -373,19 +373,45 @@ impl PostgresStore {
         max_count: usize,
     ) -> Result<Vec<u8>, StoreError> {
         let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
-            .bind(stream_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(backend)?;
-        let sql = format!(
-            "COPY (SELECT {columns} FROM events WHERE stream_id = current_setting('eventfold.replay_stream') \
-             AND stream_version >= {} ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
-            version(from_version),
-            limit(max_count)
-        );
+        let sql = stream_copy(&mut conn, stream_id, columns, from_version, max_count).await?;
         copy_out(&mut conn, &sql).await
     }
+
+    /// The position of a stream's event (to name an archived one).
+    async fn position_of(&self, stream_id: &str, stream_version: u64) -> Result<u64, StoreError> {
+        let position: i64 = sqlx::query_scalar(
+            "SELECT position FROM events WHERE stream_id = $1 AND stream_version = $2",
+        )
+        .bind(stream_id)
+        .bind(version(stream_version))
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(position as u64)
+    }
+}
+
+/// Prepares `conn` for [`PostgresStore::copy_stream`]'s COPY and returns its SQL. COPY takes no
+/// bind parameters: the stream id travels in a session setting (bound, never spliced into SQL
+/// text); the numbers are formatted integers.
+async fn stream_copy(
+    conn: &mut sqlx::PgConnection,
+    stream_id: &str,
+    columns: &str,
+    from_version: u64,
+    max_count: usize,
+) -> Result<String, StoreError> {
+    sqlx::query("SELECT set_config('eventfold.replay_stream', $1, false)")
+        .bind(stream_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(format!(
+        "COPY (SELECT {columns} FROM events WHERE stream_id = current_setting('eventfold.replay_stream') \
+         AND stream_version >= {} ORDER BY stream_version LIMIT {}) TO STDOUT (FORMAT binary)",
+        version(from_version),
+        limit(max_count)
+    ))
 }
 
 /// Runs a `COPY ... TO STDOUT` and collects its bytes.
@@ -460,21 +486,70 @@ impl EventStore for PostgresStore {
             .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))?;
         match replay.archived {
             None => Ok(replay.events),
-            Some(v) => {
-                let position: i64 = sqlx::query_scalar(
-                    "SELECT position FROM events WHERE stream_id = $1 AND stream_version = $2",
-                )
-                .bind(stream_id)
-                .bind(version(v))
-                .fetch_one(&self.inner.pool)
-                .await
-                .map_err(backend)?;
-                Err(StoreError::Archived {
-                    stream_id: stream_id.to_owned(),
-                    version: v,
-                    position: position as u64,
-                })
+            Some(v) => Err(StoreError::Archived {
+                stream_id: stream_id.to_owned(),
+                version: v,
+                position: self.position_of(stream_id, v).await?,
+            }),
+        }
+    }
+
+    async fn replay_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+        sink: &mut (dyn FnMut(ReplayEvent) -> Result<(), StoreError> + Send),
+    ) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let corrupt = |e: String| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}"));
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        let sql = stream_copy(
+            &mut conn,
+            stream_id,
+            copy::REPLAY_COLUMNS,
+            from_version,
+            max_count,
+        )
+        .await?;
+        let mut feed = copy::ReplayFeed::default();
+        let mut rows = Vec::new();
+        // After a stop (an archived event, a sink error) the rest is read and dropped, so the
+        // connection goes back to the pool at rest.
+        let mut stop: Option<Result<u64, StoreError>> = None;
+        let mut chunks = conn.copy_out_raw(&sql).await.map_err(backend)?;
+        while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+            if stop.is_some() {
+                continue;
             }
+            if let Err(e) = feed.feed(&chunk, &mut rows) {
+                stop = Some(Err(corrupt(e)));
+                continue;
+            }
+            for row in rows.drain(..) {
+                match row {
+                    copy::ReplayRow::Event(e) => {
+                        if let Err(e) = sink(e) {
+                            stop = Some(Err(e));
+                            break;
+                        }
+                    }
+                    copy::ReplayRow::Archived(v) => {
+                        stop = Some(Ok(v));
+                        break;
+                    }
+                }
+            }
+        }
+        drop(chunks);
+        match stop {
+            None => feed.finish().map_err(corrupt),
+            Some(Err(e)) => Err(e),
+            Some(Ok(v)) => Err(StoreError::Archived {
+                stream_id: stream_id.to_owned(),
+                version: v,
+                position: self.position_of(stream_id, v).await?,
+            }),
         }
     }
 
