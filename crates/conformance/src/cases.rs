@@ -213,7 +213,7 @@ pub async fn replay_read_matches_read_stream<S: Backend>(store: Arc<S>) {
             let mut streamed = Vec::new();
             store
                 .replay_stream("s-1", from, max, &mut |e| {
-                    streamed.push(e);
+                    streamed.push(e.clone());
                     Ok(())
                 })
                 .await

@@ -138,13 +138,91 @@ pub fn decode_event<E: DeserializeOwned>(
     event_type: &str,
     payload: &str,
 ) -> Result<E, serde_json::Error> {
-    let mut text = String::with_capacity(event_type.len() + payload.len() + 5);
-    text.push_str("{\"");
-    text.push_str(event_type);
-    text.push_str("\":");
-    text.push_str(payload);
-    text.push('}');
-    serde_json::from_str(&text)
+    // The same as parsing `{"<event_type>": <payload>}`, without building that text per event:
+    // the enum's variant comes from `event_type` and its content from the payload's parser.
+    let mut content = serde_json::Deserializer::from_str(payload);
+    let event = E::deserialize(Tagged {
+        tag: event_type,
+        content: &mut content,
+    })?;
+    content.end()?;
+    Ok(event)
+}
+
+/// An externally tagged enum whose tag and content are apart (see [`decode_event`]).
+struct Tagged<'a, 'de> {
+    tag: &'a str,
+    content: &'a mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+}
+
+impl<'de> serde::Deserializer<'de> for Tagged<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom(
+            "an event must deserialize as an enum",
+        ))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+        ignored_any
+    }
+}
+
+impl<'de> serde::de::EnumAccess<'de> for Tagged<'_, 'de> {
+    type Error = serde_json::Error;
+    type Variant = Self;
+
+    fn variant_seed<V: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), Self::Error> {
+        use serde::de::IntoDeserializer;
+        let variant = seed.deserialize(self.tag.into_deserializer())?;
+        Ok((variant, self))
+    }
+}
+
+impl<'de> serde::de::VariantAccess<'de> for Tagged<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn unit_variant(self) -> Result<(), Self::Error> {
+        serde::Deserialize::deserialize(&mut *self.content)
+    }
+
+    fn newtype_variant_seed<T: serde::de::DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, Self::Error> {
+        seed.deserialize(&mut *self.content)
+    }
+
+    fn tuple_variant<V: serde::de::Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        serde::Deserializer::deserialize_seq(&mut *self.content, visitor)
+    }
+
+    fn struct_variant<V: serde::de::Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        serde::Deserializer::deserialize_struct(&mut *self.content, "", fields, visitor)
+    }
 }
 
 /// Decodes a recorded event for aggregate `A`.
@@ -382,5 +460,43 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Decoding with the tag apart gives what parsing `{"<type>": <payload>}` gives, for every
+    /// kind of variant, and refuses the same inputs.
+    #[test]
+    fn decode_event_reads_every_variant_kind_like_the_tagged_text() {
+        #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+        enum Kinds {
+            Unit,
+            New(u32),
+            Pair(u8, String),
+            Named { a: i64, b: Option<String> },
+        }
+        for e in [
+            Kinds::Unit,
+            Kinds::New(7),
+            Kinds::Pair(1, "x".into()),
+            Kinds::Named { a: -3, b: None },
+            Kinds::Named {
+                a: 3,
+                b: Some("caf\u{e9} \"q\"".into()),
+            },
+        ] {
+            let (ty, payload) = encode_event(&e).unwrap_or_else(|_| {
+                // A unit variant serializes as a bare string: its payload is null.
+                ("Unit".into(), "null".into())
+            });
+            let tagged: Kinds = serde_json::from_str(&format!("{{\"{ty}\":{payload}}}")).unwrap();
+            assert_eq!(decode_event::<Kinds>(&ty, &payload).unwrap(), tagged);
+            assert_eq!(tagged, e);
+        }
+        assert!(decode_event::<Kinds>("Other", "1")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant"));
+        assert!(decode_event::<Kinds>("New", "\"x\"").is_err());
+        assert!(decode_event::<Kinds>("New", "7 8").is_err());
+        assert!(decode_event::<Kinds>("Named", "{\"a\":1,\"b\":null} x").is_err());
     }
 }

@@ -362,7 +362,7 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(events.into_iter().map(ReplayEvent::from).collect())
     }
 
-    /// [`EventStore::read_stream_for_replay`], handing each event to `sink` as it is read instead
+    /// [`EventStore::read_stream_for_replay`], lending each event to `sink` as it is read instead
     /// of returning them together, so that a long stream is folded while the rest of it is still
     /// arriving (and is never held whole). Stops at the first error `sink` returns. Backends
     /// whose reads arrive in pieces (PostgreSQL's COPY) override it; the default reads first.
@@ -374,13 +374,13 @@ pub trait EventStore: Send + Sync + 'static {
         stream_id: &str,
         from_version: u64,
         max_count: usize,
-        sink: &mut (dyn FnMut(ReplayEvent) -> Result<(), StoreError> + Send),
+        sink: &mut (dyn for<'e> FnMut(&'e ReplayEvent) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError> {
         for event in self
             .read_stream_for_replay(stream_id, from_version, max_count)
             .await?
         {
-            sink(event)?;
+            sink(&event)?;
         }
         Ok(())
     }

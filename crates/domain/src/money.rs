@@ -7,22 +7,28 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// An ISO 4217 currency code that eventfold knows, with its number of minor units.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[serde(into = "String")]
 #[schema(value_type = String, example = "USD")]
 pub struct Currency([u8; 3]);
+
+/// Reads the code from a borrowed string when the JSON has one (no allocation per event on
+/// replay); an unknown code is the error [`MoneyError::UnknownCurrency`] names.
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = Currency;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ISO 4217 currency code")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Currency, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
+    }
+}
 
 /// Currencies and their minor units (ISO 4217). A code outside this list is refused.
 const KNOWN: &[(&str, u32)] = &[

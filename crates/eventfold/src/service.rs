@@ -195,7 +195,7 @@ impl Service {
         self.store
             .replay_stream(&stream_id, 1, max_count, &mut |event| {
                 if until.is_none_or(|t| event.event_time <= t) {
-                    replayed.push_replay(&stream_id, &event)?;
+                    replayed.push_replay(&stream_id, event)?;
                 }
                 Ok(())
             })

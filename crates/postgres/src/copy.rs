@@ -35,32 +35,26 @@ pub(crate) struct Replay {
 /// A message naming the byte offset where the data stops making sense.
 pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
     let mut feed = ReplayFeed::default();
-    let mut rows = Vec::new();
-    feed.feed(data, &mut rows)?;
-    feed.finish()?;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        match row {
-            ReplayRow::Event(e) => events.push(e),
-            ReplayRow::Archived(version) => {
-                return Ok(Replay {
-                    events,
-                    archived: Some(version),
-                })
-            }
-        }
-    }
-    Ok(Replay {
-        events,
+    let mut replay = Replay {
+        events: Vec::new(),
         archived: None,
-    })
+    };
+    feed.feed(data, &mut |row| match row {
+        ReplayRow::Event(_) if replay.archived.is_some() => {}
+        ReplayRow::Event(e) => replay.events.push(e.clone()),
+        ReplayRow::Archived(version) => {
+            replay.archived.get_or_insert(version);
+        }
+    })?;
+    feed.finish()?;
+    Ok(replay)
 }
 
 /// One tuple of a replay COPY.
 #[derive(Debug)]
-pub(crate) enum ReplayRow {
-    /// A hot event.
-    Event(ReplayEvent),
+pub(crate) enum ReplayRow<'a> {
+    /// A hot event (the feed's buffer, overwritten by the next tuple).
+    Event(&'a ReplayEvent),
     /// An archived event's stub (M8), at this version.
     Archived(u64),
 }
@@ -68,8 +62,11 @@ pub(crate) enum ReplayRow {
 /// The replay COPY parsed in the pieces it arrives in (a `CopyData` message holds a tuple, or
 /// less, or more): complete tuples are handed on at once and an incomplete one waits for the
 /// rest, so the caller folds while the server still sends.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ReplayFeed {
+    /// The event being parsed: its strings are reused from tuple to tuple, so a replay
+    /// allocates per event only what the fold keeps.
+    event: ReplayEvent,
     /// Bytes of an incomplete header or tuple.
     pending: Vec<u8>,
     /// Bytes consumed before `pending` (for offsets in messages).
@@ -78,12 +75,34 @@ pub(crate) struct ReplayFeed {
     ended: bool,
 }
 
+impl Default for ReplayFeed {
+    fn default() -> Self {
+        Self {
+            event: ReplayEvent {
+                stream_version: 0,
+                event_type: String::new(),
+                schema_version: 0,
+                event_time: chrono::DateTime::UNIX_EPOCH,
+                payload: String::new(),
+            },
+            pending: Vec::new(),
+            consumed: 0,
+            started: false,
+            ended: false,
+        }
+    }
+}
+
 impl ReplayFeed {
-    /// Parses what `chunk` completes, pushing each tuple to `out`.
+    /// Parses what `chunk` completes, handing each tuple to `out`.
     ///
     /// # Errors
     /// A message naming the byte offset where the data stops making sense.
-    pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<ReplayRow>) -> Result<(), String> {
+    pub(crate) fn feed(
+        &mut self,
+        chunk: &[u8],
+        out: &mut dyn FnMut(ReplayRow<'_>),
+    ) -> Result<(), String> {
         if self.pending.is_empty() {
             let used = self.parse(chunk, out)?;
             self.pending.extend_from_slice(&chunk[used..]);
@@ -112,7 +131,8 @@ impl ReplayFeed {
                 data: &self.pending,
                 at: 2,
             };
-            if let Err(e) = replay_tuple(&mut r) {
+            let mut scratch = self.event.clone();
+            if let Err(e) = replay_tuple(&mut r, &mut scratch) {
                 if !e.contains("ends early") {
                     return Err(format!("{e} (tuple at offset {})", self.consumed));
                 }
@@ -125,7 +145,7 @@ impl ReplayFeed {
     }
 
     /// Parses the complete header and tuples at the start of `data`; returns the bytes used.
-    fn parse(&mut self, data: &[u8], out: &mut Vec<ReplayRow>) -> Result<usize, String> {
+    fn parse(&mut self, data: &[u8], out: &mut dyn FnMut(ReplayRow<'_>)) -> Result<usize, String> {
         let mut r = Reader { data, at: 0 };
         if !self.started {
             if data.len() >= 11 && data[..11] != SIGNATURE[..] {
@@ -166,10 +186,12 @@ impl ReplayFeed {
                     self.consumed + at
                 ));
             }
-            out.push(
-                replay_tuple(&mut r)
-                    .map_err(|e| format!("{e} (tuple at offset {})", self.consumed + at))?,
-            );
+            let archived = replay_tuple(&mut r, &mut self.event)
+                .map_err(|e| format!("{e} (tuple at offset {})", self.consumed + at))?;
+            out(match archived {
+                Some(version) => ReplayRow::Archived(version),
+                None => ReplayRow::Event(&self.event),
+            });
             debug_assert_eq!(r.at, end);
         }
     }
@@ -189,28 +211,22 @@ fn tuple_end(data: &[u8], at: usize) -> Option<usize> {
     Some(p)
 }
 
-/// One replay tuple's fields, after its field count.
-fn replay_tuple(r: &mut Reader<'_>) -> Result<ReplayRow, String> {
-    let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
-    let event_type = r.text()?;
+/// Reads one replay tuple's fields (after its field count) into `event`, reusing its strings;
+/// returns the version when the tuple is an archived stub (M8).
+fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u64>, String> {
+    let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")) as u64;
+    r.text_into(&mut event.event_type)?;
     let schema_version = i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes"));
     let at = r.at;
     let micros = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes"));
-    let event_time = micros
+    event.event_time = micros
         .checked_add(PG_EPOCH_US)
         .and_then(|us| Utc.timestamp_micros(us).single())
         .ok_or_else(|| format!("timestamp out of range at offset {at}"))?;
-    let payload = r.text()?;
-    if r.field(1)? != [0] {
-        return Ok(ReplayRow::Archived(stream_version as u64));
-    }
-    Ok(ReplayRow::Event(ReplayEvent {
-        stream_version: stream_version as u64,
-        event_type,
-        schema_version: schema_version as u32,
-        event_time,
-        payload,
-    }))
+    r.text_into(&mut event.payload)?;
+    event.stream_version = stream_version;
+    event.schema_version = schema_version as u32;
+    Ok((r.field(1)? != [0]).then_some(stream_version))
 }
 
 /// The columns [`parse_chain`] reads, in its order.
@@ -336,12 +352,16 @@ impl<'a> Reader<'a> {
         Ok(Some(self.take(len)?.to_vec()))
     }
 
-    fn text(&mut self) -> Result<String, String> {
+    /// A non-NULL text field, into `out` (its allocation reused).
+    fn text_into(&mut self, out: &mut String) -> Result<(), String> {
         let at = self.at;
         let len = self.u32()? as i32;
         let len = usize::try_from(len).map_err(|_| format!("NULL or bad length at offset {at}"))?;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| format!("text at offset {at}: {e}"))
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("text at offset {at}: {e}"))?;
+        out.clear();
+        out.push_str(text);
+        Ok(())
     }
 }
 
@@ -424,22 +444,19 @@ mod tests {
         assert_eq!(whole.len(), 3);
         for size in [1, 2, 7, 19, 20, 33, 64, data.len()] {
             let mut feed = ReplayFeed::default();
-            let mut rows = Vec::new();
+            let mut events = Vec::new();
             for piece in data.chunks(size) {
-                feed.feed(piece, &mut rows).unwrap();
-            }
-            feed.finish().unwrap();
-            let events: Vec<ReplayEvent> = rows
-                .into_iter()
-                .map(|r| match r {
-                    ReplayRow::Event(e) => e,
+                feed.feed(piece, &mut |row| match row {
+                    ReplayRow::Event(e) => events.push(e.clone()),
                     ReplayRow::Archived(v) => panic!("archived {v}"),
                 })
-                .collect();
+                .unwrap();
+            }
+            feed.finish().unwrap();
             assert_eq!(events, whole, "pieces of {size}");
         }
         let mut feed = ReplayFeed::default();
-        feed.feed(&data[..data.len() - 3], &mut Vec::new()).unwrap();
+        feed.feed(&data[..data.len() - 3], &mut |_| {}).unwrap();
         assert!(feed.finish().unwrap_err().contains("ends early"));
     }
 

@@ -499,7 +499,7 @@ impl EventStore for PostgresStore {
         stream_id: &str,
         from_version: u64,
         max_count: usize,
-        sink: &mut (dyn FnMut(ReplayEvent) -> Result<(), StoreError> + Send),
+        sink: &mut (dyn for<'e> FnMut(&'e ReplayEvent) -> Result<(), StoreError> + Send),
     ) -> Result<(), StoreError> {
         use futures::TryStreamExt;
         let corrupt = |e: String| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}"));
@@ -513,7 +513,6 @@ impl EventStore for PostgresStore {
         )
         .await?;
         let mut feed = copy::ReplayFeed::default();
-        let mut rows = Vec::new();
         // After a stop (an archived event, a sink error) the rest is read and dropped, so the
         // connection goes back to the pool at rest.
         let mut stop: Option<Result<u64, StoreError>> = None;
@@ -522,23 +521,17 @@ impl EventStore for PostgresStore {
             if stop.is_some() {
                 continue;
             }
-            if let Err(e) = feed.feed(&chunk, &mut rows) {
-                stop = Some(Err(corrupt(e)));
-                continue;
-            }
-            for row in rows.drain(..) {
-                match row {
-                    copy::ReplayRow::Event(e) => {
-                        if let Err(e) = sink(e) {
-                            stop = Some(Err(e));
-                            break;
-                        }
-                    }
-                    copy::ReplayRow::Archived(v) => {
-                        stop = Some(Ok(v));
-                        break;
+            let fed = feed.feed(&chunk, &mut |row| match row {
+                _ if stop.is_some() => {}
+                copy::ReplayRow::Event(e) => {
+                    if let Err(e) = sink(e) {
+                        stop = Some(Err(e));
                     }
                 }
+                copy::ReplayRow::Archived(v) => stop = Some(Ok(v)),
+            });
+            if let Err(e) = fed {
+                stop.get_or_insert(Err(corrupt(e)));
             }
         }
         drop(chunks);
