@@ -518,6 +518,13 @@ fn phase_bar(json: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// Shows `done` of `of` in `phase` on a [`phase_bar`].
+fn show_phase(bar: &indicatif::ProgressBar, phase: &str, done: u64, of: u64) {
+    bar.set_message(phase.to_owned());
+    bar.set_length(of);
+    bar.set_position(done);
+}
+
 /// `--before`: a UTC day (its 00:00) or an RFC 3339 time.
 fn parse_cutoff(text: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(day) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -1120,11 +1127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 backend.events.clone(),
                 before,
                 &to,
-                &|phase, done, of| {
-                    bar.set_message(phase.to_owned());
-                    bar.set_length(of);
-                    bar.set_position(done);
-                },
+                &|phase, done, of| show_phase(&bar, phase, done, of),
             )
             .await?;
             bar.finish_and_clear();
@@ -1157,11 +1160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 backend.events.clone(),
                 &from,
                 stream.as_deref(),
-                &|phase, done, of| {
-                    bar.set_message(phase.to_owned());
-                    bar.set_length(of);
-                    bar.set_position(done);
-                },
+                &|phase, done, of| show_phase(&bar, phase, done, of),
             )
             .await?;
             bar.finish_and_clear();
@@ -1204,9 +1203,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bar = phase_bar(cli.json);
             let report =
                 correct_interest(backend.events.clone(), &correction, &|phase, done, of| {
-                    bar.set_message(phase);
-                    bar.set_length(of);
-                    bar.set_position(done);
+                    show_phase(&bar, phase, done, of)
                 })
                 .await?;
             bar.finish_and_clear();

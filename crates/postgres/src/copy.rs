@@ -392,19 +392,23 @@ mod tests {
         out
     }
 
+    /// Three hot events (version, type, schema version, event time µs, payload, archived).
+    const ROWS: [(i64, &str, i32, i64, &str, bool); 3] = [
+        (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
+        (
+            2,
+            "Deposited",
+            2,
+            1_700_000_000_000_001,
+            "{\"a\":\"é\"}",
+            false,
+        ),
+        (3, "Deposited", 1, 1_700_000_000_000_002, "{\"b\":1}", false),
+    ];
+
     #[test]
     fn parses_rows_and_the_trailer() {
-        let data = copy_of(&[
-            (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
-            (
-                2,
-                "Deposited",
-                2,
-                1_700_000_000_000_001,
-                "{\"a\":\"é\"}",
-                false,
-            ),
-        ]);
+        let data = copy_of(&ROWS[..2]);
         let replay = parse_replay(&data).unwrap();
         assert_eq!(replay.archived, None);
         let events = replay.events;
@@ -428,18 +432,7 @@ mod tests {
     /// events of the whole.
     #[test]
     fn the_feed_parses_the_data_in_any_pieces() {
-        let data = copy_of(&[
-            (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
-            (
-                2,
-                "Deposited",
-                2,
-                1_700_000_000_000_001,
-                "{\"a\":\"é\"}",
-                false,
-            ),
-            (3, "Deposited", 1, 1_700_000_000_000_002, "{\"b\":1}", false),
-        ]);
+        let data = copy_of(&ROWS);
         let whole = parse_replay(&data).unwrap().events;
         assert_eq!(whole.len(), 3);
         for size in [1, 2, 7, 19, 20, 33, 64, data.len()] {
