@@ -303,8 +303,7 @@ impl<A: Aggregate> Replayed<A> {
     ) -> Result<Self, StoreError> {
         let mut replayed = Self::empty();
         for event in events {
-            replayed.state = replayed.state.apply(&decode_replay::<A>(stream_id, event)?);
-            replayed.version = event.stream_version;
+            replayed.push_replay(stream_id, event)?;
         }
         Ok(replayed)
     }
@@ -339,8 +338,7 @@ impl<A: Aggregate> Replayed<A> {
                     event.stream_version, self.version
                 )));
             }
-            self.state = self.state.apply(&decode_replay::<A>(stream_id, event)?);
-            self.version = event.stream_version;
+            self.push_replay(stream_id, event)?;
         }
         Ok(self)
     }

@@ -300,6 +300,17 @@ pub struct RestoredPayload {
     pub payload: String,
 }
 
+impl StoreError {
+    /// The refusal of [`EventStore::archive_events`] / [`EventStore::restore_events`] when no
+    /// event at `position` has the stored `hash`; `what` is `archive` or `restore`.
+    pub fn no_event_to(position: u64, hash: &[u8], what: &str) -> Self {
+        Self::InvalidRequest(format!(
+            "position {position}: no event with hash {} to {what}",
+            hex::encode(hash)
+        ))
+    }
+}
+
 /// An append-only event store (M1).
 ///
 /// Implementations: `eventfold-sqlite` (embedded default). Every implementation must pass the suite

@@ -395,7 +395,13 @@ pub async fn archive(
                 continue;
             }
             let is_closing = closing.iter().any(|t| t.as_bytes() == row.event_type);
-            let entry = streams.entry(row.stream_id.clone()).or_default();
+            // The key is cloned once per stream, not once per event.
+            if !streams.contains_key(row.stream_id.as_slice()) {
+                streams.insert(row.stream_id.clone(), Default::default());
+            }
+            let entry = streams
+                .get_mut(row.stream_id.as_slice())
+                .expect("inserted above");
             entry.0 = is_closing;
             if row.event_time_us < cutoff && !row.is_archived() {
                 entry.1.push(row.position);
@@ -656,27 +662,11 @@ async fn stub_run(
 ) -> anyhow::Result<u64> {
     let mut stubbed = 0;
     for entry in &run.files {
-        let rows = read_file(dir, entry)?;
-        let hot = hot_rows(store, &rows).await?;
         let mut stubs = Vec::new();
-        for r in &rows {
-            let h = hot.get(&r.position).ok_or_else(|| {
-                anyhow::anyhow!("{}: position {} is not in the log", entry.name, r.position)
-            })?;
-            archived_matches(h, r).map_err(|b| anyhow::anyhow!("{}: {b}", entry.name))?;
+        for (r, _) in proven_file(store, dir, entry, None).await? {
             stubs.push(ArchiveStub {
                 position: r.position,
-                hash: r
-                    .hash
-                    .as_deref()
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{}: position {}: hash is not 32 bytes",
-                            entry.name,
-                            r.position
-                        )
-                    })?,
+                hash: file_hash(&entry.name, &r)?,
                 digest: r.content().digest(),
             });
         }
@@ -686,6 +676,43 @@ async fn stub_run(
         progress("finishing an earlier run", stubbed, 0);
     }
     Ok(stubbed)
+}
+
+/// The events of a manifest's file (only `stream`'s, if given), each proven against the log's
+/// row at its position ([`archived_matches`]), with whether that row is an archived stub.
+///
+/// # Errors
+/// As [`read_file`], an event the log does not hold or one that differs from it (named with
+/// the file), or store failures.
+async fn proven_file(
+    store: &dyn EventStore,
+    dir: &Path,
+    entry: &FileEntry,
+    stream: Option<&str>,
+) -> anyhow::Result<Vec<(ChainRow, bool)>> {
+    let mut rows = read_file(dir, entry)?;
+    if let Some(s) = stream {
+        rows.retain(|r| r.stream_id == s.as_bytes());
+    }
+    let hot = hot_rows(store, &rows).await?;
+    rows.into_iter()
+        .map(|r| {
+            let h = hot.get(&r.position).ok_or_else(|| {
+                anyhow::anyhow!("{}: position {} is not in the log", entry.name, r.position)
+            })?;
+            archived_matches(h, &r)
+                .map_err(|b| anyhow::anyhow!("{}: refusing it: {b}", entry.name))?;
+            Ok((r, h.is_archived()))
+        })
+        .collect()
+}
+
+/// An archived event's hash as 32 bytes (a file may hold any hex).
+fn file_hash(file: &str, row: &ChainRow) -> anyhow::Result<Hash> {
+    row.hash
+        .as_deref()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("{file}: position {}: hash is not 32 bytes", row.position))
 }
 
 /// Every event of a manifest's file, its checksum checked first.
@@ -761,31 +788,18 @@ pub async fn restore(
     };
     let mut read = 0;
     for (_, entry) in manifest.files() {
-        let mut rows = read_file(dir, entry)?;
+        let rows = proven_file(store.as_ref(), dir, entry, stream).await?;
         report.files += 1;
-        read += rows.len() as u64;
-        if let Some(s) = stream {
-            rows.retain(|r| r.stream_id == s.as_bytes());
-        }
-        let hot = hot_rows(store.as_ref(), &rows).await?;
+        read += entry.events;
         let mut payloads = Vec::new();
-        for r in rows {
-            let h = hot.get(&r.position).ok_or_else(|| {
-                anyhow::anyhow!("{}: position {} is not in the log", entry.name, r.position)
-            })?;
-            archived_matches(h, &r)
-                .map_err(|b| anyhow::anyhow!("{}: refusing to restore: {b}", entry.name))?;
-            if !h.is_archived() {
+        for (r, archived) in rows {
+            if !archived {
                 report.already_hot += 1;
                 continue;
             }
             payloads.push(RestoredPayload {
                 position: r.position,
-                hash: r
-                    .hash
-                    .as_deref()
-                    .and_then(|x| x.try_into().ok())
-                    .expect("matched the stub's 32-byte hash"),
+                hash: file_hash(&entry.name, &r)?,
                 payload: String::from_utf8(r.payload).expect("decoded from a JSON string"),
             });
         }

@@ -16,11 +16,12 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-/// The columns [`parse_replay`] reads, in its order.
+/// The columns [`ReplayFeed`] reads, in its order.
 pub(crate) const REPLAY_COLUMNS: &str =
     "stream_version, event_type, schema_version, event_time, payload, archived_digest IS NOT NULL";
 
 /// A stream replay: its events, up to the first archived one (M8) if the read reached one.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Replay {
     pub(crate) events: Vec<ReplayEvent>,
@@ -29,10 +30,12 @@ pub(crate) struct Replay {
 }
 
 /// Parses the binary COPY of `SELECT` [`REPLAY_COLUMNS`] (bigint, text, integer, timestamptz,
-/// text, boolean), stopping at the first archived event.
+/// text, boolean) held whole, stopping at the first archived event (the tests' view of
+/// [`ReplayFeed`]).
 ///
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
+#[cfg(test)]
 pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
     let mut feed = ReplayFeed::default();
     let mut replay = Replay {

@@ -425,13 +425,6 @@ async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<u8>, S
     Ok(data)
 }
 
-fn no_event_to(position: u64, hash: &[u8], what: &str) -> StoreError {
-    StoreError::InvalidRequest(format!(
-        "position {position}: no event with hash {} to {what}",
-        hex::encode(hash)
-    ))
-}
-
 fn limit(max_count: usize) -> i64 {
     i64::try_from(max_count).unwrap_or(i64::MAX)
 }
@@ -479,19 +472,14 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        let data = self
-            .copy_stream(stream_id, copy::REPLAY_COLUMNS, from_version, max_count)
-            .await?;
-        let replay = copy::parse_replay(&data)
-            .map_err(|e| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}")))?;
-        match replay.archived {
-            None => Ok(replay.events),
-            Some(v) => Err(StoreError::Archived {
-                stream_id: stream_id.to_owned(),
-                version: v,
-                position: self.position_of(stream_id, v).await?,
-            }),
-        }
+        // One COPY parser and one archived-event check: the streamed replay's, collected.
+        let mut events = Vec::new();
+        self.replay_stream(stream_id, from_version, max_count, &mut |e| {
+            events.push(e.clone());
+            Ok(())
+        })
+        .await?;
+        Ok(events)
     }
 
     async fn replay_stream(
@@ -643,7 +631,7 @@ impl EventStore for PostgresStore {
                 Some(_) => StoreError::InvalidRequest(format!(
                     "position {position}: archived before with another content digest"
                 )),
-                None => no_event_to(position, &stub.hash, "archive"),
+                None => StoreError::no_event_to(position, &stub.hash, "archive"),
             });
         }
         tx.commit().await.map_err(backend)?;
@@ -683,7 +671,7 @@ impl EventStore for PostgresStore {
                 .iter()
                 .find(|p| p.position == position)
                 .expect("asked for");
-            return Err(no_event_to(position, &p.hash, "restore"));
+            return Err(StoreError::no_event_to(position, &p.hash, "restore"));
         }
         tx.commit().await.map_err(backend)?;
         Ok(restored)

@@ -419,7 +419,7 @@ fn archive(conn: &Connection, stubs: &[ArchiveStub]) -> Result<u64, StoreError> 
                     s.position
                 )))
             }
-            None => return Err(no_event_to(s.position, &s.hash, "archive")),
+            None => return Err(StoreError::no_event_to(s.position, &s.hash, "archive")),
         }
     }
     Ok(archived)
@@ -452,17 +452,10 @@ fn restore(conn: &Connection, payloads: &[RestoredPayload]) -> Result<u64, Store
             })
             .map_err(backend)?;
         if hot.is_none() {
-            return Err(no_event_to(p.position, &p.hash, "restore"));
+            return Err(StoreError::no_event_to(p.position, &p.hash, "restore"));
         }
     }
     Ok(restored)
-}
-
-fn no_event_to(position: u64, hash: &Hash, what: &str) -> StoreError {
-    StoreError::InvalidRequest(format!(
-        "position {position}: no event with hash {} to {what}",
-        hex::encode(hash)
-    ))
 }
 
 fn stored_id_at(
