@@ -773,15 +773,21 @@ pub async fn appends_keep_one_hash_chain<S: Backend>(store: Arc<S>) {
         .map(|w| {
             let store = store.clone();
             tokio::spawn(async move {
+                // Each writer owns its stream, so it knows the version to expect.
+                let mut version = 0;
                 for k in 0..10u64 {
                     let stream = format!("c-{w}");
                     let request = match k % 3 {
                         0 => AppendRequest::new(stream, ExpectedVersion::Any, events(k, 2)),
                         1 => AppendRequest::new(stream, ExpectedVersion::Any, vec![event(k)])
                             .with_fence(format!("lock:{w}"), k),
-                        _ => AppendRequest::new(stream, ExpectedVersion::Any, vec![event(k)]),
+                        _ => AppendRequest::new(
+                            stream,
+                            ExpectedVersion::Exact(version),
+                            events(k, 2),
+                        ),
                     };
-                    store.append(request).await.unwrap();
+                    version = store.append(request).await.unwrap().stream_version;
                 }
             })
         })

@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use writer::{Job, Writer};
+use writer::{Incoming, Job, Writer};
 
 /// Settings for [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
@@ -553,9 +553,8 @@ fn limit(max_count: usize) -> i64 {
 impl EventStore for SqliteStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
-        let mut results = self
-            .write(|reply| Job::Append(vec![request], reply))
-            .await?;
+        let incoming = vec![Incoming::new(request, self.inner.config.hash_chain)];
+        let mut results = self.write(|reply| Job::Append(incoming, reply)).await?;
         results.pop().expect("one result per request")
     }
 
@@ -563,7 +562,12 @@ impl EventStore for SqliteStore {
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        self.write(|reply| Job::Append(requests, reply)).await
+        let chain = self.inner.config.hash_chain;
+        let incoming = requests
+            .into_iter()
+            .map(|r| Incoming::new(r, chain))
+            .collect();
+        self.write(|reply| Job::Append(incoming, reply)).await
     }
 
     async fn read_stream(

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, RestoredPayload, StoreError,
@@ -22,10 +22,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// Work for the writer; each job runs in its own savepoint inside the group's transaction.
 pub(crate) enum Job {
-    Append(
-        Vec<AppendRequest>,
-        Reply<Vec<Result<AppendOutcome, StoreError>>>,
-    ),
+    Append(Vec<Incoming>, Reply<Vec<Result<AppendOutcome, StoreError>>>),
     SaveCheckpoint(String, u64, Reply<()>),
     CommitProjections(Vec<ProjectionCommit>, Reply<()>),
     ResetProjection(String, Reply<()>),
@@ -41,6 +38,58 @@ impl Job {
             Job::Archive(stubs, _) => stubs.len(),
             Job::Restore(payloads, _) => payloads.len(),
             _ => 1,
+        }
+    }
+}
+
+/// An append request as the writer takes it: stamped with its ingest time when the store
+/// received it and, with the hash chain on, carrying its events' content digests
+/// ([`Content::digest`]) when the request names the version it follows (`NoStream` or `Exact`).
+/// The digests are computed on the caller's thread, so the single writer, which every append
+/// waits on, only links them (M6); it computes them itself when they do not apply.
+pub(crate) struct Incoming {
+    request: AppendRequest,
+    /// Ingest time, microseconds since the Unix epoch (UTC).
+    ingest_us: i64,
+    /// Content digests of the events at versions `after + 1 ..`, one per event, or none.
+    digests: Vec<Hash>,
+    /// The stream version the digests assume the events follow.
+    after: u64,
+}
+
+impl Incoming {
+    /// `request` received now; digests computed when `chain` is on and the version is known.
+    pub(crate) fn new(request: AppendRequest, chain: bool) -> Self {
+        let ingest_us = micros(Utc::now());
+        let after = match request.expected {
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Exact(v) => Some(v),
+            ExpectedVersion::Any => None,
+        };
+        let digests = match after {
+            Some(after) if chain => (1..)
+                .zip(&request.events)
+                .map(|(i, e)| Content::of_new(&request.stream_id, after + i, e, ingest_us).digest())
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            request,
+            ingest_us,
+            digests,
+            after: after.unwrap_or(0),
+        }
+    }
+
+    /// The digest of event `i` when it is appended after stream version `current`.
+    fn digest(&self, i: usize, current: u64) -> Hash {
+        match self.digests.get(i) {
+            Some(d) if self.after == current => *d,
+            _ => {
+                let version = current + 1 + i as u64;
+                let event = &self.request.events[i];
+                Content::of_new(&self.request.stream_id, version, event, self.ingest_us).digest()
+            }
         }
     }
 }
@@ -64,6 +113,9 @@ pub(crate) struct Writer {
     /// other connection has committed: `PRAGMA data_version` changes when one has, and then the
     /// cache is dropped.
     versions: RefCell<HashMap<String, (u64, Hash)>>,
+    /// The log's head `(position, hash)` as this writer last wrote or read it; dropped with
+    /// `versions`.
+    log_head: Cell<Option<(u64, Hash)>>,
     /// Whether appends compute the hash chain (M6).
     chain: bool,
     data_version: Cell<i64>,
@@ -91,6 +143,7 @@ impl Writer {
             head,
             max_batch: max_batch.max(1),
             versions: RefCell::new(HashMap::new()),
+            log_head: Cell::new(None),
             chain,
             data_version: Cell::new(-1),
             counters,
@@ -140,7 +193,6 @@ impl Writer {
             return;
         }
         self.check_data_version();
-        let now = Utc::now();
         let requests: usize = group
             .iter()
             .map(|j| match j {
@@ -148,10 +200,7 @@ impl Writer {
                 _ => 0,
             })
             .sum();
-        let done: Vec<Done> = group
-            .into_iter()
-            .map(|job| self.run_job(job, now))
-            .collect();
+        let done: Vec<Done> = group.into_iter().map(|job| self.run_job(job)).collect();
         match self.exec("COMMIT") {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Relaxed);
@@ -184,7 +233,7 @@ impl Writer {
             }
             Err(e) => {
                 let _ = self.exec("ROLLBACK");
-                self.versions.borrow_mut().clear();
+                self.forget_heads();
                 let message = format!("group commit failed, nothing was written: {e}");
                 tracing::warn!(%message, "sqlite group commit");
                 for d in done {
@@ -212,23 +261,24 @@ impl Writer {
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .unwrap_or(-2);
         if version != self.data_version.get() || self.versions.borrow().len() > MAX_CACHED_STREAMS {
-            self.versions.borrow_mut().clear();
+            self.forget_heads();
             self.data_version.set(version);
         }
     }
 
-    fn run_job(&self, job: Job, now: DateTime<Utc>) -> Done {
+    fn run_job(&self, job: Job) -> Done {
         match job {
             Job::Append(requests, reply) => {
                 let results = requests
                     .into_iter()
-                    .map(|r| {
+                    .map(|incoming| {
                         // One event without an idempotency record is one write, atomic on its
                         // own: it needs no savepoint.
+                        let r = &incoming.request;
                         if r.events.len() == 1 && r.idempotency.is_none() && r.fence.is_none() {
-                            self.append_one(&r, now)
+                            self.append_one(&incoming)
                         } else {
-                            self.in_savepoint(|_| self.append_one(&r, now))
+                            self.in_savepoint(|_| self.append_one(&incoming))
                         }
                     })
                     .collect();
@@ -296,6 +346,33 @@ impl Writer {
             .map(|_| ())
     }
 
+    /// Drops the cached stream and log heads (read again from the database when next needed).
+    fn forget_heads(&self) {
+        self.versions.borrow_mut().clear();
+        self.log_head.set(None);
+    }
+
+    /// The log's last position and its event's hash ([`ZERO_HASH`] for an empty log or an
+    /// event without one).
+    fn log_head(&self) -> Result<(u64, Hash), StoreError> {
+        if let Some(head) = self.log_head.get() {
+            return Ok(head);
+        }
+        let head = self
+            .conn
+            .prepare_cached("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok((r.get::<_, u64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
+                })
+                .optional()
+            })
+            .map_err(backend)?
+            .map_or((0, ZERO_HASH), |(p, h)| (p, stored_hash(h)));
+        self.log_head.set(Some(head));
+        Ok(head)
+    }
+
     /// The stream's version and its last event's hash ([`ZERO_HASH`] for a new stream or an
     /// event without one).
     fn stream_head(&self, stream_id: &str) -> Result<(u64, Hash), StoreError> {
@@ -324,12 +401,9 @@ impl Writer {
 
     /// Appends one request inside the group's transaction. Writes happen only after every check
     /// passed; the event inserts are the only writes that can fail on input (a reused event id).
-    fn append_one(
-        &self,
-        request: &AppendRequest,
-        now: DateTime<Utc>,
-    ) -> Result<AppendOutcome, StoreError> {
+    fn append_one(&self, incoming: &Incoming) -> Result<AppendOutcome, StoreError> {
         let conn = &self.conn;
+        let request = &incoming.request;
         request.validate()?;
         let (current, stream_hash) = self.stream_head(&request.stream_id)?;
         let retried = || -> Result<Option<AppendOutcome>, StoreError> {
@@ -356,12 +430,13 @@ impl Writer {
                 return Ok(outcome);
             }
         }
-        let (outcome, stream_hash) =
-            write_events(conn, request, (current, stream_hash), now, self.chain)?;
+        let heads = (self.log_head()?, (current, stream_hash));
+        let (outcome, last_hash) = write_events(conn, incoming, heads, self.chain)?;
         self.versions.borrow_mut().insert(
             request.stream_id.clone(),
-            (outcome.stream_version, stream_hash),
+            (outcome.stream_version, last_hash),
         );
+        self.log_head.set(Some((outcome.last_position, last_hash)));
         Ok(outcome)
     }
 }
@@ -524,15 +599,16 @@ fn first_event_location(
 }
 
 /// Records the fencing token (if any), inserts the idempotency record (if any) and the events
-/// after the stream's `(version, last hash)`, numbered from the log's head and chained to it
-/// (M6) when `chain` is on. Returns the outcome and the stream's new last hash.
+/// after the log's head `(position, hash)` and the stream's `(version, last hash)`, chained to
+/// both (M6) when `chain` is on. Returns the outcome and the last event's hash, the new head of
+/// both the log and the stream.
 fn write_events(
     conn: &Connection,
-    request: &AppendRequest,
-    (current, stream_hash): (u64, Hash),
-    now: DateTime<Utc>,
+    incoming: &Incoming,
+    ((head, head_hash), (current, stream_hash)): ((u64, Hash), (u64, Hash)),
     chain: bool,
 ) -> Result<(AppendOutcome, Hash), StoreError> {
+    let request = &incoming.request;
     if let Some(fence) = &request.fence {
         let token = i64::try_from(fence.token)
             .map_err(|_| StoreError::InvalidRequest("fence.token is above 2^63 - 1".into()))?;
@@ -567,7 +643,7 @@ fn write_events(
                     idem.fingerprint,
                     idem.response.status,
                     idem.response.body,
-                    micros(now)
+                    incoming.ingest_us
                 ])
             })
             .map_err(backend)?;
@@ -577,20 +653,9 @@ fn write_events(
             });
         }
     }
-    // The single writer holds the write lock: the head read here is the one the events follow.
-    let (head, head_hash) = conn
-        .prepare_cached("SELECT position, hash FROM events ORDER BY position DESC LIMIT 1")
-        .and_then(|mut s| {
-            s.query_row([], |r| {
-                Ok((r.get::<_, u64>(0)?, r.get::<_, Option<Vec<u8>>>(1)?))
-            })
-            .optional()
-        })
-        .map_err(backend)?
-        .map_or((0, ZERO_HASH), |(p, h)| (p, stored_hash(h)));
     // One request is one stream: each event links to the one before, in the log and the stream.
     let (mut prev, mut stream_prev) = (head_hash, stream_hash);
-    let ingest_us = micros(now);
+    let ingest_us = incoming.ingest_us;
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
@@ -605,8 +670,7 @@ fn write_events(
         let position = head + 1 + i as u64;
         let version = current + 1 + i as u64;
         let links = chain.then(|| {
-            let digest = Content::of_new(&request.stream_id, version, e, ingest_us).digest();
-            let hash = link(&prev, &stream_prev, position, &digest);
+            let hash = link(&prev, &stream_prev, position, &incoming.digest(i, current));
             let links = Links {
                 prev_hash: prev,
                 hash,
@@ -695,4 +759,55 @@ fn commit_projections(conn: &Connection, commits: Vec<ProjectionCommit>) -> Resu
             .map_err(backend)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use eventfold_core::{Actor, EventMetadata, NewEvent};
+
+    use super::*;
+
+    fn event(n: u32) -> NewEvent {
+        NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "Tested".into(),
+            schema_version: 1,
+            event_time: Utc::now(),
+            metadata: EventMetadata::by(Actor::parse("user:1").unwrap()),
+            payload: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    fn content_digest(incoming: &Incoming, i: usize, version: u64) -> Hash {
+        let r = &incoming.request;
+        Content::of_new(&r.stream_id, version, &r.events[i], incoming.ingest_us).digest()
+    }
+
+    #[test]
+    fn digests_from_the_caller_are_the_content_digests_at_the_versions_they_assumed() {
+        let request =
+            AppendRequest::new("s-1", ExpectedVersion::Exact(4), vec![event(1), event(2)]);
+        let incoming = Incoming::new(request, true);
+        assert_eq!(incoming.digests.len(), 2);
+        assert_eq!(incoming.digest(1, 4), content_digest(&incoming, 1, 6));
+        // The stream moved (an `Exact` request never writes then, but the digest stays right).
+        assert_eq!(incoming.digest(1, 5), content_digest(&incoming, 1, 7));
+        assert_ne!(incoming.digest(1, 5), incoming.digest(1, 4));
+    }
+
+    #[test]
+    fn any_and_a_chain_turned_off_leave_the_digests_to_the_writer() {
+        let any = Incoming::new(
+            AppendRequest::new("s-1", ExpectedVersion::Any, vec![event(1)]),
+            true,
+        );
+        assert!(any.digests.is_empty());
+        assert_eq!(any.digest(0, 9), content_digest(&any, 0, 10));
+        let off = Incoming::new(
+            AppendRequest::new("s-1", ExpectedVersion::NoStream, vec![event(1)]),
+            false,
+        );
+        assert!(off.digests.is_empty());
+        assert_eq!(off.digest(0, 0), content_digest(&off, 0, 1));
+    }
 }

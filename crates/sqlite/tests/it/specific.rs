@@ -1,5 +1,6 @@
 //! SQLite-only behaviour: reopening, append-only triggers, schema versions.
 
+use eventfold_core::chain::{ChainVerifier, Scope};
 use eventfold_core::{
     Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError,
 };
@@ -129,6 +130,14 @@ async fn a_second_writer_on_the_same_file_is_seen_by_the_version_check() {
         .map(|e| e.stream_version)
         .collect();
     assert_eq!(versions, vec![1, 2, 3]);
+    // Each writer linked its events to the other's (the cached log head was dropped too): one
+    // hash chain over the log.
+    let rows = a.read_chain(0, 10).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut log = ChainVerifier::new(Scope::Log);
+    for r in &rows {
+        log.check(r).unwrap_or_else(|b| panic!("{b}"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
