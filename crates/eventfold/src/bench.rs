@@ -122,6 +122,11 @@ pub struct AppendReport {
     /// `--hash-chain both`: `events_per_sec / unchained_events_per_sec` (target at least 0.95).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_chain_ratio: Option<f64>,
+    /// `--hash-chain both`: the median over rounds of the chain-on rate divided by the chain-off
+    /// rate of the same round (the two run back to back). A slowdown of the machine that spans a
+    /// few rounds moves this less than the ratio of the totals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_chain_ratio_median: Option<f64>,
 }
 
 /// The bench's live projection: events per stream.
@@ -437,19 +442,29 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         Arc::new((0..config.clients).map(|_| AtomicU64::new(0)).collect())
     };
     let (versions, unchained_versions) = (new_versions(), new_versions());
+    // Per round with the chain both on and off: on rate / off rate.
+    let mut round_ratios = Vec::new();
     for r in 0..rounds {
         // With the chain both on and off, each goes first in every other round.
         let unchained_first = r % 2 == 1 && unchained_service.is_some();
+        let mut rates = [None, None];
         for side in [unchained_first, !unchained_first] {
-            match (side, &unchained_service) {
-                (true, Some(unchained)) => unchained_run.add(
-                    drive_store(config, round, unchained, &unchained_versions, &body).await?,
-                )?,
-                (true, None) => {}
-                (false, _) => {
-                    ours.add(drive_store(config, round, &service, &versions, &body).await?)?
+            let run = match (side, &unchained_service) {
+                (true, Some(unchained)) => {
+                    drive_store(config, round, unchained, &unchained_versions, &body).await?
                 }
+                (true, None) => continue,
+                (false, _) => drive_store(config, round, &service, &versions, &body).await?,
+            };
+            rates[usize::from(side)] = Some(run.commands as f64 / run.elapsed.max(1e-9));
+            if side {
+                unchained_run.add(run)?;
+            } else {
+                ours.add(run)?;
             }
+        }
+        if let [Some(on), Some(off)] = rates {
+            round_ratios.push(on / off.max(1e-9));
         }
         let shape = (config.clients, per, config.hot_stream);
         baseline.add(drive_raw(&raw, shape, (r, round), &body).await?)?;
@@ -511,7 +526,19 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         hash_chain: config.hash_chain,
         unchained_events_per_sec,
         hash_chain_ratio: unchained_events_per_sec.map(|u| events_per_sec / u.max(1e-9)),
+        hash_chain_ratio_median: median(&mut round_ratios),
     })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 type LiveProjection = (

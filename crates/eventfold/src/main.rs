@@ -1511,7 +1511,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             r.ratio_to_indexed_baseline, r.projection_lag_p50_ms, r.projection_lag_p95_ms, r.projection_lag_p99_ms
                         ) + &match (r.unchained_events_per_sec, r.hash_chain_ratio) {
                             (Some(u), Some(ratio)) => format!(
-                                "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3}"
+                                "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3} \
+                                 (median of the rounds' ratios: {:.3})",
+                                r.hash_chain_ratio_median.unwrap_or(ratio)
                             ),
                             _ => format!("\nhash chain: {:?}", r.hash_chain).to_lowercase(),
                         }

@@ -144,6 +144,8 @@ fn bench_commands_print_their_figures() {
             "0.4",
             "--rounds",
             "2",
+            "--hash-chain",
+            "both",
             "--json",
         ],
     ));
@@ -156,6 +158,9 @@ fn bench_commands_print_their_figures() {
         "baseline_events_per_sec",
         "ratio_to_baseline",
         "projection_lag_p95_ms",
+        "unchained_events_per_sec",
+        "hash_chain_ratio",
+        "hash_chain_ratio_median",
     ] {
         assert!(
             append[field].as_f64().is_some_and(|v| v > 0.0),
