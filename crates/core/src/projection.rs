@@ -68,6 +68,17 @@ pub enum RunnerError {
     /// No projection has this name.
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+    /// The log holds archived events (M8) after the projection's checkpoint: applying only the
+    /// hot events would leave them out of the read model without a word, so nothing is applied.
+    #[error("projection {projection} at checkpoint {checkpoint} would skip {archived} archived events; bring them back first (eventfold restore --from DIR)")]
+    Archived {
+        /// Projection name.
+        projection: String,
+        /// Its checkpoint (global position).
+        checkpoint: u64,
+        /// Archived events after the checkpoint.
+        archived: u64,
+    },
 }
 
 /// Where a projection stands.
@@ -179,6 +190,9 @@ pub struct ProjectionRunner {
     projections: Vec<Arc<dyn DynProjection>>,
     batch_size: usize,
     status: Mutex<HashMap<&'static str, ProjectionStatus>>,
+    /// Projections found with no archived event after their checkpoint by this runner (checked
+    /// on their first catch-up and after a rebuild, not on every wake).
+    archive_checked: Mutex<HashSet<&'static str>>,
     /// Ingest-to-commit lag of every committed event, in µs.
     lag: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -197,6 +211,7 @@ impl ProjectionRunner {
             projections: Vec::new(),
             batch_size: 2_000,
             status: Mutex::new(HashMap::new()),
+            archive_checked: Mutex::new(HashSet::new()),
             lag: Mutex::new(lag_histogram()),
         }
     }
@@ -246,6 +261,8 @@ impl ProjectionRunner {
         for p in &projections {
             checkpoints.push(self.read_models.projection_checkpoint(p.name()).await?);
         }
+        self.refuse_archived_gaps(&projections, &checkpoints)
+            .await?;
         let Some(mut from) = checkpoints.iter().copied().min() else {
             return Ok(0);
         };
@@ -326,17 +343,64 @@ impl ProjectionRunner {
     /// position 0; returns the position reached.
     ///
     /// # Errors
-    /// An unknown name, a store failure or a poison event.
+    /// An unknown name, a store failure or a poison event; [`RunnerError::Archived`] when the
+    /// log holds archived events (M8), before anything is deleted.
     pub async fn rebuild(
         &self,
         only: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<u64, RunnerError> {
-        for p in self.select(only)? {
+        let projections = self.select(only)?;
+        let archived = self.events.archived_after(0).await?;
+        if let (Some(p), true) = (projections.first(), archived > 0) {
+            return Err(RunnerError::Archived {
+                projection: p.name().to_owned(),
+                checkpoint: 0,
+                archived,
+            });
+        }
+        for p in projections {
             self.read_models.reset_projection(p.name()).await?;
             self.status.lock().expect("status lock").remove(p.name());
+            // Just checked from position 0.
+            self.archive_checked
+                .lock()
+                .expect("archive lock")
+                .insert(p.name());
         }
         self.catch_up(only, progress).await
+    }
+
+    /// [`RunnerError::Archived`] when the log holds archived events after the checkpoint of a
+    /// projection not checked yet by this runner (`read_all` leaves them out).
+    async fn refuse_archived_gaps(
+        &self,
+        projections: &[Arc<dyn DynProjection>],
+        checkpoints: &[u64],
+    ) -> Result<(), RunnerError> {
+        for (p, &checkpoint) in projections.iter().zip(checkpoints) {
+            if self
+                .archive_checked
+                .lock()
+                .expect("archive lock")
+                .contains(p.name())
+            {
+                continue;
+            }
+            let archived = self.events.archived_after(checkpoint).await?;
+            if archived > 0 {
+                return Err(RunnerError::Archived {
+                    projection: p.name().to_owned(),
+                    checkpoint,
+                    archived,
+                });
+            }
+            self.archive_checked
+                .lock()
+                .expect("archive lock")
+                .insert(p.name());
+        }
+        Ok(())
     }
 
     /// Keeps every projection caught up until `stop` completes, waking on appends.

@@ -460,6 +460,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// (nothing is changed); infrastructure failures.
     async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError>;
 
+    /// How many archived events (stubs, M8) the log holds after global position `position`:
+    /// events [`EventStore::read_all`] leaves out. A range scan from `position` to the head.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn archived_after(&self, position: u64) -> Result<u64, StoreError>;
+
     /// The highest committed global position (0 for an empty store).
     ///
     /// # Errors

@@ -677,6 +677,17 @@ impl EventStore for PostgresStore {
         Ok(restored)
     }
 
+    async fn archived_after(&self, position: u64) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE position > $1 AND archived_digest IS NOT NULL",
+        )
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .fetch_one(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(count as u64)
+    }
+
     async fn head_position(&self) -> Result<u64, StoreError> {
         let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(&self.inner.pool)

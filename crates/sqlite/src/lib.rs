@@ -708,6 +708,17 @@ impl EventStore for SqliteStore {
         self.write(|reply| Job::Restore(payloads, reply)).await
     }
 
+    async fn archived_after(&self, position: u64) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT count(*) FROM events WHERE position > ?1 AND archived_digest IS NOT NULL",
+            )
+            .and_then(|mut s| s.query_row([position], |r| r.get(0)))
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn head_position(&self) -> Result<u64, StoreError> {
         self.read(|conn| {
             conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {

@@ -13,8 +13,8 @@ use eventfold::archive::{archive, restore, ArchiveMerge, Manifest, RunStatus};
 use eventfold::backend::StoreUrl;
 use eventfold::verify::{verify, verify_with_archive, Target, VerifyReport};
 use eventfold_core::{
-    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, RecordedEvent,
-    StoreError,
+    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, Projection,
+    ProjectionRunner, RecordedEvent, RunnerError, StoreError,
 };
 
 use crate::support::TestApp;
@@ -37,6 +37,42 @@ fn event(event_type: &str, time: &str, n: u32) -> NewEvent {
         },
         payload: format!("{{\"n\":{n},\"text\":\"caf\u{e9} \\\"q\\\"\"}}"),
     }
+}
+
+/// A read model of events per stream, to see what a projection gets from a log with stubs.
+struct EventsPerStream;
+
+impl Projection for EventsPerStream {
+    type Doc = u64;
+    type Input = ();
+
+    fn name(&self) -> &'static str {
+        "archive_test_events_per_stream"
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, ())>, String> {
+        Ok(Some((event.stream_id.clone(), ())))
+    }
+
+    fn apply(&self, doc: Option<u64>, (): (), _: &RecordedEvent) -> Option<u64> {
+        Some(doc.unwrap_or(0) + 1)
+    }
+}
+
+/// `(checkpoint, events counted for order-a)` of [`EventsPerStream`].
+async fn counted(app: &TestApp) -> (u64, Option<u64>) {
+    let read_models = &app.backend.read_models;
+    let checkpoint = read_models
+        .projection_checkpoint(EventsPerStream.name())
+        .await
+        .unwrap();
+    let doc = read_models
+        .get_docs(EventsPerStream.name(), &["order-a".to_owned()])
+        .await
+        .unwrap()
+        .pop()
+        .map(|(_, d)| serde_json::from_str(&d).unwrap());
+    (checkpoint, doc)
 }
 
 /// Appends `events` (type, time) to `stream` at its current version.
@@ -158,6 +194,12 @@ async fn archive_restore_round_trip(app: TestApp) {
     assert_eq!(before.len(), 11);
     let head_hash = verify_all(&store).await.head.unwrap().hash;
     let dir = tempfile::tempdir().unwrap();
+    let runner = || {
+        ProjectionRunner::new(store.clone(), app.backend.read_models.clone())
+            .register(EventsPerStream)
+    };
+    runner().catch_up(None, &|_, _| {}).await.unwrap();
+    assert_eq!(counted(&app).await, (11, Some(3)));
 
     let report = archive(store.clone(), cutoff(), dir.path(), &|_, _, _| {})
         .await
@@ -166,6 +208,33 @@ async fn archive_restore_round_trip(app: TestApp) {
         (report.run, report.events_archived, report.streams),
         (1, 6, 3)
     );
+    assert_eq!(store.archived_after(0).await.unwrap(), 6);
+    assert_eq!(store.archived_after(7).await.unwrap(), 1);
+    assert_eq!(store.archived_after(8).await.unwrap(), 0);
+    // A projection past the archived events goes on; one rebuilt (or new) would leave them out
+    // without a word, so it is refused before anything is deleted.
+    runner().catch_up(None, &|_, _| {}).await.unwrap();
+    match runner().rebuild(None, &|_, _| {}).await {
+        Err(RunnerError::Archived {
+            projection,
+            checkpoint: 0,
+            archived: 6,
+        }) => assert_eq!(projection, EventsPerStream.name()),
+        other => panic!("expected Archived, got {other:?}"),
+    }
+    assert_eq!(counted(&app).await, (11, Some(3)));
+    app.backend
+        .read_models
+        .reset_projection(EventsPerStream.name())
+        .await
+        .unwrap();
+    let err = runner().catch_up(None, &|_, _| {}).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("at checkpoint 0 would skip 6 archived events; bring them back first"),
+        "{err}"
+    );
+    assert_eq!(counted(&app).await, (0, None));
     assert_eq!(report.events_checked, 11);
     let months: Vec<(&str, u64, u64, u64)> = report
         .files
@@ -276,6 +345,10 @@ async fn archive_restore_round_trip(app: TestApp) {
     assert_eq!(all_events(&store).await, before);
     let report = verify_all(&store).await;
     assert!(report.ok && report.archived == 0, "{report:?}");
+    // Everything back, the projection rebuilds over every event.
+    assert_eq!(store.archived_after(0).await.unwrap(), 0);
+    assert_eq!(runner().rebuild(None, &|_, _| {}).await.unwrap(), 11);
+    assert_eq!(counted(&app).await, (11, Some(3)));
     // Restored events still match the archive that holds them.
     assert!(verify_archive(&store, dir.path()).await.ok);
 
@@ -599,9 +672,16 @@ fn the_cli_archives_verifies_and_restores_imported_orders() {
         (Some(true), Some(15), Some(10), Some(10)),
         "{checked}"
     );
+    let err = failure(&eventfold(&store, &["projections", "rebuild"]));
+    assert!(
+        err.contains("would skip 10 archived events") && err.contains("eventfold restore"),
+        "{err}"
+    );
 
     let restored = ok_json(&eventfold(&store, &["restore", "--from", cold, "--json"]));
     assert_eq!(restored["events_restored"], 10, "{restored}");
+    let rebuilt = ok_json(&eventfold(&store, &["projections", "rebuild", "--json"]));
+    assert_eq!(rebuilt["position"], 15, "{rebuilt}");
     let history = eventfold(&store, &["history", order]);
     assert!(history.status.success());
     assert!(String::from_utf8_lossy(&history.stdout).contains("OrderCompleted"));
