@@ -207,11 +207,15 @@ impl Writer {
                 self.counters
                     .append_requests
                     .fetch_add(requests as u64, Relaxed);
-                let head = self
-                    .conn
-                    .prepare_cached("SELECT coalesce(max(position), 0) FROM events")
-                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                    .unwrap_or(0);
+                // The log head the group's appends left (cached); read only when not known.
+                let head = match self.log_head.get() {
+                    Some((position, _)) => position,
+                    None => self
+                        .conn
+                        .prepare_cached("SELECT coalesce(max(position), 0) FROM events")
+                        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                        .unwrap_or(0),
+                };
                 self.head.send_if_modified(|h| {
                     let moved = head > *h;
                     *h = (*h).max(head);
