@@ -825,4 +825,17 @@ pub async fn appends_keep_one_hash_chain<S: Backend>(store: Arc<S>) {
     // Reading from a later version or position gives the same rows.
     let tail = store.read_chain(head - 2, 10).await.unwrap();
     assert_eq!(tail, rows[rows.len() - 2..]);
+    // Read into rows that hold others (more of them, with every optional column set), the same
+    // rows come back: nothing of the old ones is left over.
+    let mut reused = rows.iter().rev().cloned().collect::<Vec<_>>();
+    for r in &mut reused {
+        r.causation_id = Some(vec![7; 16]);
+        r.correlation_id = Some(vec![8; 16]);
+        r.archived_digest = Some(vec![9; 32]);
+        r.payload.extend_from_slice(b"left over");
+    }
+    store.read_chain_into(5, 4, &mut reused).await.unwrap();
+    assert_eq!(reused, rows[5..9]);
+    store.read_chain_into(head, 10, &mut reused).await.unwrap();
+    assert!(reused.is_empty());
 }

@@ -428,6 +428,22 @@ pub trait EventStore: Send + Sync + 'static {
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError>;
 
+    /// [`EventStore::read_chain`] into `rows`, which it replaces: a store may refill the rows
+    /// already there, reusing their buffers, so that a walk which hands its batches back
+    /// (`eventfold verify --all`) does not allocate per row. The default reads a new batch.
+    ///
+    /// # Errors
+    /// As [`EventStore::read_chain`]; `rows` then holds no meaningful rows.
+    async fn read_chain_into(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        rows: &mut Vec<ChainRow>,
+    ) -> Result<(), StoreError> {
+        *rows = self.read_chain(after_position, max_count).await?;
+        Ok(())
+    }
+
     /// Like [`EventStore::read_chain`] for one stream, in version order from `from_version`.
     ///
     /// # Errors

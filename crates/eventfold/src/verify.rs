@@ -158,17 +158,23 @@ async fn walk(
     let mut verifier = ChainVerifier::new(scope);
     let mut first_broken = None;
     let mut anchored: Option<bool> = None;
-    let read = |after: u64| {
+    // Each read refills a batch already checked (`spare`), so the walk allocates per batch in
+    // flight, not per row.
+    let read = |after: u64, mut rows: Vec<ChainRow>| {
         let store = store.clone();
         let target = target.clone();
         tokio::spawn(async move {
             match target {
-                Target::All => store.read_chain(after, BATCH).await,
+                Target::All => store
+                    .read_chain_into(after, BATCH, &mut rows)
+                    .await
+                    .map(|()| rows),
                 // `after` is the last version read here.
                 Target::Stream(s) => store.read_stream_chain(&s, after + 1, BATCH).await,
             }
         })
     };
+    let mut spare: Vec<Vec<ChainRow>> = Vec::new();
     let cursor = |row: &ChainRow| match target {
         Target::All => row.position,
         Target::Stream(_) => row.stream_version,
@@ -179,7 +185,13 @@ async fn walk(
     let mut read_wait = 0.0;
     'walk: loop {
         while ahead.len() < READ_AHEAD {
-            ahead.push_back((planned, read(planned)));
+            ahead.push_back((
+                planned,
+                read(
+                    planned,
+                    spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH)),
+                ),
+            ));
             planned += BATCH as u64;
         }
         let (from, reading) = ahead.pop_front().expect("reads ahead");
@@ -192,6 +204,7 @@ async fn walk(
             // The batch before ended elsewhere than planned: read again from where it ended.
             ahead.clear();
             planned = expected;
+            spare.push(rows);
             continue;
         }
         let Some(last) = rows.last() else { break };
@@ -228,6 +241,7 @@ async fn walk(
         if rows.len() < BATCH {
             break;
         }
+        spare.push(rows);
     }
     if let (Some(m), None) = (merge.as_deref_mut(), &first_broken) {
         first_broken = m.finish().map_err(archive_file)?.err();

@@ -62,14 +62,11 @@ pub(crate) enum ReplayRow<'a> {
     Archived(u64),
 }
 
-/// The replay COPY parsed in the pieces it arrives in (a `CopyData` message holds a tuple, or
-/// less, or more): complete tuples are handed on at once and an incomplete one waits for the
-/// rest, so the caller folds while the server still sends.
-#[derive(Debug)]
-pub(crate) struct ReplayFeed {
-    /// The event being parsed: its strings are reused from tuple to tuple, so a replay
-    /// allocates per event only what the fold keeps.
-    event: ReplayEvent,
+/// A binary COPY's framing (header, tuples, trailer) parsed in the pieces it arrives in (a
+/// `CopyData` message holds a tuple, or less, or more): complete tuples are handed on at once and
+/// an incomplete one waits for the rest, so the caller works while the server still sends.
+#[derive(Debug, Default)]
+pub(crate) struct CopyFeed {
     /// Bytes of an incomplete header or tuple.
     pending: Vec<u8>,
     /// Bytes consumed before `pending` (for offsets in messages).
@@ -78,64 +75,49 @@ pub(crate) struct ReplayFeed {
     ended: bool,
 }
 
-impl Default for ReplayFeed {
-    fn default() -> Self {
-        Self {
-            event: ReplayEvent {
-                stream_version: 0,
-                event_type: String::new(),
-                schema_version: 0,
-                event_time: chrono::DateTime::UNIX_EPOCH,
-                payload: String::new(),
-            },
-            pending: Vec::new(),
-            consumed: 0,
-            started: false,
-            ended: false,
-        }
-    }
-}
+/// Reads one tuple's fields (after its field count).
+type Tuple<'f> = dyn FnMut(&mut Reader<'_>) -> Result<(), String> + 'f;
 
-impl ReplayFeed {
-    /// Parses what `chunk` completes, handing each tuple to `out`.
+impl CopyFeed {
+    /// Parses what `chunk` completes, handing each tuple of `fields` fields to `tuple`.
     ///
     /// # Errors
     /// A message naming the byte offset where the data stops making sense.
     pub(crate) fn feed(
         &mut self,
         chunk: &[u8],
-        out: &mut dyn FnMut(ReplayRow<'_>),
+        fields: i16,
+        tuple: &mut Tuple<'_>,
     ) -> Result<(), String> {
         if self.pending.is_empty() {
-            let used = self.parse(chunk, out)?;
+            let used = self.parse(chunk, fields, tuple)?;
             self.pending.extend_from_slice(&chunk[used..]);
             self.consumed += used;
         } else {
             self.pending.extend_from_slice(chunk);
             let data = std::mem::take(&mut self.pending);
-            let used = self.parse(&data, out)?;
+            let used = self.parse(&data, fields, tuple)?;
             self.pending = data[used..].to_vec();
             self.consumed += used;
         }
         Ok(())
     }
 
-    /// Checks that the data ended with the trailer and nothing incomplete.
+    /// Checks that the data ended with the trailer and nothing incomplete; a tuple that never
+    /// completed is read with `scratch` first, to name wrong lengths rather than a short end.
     ///
     /// # Errors
     /// The data stopped before the trailer.
-    pub(crate) fn finish(&self) -> Result<(), String> {
+    pub(crate) fn finish(&self, scratch: &mut Tuple<'_>) -> Result<(), String> {
         if self.ended && self.pending.is_empty() {
             return Ok(());
         }
         if self.started && self.pending.len() >= 2 {
-            // A tuple that never completed may be one whose lengths are wrong: name that.
             let mut r = Reader {
                 data: &self.pending,
                 at: 2,
             };
-            let mut scratch = self.event.clone();
-            if let Err(e) = replay_tuple(&mut r, &mut scratch) {
+            if let Err(e) = scratch(&mut r) {
                 if !e.contains("ends early") {
                     return Err(format!("{e} (tuple at offset {})", self.consumed));
                 }
@@ -148,7 +130,7 @@ impl ReplayFeed {
     }
 
     /// Parses the complete header and tuples at the start of `data`; returns the bytes used.
-    fn parse(&mut self, data: &[u8], out: &mut dyn FnMut(ReplayRow<'_>)) -> Result<usize, String> {
+    fn parse(&mut self, data: &[u8], fields: i16, tuple: &mut Tuple<'_>) -> Result<usize, String> {
         let mut r = Reader { data, at: 0 };
         if !self.started {
             if data.len() >= 11 && data[..11] != SIGNATURE[..] {
@@ -178,25 +160,125 @@ impl ReplayFeed {
             let Some(end) = tuple_end(data, at) else {
                 return Ok(at);
             };
-            let fields = r.i16()?;
-            if fields == -1 {
+            let count = r.i16()?;
+            if count == -1 {
                 self.ended = true;
                 continue;
             }
-            if fields != 6 {
+            if count != fields {
                 return Err(format!(
-                    "tuple at offset {} has {fields} fields, expected 6",
+                    "tuple at offset {} has {count} fields, expected {fields}",
                     self.consumed + at
                 ));
             }
-            let archived = replay_tuple(&mut r, &mut self.event)
-                .map_err(|e| format!("{e} (tuple at offset {})", self.consumed + at))?;
-            out(match archived {
-                Some(version) => ReplayRow::Archived(version),
-                None => ReplayRow::Event(&self.event),
-            });
+            tuple(&mut r).map_err(|e| format!("{e} (tuple at offset {})", self.consumed + at))?;
             debug_assert_eq!(r.at, end);
         }
+    }
+}
+
+/// The replay COPY ([`REPLAY_COLUMNS`]) parsed as it arrives ([`CopyFeed`]).
+#[derive(Debug)]
+pub(crate) struct ReplayFeed {
+    /// The event being parsed: its strings are reused from tuple to tuple, so a replay
+    /// allocates per event only what the fold keeps.
+    event: ReplayEvent,
+    copy: CopyFeed,
+}
+
+impl Default for ReplayFeed {
+    fn default() -> Self {
+        Self {
+            event: ReplayEvent {
+                stream_version: 0,
+                event_type: String::new(),
+                schema_version: 0,
+                event_time: chrono::DateTime::UNIX_EPOCH,
+                payload: String::new(),
+            },
+            copy: CopyFeed::default(),
+        }
+    }
+}
+
+impl ReplayFeed {
+    /// Parses what `chunk` completes, handing each tuple to `out`.
+    ///
+    /// # Errors
+    /// A message naming the byte offset where the data stops making sense.
+    pub(crate) fn feed(
+        &mut self,
+        chunk: &[u8],
+        out: &mut dyn FnMut(ReplayRow<'_>),
+    ) -> Result<(), String> {
+        let event = &mut self.event;
+        self.copy.feed(chunk, 6, &mut |r| {
+            out(match replay_tuple(r, event)? {
+                Some(version) => ReplayRow::Archived(version),
+                None => ReplayRow::Event(event),
+            });
+            Ok(())
+        })
+    }
+
+    /// Checks that the data ended with the trailer and nothing incomplete.
+    ///
+    /// # Errors
+    /// The data stopped before the trailer.
+    pub(crate) fn finish(&self) -> Result<(), String> {
+        let mut scratch = self.event.clone();
+        self.copy
+            .finish(&mut |r| replay_tuple(r, &mut scratch).map(|_| ()))
+    }
+}
+
+/// The chain COPY ([`CHAIN_COLUMNS`]) parsed as it arrives ([`CopyFeed`]) into raw chain rows
+/// (M6): texts and hashes as stored bytes, times as Unix microseconds. The rows already in the
+/// vector are refilled in place, their buffers reused, so a walk that hands its batches back
+/// parses without allocating per row.
+#[derive(Debug)]
+pub(crate) struct ChainFeed<'a> {
+    rows: &'a mut Vec<ChainRow>,
+    /// Rows parsed so far: `rows[..filled]`; the rest are last batch's, to be refilled.
+    filled: usize,
+    copy: CopyFeed,
+}
+
+impl<'a> ChainFeed<'a> {
+    /// A feed into `rows` (whatever they hold is replaced).
+    pub(crate) fn new(rows: &'a mut Vec<ChainRow>) -> Self {
+        Self {
+            rows,
+            filled: 0,
+            copy: CopyFeed::default(),
+        }
+    }
+
+    /// Parses what `chunk` completes.
+    ///
+    /// # Errors
+    /// A message naming the byte offset where the data stops making sense.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let (rows, filled) = (&mut *self.rows, &mut self.filled);
+        self.copy.feed(chunk, 16, &mut |r| {
+            if *filled == rows.len() {
+                rows.push(empty_chain_row());
+            }
+            chain_tuple(r, &mut rows[*filled])?;
+            *filled += 1;
+            Ok(())
+        })
+    }
+
+    /// Ends the feed: the rows are the ones parsed, once the data ended with the trailer and
+    /// nothing incomplete.
+    ///
+    /// # Errors
+    /// The data stopped before the trailer.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        self.rows.truncate(self.filled);
+        let mut scratch = empty_chain_row();
+        self.copy.finish(&mut |r| chain_tuple(r, &mut scratch))
     }
 }
 
@@ -244,55 +326,65 @@ pub(crate) const BACKFILL_CHAIN_COLUMNS: &str =
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
      hash, NULL::bytea";
 
-/// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] into raw chain rows (M6): texts and hashes
-/// as stored bytes, times as Unix microseconds.
+/// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] held whole ([`ChainFeed`]).
 ///
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
 pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
-    let mut r = Reader::open(data)?;
     let mut rows = Vec::new();
-    loop {
-        let fields = r.i16()?;
-        if fields == -1 {
-            return Ok(rows);
-        }
-        if fields != 16 {
-            return Err(format!(
-                "tuple at offset {} has {fields} fields, expected 16",
-                r.at - 2
-            ));
-        }
-        let int8 = |r: &mut Reader<'_>| -> Result<i64, String> {
-            Ok(i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")))
-        };
-        let required = |r: &mut Reader<'_>| -> Result<Vec<u8>, String> {
-            let at = r.at;
-            r.optional()?
-                .ok_or_else(|| format!("NULL at offset {at} in a NOT NULL column"))
-        };
-        rows.push(ChainRow {
-            position: int8(&mut r)? as u64,
-            stream_id: required(&mut r)?,
-            stream_version: int8(&mut r)? as u64,
-            event_id: required(&mut r)?,
-            event_type: required(&mut r)?,
-            schema_version: i64::from(i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes"))),
-            event_time_us: int8(&mut r)? + PG_EPOCH_US,
-            ingest_time_us: int8(&mut r)? + PG_EPOCH_US,
-            actor: required(&mut r)?,
-            causation_id: r.optional()?,
-            correlation_id: r.optional()?,
-            tenant_id: required(&mut r)?,
-            payload: required(&mut r)?,
-            prev_hash: r.optional()?,
-            hash: r.optional()?,
-            archived_digest: r.optional()?,
-        });
+    let mut feed = ChainFeed::new(&mut rows);
+    feed.feed(data)?;
+    feed.finish()?;
+    Ok(rows)
+}
+
+/// A row to parse into.
+fn empty_chain_row() -> ChainRow {
+    ChainRow {
+        position: 0,
+        stream_id: Vec::new(),
+        stream_version: 0,
+        event_id: Vec::new(),
+        event_type: Vec::new(),
+        schema_version: 0,
+        event_time_us: 0,
+        ingest_time_us: 0,
+        actor: Vec::new(),
+        causation_id: None,
+        correlation_id: None,
+        tenant_id: Vec::new(),
+        payload: Vec::new(),
+        prev_hash: None,
+        hash: None,
+        archived_digest: None,
     }
 }
 
-struct Reader<'a> {
+/// Reads one chain tuple's 16 fields (after its field count) into `row`, reusing its buffers.
+fn chain_tuple(r: &mut Reader<'_>, row: &mut ChainRow) -> Result<(), String> {
+    let int8 = |r: &mut Reader<'_>| -> Result<i64, String> {
+        Ok(i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")))
+    };
+    row.position = int8(r)? as u64;
+    r.required_into(&mut row.stream_id)?;
+    row.stream_version = int8(r)? as u64;
+    r.required_into(&mut row.event_id)?;
+    r.required_into(&mut row.event_type)?;
+    row.schema_version = i64::from(i32::from_be_bytes(r.field(4)?.try_into().expect("4 bytes")));
+    row.event_time_us = int8(r)? + PG_EPOCH_US;
+    row.ingest_time_us = int8(r)? + PG_EPOCH_US;
+    r.required_into(&mut row.actor)?;
+    r.optional_into(&mut row.causation_id)?;
+    r.optional_into(&mut row.correlation_id)?;
+    r.required_into(&mut row.tenant_id)?;
+    r.required_into(&mut row.payload)?;
+    r.optional_into(&mut row.prev_hash)?;
+    r.optional_into(&mut row.hash)?;
+    r.optional_into(&mut row.archived_digest)
+}
+
+/// A cursor over COPY bytes; errors name the offset.
+pub(crate) struct Reader<'a> {
     data: &'a [u8],
     at: usize,
 }
@@ -346,13 +438,37 @@ impl<'a> Reader<'a> {
     }
 
     /// A field's bytes, `None` for NULL.
-    fn optional(&mut self) -> Result<Option<Vec<u8>>, String> {
+    fn optional(&mut self) -> Result<Option<&'a [u8]>, String> {
         let len = self.u32()? as i32;
         if len == -1 {
             return Ok(None);
         }
         let len = usize::try_from(len).map_err(|_| format!("bad length at offset {}", self.at))?;
-        Ok(Some(self.take(len)?.to_vec()))
+        Ok(Some(self.take(len)?))
+    }
+
+    /// A field's bytes into `out`, its buffer reused; `None` for NULL.
+    fn optional_into(&mut self, out: &mut Option<Vec<u8>>) -> Result<(), String> {
+        match (self.optional()?, out) {
+            (None, out) => *out = None,
+            (Some(bytes), Some(v)) => {
+                v.clear();
+                v.extend_from_slice(bytes);
+            }
+            (Some(bytes), out) => *out = Some(bytes.to_vec()),
+        }
+        Ok(())
+    }
+
+    /// A non-NULL field's bytes into `out`, its buffer reused.
+    fn required_into(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        let at = self.at;
+        let bytes = self
+            .optional()?
+            .ok_or_else(|| format!("NULL at offset {at} in a NOT NULL column"))?;
+        out.clear();
+        out.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// A non-NULL text field, into `out` (its allocation reused).
@@ -454,6 +570,84 @@ mod tests {
         let mut feed = ReplayFeed::default();
         feed.feed(&data[..data.len() - 3], &mut |_| {}).unwrap();
         assert!(feed.finish().unwrap_err().contains("ends early"));
+    }
+
+    /// A chain COPY of rows (position, payload, causation id or NULL).
+    fn chain_copy_of(rows: &[(i64, &str, Option<[u8; 16]>)]) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend(0u32.to_be_bytes());
+        out.extend(0u32.to_be_bytes());
+        let field = |out: &mut Vec<u8>, bytes: Option<&[u8]>| match bytes {
+            None => out.extend((-1i32).to_be_bytes()),
+            Some(b) => {
+                out.extend((b.len() as i32).to_be_bytes());
+                out.extend(b);
+            }
+        };
+        for (position, payload, causation) in rows {
+            out.extend(16i16.to_be_bytes());
+            field(&mut out, Some(&position.to_be_bytes()));
+            field(&mut out, Some(b"account-1"));
+            field(&mut out, Some(&position.to_be_bytes()));
+            field(&mut out, Some(&[position.to_le_bytes()[0]; 16]));
+            field(&mut out, Some(b"Deposited"));
+            field(&mut out, Some(&2i32.to_be_bytes()));
+            field(&mut out, Some(&(-PG_EPOCH_US).to_be_bytes()));
+            field(&mut out, Some(&(1 - PG_EPOCH_US).to_be_bytes()));
+            field(&mut out, Some(b"teller"));
+            field(&mut out, causation.as_ref().map(|c| &c[..]));
+            field(&mut out, None);
+            field(&mut out, Some(b"shop"));
+            field(&mut out, Some(payload.as_bytes()));
+            field(&mut out, Some(&[1; 32]));
+            field(&mut out, Some(&[2; 32]));
+            field(&mut out, None);
+        }
+        out.extend((-1i16).to_be_bytes());
+        out
+    }
+
+    /// Fed in any pieces into a vector holding other rows (more of them, other lengths and
+    /// NULLs), the chain feed leaves exactly the rows of the whole.
+    #[test]
+    fn the_chain_feed_refills_rows_in_any_pieces() {
+        let first = chain_copy_of(&[
+            (1, "{\"a\":1}", Some([3; 16])),
+            (2, "{\"b\":22222222}", None),
+            (3, "{}", Some([4; 16])),
+        ]);
+        let second = chain_copy_of(&[(4, "{\"c\":3}", None), (5, "{\"dddd\":4}", Some([5; 16]))]);
+        let whole = parse_chain(&second).unwrap();
+        assert_eq!(whole.len(), 2);
+        assert_eq!(whole[0].position, 4);
+        assert_eq!(whole[0].payload, b"{\"c\":3}");
+        assert_eq!(whole[0].causation_id, None);
+        assert_eq!(whole[1].causation_id.as_deref(), Some(&[5; 16][..]));
+        assert_eq!(whole[1].schema_version, 2);
+        assert_eq!(whole[1].event_time_us, 0);
+        assert_eq!(whole[1].ingest_time_us, 1);
+        assert_eq!(whole[1].hash.as_deref(), Some(&[2; 32][..]));
+        for size in [1, 3, 17, 64, second.len()] {
+            let mut rows = parse_chain(&first).unwrap();
+            let mut feed = ChainFeed::new(&mut rows);
+            for piece in second.chunks(size) {
+                feed.feed(piece).unwrap();
+            }
+            feed.finish().unwrap();
+            assert_eq!(rows, whole, "pieces of {size}");
+        }
+        let mut rows = Vec::new();
+        let mut feed = ChainFeed::new(&mut rows);
+        feed.feed(&second[..second.len() - 9]).unwrap();
+        assert!(feed.finish().unwrap_err().contains("ends early"));
+        let mut wrong = second.clone();
+        // The first tuple's field count (after signature 11 + flags 4 + extension length 4).
+        wrong[19..21].copy_from_slice(&15i16.to_be_bytes());
+        let err = parse_chain(&wrong).unwrap_err();
+        assert!(
+            err.contains("offset 19 has 15 fields, expected 16"),
+            "{err}"
+        );
     }
 
     #[test]

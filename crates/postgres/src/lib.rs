@@ -362,21 +362,6 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 impl PostgresStore {
-    /// The binary COPY of `columns` of a stream's events from `from_version`, in version order,
-    /// at most `max_count`. COPY takes no bind parameters: the stream id travels in a session
-    /// setting (bound, never spliced into SQL text); the numbers are formatted integers.
-    async fn copy_stream(
-        &self,
-        stream_id: &str,
-        columns: &str,
-        from_version: u64,
-        max_count: usize,
-    ) -> Result<Vec<u8>, StoreError> {
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        let sql = stream_copy(&mut conn, stream_id, columns, from_version, max_count).await?;
-        copy_out(&mut conn, &sql).await
-    }
-
     /// The position of a stream's event (to name an archived one).
     async fn position_of(&self, stream_id: &str, stream_version: u64) -> Result<u64, StoreError> {
         let position: i64 = sqlx::query_scalar(
@@ -391,7 +376,8 @@ impl PostgresStore {
     }
 }
 
-/// Prepares `conn` for [`PostgresStore::copy_stream`]'s COPY and returns its SQL. COPY takes no
+/// Prepares `conn` for a COPY of `columns` of a stream's events from `from_version`, in version
+/// order, at most `max_count`, and returns its SQL. COPY takes no
 /// bind parameters: the stream id travels in a session setting (bound, never spliced into SQL
 /// text); the numbers are formatted integers.
 async fn stream_copy(
@@ -412,6 +398,31 @@ async fn stream_copy(
         version(from_version),
         limit(max_count)
     ))
+}
+
+/// Runs a chain `COPY ... TO STDOUT` ([`copy::CHAIN_COLUMNS`]) and parses it into `rows` as it
+/// arrives, never holding the whole COPY and refilling the rows already there
+/// ([`copy::ChainFeed`]): the outer error is the connection's, the inner one names the offset
+/// where the data stops making sense (read to the end either way, so the connection goes back
+/// to the pool at rest).
+async fn copy_chain(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    rows: &mut Vec<ChainRow>,
+) -> Result<Result<(), String>, StoreError> {
+    use futures::TryStreamExt;
+    let mut feed = copy::ChainFeed::new(rows);
+    let mut broken = None;
+    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
+    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+        if broken.is_none() {
+            broken = feed.feed(&chunk).err();
+        }
+    }
+    Ok(match broken {
+        Some(e) => Err(e),
+        None => feed.finish(),
+    })
 }
 
 /// Runs a `COPY ... TO STDOUT` and collects its bytes.
@@ -566,6 +577,18 @@ impl EventStore for PostgresStore {
         after_position: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError> {
+        let mut rows = Vec::new();
+        self.read_chain_into(after_position, max_count, &mut rows)
+            .await?;
+        Ok(rows)
+    }
+
+    async fn read_chain_into(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        rows: &mut Vec<ChainRow>,
+    ) -> Result<(), StoreError> {
         let sql = format!(
             "COPY (SELECT {} FROM events WHERE position > {} ORDER BY position LIMIT {}) \
              TO STDOUT (FORMAT binary)",
@@ -574,8 +597,8 @@ impl EventStore for PostgresStore {
             limit(max_count)
         );
         let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        let data = copy_out(&mut conn, &sql).await?;
-        copy::parse_chain(&data)
+        copy_chain(&mut conn, &sql, rows)
+            .await?
             .map_err(|e| StoreError::Corrupt(format!("chain read after {after_position}: {e}")))
     }
 
@@ -585,11 +608,20 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError> {
-        let data = self
-            .copy_stream(stream_id, copy::CHAIN_COLUMNS, from_version, max_count)
-            .await?;
-        copy::parse_chain(&data)
-            .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))
+        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        let sql = stream_copy(
+            &mut conn,
+            stream_id,
+            copy::CHAIN_COLUMNS,
+            from_version,
+            max_count,
+        )
+        .await?;
+        let mut rows = Vec::new();
+        copy_chain(&mut conn, &sql, &mut rows)
+            .await?
+            .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))?;
+        Ok(rows)
     }
 
     async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError> {
