@@ -314,7 +314,7 @@ fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u6
     Ok((r.field(1)? != [0]).then_some(stream_version))
 }
 
-/// The columns [`parse_chain`] reads, in its order.
+/// The columns [`ChainFeed`] reads, in its order.
 pub(crate) const CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
@@ -326,10 +326,12 @@ pub(crate) const BACKFILL_CHAIN_COLUMNS: &str =
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
      hash, NULL::bytea";
 
-/// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] held whole ([`ChainFeed`]).
+/// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] held whole (the tests' view of
+/// [`ChainFeed`]).
 ///
 /// # Errors
 /// A message naming the byte offset where the data stops making sense.
+#[cfg(test)]
 pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
     let mut rows = Vec::new();
     let mut feed = ChainFeed::new(&mut rows);

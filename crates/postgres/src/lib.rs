@@ -294,9 +294,11 @@ async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
              TO STDOUT (FORMAT binary)",
             copy::BACKFILL_CHAIN_COLUMNS
         );
-        let data = copy_out(&mut *tx, &sql).await?;
-        let rows = copy::parse_chain(&data)
-            .map_err(|e| StoreError::Corrupt(format!("chain backfill after {after}: {e}")))?;
+        let mut rows = Vec::new();
+        copy_chain(&mut *tx, &sql, &mut rows, || {
+            format!("chain backfill after {after}")
+        })
+        .await?;
         let Some(last) = rows.last() else { break };
         after = last.position as i64;
         let mut positions = Vec::with_capacity(rows.len());
@@ -400,16 +402,17 @@ async fn stream_copy(
     ))
 }
 
-/// Runs a chain `COPY ... TO STDOUT` ([`copy::CHAIN_COLUMNS`]) and parses it into `rows` as it
-/// arrives, never holding the whole COPY and refilling the rows already there
-/// ([`copy::ChainFeed`]): the outer error is the connection's, the inner one names the offset
-/// where the data stops making sense (read to the end either way, so the connection goes back
-/// to the pool at rest).
+/// Runs a chain `COPY ... TO STDOUT` ([`copy::CHAIN_COLUMNS`] or the backfill's) and parses it
+/// into `rows` as it arrives, never holding the whole COPY and refilling the rows already there
+/// ([`copy::ChainFeed`]). Data that stops making sense is [`StoreError::Corrupt`], `what`
+/// (the read) then the offset; the COPY is read to the end either way, so the connection goes
+/// back to the pool at rest.
 async fn copy_chain(
     conn: &mut sqlx::PgConnection,
     sql: &str,
     rows: &mut Vec<ChainRow>,
-) -> Result<Result<(), String>, StoreError> {
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
     use futures::TryStreamExt;
     let mut feed = copy::ChainFeed::new(rows);
     let mut broken = None;
@@ -419,21 +422,11 @@ async fn copy_chain(
             broken = feed.feed(&chunk).err();
         }
     }
-    Ok(match broken {
+    match broken {
         Some(e) => Err(e),
         None => feed.finish(),
-    })
-}
-
-/// Runs a `COPY ... TO STDOUT` and collects its bytes.
-async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<u8>, StoreError> {
-    use futures::TryStreamExt;
-    let mut data = Vec::new();
-    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
-    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
-        data.extend_from_slice(&chunk);
     }
-    Ok(data)
+    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
 }
 
 fn limit(max_count: usize) -> i64 {
@@ -597,9 +590,10 @@ impl EventStore for PostgresStore {
             limit(max_count)
         );
         let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        copy_chain(&mut conn, &sql, rows)
-            .await?
-            .map_err(|e| StoreError::Corrupt(format!("chain read after {after_position}: {e}")))
+        copy_chain(&mut conn, &sql, rows, || {
+            format!("chain read after {after_position}")
+        })
+        .await
     }
 
     async fn read_stream_chain(
@@ -618,9 +612,10 @@ impl EventStore for PostgresStore {
         )
         .await?;
         let mut rows = Vec::new();
-        copy_chain(&mut conn, &sql, &mut rows)
-            .await?
-            .map_err(|e| StoreError::Corrupt(format!("chain read of stream {stream_id}: {e}")))?;
+        copy_chain(&mut conn, &sql, &mut rows, || {
+            format!("chain read of stream {stream_id}")
+        })
+        .await?;
         Ok(rows)
     }
 
@@ -713,7 +708,7 @@ impl EventStore for PostgresStore {
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE position > $1 AND archived_digest IS NOT NULL",
         )
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(version(position))
         .fetch_one(&self.inner.pool)
         .await
         .map_err(backend)?;
