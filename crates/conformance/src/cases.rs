@@ -838,4 +838,7 @@ pub async fn appends_keep_one_hash_chain<S: Backend>(store: Arc<S>) {
     assert_eq!(reused, rows[5..9]);
     store.read_chain_into(head, 10, &mut reused).await.unwrap();
     assert!(reused.is_empty());
+    // And into fewer rows than the read returns (here none), it grows.
+    store.read_chain_into(0, 3, &mut reused).await.unwrap();
+    assert_eq!(reused, rows[..3]);
 }

@@ -196,7 +196,10 @@ impl Chainer {
 /// A stored event with its chain columns, raw: texts as bytes and hashes as stored (any length,
 /// or `None` when the column is NULL), so that verification reports a tampered row instead of
 /// failing to decode it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A store that reads many batches can refill rows in place ([`ChainRow::default`] for a new
+/// one, [`refill`] and [`refill_optional`] for its byte fields), reusing their buffers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChainRow {
     /// Global position.
     pub position: u64,
@@ -231,6 +234,22 @@ pub struct ChainRow {
     /// For an archived event (M8): the content digest it had, kept in the hot stub while the
     /// payload lives in an archive file (the stub's payload is empty); `None` for a hot event.
     pub archived_digest: Option<Vec<u8>>,
+}
+
+/// Sets a refilled row's byte field to `bytes`, reusing its buffer.
+pub fn refill(field: &mut Vec<u8>, bytes: &[u8]) {
+    field.clear();
+    field.extend_from_slice(bytes);
+}
+
+/// Sets a refilled row's nullable byte field to `bytes` (`None` for NULL), reusing its buffer
+/// when it has one.
+pub fn refill_optional(field: &mut Option<Vec<u8>>, bytes: Option<&[u8]>) {
+    match (bytes, field) {
+        (None, field) => *field = None,
+        (Some(bytes), Some(v)) => refill(v, bytes),
+        (Some(bytes), field) => *field = Some(bytes.to_vec()),
+    }
 }
 
 impl ChainRow {

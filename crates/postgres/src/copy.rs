@@ -8,7 +8,7 @@
 //! binary send format, all big-endian.
 
 use chrono::{TimeZone, Utc};
-use eventfold_core::chain::ChainRow;
+use eventfold_core::chain::{refill, refill_optional, ChainRow};
 use eventfold_core::ReplayEvent;
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
@@ -262,7 +262,7 @@ impl<'a> ChainFeed<'a> {
         let (rows, filled) = (&mut *self.rows, &mut self.filled);
         self.copy.feed(chunk, 16, &mut |r| {
             if *filled == rows.len() {
-                rows.push(empty_chain_row());
+                rows.push(ChainRow::default());
             }
             chain_tuple(r, &mut rows[*filled])?;
             *filled += 1;
@@ -277,7 +277,7 @@ impl<'a> ChainFeed<'a> {
     /// The data stopped before the trailer.
     pub(crate) fn finish(self) -> Result<(), String> {
         self.rows.truncate(self.filled);
-        let mut scratch = empty_chain_row();
+        let mut scratch = ChainRow::default();
         self.copy.finish(&mut |r| chain_tuple(r, &mut scratch))
     }
 }
@@ -338,28 +338,6 @@ pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
     feed.feed(data)?;
     feed.finish()?;
     Ok(rows)
-}
-
-/// A row to parse into.
-fn empty_chain_row() -> ChainRow {
-    ChainRow {
-        position: 0,
-        stream_id: Vec::new(),
-        stream_version: 0,
-        event_id: Vec::new(),
-        event_type: Vec::new(),
-        schema_version: 0,
-        event_time_us: 0,
-        ingest_time_us: 0,
-        actor: Vec::new(),
-        causation_id: None,
-        correlation_id: None,
-        tenant_id: Vec::new(),
-        payload: Vec::new(),
-        prev_hash: None,
-        hash: None,
-        archived_digest: None,
-    }
 }
 
 /// Reads one chain tuple's 16 fields (after its field count) into `row`, reusing its buffers.
@@ -451,14 +429,7 @@ impl<'a> Reader<'a> {
 
     /// A field's bytes into `out`, its buffer reused; `None` for NULL.
     fn optional_into(&mut self, out: &mut Option<Vec<u8>>) -> Result<(), String> {
-        match (self.optional()?, out) {
-            (None, out) => *out = None,
-            (Some(bytes), Some(v)) => {
-                v.clear();
-                v.extend_from_slice(bytes);
-            }
-            (Some(bytes), out) => *out = Some(bytes.to_vec()),
-        }
+        refill_optional(out, self.optional()?);
         Ok(())
     }
 
@@ -468,8 +439,7 @@ impl<'a> Reader<'a> {
         let bytes = self
             .optional()?
             .ok_or_else(|| format!("NULL at offset {at} in a NOT NULL column"))?;
-        out.clear();
-        out.extend_from_slice(bytes);
+        refill(out, bytes);
         Ok(())
     }
 

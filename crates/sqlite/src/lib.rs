@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
+use eventfold_core::chain::{refill, refill_optional, ChainRow, Chainer, ZERO_HASH};
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
@@ -380,7 +380,7 @@ const READ_ALL_SQL: &str = concat!(
     "WHERE position > ?1 AND archived_digest IS NULL ORDER BY position LIMIT ?2"
 );
 
-/// The columns [`row_to_chain`] reads, in its order.
+/// The columns [`row_into_chain`] reads, in its order.
 macro_rules! select_chain {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
@@ -404,43 +404,74 @@ const READ_STREAM_CHAIN_SQL: &str = concat!(
     "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
 );
 
-/// A text or blob column's bytes as stored (`None` for NULL).
-fn raw_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+/// A text or blob column's bytes as stored (`None` for NULL), borrowed from the statement.
+fn raw_col<'r>(
+    row: &'r Row<'_>,
+    idx: usize,
+    position: u64,
+) -> Result<Option<&'r [u8]>, StoreError> {
     use rusqlite::types::ValueRef;
     match row.get_ref(idx).map_err(backend)? {
         ValueRef::Null => Ok(None),
-        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b.to_vec())),
+        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
         _ => Err(StoreError::Corrupt(format!(
             "position {position}: column {idx} is a number, expected text or bytes"
         ))),
     }
 }
 
-fn row_to_chain(row: &Row<'_>) -> Result<ChainRow, StoreError> {
+/// Reads a chain row into `out`, reusing its buffers.
+fn row_into_chain(row: &Row<'_>, out: &mut ChainRow) -> Result<(), StoreError> {
     let position: u64 = row.get(0).map_err(backend)?;
-    let bytes = |idx| {
-        raw_col(row, idx, position)?.ok_or_else(|| {
+    let bytes = |idx, field: &mut Vec<u8>| {
+        let b = raw_col(row, idx, position)?.ok_or_else(|| {
             StoreError::Corrupt(format!("position {position}: column {idx} is null"))
-        })
+        })?;
+        refill(field, b);
+        Ok::<_, StoreError>(())
     };
-    Ok(ChainRow {
-        position,
-        stream_id: bytes(1)?,
-        stream_version: row.get(2).map_err(backend)?,
-        event_id: bytes(3)?,
-        event_type: bytes(4)?,
-        schema_version: row.get(5).map_err(backend)?,
-        event_time_us: row.get(6).map_err(backend)?,
-        ingest_time_us: row.get(7).map_err(backend)?,
-        actor: bytes(8)?,
-        causation_id: raw_col(row, 9, position)?,
-        correlation_id: raw_col(row, 10, position)?,
-        tenant_id: bytes(11)?,
-        payload: bytes(12)?,
-        prev_hash: raw_col(row, 13, position)?,
-        hash: raw_col(row, 14, position)?,
-        archived_digest: raw_col(row, 15, position)?,
-    })
+    let optional = |idx, field: &mut Option<Vec<u8>>| {
+        refill_optional(field, raw_col(row, idx, position)?);
+        Ok::<_, StoreError>(())
+    };
+    out.position = position;
+    bytes(1, &mut out.stream_id)?;
+    out.stream_version = row.get(2).map_err(backend)?;
+    bytes(3, &mut out.event_id)?;
+    bytes(4, &mut out.event_type)?;
+    out.schema_version = row.get(5).map_err(backend)?;
+    out.event_time_us = row.get(6).map_err(backend)?;
+    out.ingest_time_us = row.get(7).map_err(backend)?;
+    bytes(8, &mut out.actor)?;
+    optional(9, &mut out.causation_id)?;
+    optional(10, &mut out.correlation_id)?;
+    bytes(11, &mut out.tenant_id)?;
+    bytes(12, &mut out.payload)?;
+    optional(13, &mut out.prev_hash)?;
+    optional(14, &mut out.hash)?;
+    optional(15, &mut out.archived_digest)
+}
+
+/// Runs a chain query into `out`: the rows already there are refilled in place (their buffers
+/// reused) and the vector is truncated to the rows read.
+fn query_chain_into(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    out: &mut Vec<ChainRow>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut filled = 0;
+    while let Some(row) = rows.next().map_err(backend)? {
+        if filled == out.len() {
+            out.push(ChainRow::default());
+        }
+        row_into_chain(row, &mut out[filled])?;
+        filled += 1;
+    }
+    out.truncate(filled);
+    Ok(())
 }
 
 fn query_chain(
@@ -449,12 +480,8 @@ fn query_chain(
     params: impl rusqlite::Params,
     capacity: usize,
 ) -> Result<Vec<ChainRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let mut rows = stmt.query(params).map_err(backend)?;
     let mut out = Vec::with_capacity(capacity.min(1 << 16));
-    while let Some(row) = rows.next().map_err(backend)? {
-        out.push(row_to_chain(row)?);
-    }
+    query_chain_into(conn, sql, params, &mut out)?;
     Ok(out)
 }
 
@@ -679,6 +706,28 @@ impl EventStore for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn read_chain_into(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        rows: &mut Vec<ChainRow>,
+    ) -> Result<(), StoreError> {
+        let limit = limit(max_count);
+        let mut batch = std::mem::take(rows);
+        *rows = self
+            .read(move |conn| {
+                query_chain_into(
+                    conn,
+                    READ_CHAIN_SQL,
+                    params![after_position, limit],
+                    &mut batch,
+                )?;
+                Ok(batch)
+            })
+            .await?;
+        Ok(())
     }
 
     async fn read_stream_chain(
