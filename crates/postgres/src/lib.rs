@@ -288,13 +288,13 @@ async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let mut chainer = Chainer::new(ZERO_HASH);
     let mut after = 0i64;
+    let mut rows = Vec::new();
     loop {
         let sql = format!(
             "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT 10000) \
              TO STDOUT (FORMAT binary)",
             copy::BACKFILL_CHAIN_COLUMNS
         );
-        let mut rows = Vec::new();
         copy_chain(&mut *tx, &sql, &mut rows, || {
             format!("chain backfill after {after}")
         })

@@ -305,8 +305,9 @@ fn backfill_chain(conn: &Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     let mut chainer = Chainer::new(ZERO_HASH);
     let mut after = 0u64;
+    let mut rows = Vec::new();
     loop {
-        let rows = query_chain(conn, BACKFILL_CHAIN_SQL, params![after, 10_000], 10_000)?;
+        query_chain_into(conn, BACKFILL_CHAIN_SQL, params![after, 10_000], &mut rows)?;
         let Some(last) = rows.last() else { break };
         after = last.position;
         let mut update = conn
@@ -696,16 +697,10 @@ impl EventStore for SqliteStore {
         after_position: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError> {
-        let limit = limit(max_count);
-        self.read(move |conn| {
-            query_chain(
-                conn,
-                READ_CHAIN_SQL,
-                params![after_position, limit],
-                max_count,
-            )
-        })
-        .await
+        let mut rows = Vec::new();
+        self.read_chain_into(after_position, max_count, &mut rows)
+            .await?;
+        Ok(rows)
     }
 
     async fn read_chain_into(
