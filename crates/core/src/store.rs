@@ -426,11 +426,16 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         after_position: u64,
         max_count: usize,
-    ) -> Result<Vec<ChainRow>, StoreError>;
+    ) -> Result<Vec<ChainRow>, StoreError> {
+        let mut rows = Vec::new();
+        self.read_chain_into(after_position, max_count, &mut rows)
+            .await?;
+        Ok(rows)
+    }
 
-    /// [`EventStore::read_chain`] into `rows`, which it replaces: a store may refill the rows
+    /// [`EventStore::read_chain`] into `rows`, which it replaces: the store refills the rows
     /// already there, reusing their buffers, so that a walk which hands its batches back
-    /// (`eventfold verify --all`) does not allocate per row. The default reads a new batch.
+    /// (`eventfold verify --all`) does not allocate per row.
     ///
     /// # Errors
     /// As [`EventStore::read_chain`]; `rows` then holds no meaningful rows.
@@ -439,10 +444,7 @@ pub trait EventStore: Send + Sync + 'static {
         after_position: u64,
         max_count: usize,
         rows: &mut Vec<ChainRow>,
-    ) -> Result<(), StoreError> {
-        *rows = self.read_chain(after_position, max_count).await?;
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
     /// Like [`EventStore::read_chain`] for one stream, in version order from `from_version`.
     ///

@@ -565,17 +565,6 @@ impl EventStore for PostgresStore {
         rows.iter().map(row_to_event).collect()
     }
 
-    async fn read_chain(
-        &self,
-        after_position: u64,
-        max_count: usize,
-    ) -> Result<Vec<ChainRow>, StoreError> {
-        let mut rows = Vec::new();
-        self.read_chain_into(after_position, max_count, &mut rows)
-            .await?;
-        Ok(rows)
-    }
-
     async fn read_chain_into(
         &self,
         after_position: u64,

@@ -692,17 +692,6 @@ impl EventStore for SqliteStore {
         .await
     }
 
-    async fn read_chain(
-        &self,
-        after_position: u64,
-        max_count: usize,
-    ) -> Result<Vec<ChainRow>, StoreError> {
-        let mut rows = Vec::new();
-        self.read_chain_into(after_position, max_count, &mut rows)
-            .await?;
-        Ok(rows)
-    }
-
     async fn read_chain_into(
         &self,
         after_position: u64,
