@@ -141,6 +141,11 @@ pub async fn invalid_requests_are_refused<S: Backend>(store: Arc<S>) {
             e[0].schema_version = 0;
             AppendRequest::new("s-1", ExpectedVersion::Any, e)
         },
+        {
+            let mut e = events(1, 2);
+            e[1].payload.clear();
+            AppendRequest::new("s-1", ExpectedVersion::Any, e)
+        },
     ];
     for request in bad {
         let r = store.append(request.clone()).await;

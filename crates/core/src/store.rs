@@ -136,7 +136,8 @@ impl AppendRequest {
     /// # Errors
     /// [`StoreError::InvalidRequest`] naming the field: an empty or over-long stream id, a stream id
     /// with control characters, no events, two events with one id, an empty event type, schema
-    /// version 0.
+    /// version 0, an empty payload (a payload is JSON text; an empty one marks an archived stub,
+    /// M8).
     pub fn validate(&self) -> Result<(), StoreError> {
         let invalid = |m: String| Err(StoreError::InvalidRequest(m));
         if self.stream_id.is_empty() || self.stream_id.len() > 200 {
@@ -157,6 +158,11 @@ impl AppendRequest {
             }
             if e.schema_version == 0 {
                 return invalid(format!("events[{i}].schema_version must be at least 1"));
+            }
+            if e.payload.is_empty() {
+                return invalid(format!(
+                    "events[{i}].payload is empty: a payload is JSON text"
+                ));
             }
             if self.events[..i].iter().any(|p| p.event_id == e.event_id) {
                 return invalid(format!("events[{i}].event_id {} repeats", e.event_id));

@@ -16,9 +16,13 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-/// The columns [`ReplayFeed`] reads, in its order.
+/// The columns [`ReplayFeed`] reads, in its order. An archived stub (M8) is told by its empty
+/// payload: an append refuses an empty payload, and the append-only trigger lets an update empty
+/// a payload only together with setting `archived_digest` (migration 5). Reading
+/// `archived_digest` itself, the row's last column, cost the server about a third more per row
+/// (see ARCHITECTURE.md, "Loads").
 pub(crate) const REPLAY_COLUMNS: &str =
-    "stream_version, event_type, schema_version, event_time, payload, archived_digest IS NOT NULL";
+    "stream_version, event_type, schema_version, event_time, payload";
 
 /// A stream replay: its events, up to the first archived one (M8) if the read reached one.
 #[cfg(test)]
@@ -30,7 +34,7 @@ pub(crate) struct Replay {
 }
 
 /// Parses the binary COPY of `SELECT` [`REPLAY_COLUMNS`] (bigint, text, integer, timestamptz,
-/// text, boolean) held whole, stopping at the first archived event (the tests' view of
+/// text) held whole, stopping at the first archived event (the tests' view of
 /// [`ReplayFeed`]).
 ///
 /// # Errors
@@ -58,7 +62,8 @@ pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
 pub(crate) enum ReplayRow<'a> {
     /// A hot event (the feed's buffer, overwritten by the next tuple).
     Event(&'a ReplayEvent),
-    /// An archived event's stub (M8), at this version.
+    /// An archived event's stub (M8), at this version: its payload is empty. The caller
+    /// confirms it against `archived_digest` before saying so.
     Archived(u64),
 }
 
@@ -212,7 +217,7 @@ impl ReplayFeed {
         out: &mut dyn FnMut(ReplayRow<'_>),
     ) -> Result<(), String> {
         let event = &mut self.event;
-        self.copy.feed(chunk, 6, &mut |r| {
+        self.copy.feed(chunk, 5, &mut |r| {
             out(match replay_tuple(r, event)? {
                 Some(version) => ReplayRow::Archived(version),
                 None => ReplayRow::Event(event),
@@ -297,7 +302,7 @@ fn tuple_end(data: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Reads one replay tuple's fields (after its field count) into `event`, reusing its strings;
-/// returns the version when the tuple is an archived stub (M8).
+/// returns the version when the tuple is an archived stub (M8): its payload is empty.
 fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u64>, String> {
     let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")) as u64;
     r.text_into(&mut event.event_type)?;
@@ -311,7 +316,7 @@ fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u6
     r.text_into(&mut event.payload)?;
     event.stream_version = stream_version;
     event.schema_version = schema_version as u32;
-    Ok((r.field(1)? != [0]).then_some(stream_version))
+    Ok(event.payload.is_empty().then_some(stream_version))
 }
 
 /// The columns [`ChainFeed`] reads, in its order.
@@ -460,12 +465,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn copy_of(rows: &[(i64, &str, i32, i64, &str, bool)]) -> Vec<u8> {
+    fn copy_of(rows: &[(i64, &str, i32, i64, &str)]) -> Vec<u8> {
         let mut out = SIGNATURE.to_vec();
         out.extend(0u32.to_be_bytes());
         out.extend(0u32.to_be_bytes());
-        for (v, t, s, us, p, archived) in rows {
-            out.extend(6i16.to_be_bytes());
+        for (v, t, s, us, p) in rows {
+            out.extend(5i16.to_be_bytes());
             out.extend(8i32.to_be_bytes());
             out.extend(v.to_be_bytes());
             out.extend((t.len() as i32).to_be_bytes());
@@ -476,25 +481,16 @@ mod tests {
             out.extend((us - PG_EPOCH_US).to_be_bytes());
             out.extend((p.len() as i32).to_be_bytes());
             out.extend(p.as_bytes());
-            out.extend(1i32.to_be_bytes());
-            out.push(u8::from(*archived));
         }
         out.extend((-1i16).to_be_bytes());
         out
     }
 
-    /// Three hot events (version, type, schema version, event time µs, payload, archived).
-    const ROWS: [(i64, &str, i32, i64, &str, bool); 3] = [
-        (1, "Opened", 1, 1_700_000_000_000_000, "{}", false),
-        (
-            2,
-            "Deposited",
-            2,
-            1_700_000_000_000_001,
-            "{\"a\":\"é\"}",
-            false,
-        ),
-        (3, "Deposited", 1, 1_700_000_000_000_002, "{\"b\":1}", false),
+    /// Three hot events (version, type, schema version, event time µs, payload).
+    const ROWS: [(i64, &str, i32, i64, &str); 3] = [
+        (1, "Opened", 1, 1_700_000_000_000_000, "{}"),
+        (2, "Deposited", 2, 1_700_000_000_000_001, "{\"a\":\"é\"}"),
+        (3, "Deposited", 1, 1_700_000_000_000_002, "{\"b\":1}"),
     ];
 
     #[test]
@@ -625,9 +621,9 @@ mod tests {
     #[test]
     fn a_replay_stops_at_the_first_archived_event() {
         let data = copy_of(&[
-            (1, "Opened", 1, 0, "{}", false),
-            (2, "Deposited", 1, 0, "", true),
-            (3, "Deposited", 1, 0, "", true),
+            (1, "Opened", 1, 0, "{}"),
+            (2, "Deposited", 1, 0, ""),
+            (3, "Deposited", 1, 0, ""),
         ]);
         let replay = parse_replay(&data).unwrap();
         assert_eq!(replay.events.len(), 1);
@@ -636,7 +632,7 @@ mod tests {
 
     #[test]
     fn truncated_or_foreign_data_is_an_error_naming_the_offset() {
-        let data = copy_of(&[(1, "Opened", 1, 0, "{}", false)]);
+        let data = copy_of(&[(1, "Opened", 1, 0, "{}")]);
         let cut = parse_replay(&data[..data.len() - 5]).unwrap_err();
         assert!(cut.contains("ends early at offset"), "{cut}");
         assert!(parse_replay(b"hello").unwrap_err().contains("ends early"));

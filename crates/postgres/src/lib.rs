@@ -364,17 +364,30 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 impl PostgresStore {
-    /// The position of a stream's event (to name an archived one).
-    async fn position_of(&self, stream_id: &str, stream_version: u64) -> Result<u64, StoreError> {
-        let position: i64 = sqlx::query_scalar(
-            "SELECT position FROM events WHERE stream_id = $1 AND stream_version = $2",
+    /// The error for a replay that reached an event with an empty payload: the event is an
+    /// archived stub (M8), named with its position, when its `archived_digest` is set, and
+    /// corrupt otherwise (no append or update can leave an empty payload without it).
+    async fn archived_stop(&self, stream_id: &str, stream_version: u64) -> StoreError {
+        let row: Result<(i64, bool), _> = sqlx::query_as(
+            "SELECT position, archived_digest IS NOT NULL FROM events \
+             WHERE stream_id = $1 AND stream_version = $2",
         )
         .bind(stream_id)
         .bind(version(stream_version))
         .fetch_one(&self.inner.pool)
-        .await
-        .map_err(backend)?;
-        Ok(position as u64)
+        .await;
+        match row {
+            Ok((position, true)) => StoreError::Archived {
+                stream_id: stream_id.to_owned(),
+                version: stream_version,
+                position: position as u64,
+            },
+            Ok((position, false)) => StoreError::Corrupt(format!(
+                "replay of stream {stream_id}: version {stream_version} (position {position}) \
+                 has an empty payload but is not archived"
+            )),
+            Err(e) => backend(e),
+        }
     }
 }
 
@@ -530,11 +543,7 @@ impl EventStore for PostgresStore {
         match stop {
             None => feed.finish().map_err(corrupt),
             Some(Err(e)) => Err(e),
-            Some(Ok(v)) => Err(StoreError::Archived {
-                stream_id: stream_id.to_owned(),
-                version: v,
-                position: self.position_of(stream_id, v).await?,
-            }),
+            Some(Ok(v)) => Err(self.archived_stop(stream_id, v).await),
         }
     }
 

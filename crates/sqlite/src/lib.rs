@@ -649,6 +649,15 @@ impl EventStore for SqliteStore {
                         position: row.get(6).map_err(backend)?,
                     });
                 }
+                let payload: String = row.get(4).map_err(backend)?;
+                if payload.is_empty() {
+                    // Only archiving empties a payload (as the PostgreSQL replay relies on).
+                    let position: u64 = row.get(6).map_err(backend)?;
+                    return Err(StoreError::Corrupt(format!(
+                        "replay of stream {stream_id}: version {version} (position {position}) \
+                         has an empty payload but is not archived"
+                    )));
+                }
                 out.push(ReplayEvent {
                     stream_version: version,
                     event_type: row.get(1).map_err(backend)?,
@@ -658,7 +667,7 @@ impl EventStore for SqliteStore {
                         "event_time",
                         format_args!("stream {stream_id} version {version}"),
                     )?,
-                    payload: row.get(4).map_err(backend)?,
+                    payload,
                 });
             }
             Ok(out)

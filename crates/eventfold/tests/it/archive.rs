@@ -525,6 +525,20 @@ async fn damage_is_named(app: TestApp) {
     execute(&app, trigger_off).await.unwrap();
     let broken = verify_all(&store).await.first_broken.unwrap();
     assert_eq!((broken.position, broken.field.as_str()), (4, "hash"));
+    // A hot payload emptied behind the trigger's back is not taken for an archived stub (a
+    // replay tells stubs by their empty payload): the replay names it as corrupt.
+    execute(&app, "UPDATE events SET payload = '' WHERE position = 2")
+        .await
+        .unwrap();
+    match store.read_stream_for_replay("account-x", 1, 100).await {
+        Err(StoreError::Corrupt(m)) => assert!(
+            m.contains("account-x")
+                && m.contains("version 1 (position 2)")
+                && m.contains("empty payload but is not archived"),
+            "{m}"
+        ),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }
 
 async fn an_interrupted_run_is_finished_by_the_next(app: TestApp) {
