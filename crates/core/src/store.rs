@@ -315,6 +315,16 @@ impl StoreError {
             hex::encode(hash)
         ))
     }
+
+    /// A replay met an event whose payload is empty but which is not an archived stub (M8):
+    /// appends refuse an empty payload and only archiving empties one, so the row was changed
+    /// behind the store's back.
+    pub fn emptied_payload(stream_id: &str, version: u64, position: u64) -> Self {
+        Self::Corrupt(format!(
+            "replay of stream {stream_id}: version {version} (position {position}) \
+             has an empty payload but is not archived"
+        ))
+    }
 }
 
 /// An append-only event store (M1).

@@ -382,10 +382,9 @@ impl PostgresStore {
                 version: stream_version,
                 position: position as u64,
             },
-            Ok((position, false)) => StoreError::Corrupt(format!(
-                "replay of stream {stream_id}: version {stream_version} (position {position}) \
-                 has an empty payload but is not archived"
-            )),
+            Ok((position, false)) => {
+                StoreError::emptied_payload(stream_id, stream_version, position as u64)
+            }
             Err(e) => backend(e),
         }
     }

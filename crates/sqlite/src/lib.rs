@@ -651,12 +651,8 @@ impl EventStore for SqliteStore {
                 }
                 let payload: String = row.get(4).map_err(backend)?;
                 if payload.is_empty() {
-                    // Only archiving empties a payload (as the PostgreSQL replay relies on).
-                    let position: u64 = row.get(6).map_err(backend)?;
-                    return Err(StoreError::Corrupt(format!(
-                        "replay of stream {stream_id}: version {version} (position {position}) \
-                         has an empty payload but is not archived"
-                    )));
+                    let position = row.get(6).map_err(backend)?;
+                    return Err(StoreError::emptied_payload(&stream_id, version, position));
                 }
                 out.push(ReplayEvent {
                     stream_version: version,
