@@ -479,17 +479,14 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
                 let unchained_first = slice_ratios.len() % 2 == 1;
                 let mut rates = [0.0; 2];
                 for side in [unchained_first, !unchained_first] {
-                    let run = if side {
-                        drive_store(config, slice, unchained, &unchained_versions, &body).await?
+                    let (service, versions, total) = if side {
+                        (unchained, &unchained_versions, &mut unchained_run)
                     } else {
-                        drive_store(config, slice, &service, &versions, &body).await?
+                        (&service, &versions, &mut ours)
                     };
+                    let run = drive_store(config, slice, service, versions, &body).await?;
                     rates[usize::from(side)] = run.commands as f64 / run.elapsed.max(1e-9);
-                    if side {
-                        unchained_run.add(run)?;
-                    } else {
-                        ours.add(run)?;
-                    }
+                    total.add(run)?;
                 }
                 slice_ratios.push(rates[0] / rates[1].max(1e-9));
             }

@@ -420,7 +420,7 @@ enum BenchCommand {
         #[arg(long)]
         hot_stream: bool,
         /// The hash chain (M6) of the measured store: `on`, `off`, or `both` (a second store
-        /// with it off in alternating rounds; prints `hash_chain_ratio`).
+        /// with it off in alternating slices of at most 0.5 s a side; prints `hash_chain_ratio`).
         #[arg(long, value_enum, default_value = "on")]
         hash_chain: bench::HashChain,
     },
@@ -1512,7 +1512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ) + &match (r.unchained_events_per_sec, r.hash_chain_ratio) {
                             (Some(u), Some(ratio)) => format!(
                                 "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3} \
-                                 (median of the rounds' ratios: {:.3})",
+                                 (median of the slices' ratios: {:.3})",
                                 r.hash_chain_ratio_median.unwrap_or(ratio)
                             ),
                             _ => format!("\nhash chain: {:?}", r.hash_chain).to_lowercase(),
