@@ -9,6 +9,8 @@
 //! - [`projection`]: keyed-fold projections and the backend-agnostic [`ProjectionRunner`].
 //! - [`subscription`]: catch-up subscriptions over `read_all` that wake when the store appends.
 //! - [`chain`]: the hash chain (M6): canonical event bytes, links, the verifier and signed anchors.
+//! - [`notification`]: the notification table's rows and the [`notification::NotificationStore`]
+//!   port the stores implement.
 //! - [`stock`]: the flash-sale stock ledger port ([`stock::StockLedger`]) and its in-process
 //!   implementation.
 //!
@@ -18,6 +20,7 @@
 pub mod aggregate;
 pub mod chain;
 pub mod envelope;
+pub mod notification;
 pub mod projection;
 pub mod read_model;
 pub mod snapshot;
@@ -30,6 +33,7 @@ pub use aggregate::{Aggregate, Replayed};
 pub use envelope::{
     deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent, ReplayEvent,
 };
+pub use notification::{Notification, NotificationStore};
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
 pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 pub use store::{

@@ -11,6 +11,7 @@
 
 mod appender;
 mod copy;
+mod notifications;
 mod schema;
 pub mod testing;
 

@@ -180,6 +180,20 @@ BEGIN
     RAISE EXCEPTION 'events are append-only (only archive and restore may change a payload)';
 END $$;
 ",
+    // 6: the notification table (the notification consumer's sink; see
+    // eventfold_core::notification). `IF NOT EXISTS`: earlier releases had the consumer create
+    // this same table itself, so a database may hold it already.
+    r"
+CREATE TABLE IF NOT EXISTS notifications (
+    id         BIGSERIAL   PRIMARY KEY,
+    user_id    TEXT        NOT NULL,
+    event_type TEXT        NOT NULL,
+    title      TEXT        NOT NULL,
+    body       TEXT        NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    source     TEXT        NOT NULL UNIQUE        -- topic/partition/offset: the dedupe key
+);
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

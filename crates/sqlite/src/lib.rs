@@ -12,6 +12,7 @@
 //! - Read models and checkpoints live in the same file ([`eventfold_core::ReadModelStore`]), so a
 //!   projection's documents and checkpoint commit in one transaction.
 
+mod notifications;
 mod schema;
 mod writer;
 

@@ -75,6 +75,20 @@ WHEN NOT (
 )
 BEGIN SELECT RAISE(ABORT, 'events are append-only (only archive and restore may change a payload)'); END;
 ",
+    // 5: the notification table (the notification consumer's sink; see
+    // eventfold_core::notification). `IF NOT EXISTS`: earlier releases had the consumer create
+    // this same table itself, so a file may hold it already.
+    r"
+CREATE TABLE IF NOT EXISTS notifications (
+    id         INTEGER PRIMARY KEY,
+    user_id    TEXT    NOT NULL,
+    event_type TEXT    NOT NULL,
+    title      TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    created_at TEXT    NOT NULL,                -- RFC 3339, microseconds, UTC
+    source     TEXT    NOT NULL UNIQUE          -- topic/partition/offset: the dedupe key
+);
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

@@ -28,6 +28,7 @@ pub(crate) enum Job {
     ResetProjection(String, Reply<()>),
     Archive(Vec<ArchiveStub>, Reply<u64>),
     Restore(Vec<RestoredPayload>, Reply<u64>),
+    InsertNotifications(Vec<eventfold_core::Notification>, Reply<u64>),
 }
 
 impl Job {
@@ -326,6 +327,10 @@ impl Writer {
             Job::Restore(payloads, reply) => {
                 Done::Count(self.in_savepoint(|c| restore(c, &payloads)), reply)
             }
+            Job::InsertNotifications(rows, reply) => Done::Count(
+                self.in_savepoint(|c| crate::notifications::insert(c, &rows)),
+                reply,
+            ),
         }
     }
 
@@ -459,7 +464,7 @@ fn fail(job: Job, message: &str) {
         | Job::ResetProjection(_, reply) => {
             let _ = reply.send(Err(unavailable(message)));
         }
-        Job::Archive(_, reply) | Job::Restore(_, reply) => {
+        Job::Archive(_, reply) | Job::Restore(_, reply) | Job::InsertNotifications(_, reply) => {
             let _ = reply.send(Err(unavailable(message)));
         }
     }

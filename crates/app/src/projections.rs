@@ -1,0 +1,33 @@
+//! The projections eventfold runs, in one list: `serve`'s runner, `projections rebuild` and
+//! `projections status`, the import and the corrections all register the same ones.
+//!
+//! | projection | key | clock |
+//! |---|---|---|
+//! | `order_summary` | order id | – |
+//! | `balance_by_account` | account id | – |
+//! | `daily_sales_by_store` | `store\|YYYY-MM-DD\|currency` | event time |
+//! | `real_time_sales` | `store\|YYYY-MM-DDTHH:00:00Z\|currency` | ingest time |
+//! | `payment_deadlines` | creation time and order id | event time (the unpaid-order timer's index) |
+//! | `sagas_in_flight` | order id | – (payment sagas still running) |
+
+use eventfold_core::ProjectionRunner;
+use eventfold_domain::projections::{
+    BalanceByAccountProjection, OrderSummaryProjection, PaymentDeadlinesProjection,
+    SagasInFlightProjection, SalesClock, SalesProjection,
+};
+
+use crate::backend::Backend;
+
+impl Backend {
+    /// A projection runner over this store with every projection eventfold runs registered (the
+    /// table in [`crate::projections`]).
+    pub fn projection_runner(&self) -> ProjectionRunner {
+        ProjectionRunner::new(self.events.clone(), self.read_models.clone())
+            .register(OrderSummaryProjection)
+            .register(BalanceByAccountProjection)
+            .register(SalesProjection(SalesClock::EventTimeDaily))
+            .register(SalesProjection(SalesClock::IngestTimeHourly))
+            .register(PaymentDeadlinesProjection)
+            .register(SagasInFlightProjection)
+    }
+}

@@ -1,0 +1,252 @@
+//! What `eventfold serve` runs besides its HTTP listener, started from one function and stopped
+//! together.
+//!
+//! [`Runtime::start`] builds the [`App`] (the service, the projection runner, the flash-sale path
+//! and, with a payment provider, the sagas) and starts every background worker on one
+//! [`TaskTracker`], each stopping when the shared [`CancellationToken`] is cancelled:
+//!
+//! | worker | what it does | when |
+//! |---|---|---|
+//! | projections | folds the log into every read model ([`crate::projections`]) | always |
+//! | snapshots | writes account snapshots every 100 events and hourly, off the command path | always |
+//! | stock returns | gives back cancelled sale orders' stock, reconciles pending takes | always |
+//! | sagas | the choreography tail, the payment orchestrator and its sweep | with [`Config::payments`] |
+//! | outbox relay | publishes the log to Kafka | with [`Config::relay`] |
+//! | unpaid-order timer | cancels orders unpaid after [`Config::unpaid_order_timeout`] | unless the timeout is zero |
+//!
+//! Before it returns, an in-process stock ledger is rebuilt from the log and the choreography's
+//! checkpoint is set, so the caller can serve requests at once. [`Runtime::stop`] cancels the
+//! token and waits for every worker to finish its current step: each commits its checkpoint with
+//! the work it covers (in one transaction, or after the work is durable), so a worker stopped
+//! here resumes after a restart without doing anything twice or skipping anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use eventfold_core::stock::{MemoryStock, StockLedger};
+use eventfold_core::ProjectionRunner;
+use eventfold_kafka::{Relay, RelayConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::Backend;
+use crate::sagas::{SagaConfig, Sagas};
+use crate::service::{run_snapshots, Service};
+use crate::shop::deadlines::UnpaidOrderTimeout;
+use crate::shop::flash_sale::FlashSale;
+use crate::shop::payments::PaymentProvider;
+
+/// The unpaid-order timeout `serve` uses unless told otherwise: 30 minutes.
+pub const DEFAULT_UNPAID_ORDER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How long a snapshot may get before the snapshot tail writes a fresh one: an hour.
+const SNAPSHOT_MAX_AGE_HOURS: i64 = 1;
+
+/// What the runtime runs besides projections, snapshots and stock returns.
+pub struct Config {
+    /// Orders still unpaid this long after creation are cancelled; zero: never. Default
+    /// [`DEFAULT_UNPAID_ORDER_TIMEOUT`].
+    pub unpaid_order_timeout: Duration,
+    /// The flash-sale stock ledger (Redis, say); `None`: in-process, rebuilt from the log when
+    /// the runtime starts.
+    pub ledger: Option<Arc<dyn StockLedger>>,
+    /// The payment provider and the callbacks' secret: with them the order and payment sagas
+    /// run; without them orders are paid through the API.
+    pub payments: Option<Payments>,
+    /// Publish the log to Kafka through the outbox relay.
+    pub relay: Option<RelayConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            unpaid_order_timeout: DEFAULT_UNPAID_ORDER_TIMEOUT,
+            ledger: None,
+            payments: None,
+            relay: None,
+        }
+    }
+}
+
+/// The payment side of [`Config`].
+pub struct Payments {
+    /// The provider the payment saga calls.
+    pub provider: Arc<dyn PaymentProvider>,
+    /// The HMAC secret the provider signs its callbacks with.
+    pub callback_secret: Vec<u8>,
+    /// The orchestrator's settings.
+    pub sagas: SagaConfig,
+}
+
+/// What the ways in (HTTP handlers, CLI subcommands) share: cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The open store.
+    pub backend: Backend,
+    /// Commands and queries, with snapshots.
+    pub service: Service,
+    /// The projection runner (its status answers `GET /projections`).
+    pub runner: Arc<ProjectionRunner>,
+    /// The flash-sale purchase path.
+    pub flash_sale: FlashSale,
+    /// The sagas and the callback secret, when a payment provider is configured.
+    pub payments: Option<(Sagas, Arc<[u8]>)>,
+}
+
+impl App {
+    /// An app over an open backend and its projection runner, with `ledger` (in-process when
+    /// `None`; call [`FlashSale::restore`] on it after a restart, as [`Runtime::start`] does) and
+    /// no sagas.
+    pub fn new(
+        backend: &Backend,
+        runner: Arc<ProjectionRunner>,
+        ledger: Option<Arc<dyn StockLedger>>,
+    ) -> Self {
+        let ledger = ledger.unwrap_or_else(|| Arc::new(MemoryStock::new()));
+        let service =
+            Service::new(backend.events.clone()).with_snapshots(backend.read_models.clone());
+        Self {
+            flash_sale: FlashSale::new(service.clone(), ledger),
+            service,
+            backend: backend.clone(),
+            runner,
+            payments: None,
+        }
+    }
+
+    /// Adds the sagas driven by `payments.provider`, accepting callbacks signed with
+    /// `payments.callback_secret`.
+    #[must_use]
+    pub fn with_payments(mut self, payments: Payments) -> Self {
+        let sagas = Sagas::new(
+            self.service.clone(),
+            self.backend.read_models.clone(),
+            self.flash_sale.clone(),
+            payments.provider,
+            payments.sagas,
+        );
+        self.payments = Some((sagas, Arc::from(payments.callback_secret)));
+        self
+    }
+
+    /// The sagas, when payments are configured.
+    pub fn sagas(&self) -> Option<&Sagas> {
+        self.payments.as_ref().map(|(s, _)| s)
+    }
+}
+
+/// The app and its running workers (see the module docs).
+pub struct Runtime {
+    app: App,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Runtime {
+    /// Builds the app over `backend` and starts every worker `config` asks for; they stop when
+    /// `shutdown` is cancelled (see [`Runtime::stop`]).
+    ///
+    /// # Errors
+    /// The in-process ledger cannot be rebuilt, the sagas' checkpoint cannot be read or set, the
+    /// relay cannot be configured (each named).
+    pub async fn start(
+        backend: Backend,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let tasks = TaskTracker::new();
+        let runner = Arc::new(backend.projection_runner());
+        tasks.spawn(run_projections(runner.clone(), shutdown.clone()));
+        let in_process = config.ledger.is_none();
+        let mut app = App::new(&backend, runner, config.ledger);
+        if let Some(payments) = config.payments {
+            app = app.with_payments(payments);
+        }
+        if in_process {
+            // The in-process stock ledger starts empty: rebuild it from the log before serving.
+            let (sales, orders) = app
+                .flash_sale
+                .restore()
+                .await
+                .map_err(|e| anyhow::anyhow!("restoring the flash-sale ledger: {e}"))?;
+            if sales > 0 {
+                tracing::info!(sales, orders, "flash-sale ledger restored");
+            }
+        }
+        let (store, read_models) = (backend.events.clone(), backend.read_models.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            run_snapshots::<eventfold_domain::account::Account>(
+                store,
+                read_models,
+                eventfold_core::snapshot::DEFAULT_EVERY,
+                Some(chrono::Duration::hours(SNAPSHOT_MAX_AGE_HOURS)),
+                stop.cancelled_owned(),
+            )
+            .await;
+        });
+        let (flash_sale, stop) = (app.flash_sale.clone(), shutdown.clone());
+        tasks.spawn(async move { flash_sale.run_returns(stop.cancelled_owned()).await });
+        if let Some(sagas) = app.sagas().cloned() {
+            sagas
+                .init()
+                .await
+                .map_err(|e| anyhow::anyhow!("starting the sagas: {e}"))?;
+            let stop = shutdown.clone();
+            tasks.spawn(async move { sagas.run(stop.cancelled_owned()).await });
+        }
+        if let Some(relay) = config.relay {
+            let brokers = relay.brokers.clone();
+            let relay = Relay::new(backend.events.clone(), relay)
+                .context("configuring the outbox relay")?;
+            tracing::info!(brokers = %brokers, "publishing the event log to Kafka");
+            let stop = shutdown.clone();
+            tasks.spawn(async move { relay.run(stop.cancelled_owned()).await });
+        }
+        if !config.unpaid_order_timeout.is_zero() {
+            let timer = UnpaidOrderTimeout::new(
+                backend.events.clone(),
+                backend.read_models.clone(),
+                config.unpaid_order_timeout,
+            );
+            let stop = shutdown.clone();
+            tasks.spawn(async move { timer.run(stop.cancelled_owned()).await });
+        }
+        tasks.close();
+        Ok(Self {
+            app,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The app the workers run for.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Stops every worker (cancels the shutdown token) and waits until each has finished its
+    /// current step and returned.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+/// Keeps the projections caught up until `shutdown`; a failed run is logged and started again
+/// after a second.
+async fn run_projections(runner: Arc<ProjectionRunner>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match runner.run(shutdown.cancelled()).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "projection runner stopped; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}

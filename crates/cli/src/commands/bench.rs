@@ -1,0 +1,256 @@
+//! `eventfold bench`: benchmarks that print their figures (the work is `eventfold_bench`'s).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Subcommand, ValueEnum};
+use eventfold_app::backend::StoreUrl;
+use eventfold_bench::BenchTarget;
+
+use crate::context::Global;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Durable appends by concurrent clients, against a raw INSERT baseline in the same run.
+    Append {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Events per command.
+        #[arg(long, default_value_t = 1)]
+        events_per_command: usize,
+        /// Seconds per side (eventfold and the baseline each run this long in total).
+        #[arg(long, default_value_t = 6.0)]
+        duration: f64,
+        /// Alternating rounds the time is split into.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Payload bytes per event.
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        /// Send every command to one stream: deposits into one account through the service
+        /// (per-stream lane, version checks kept); the baseline inserts into one stream too.
+        #[arg(long)]
+        hot_stream: bool,
+        /// The hash chain of the measured store: `on`, `off`, or `both` (a second store with it
+        /// off in alternating slices of at most 0.5 s a side; prints `hash_chain_ratio`).
+        #[arg(long, value_enum, default_value = "on")]
+        hash_chain: HashChain,
+    },
+    /// Kafka -> notification table end to end (needs --kafka-brokers), against a bare
+    /// consumer's rate on the same broker; plus single flushes of 1,000 and 10,000 rows.
+    Notifications {
+        /// Messages to produce and consume.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Messages per batch.
+        #[arg(long, default_value_t = 100)]
+        batch_size: usize,
+    },
+    /// The outbox relay publishing N events (needs --kafka-brokers), read back for order and
+    /// losses, against a bare producer's rate on the same broker.
+    Relay {
+        /// Events in the log.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+    },
+    /// Read-all from position 0 of a log of N events.
+    Read {
+        /// Events in the log.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+    },
+    /// `correct interest` (v1 -> v2 over 2024) on N accounts of M events each, written into a
+    /// scratch store first; run twice (the second must append nothing).
+    Correct {
+        /// Accounts.
+        #[arg(long, default_value_t = 200_000)]
+        accounts: u64,
+        /// Events per account.
+        #[arg(long, default_value_t = 50)]
+        events_per_account: u64,
+    },
+    /// Time to load one stream of N events without a snapshot, and as of its middle.
+    Load {
+        /// Events in the stream.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Repetitions.
+        #[arg(long, default_value_t = 30)]
+        repetitions: usize,
+    },
+}
+
+/// `bench append --hash-chain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HashChain {
+    /// Appends compute the chain (the product's setting).
+    On,
+    /// Appends leave the chain columns empty.
+    Off,
+    /// Both, in alternating rounds of the same run.
+    Both,
+}
+
+impl From<HashChain> for eventfold_bench::HashChain {
+    fn from(h: HashChain) -> Self {
+        match h {
+            HashChain::On => Self::On,
+            HashChain::Off => Self::Off,
+            HashChain::Both => Self::Both,
+        }
+    }
+}
+
+impl Bench {
+    /// Runs the benchmark on a scratch store beside `--store` and prints its figures.
+    ///
+    /// # Errors
+    /// A bad option (named), no `--kafka-brokers` where one is needed, the scratch store or the
+    /// broker failing.
+    pub async fn exec(self, global: &Global) -> anyhow::Result<()> {
+        let target = match StoreUrl::parse(&global.store)? {
+            StoreUrl::Sqlite(path) => BenchTarget::Sqlite(
+                path.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+            ),
+            StoreUrl::Postgres(url) => BenchTarget::Postgres(url),
+        };
+        let output = global.output();
+        match self {
+            Self::Append {
+                clients,
+                events_per_command,
+                duration,
+                rounds,
+                payload_bytes,
+                hot_stream,
+                hash_chain,
+            } => {
+                if clients == 0
+                    || events_per_command == 0
+                    || duration <= 0.0
+                    || !duration.is_finite()
+                {
+                    bail!("--clients and --events-per-command must be at least 1 and --duration positive");
+                }
+                if hot_stream && events_per_command != 1 {
+                    bail!("--hot-stream runs deposits (one event per command): --events-per-command must be 1");
+                }
+                let config = eventfold_bench::AppendBench {
+                    clients,
+                    events_per_command,
+                    duration: Duration::from_secs_f64(duration),
+                    rounds,
+                    payload_bytes,
+                    hot_stream,
+                    hash_chain: hash_chain.into(),
+                };
+                let r = eventfold_bench::append(&target, &config).await?;
+                output.print(&r, || {
+                    format!(
+                        "eventfold: {:.0} commands/s, {:.0} events/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {:.1} commands per commit{}\n\
+                         baseline:  {:.0} commands/s, {:.0} events/s, p99 {:.2} ms\nratio to baseline: {:.2} \
+                         (to the same INSERTs with eventfold's two unique indexes: {:.2})\n\
+                         projection lag (ingest to read-model commit): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                        r.commands_per_sec, r.events_per_sec, r.p50_ms, r.p95_ms, r.p99_ms, r.requests_per_commit,
+                        if r.hot_stream { ", one hot stream" } else { "" },
+                        r.baseline_commands_per_sec, r.baseline_events_per_sec, r.baseline_p99_ms, r.ratio_to_baseline,
+                        r.ratio_to_indexed_baseline, r.projection_lag_p50_ms, r.projection_lag_p95_ms, r.projection_lag_p99_ms
+                    ) + &match (r.unchained_events_per_sec, r.hash_chain_ratio) {
+                        (Some(u), Some(ratio)) => format!(
+                            "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3} \
+                             (median of the slices' ratios: {:.3})",
+                            r.hash_chain_ratio_median.unwrap_or(ratio)
+                        ),
+                        _ => format!("\nhash chain: {:?}", r.hash_chain).to_lowercase(),
+                    }
+                })
+            }
+            Self::Read { events } => {
+                if events == 0 {
+                    bail!("--events must be at least 1");
+                }
+                let r = eventfold_bench::read(&target, events).await?;
+                output.print(&r, || {
+                    format!(
+                        "read {} events from position 0 in {:.2} s: {:.0} events/s",
+                        r.events, r.seconds, r.events_per_sec
+                    )
+                })
+            }
+            Self::Notifications {
+                messages,
+                batch_size,
+            } => {
+                let brokers = global.brokers("bench notifications")?;
+                if messages == 0 || batch_size == 0 {
+                    bail!("--messages and --batch-size must be at least 1");
+                }
+                let r =
+                    eventfold_bench::notifications(&target, &brokers, messages, batch_size).await?;
+                output.print(&r, || {
+                    format!(
+                        "{} messages into {}: {:.0} msg/s (broker's bare consumer {:.0} msg/s, ratio {:.2}), \
+                         consume latency p50 {:.1} ms p95 {:.1} ms (end to end p95 {:.0} ms), {} batches (flush p95 {:.1} ms), \
+                         flush of 1,000 rows {:.1} ms, 10,000 rows {:.1} ms, peak RSS {:.0} MB",
+                        r.messages, r.store, r.messages_per_sec, r.broker_baseline_messages_per_sec,
+                        r.ratio_to_baseline, r.p50_latency_ms, r.p95_latency_ms, r.p95_end_to_end_ms, r.batches, r.flush_p95_ms,
+                        r.flush_1k_ms, r.flush_10k_ms, r.max_rss_mb
+                    )
+                })
+            }
+            Self::Relay { events } => {
+                let brokers = global.brokers("bench relay")?;
+                if events == 0 {
+                    bail!("--events must be at least 1");
+                }
+                let r = eventfold_bench::relay(&target, &brokers, events).await?;
+                output.print(&r, || {
+                    format!(
+                        "relayed {} events: {:.0} msg/s (broker's bare producer {:.0} msg/s, ratio {:.2}); \
+                         {} order violations, {} lost",
+                        r.events, r.messages_per_sec, r.broker_baseline_messages_per_sec, r.ratio_to_baseline,
+                        r.order_violations, r.lost
+                    )
+                })
+            }
+            Self::Correct {
+                accounts,
+                events_per_account,
+            } => {
+                if accounts == 0 || events_per_account == 0 {
+                    bail!("--accounts and --events-per-account must be at least 1");
+                }
+                let r = eventfold_bench::correct(&target, accounts, events_per_account).await?;
+                output.print(&r, || {
+                    format!(
+                        "{} accounts x {} events written in {:.0} ms; correct interest: {:.0} ms (replay {:.0} ms, append {:.0} ms), \
+                         {:.0} events/s, {} corrections; second run {:.0} ms, {} appended",
+                        r.accounts, r.events_per_account, r.populate_ms, r.correction_ms, r.replay_ms, r.append_ms,
+                        r.events_per_sec, r.corrections_appended, r.second_run_ms, r.second_run_appended
+                    )
+                })
+            }
+            Self::Load {
+                events,
+                repetitions,
+            } => {
+                if events == 0 || repetitions == 0 {
+                    bail!("--events and --repetitions must be at least 1");
+                }
+                let r = eventfold_bench::load(&target, events, repetitions).await?;
+                output.print(&r, || {
+                    format!(
+                        "{} events: load with a snapshot {:.3} ms, without {:.2} ms (p95 {:.2} ms; full-envelope read_stream {:.2} ms), as of mid-stream {:.2} ms",
+                        r.events, r.load_with_snapshot_ms, r.load_without_snapshot_ms, r.load_without_snapshot_p95_ms, r.full_read_ms, r.as_of_ms
+                    )
+                })
+            }
+        }
+    }
+}

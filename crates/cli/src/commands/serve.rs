@@ -1,0 +1,94 @@
+//! `eventfold serve`: the HTTP API with every background worker beside it, until Ctrl-C or
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use eventfold_app::runtime::{Config, Payments};
+use eventfold_app::sagas::SagaConfig;
+use eventfold_app::shop::payments::{HttpProvider, PaymentProvider};
+
+use crate::context::{shutdown_on_signal, Global};
+
+/// `serve`'s options.
+#[derive(Debug, Args)]
+pub struct Serve {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Cancel orders still unpaid this many seconds after creation (0: never).
+    #[arg(long, default_value_t = 1800.0)]
+    unpaid_order_timeout_secs: f64,
+    /// Keep flash-sale stock in this Redis (`redis://HOST:PORT`) instead of in-process.
+    #[arg(long, env = "EVENTFOLD_REDIS")]
+    redis: Option<String>,
+    /// Run the order and payment sagas against the payment provider at this URL (see
+    /// `eventfold_app::shop::payments` for its API); without it orders are paid through the API.
+    #[arg(long, env = "EVENTFOLD_PAYMENT_PROVIDER")]
+    payment_provider: Option<String>,
+    /// The HMAC secret the provider signs callbacks with.
+    #[arg(long, env = "EVENTFOLD_PAYMENT_SECRET", hide_env_values = true)]
+    payment_secret: Option<String>,
+    /// How long one call to the provider may take before the saga tries again (ms).
+    #[arg(long, default_value_t = 3000)]
+    payment_step_timeout_ms: u64,
+}
+
+impl Serve {
+    /// Opens the store, binds the listener and serves until a signal.
+    ///
+    /// # Errors
+    /// A bad option, a store, listener, Redis or provider that cannot be opened, or the runtime
+    /// failing to start.
+    pub async fn exec(self, global: &Global) -> anyhow::Result<()> {
+        let unpaid_order_timeout = Duration::try_from_secs_f64(self.unpaid_order_timeout_secs)
+            .context("--unpaid-order-timeout-secs must be a number of seconds, 0 or more")?;
+        let backend = global.open().await?;
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("listening on {}", self.listen))?;
+        let shutdown = shutdown_on_signal();
+        let relay = global
+            .kafka_brokers
+            .as_ref()
+            .map(|brokers| global.relay_config(brokers));
+        let ledger: Option<Arc<dyn eventfold_core::stock::StockLedger>> = match &self.redis {
+            Some(url) => Some(Arc::new(
+                eventfold_redis::RedisStock::connect(url, "eventfold:")
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?,
+            )),
+            None => None,
+        };
+        let payments = match self.payment_provider {
+            Some(url) => {
+                let secret = self.payment_secret.context(
+                    "--payment-provider needs --payment-secret (or EVENTFOLD_PAYMENT_SECRET) to check callbacks",
+                )?;
+                let sagas = SagaConfig {
+                    step_timeout: Duration::from_millis(self.payment_step_timeout_ms),
+                    ..Default::default()
+                };
+                let provider = HttpProvider::new(&url, sagas.step_timeout)?;
+                tracing::info!(provider = %url, "payment sagas on");
+                let provider: Arc<dyn PaymentProvider> = Arc::new(provider);
+                Some(Payments {
+                    provider,
+                    callback_secret: secret.into_bytes(),
+                    sagas,
+                })
+            }
+            None => None,
+        };
+        let config = Config {
+            unpaid_order_timeout,
+            ledger,
+            payments,
+            relay,
+        };
+        eventfold_http::serve(backend, listener, shutdown, config).await
+    }
+}

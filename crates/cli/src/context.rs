@@ -1,0 +1,127 @@
+//! The options every subcommand takes (`--store`, `--json`, the Kafka settings) and what a
+//! subcommand gets from them: the open store, the output, the broker list, a shutdown token fed by
+//! Ctrl-C and SIGTERM.
+
+use anyhow::Context as _;
+use clap::Args;
+use eventfold_app::backend::{Backend, DEFAULT_STORE};
+use eventfold_kafka::RelayConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::output::Output;
+
+/// The global options (accepted before or after the subcommand).
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Where events and read models live: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE.
+    #[arg(long, global = true, env = "EVENTFOLD_STORE", default_value = DEFAULT_STORE)]
+    pub store: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Kafka bootstrap servers (HOST:PORT[,...]); with it, `serve` publishes the event log to
+    /// Kafka through the outbox relay. Without it everything runs in-process.
+    #[arg(long, global = true, env = "EVENTFOLD_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic prefix: events of category `order` go to `{prefix}.order`.
+    #[arg(long, global = true, default_value = "eventfold")]
+    pub kafka_topic_prefix: String,
+    /// A hot stream to spread over N salted message keys, `STREAM=N` (repeatable), e.g.
+    /// `order-hot=8`: per-salt order, merged by `stream_version` downstream.
+    #[arg(long = "kafka-salt", global = true, value_parser = parse_salt)]
+    pub kafka_salt: Vec<(String, u32)>,
+}
+
+impl Global {
+    /// Opens (creating and migrating if needed) the store at `--store`.
+    ///
+    /// # Errors
+    /// A bad URL or a store that cannot be opened.
+    pub async fn open(&self) -> anyhow::Result<Backend> {
+        Backend::open(&self.store).await
+    }
+
+    /// How to print.
+    pub fn output(&self) -> Output {
+        Output { json: self.json }
+    }
+
+    /// `--kafka-brokers`, which `command` needs.
+    ///
+    /// # Errors
+    /// It is not given, naming `command` and how to give it.
+    pub fn brokers(&self, command: &str) -> anyhow::Result<String> {
+        self.kafka_brokers.clone().with_context(|| {
+            format!("{command} needs --kafka-brokers HOST:PORT (or EVENTFOLD_KAFKA_BROKERS)")
+        })
+    }
+
+    /// The outbox relay's settings for `brokers`: topic prefix and salted streams from the
+    /// global options.
+    pub fn relay_config(&self, brokers: &str) -> RelayConfig {
+        let mut config = RelayConfig::new(brokers);
+        config.topic_prefix = self.kafka_topic_prefix.clone();
+        config.salted_streams = self.kafka_salt.iter().cloned().collect();
+        config
+    }
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    tokio::spawn(signal(token.clone()));
+    token
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    token.cancel();
+}
+
+/// Parses `--kafka-salt STREAM=N` (N from 2 to 1,024).
+fn parse_salt(spec: &str) -> Result<(String, u32), String> {
+    let (stream, n) = spec
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{spec:?}: expected STREAM=N, e.g. order-hot=8"))?;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| format!("{spec:?}: N must be a number"))?;
+    if stream.is_empty() || !(2..=1_024).contains(&n) {
+        return Err(format!("{spec:?}: need a stream and N from 2 to 1024"));
+    }
+    Ok((stream.to_owned(), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_specs_name_the_stream_and_a_count_from_2() {
+        assert_eq!(parse_salt("order-hot=8"), Ok(("order-hot".into(), 8)));
+        assert_eq!(parse_salt("a=b=4"), Ok(("a=b".into(), 4)));
+        for bad in ["order-hot", "order-hot=1", "=4", "x=many", "x=2000"] {
+            assert!(parse_salt(bad).is_err(), "{bad}");
+        }
+    }
+}

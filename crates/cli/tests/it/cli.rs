@@ -1,0 +1,422 @@
+//! The `eventfold` CLI end to end: import, history, state, projections, bench, errors.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn eventfold(store: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(args)
+        .env("EVENTFOLD_STORE", store)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run eventfold")
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn import_history_state_and_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let file = dir.path().join("cdnow.txt");
+    std::fs::write(&file, " customer_id  date number_of_cds  dollar_value\r\n 00001 19970101  1   11.77\r\n 00001 19970101  3   30.00\r\n 00002 19970102  1 abc\r\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    let refused = eventfold(&store, &["import", "cdnow", file]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 4") && stderr.contains("dollar_value"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ok_json(&eventfold(&store, &["projections", "status", "--json"]))[0]["head"],
+        0
+    );
+
+    let summary = ok_json(&eventfold(
+        &store,
+        &["import", "cdnow", file, "--skip-bad", "--json"],
+    ));
+    assert_eq!(
+        (
+            summary["rows"].as_u64(),
+            summary["orders_appended"].as_u64(),
+            summary["events_appended"].as_u64()
+        ),
+        (Some(2), Some(2), Some(10))
+    );
+    assert_eq!(summary["skipped"][0]["line"], 4);
+
+    let history = eventfold(&store, &["history", "order-cdnow-00001-19970101-2"]);
+    let text = String::from_utf8_lossy(&history.stdout);
+    assert!(
+        history.status.success()
+            && text.contains("system:import-cdnow")
+            && text.contains("OrderCompleted"),
+        "{text}"
+    );
+    let entries = ok_json(&eventfold(
+        &store,
+        &["history", "order-cdnow-00001-19970101-2", "--json"],
+    ));
+    assert_eq!(entries[4]["state_before"]["status"], "SHIPPED");
+
+    let state = ok_json(&eventfold(
+        &store,
+        &["state", "order-cdnow-00001-19970101-2", "--version", "2"],
+    ));
+    assert_eq!(
+        (state["version"].as_u64(), state["state"]["status"].as_str()),
+        (Some(2), Some("PAID"))
+    );
+    let past = eventfold(
+        &store,
+        &[
+            "state",
+            "order-cdnow-00001-19970101-2",
+            "--as-of",
+            "1996-12-31T23:59:59Z",
+        ],
+    );
+    assert!(
+        !past.status.success()
+            && String::from_utf8_lossy(&past.stderr).contains("no events in range")
+    );
+    let bad_time = eventfold(
+        &store,
+        &[
+            "state",
+            "order-cdnow-00001-19970101-2",
+            "--as-of",
+            "tuesday",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+
+    let rebuilt = ok_json(&eventfold(
+        &store,
+        &["projections", "rebuild", "daily_sales_by_store", "--json"],
+    ));
+    assert_eq!(rebuilt["position"], 10);
+    let unknown = eventfold(&store, &["projections", "rebuild", "nope"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("order_summary"));
+    let status = ok_json(&eventfold(&store, &["projections", "status", "--json"]));
+    assert!(status
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["checkpoint"] == 10 && p["lag_events"] == 0));
+
+    let missing = eventfold(&store, &["history", "order-none"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("no events")
+    );
+    let bad_store = eventfold("mysql://x", &["projections", "status"]);
+    assert!(String::from_utf8_lossy(&bad_store.stderr).contains("unsupported store URL"));
+}
+
+#[test]
+fn bench_commands_print_their_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let append = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "append",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "2",
+            "--hash-chain",
+            "both",
+            "--json",
+        ],
+    ));
+    for field in [
+        "commands_per_sec",
+        "events_per_sec",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "baseline_events_per_sec",
+        "ratio_to_baseline",
+        "projection_lag_p95_ms",
+        "unchained_events_per_sec",
+        "hash_chain_ratio",
+        "hash_chain_ratio_median",
+    ] {
+        assert!(
+            append[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {append}"
+        );
+    }
+    let load = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "load",
+            "--events",
+            "500",
+            "--repetitions",
+            "3",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["events"], 500);
+    assert!(load["load_without_snapshot_ms"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    // Benchmarks use their own temporary files and leave the store alone.
+    assert!(!dir.path().join("bench.db").exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
+    let admin = eventfold_postgres::testing::admin_url();
+    let append = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(append["store"], "postgres");
+    for field in [
+        "commands_per_sec",
+        "events_per_sec",
+        "p99_ms",
+        "baseline_events_per_sec",
+        "ratio_to_baseline",
+        "ratio_to_indexed_baseline",
+        "projection_lag_p95_ms",
+    ] {
+        assert!(
+            append[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {append}"
+        );
+    }
+    let hot = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--hot-stream",
+            "--clients",
+            "4",
+            "--duration",
+            "0.4",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+    ));
+    assert_eq!(hot["hot_stream"], true);
+    assert!(hot["commands_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    let refused = eventfold(
+        &admin,
+        &[
+            "bench",
+            "append",
+            "--hot-stream",
+            "--events-per-command",
+            "2",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--events-per-command must be 1"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let read = ok_json(&eventfold(
+        &admin,
+        &["bench", "read", "--events", "3000", "--json"],
+    ));
+    assert_eq!(read["events"], 3000);
+    assert!(read["events_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    let load = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "load",
+            "--events",
+            "300",
+            "--repetitions",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(load["events"], 300);
+}
+
+/// `eventfold migrate` on PostgreSQL: migrates an empty database, is a no-op the second time, and
+/// refuses a schema newer than the binary with a message that says so.
+#[test]
+fn migrate_twice_is_a_no_op_and_a_newer_schema_is_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(eventfold_postgres::testing::fresh_db());
+    let first = ok_json(&eventfold(&db.url, &["migrate", "--json"]));
+    assert_eq!(first["previous"], 0);
+    let current = first["current"].as_u64().unwrap();
+    assert!(current >= 2, "{first}");
+    let second = ok_json(&eventfold(&db.url, &["migrate", "--json"]));
+    assert_eq!(second["previous"], current);
+    assert_eq!(second["current"], current);
+    let text = eventfold(&db.url, &["migrate"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("already current"));
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("INSERT INTO eventfold_schema (version) VALUES (999)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let refused = eventfold(&db.url, &["migrate"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("schema version 999") && stderr.contains("upgrade eventfold"),
+        "{stderr}"
+    );
+}
+
+/// `eventfold relay --once` publishes the imported log to Kafka (Tansu), checked with kcat; a
+/// second run publishes nothing; bad arguments are refused with a message naming them.
+#[test]
+fn relay_once_publishes_the_log_to_kafka() {
+    let brokers = eventfold_http::testing::broker();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let file = dir.path().join("cdnow.txt");
+    std::fs::write(
+        &file,
+        " 00001 19970101  1   11.77\n 00002 19970102  2   20.00\n",
+    )
+    .unwrap();
+    ok_json(&eventfold(
+        &store,
+        &["import", "cdnow", file.to_str().unwrap(), "--json"],
+    ));
+    let prefix = format!("cli{}", uuid::Uuid::now_v7().simple());
+    let relay = |extra: &[&str]| {
+        let mut args = vec![
+            "relay",
+            "--once",
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic-prefix",
+            &prefix,
+        ];
+        args.extend_from_slice(extra);
+        eventfold(&store, &args)
+    };
+    let first = ok_json(&relay(&["--json"]));
+    let published = first["published"].as_u64().unwrap();
+    assert!(published >= 2, "{first}");
+    assert_eq!(ok_json(&relay(&["--json"]))["published"], 0);
+
+    let out = Command::new("kcat")
+        .args(["-b", &brokers, "-C", "-t", &format!("{prefix}.order")])
+        .args(["-o", "beginning", "-e", "-q", "-f", "%k %h\n"])
+        .output()
+        .expect("kcat runs (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len() as u64, published, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cdnow-00001-19970101-1 ")
+                && l.contains("event_type=OrderCreated")),
+        "{text}"
+    );
+
+    let no_broker = Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args(["relay", "--once"])
+        .env("EVENTFOLD_STORE", &store)
+        .env_remove("EVENTFOLD_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&no_broker.stderr).contains("--kafka-brokers"));
+    let bad = relay(&["--shards", "3-1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("runs backwards"));
+    let bad = relay(&["--shards", "99"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not below 16"));
+}
+
+/// `bench notifications` and `bench relay` print the fields scripts rely on (small runs on
+/// Tansu; the figures themselves are in the closing notes).
+#[test]
+fn kafka_benches_print_their_fields() {
+    let brokers = eventfold_http::testing::broker();
+    let admin = eventfold_postgres::testing::admin_url();
+    let notifications = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "notifications",
+            "--kafka-brokers",
+            &brokers,
+            "--messages",
+            "500",
+            "--json",
+        ],
+    ));
+    for field in [
+        "messages_per_sec",
+        "p95_latency_ms",
+        "flush_1k_ms",
+        "flush_10k_ms",
+        "max_rss_mb",
+        "broker_baseline_messages_per_sec",
+        "ratio_to_baseline",
+    ] {
+        assert!(
+            notifications[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {notifications}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("b.db").display());
+    let relay = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "relay",
+            "--kafka-brokers",
+            &brokers,
+            "--events",
+            "500",
+            "--json",
+        ],
+    ));
+    assert!(relay["messages_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    assert_eq!(relay["order_violations"], 0, "{relay}");
+    assert_eq!(relay["lost"], 0, "{relay}");
+    assert!(relay["ratio_to_baseline"].as_f64().is_some_and(|v| v > 0.0));
+}

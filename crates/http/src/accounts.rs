@@ -1,0 +1,253 @@
+//! Accounts: open, deposit, withdraw (commands), the account now or as of an event time or a
+//! version, and its balance from the `balance_by_account` read model.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use eventfold_app::service::{load_snapshotted, AsOf};
+use eventfold_core::{Actor, Replayed};
+use eventfold_domain::account::{Account, AccountCommand};
+use eventfold_domain::projections::{AccountBalance, BALANCE_BY_ACCOUNT};
+use eventfold_domain::{Currency, Money};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{currency, money, new_id, run};
+use crate::error::{ApiError, ApiErrorBody};
+use crate::extract::{check_id, parse_rfc3339, versioned, CommandBody, CommandHeaders, IdPath};
+use crate::operations::decode_doc;
+use crate::state::AppState;
+use crate::wire;
+
+/// An account as command responses and `GET /accounts/{id}` show it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccountView {
+    /// Account id.
+    pub account_id: String,
+    /// Owner id.
+    pub owner: String,
+    /// Ledger currency.
+    pub currency: wire::Currency,
+    /// Balance.
+    pub balance: wire::Money,
+    /// Interest accrued in total.
+    pub interest: wire::Money,
+    /// Stream version the view reflects.
+    pub version: u64,
+}
+
+impl AccountView {
+    /// The view of account `id` in state `a` at stream version `version`.
+    pub fn new(id: &str, a: &Account, version: u64) -> Self {
+        let currency = a.currency.unwrap_or(Currency::USD);
+        Self {
+            account_id: id.to_owned(),
+            owner: a.owner.clone(),
+            currency: wire::Currency(currency),
+            balance: a.balance.unwrap_or(Money::zero(currency)).into(),
+            interest: a.interest.unwrap_or(Money::zero(currency)).into(),
+            version,
+        }
+    }
+}
+
+/// `POST /accounts`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAccount {
+    /// Account id; generated (UUIDv7) when absent.
+    pub account_id: Option<String>,
+    /// Owner id.
+    pub owner: String,
+    /// ISO 4217 code, e.g. `USD`.
+    pub currency: String,
+}
+
+/// An amount with its currency, e.g. `{"amount": "12.30", "currency": "USD"}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmountBody {
+    /// Decimal string, e.g. `"12.30"`; numbers are refused to keep floats out of money.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+fn account_view(id: &str, a: &Account, v: u64) -> serde_json::Value {
+    serde_json::to_value(AccountView::new(id, a, v)).unwrap_or_default()
+}
+
+/// Opens an account.
+#[utoipa::path(post, path = "/accounts", request_body = OpenAccount,
+    responses((status = 201, body = AccountView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn open_account(
+    State(state): State<AppState>,
+    headers: CommandHeaders,
+    body: CommandBody<OpenAccount>,
+) -> Result<Response, ApiError> {
+    let id = body.body.account_id.clone().unwrap_or_else(new_id);
+    check_id("account_id", &id)?;
+    let command = AccountCommand::Open {
+        owner: body.body.owner,
+        currency: currency("currency", &body.body.currency)?,
+        actor: headers.actor.clone(),
+    };
+    run::<Account>(
+        &state,
+        &id,
+        command,
+        headers,
+        &body.fingerprint,
+        StatusCode::CREATED,
+        account_view,
+    )
+    .await
+}
+
+/// Runs a deposit or withdrawal: `make` builds the command from the amount and the actor.
+async fn move_funds(
+    state: &AppState,
+    id: &str,
+    headers: CommandHeaders,
+    body: CommandBody<AmountBody>,
+    make: fn(Money, Actor) -> AccountCommand,
+) -> Result<Response, ApiError> {
+    check_id("account id", id)?;
+    let amount = money("amount", &body.body.amount, &body.body.currency)?;
+    let command = make(amount, headers.actor.clone());
+    run::<Account>(
+        state,
+        id,
+        command,
+        headers,
+        &body.fingerprint,
+        StatusCode::OK,
+        account_view,
+    )
+    .await
+}
+
+/// Deposits funds.
+#[utoipa::path(post, path = "/accounts/{id}/deposit", request_body = AmountBody, params(("id" = String, Path)),
+    responses((status = 200, body = AccountView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn deposit(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    body: CommandBody<AmountBody>,
+) -> Result<Response, ApiError> {
+    move_funds(&state, &id, headers, body, |amount, actor| {
+        AccountCommand::Deposit { amount, actor }
+    })
+    .await
+}
+
+/// Withdraws funds (no overdraft).
+#[utoipa::path(post, path = "/accounts/{id}/withdraw", request_body = AmountBody, params(("id" = String, Path)),
+    responses((status = 200, body = AccountView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn withdraw(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    body: CommandBody<AmountBody>,
+) -> Result<Response, ApiError> {
+    move_funds(&state, &id, headers, body, |amount, actor| {
+        AccountCommand::Withdraw { amount, actor }
+    })
+    .await
+}
+
+/// `GET /accounts/{id}` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AccountQuery {
+    /// RFC 3339 instant: the state from every event whose event time is at or before it.
+    #[serde(rename = "asOf")]
+    pub as_of: Option<String>,
+    /// A stream version: the state right after it.
+    pub version: Option<u64>,
+}
+
+/// An account at a point in time.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AccountAsOf {
+    /// The account.
+    #[serde(flatten)]
+    pub account: AccountView,
+    /// The instant asked for, if any.
+    pub as_of: Option<DateTime<Utc>>,
+}
+
+/// An account's state, now or as of a time (`asOf`) or version (`version`).
+#[utoipa::path(get, path = "/accounts/{id}", params(("id" = String, Path), AccountQuery),
+    responses((status = 200, body = AccountAsOf), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn get_account(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    check_id("account id", &id)?;
+    let (as_of, at) = match (&query.as_of, query.version) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give asOf or version, not both",
+            ))
+        }
+        (Some(t), None) => {
+            let t = parse_rfc3339("asOf", t)?;
+            (AsOf::Time(t), Some(t))
+        }
+        (None, Some(0)) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "version must be at least 1",
+            ))
+        }
+        (None, Some(v)) => (AsOf::Version(v), None),
+        (None, None) => (AsOf::Latest, None),
+    };
+    // From the newest usable snapshot plus the events after it.
+    let loaded = load_snapshotted::<Account>(
+        state.app.service.store().as_ref(),
+        state.app.backend.read_models.as_ref(),
+        &id,
+        as_of,
+    )
+    .await?;
+    let loaded: Replayed<Account> = loaded.ok_or_else(|| {
+        ApiError::not_found(
+            "account_not_found",
+            format!("account {id} has no events in range"),
+        )
+    })?;
+    let body = AccountAsOf {
+        account: AccountView::new(&id, &loaded.state, loaded.version),
+        as_of: at,
+    };
+    Ok(versioned(StatusCode::OK, &body, loaded.version))
+}
+
+/// An account's balance from the `balance_by_account` read model (may trail commands by
+/// milliseconds).
+#[utoipa::path(get, path = "/balances/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = wire::AccountBalance), (status = 404, body = ApiErrorBody)))]
+pub async fn get_balance(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<Json<wire::AccountBalance>, ApiError> {
+    check_id("account id", &id)?;
+    let docs = state
+        .app
+        .backend
+        .read_models
+        .get_docs(BALANCE_BY_ACCOUNT, std::slice::from_ref(&id))
+        .await?;
+    let (_, doc) = docs.into_iter().next().ok_or_else(|| {
+        ApiError::not_found("account_not_found", format!("account {id} not found"))
+    })?;
+    let balance: AccountBalance = decode_doc(&doc)?;
+    Ok(Json(balance.into()))
+}

@@ -1,0 +1,74 @@
+//! What every command endpoint shares: running a command through the service with the request's
+//! headers (`X-Actor`, `If-Match`, `Idempotency-Key`), and reading money from a body. A retried
+//! request with the same key and body returns the first response and appends nothing.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use eventfold_app::service::Executed;
+use eventfold_core::Aggregate;
+use eventfold_domain::{Currency, DomainError, Money, MoneyError};
+
+use crate::error::ApiError;
+use crate::extract::{replayed, stored, versioned, CommandHeaders};
+use crate::state::AppState;
+
+/// A money parse error as a 422 naming `field` (`invalid_currency` or `invalid_amount`).
+pub(crate) fn money_error(field: &str, e: MoneyError) -> ApiError {
+    let code = if matches!(e, MoneyError::UnknownCurrency(_)) {
+        "invalid_currency"
+    } else {
+        "invalid_amount"
+    };
+    ApiError::unprocessable(code, format!("{field}: {e}"))
+}
+
+/// The currency `code` (`field` names it in the error).
+pub(crate) fn currency(field: &str, code: &str) -> Result<Currency, ApiError> {
+    code.parse().map_err(|e| money_error(field, e))
+}
+
+/// `amount` of currency `code` (`field` names the amount in the error).
+pub(crate) fn money(field: &str, amount: &str, code: &str) -> Result<Money, ApiError> {
+    let c = currency("currency", code)?;
+    Money::parse(amount, c).map_err(|e| money_error(field, e))
+}
+
+/// Runs `command` on aggregate `id` and answers `status` with `view` of the new state (also the
+/// response stored under the idempotency key); a replayed key answers its first response.
+///
+/// # Errors
+/// The service's refusals and failures, as [`ApiError`].
+pub(crate) async fn run<A>(
+    state: &AppState,
+    id: &str,
+    command: A::Command,
+    headers: CommandHeaders,
+    fingerprint: &str,
+    status: StatusCode,
+    view: fn(&str, &A, u64) -> serde_json::Value,
+) -> Result<Response, ApiError>
+where
+    A: Aggregate,
+    A::Command: Clone + Send + 'static,
+    A::Error: DomainError,
+{
+    let ctx = headers.context(fingerprint);
+    let owned_id = id.to_owned();
+    let render = Box::new(move |s: &A, v: u64| stored(status, &view(&owned_id, s, v)));
+    match state
+        .app
+        .service
+        .execute::<A>(id, command, &ctx, render)
+        .await?
+    {
+        Executed::Applied { state, version, .. } => {
+            Ok(versioned(status, &view(id, &state, version), version))
+        }
+        Executed::Replayed(first) => Ok(replayed(first)),
+    }
+}
+
+/// A new id (UUIDv7) for a resource created without one.
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

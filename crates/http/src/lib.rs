@@ -1,0 +1,142 @@
+//! eventfold's HTTP API (axum): the only crate that serves HTTP for eventfold. One module per
+//! resource, each with its wire types (request and response bodies with their OpenAPI schemas);
+//! [`router`] builds the routes and [`serve`] runs them beside the application's workers.
+//!
+//! Errors are JSON `{"code": "...", "message": "..."}` with a stable code ([`error`]): 400
+//! malformed requests, 404 unknown ids, 409 conflicts (version, state), 413 oversized bodies, 415
+//! wrong content type, 422 unacceptable values; 503 with `Retry-After` when the store is
+//! unavailable. Database text never reaches a response body.
+
+mod accounts;
+mod command;
+pub mod error;
+mod extract;
+mod flash_sales;
+mod operations;
+mod orders;
+mod payment_callbacks;
+mod sales;
+mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod wire;
+
+pub use error::{ApiError, ApiErrorBody};
+pub use operations::metrics_handle;
+pub use state::AppState;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use eventfold_app::backend::Backend;
+use eventfold_app::runtime::{Config, Runtime};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+/// Largest accepted request body, in bytes (64 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI document of the API (served at `/openapi.json`).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "eventfold",
+        description = "Event-sourced shop backend: accounts, orders, sales views, flash sales."
+    ),
+    paths(
+        accounts::open_account,
+        accounts::deposit,
+        accounts::withdraw,
+        orders::create_order,
+        orders::pay_order,
+        orders::confirm_order,
+        orders::ship_order,
+        orders::complete_order,
+        orders::cancel_order,
+        orders::refund_order,
+        flash_sales::open_flash_sale,
+        flash_sales::purchase,
+        flash_sales::get_flash_sale,
+        payment_callbacks::payment_callback,
+        accounts::get_account,
+        accounts::get_balance,
+        orders::get_order,
+        orders::order_history,
+        sales::daily_sales,
+        sales::realtime_sales,
+        operations::projections,
+        operations::healthz,
+        operations::prometheus,
+        operations::ready
+    ),
+    components(schemas(ApiErrorBody))
+)]
+pub struct ApiDoc;
+
+/// Builds the router over `state`: every route, a JSON 404 and 405, and the body limit
+/// ([`MAX_BODY_BYTES`]).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/accounts", post(accounts::open_account))
+        .route("/accounts/{id}", get(accounts::get_account))
+        .route("/accounts/{id}/deposit", post(accounts::deposit))
+        .route("/accounts/{id}/withdraw", post(accounts::withdraw))
+        .route("/balances/{id}", get(accounts::get_balance))
+        .route("/orders", post(orders::create_order))
+        .route("/orders/{id}", get(orders::get_order))
+        .route("/orders/{id}/history", get(orders::order_history))
+        .route("/orders/{id}/pay", post(orders::pay_order))
+        .route("/orders/{id}/confirm", post(orders::confirm_order))
+        .route("/orders/{id}/ship", post(orders::ship_order))
+        .route("/orders/{id}/complete", post(orders::complete_order))
+        .route("/orders/{id}/cancel", post(orders::cancel_order))
+        .route("/orders/{id}/refund", post(orders::refund_order))
+        .route("/flash-sales", post(flash_sales::open_flash_sale))
+        .route("/flash-sales/{sku}", get(flash_sales::get_flash_sale))
+        .route("/flash-sales/{sku}/purchases", post(flash_sales::purchase))
+        .route(
+            "/payments/callbacks",
+            post(payment_callbacks::payment_callback),
+        )
+        .route("/sales/daily", get(sales::daily_sales))
+        .route("/sales/realtime", get(sales::realtime_sales))
+        .route("/projections", get(operations::projections))
+        .route("/healthz", get(operations::healthz))
+        .route("/metrics", get(operations::prometheus))
+        .route("/ready", get(operations::ready))
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, with every background worker
+/// `config` asks for running beside it ([`Runtime::start`]); then drains in-flight requests,
+/// stops the workers and waits for them before returning.
+///
+/// # Errors
+/// The runtime cannot start (see [`Runtime::start`]) or the listener fails.
+pub async fn serve(
+    backend: Backend,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    config: Config,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::start(backend, config, shutdown.clone()).await?;
+    let app = router(AppState::new(runtime.app().clone()));
+    tracing::info!(addr = %listener.local_addr()?, "eventfold serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    runtime.stop().await;
+    tracing::info!("eventfold stopped");
+    Ok(served?)
+}

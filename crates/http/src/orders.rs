@@ -1,0 +1,299 @@
+//! Orders: place, pay, confirm, ship, complete, cancel, refund (commands), the order summary and
+//! its audit timeline.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use eventfold_app::service::timeline;
+use eventfold_core::{Actor, Aggregate, Projection};
+use eventfold_domain::order::{Order, OrderCommand, OrderLine};
+use eventfold_domain::projections::{OrderSummary, OrderSummaryProjection, ORDER_SUMMARY};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{money, new_id, run};
+use crate::error::{ApiError, ApiErrorBody};
+use crate::extract::{check_id, versioned, CommandBody, CommandHeaders, IdPath};
+use crate::operations::decode_doc;
+use crate::state::AppState;
+use crate::wire;
+
+/// An order as command responses show it (the state right after the command).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderView {
+    /// Order id.
+    pub order_id: String,
+    /// Status.
+    pub status: Option<wire::OrderStatus>,
+    /// Customer id.
+    pub customer_id: String,
+    /// Store id.
+    pub store_id: String,
+    /// Lines.
+    pub lines: Vec<wire::OrderLine>,
+    /// Total.
+    pub total: Option<wire::Money>,
+    /// Paid.
+    pub paid: Option<wire::Money>,
+    /// Refunded.
+    pub refunded: Option<wire::Money>,
+    /// Payment reference.
+    pub payment_id: Option<String>,
+    /// Stream version.
+    pub version: u64,
+    /// Who made the last change.
+    pub last_actor: Option<String>,
+    /// Why.
+    pub last_reason: Option<String>,
+}
+
+impl OrderView {
+    fn new(id: &str, o: &Order, version: u64) -> Self {
+        Self {
+            order_id: id.to_owned(),
+            status: o.status.map(Into::into),
+            customer_id: o.customer_id.clone(),
+            store_id: o.store_id.clone(),
+            lines: o.lines.iter().map(Into::into).collect(),
+            total: wire::money(o.total),
+            paid: wire::money(o.paid),
+            refunded: wire::money(o.refunded),
+            payment_id: o.payment_id.clone(),
+            version,
+            last_actor: o.last_actor.as_ref().map(Actor::to_string),
+            last_reason: o.last_reason.clone(),
+        }
+    }
+}
+
+/// One line of `POST /orders`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineBody {
+    /// SKU.
+    pub sku: String,
+    /// Units, at least 1.
+    pub quantity: u32,
+    /// The line's total, a decimal string.
+    pub amount: String,
+}
+
+/// `POST /orders`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// Order id; generated (UUIDv7) when absent.
+    pub order_id: Option<String>,
+    /// Customer id.
+    pub customer_id: String,
+    /// Store id.
+    pub store_id: String,
+    /// ISO 4217 code of every line.
+    pub currency: String,
+    /// At least one line.
+    pub lines: Vec<LineBody>,
+}
+
+/// `POST /orders/{id}/pay`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayOrder {
+    /// Must equal the order total.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Payment reference; generated when absent.
+    pub payment_id: Option<String>,
+}
+
+/// Body of confirm / ship / complete (reason optional) and cancel / refund (reason required).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why.
+    pub reason: Option<String>,
+}
+
+fn order_view(id: &str, o: &Order, v: u64) -> serde_json::Value {
+    serde_json::to_value(OrderView::new(id, o, v)).unwrap_or_default()
+}
+
+/// Places an order (PENDING).
+#[utoipa::path(post, path = "/orders", request_body = CreateOrder,
+    responses((status = 201, body = OrderView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn create_order(
+    State(state): State<AppState>,
+    headers: CommandHeaders,
+    body: CommandBody<CreateOrder>,
+) -> Result<Response, ApiError> {
+    let b = body.body;
+    let id = b.order_id.clone().unwrap_or_else(new_id);
+    check_id("order_id", &id)?;
+    let lines = b
+        .lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(OrderLine {
+                sku: l.sku,
+                quantity: l.quantity,
+                amount: money(&format!("lines[{i}].amount"), &l.amount, &b.currency)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let command = OrderCommand::Create {
+        customer_id: b.customer_id,
+        store_id: b.store_id,
+        lines,
+        actor: headers.actor.clone(),
+    };
+    run::<Order>(
+        &state,
+        &id,
+        command,
+        headers,
+        &body.fingerprint,
+        StatusCode::CREATED,
+        order_view,
+    )
+    .await
+}
+
+/// Pays an order in full (PENDING -> PAID).
+#[utoipa::path(post, path = "/orders/{id}/pay", request_body = PayOrder, params(("id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn pay_order(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+    headers: CommandHeaders,
+    body: CommandBody<PayOrder>,
+) -> Result<Response, ApiError> {
+    check_id("order id", &id)?;
+    let amount = money("amount", &body.body.amount, &body.body.currency)?;
+    let payment_id = body.body.payment_id.clone().unwrap_or_else(new_id);
+    let command = OrderCommand::Pay {
+        amount,
+        payment_id,
+        actor: headers.actor.clone(),
+    };
+    run::<Order>(
+        &state,
+        &id,
+        command,
+        headers,
+        &body.fingerprint,
+        StatusCode::OK,
+        order_view,
+    )
+    .await
+}
+
+macro_rules! transition {
+    ($(#[$doc:meta])* $name:ident, $path:literal, |$actor:ident, $reason:ident| $command:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path, request_body = ReasonBody, params(("id" = String, Path)),
+            responses((status = 200, body = OrderView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+        pub async fn $name(State(state): State<AppState>, IdPath(id): IdPath, headers: CommandHeaders, body: CommandBody<ReasonBody>) -> Result<Response, ApiError> {
+            check_id("order id", &id)?;
+            let $actor = headers.actor.clone();
+            let $reason = body.body.reason;
+            let command = $command;
+            run::<Order>(&state, &id, command, headers, &body.fingerprint, StatusCode::OK, order_view).await
+        }
+    };
+}
+
+transition!(
+    /// PAID -> CONFIRMED.
+    confirm_order, "/orders/{id}/confirm", |actor, reason| OrderCommand::Confirm { actor, reason });
+transition!(
+    /// CONFIRMED -> SHIPPED.
+    ship_order, "/orders/{id}/ship", |actor, reason| OrderCommand::Ship { actor, reason });
+transition!(
+    /// SHIPPED -> COMPLETED.
+    complete_order, "/orders/{id}/complete", |actor, reason| OrderCommand::Complete { actor, reason });
+transition!(
+    /// PENDING, PAID or CONFIRMED -> CANCELLED (reason required; a payment is refunded).
+    cancel_order, "/orders/{id}/cancel", |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
+transition!(
+    /// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED (reason required).
+    refund_order, "/orders/{id}/refund", |actor, reason| OrderCommand::Refund { actor, reason: reason.unwrap_or_default() });
+
+/// An order's summary from the `order_summary` read model; when the read model trails the order's
+/// stream, the summary is folded from the stream so a client reads its own writes.
+#[utoipa::path(get, path = "/orders/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = wire::OrderSummary), (status = 404, body = ApiErrorBody)))]
+pub async fn get_order(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    check_id("order id", &id)?;
+    let stream_id = Order::stream_id(&id);
+    let store = state.app.service.store();
+    let (docs, version) = tokio::try_join!(
+        state
+            .app
+            .backend
+            .read_models
+            .get_docs(ORDER_SUMMARY, std::slice::from_ref(&id)),
+        store.stream_version(&stream_id)
+    )?;
+    let summary: Option<OrderSummary> = docs.first().map(|(_, d)| decode_doc(d)).transpose()?;
+    let summary = match summary {
+        Some(s) if s.version >= version => Some(s),
+        _ => {
+            let projection = OrderSummaryProjection;
+            let mut doc = None;
+            for event in state.app.service.read_stream(&stream_id).await? {
+                if let Some((_, input)) = projection
+                    .select(&event)
+                    .map_err(eventfold_core::StoreError::Corrupt)?
+                {
+                    doc = projection.apply(doc, input, &event);
+                }
+            }
+            doc
+        }
+    };
+    let summary = summary
+        .ok_or_else(|| ApiError::not_found("order_not_found", format!("order {id} not found")))?;
+    let v = summary.version;
+    Ok(versioned(
+        StatusCode::OK,
+        &wire::OrderSummary::from(summary),
+        v,
+    ))
+}
+
+/// An order's audit timeline: who, when, what changed, and the state before each change; with
+/// its payment saga's events (stream `paysaga-{id}`), in log order.
+#[utoipa::path(get, path = "/orders/{id}/history", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<wire::TimelineEntry>), (status = 404, body = ApiErrorBody)))]
+pub async fn order_history(
+    State(state): State<AppState>,
+    IdPath(id): IdPath,
+) -> Result<Json<Vec<wire::TimelineEntry>>, ApiError> {
+    check_id("order id", &id)?;
+    let events = state
+        .app
+        .service
+        .read_stream(&Order::stream_id(&id))
+        .await?;
+    if events.is_empty() {
+        return Err(ApiError::not_found(
+            "order_not_found",
+            format!("order {id} not found"),
+        ));
+    }
+    let mut entries = timeline::<Order>(&events)?;
+    let saga = state
+        .app
+        .service
+        .read_stream(&eventfold_domain::payment_saga::PaymentSaga::stream_id(&id))
+        .await?;
+    entries.extend(timeline::<eventfold_domain::payment_saga::PaymentSaga>(
+        &saga,
+    )?);
+    entries.sort_by_key(|e| e.global_position);
+    Ok(Json(entries.into_iter().map(Into::into).collect()))
+}

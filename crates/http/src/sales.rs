@@ -1,0 +1,188 @@
+//! The sales views: a store's sales per day of the event time (`daily_sales_by_store`: late data
+//! lands on the day it happened) and per hour of the ingest time (`real_time_sales`: what arrived
+//! when, never rewritten).
+
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::NaiveDate;
+use eventfold_domain::projections::{SalesBucket, DAILY_SALES_BY_STORE, REAL_TIME_SALES};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiErrorBody};
+use crate::extract::{check_id, parse_rfc3339};
+use crate::operations::decode_doc;
+use crate::state::AppState;
+use crate::wire;
+
+/// Most buckets one sales query returns.
+const MAX_BUCKETS: usize = 100_000;
+
+/// `GET /sales/daily` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DailyQuery {
+    /// Store id (required).
+    pub store: Option<String>,
+    /// First day, `YYYY-MM-DD` (inclusive).
+    pub from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (inclusive).
+    pub to: Option<String>,
+}
+
+/// One day of a store's sales in one currency.
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct DailySales {
+    /// `YYYY-MM-DD` (UTC day of the event time).
+    pub date: String,
+    /// Store id.
+    pub store: String,
+    /// Paid minus refunded, decimal string.
+    #[schema(value_type = String, example = "1234.56")]
+    pub total: Decimal,
+    /// ISO 4217 code.
+    pub currency: wire::Currency,
+    /// Orders paid that day.
+    pub orders: u64,
+    /// Refunds that day.
+    pub refunds: u64,
+}
+
+/// One hour of a store's sales in one currency, by ingest time.
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct HourlySales {
+    /// Start of the hour, RFC 3339 UTC.
+    pub hour: String,
+    /// Store id.
+    pub store: String,
+    /// Paid minus refunded, decimal string.
+    #[schema(value_type = String, example = "1234.56")]
+    pub total: Decimal,
+    /// ISO 4217 code.
+    pub currency: wire::Currency,
+    /// Orders paid in that hour.
+    pub orders: u64,
+    /// Refunds in that hour.
+    pub refunds: u64,
+}
+
+fn required_store(store: Option<String>) -> Result<String, ApiError> {
+    let store = store.ok_or_else(|| {
+        ApiError::bad_request("missing_parameter", "query parameter store is required")
+    })?;
+    check_id("store", &store)?;
+    Ok(store)
+}
+
+fn parse_day(field: &str, s: &str) -> Result<NaiveDate, ApiError> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!("{field} must be a date like 1997-01-01, got {s:?}"),
+        )
+    })
+}
+
+async fn buckets(
+    state: &AppState,
+    projection: &str,
+    store: &str,
+    from: &str,
+    to: &str,
+) -> Result<Vec<SalesBucket>, ApiError> {
+    let docs = state
+        .app
+        .backend
+        .read_models
+        .range_docs(
+            projection,
+            &format!("{store}|{from}"),
+            &format!("{store}|{to}|~"),
+            MAX_BUCKETS,
+        )
+        .await?;
+    docs.iter().map(|(_, d)| decode_doc(d)).collect()
+}
+
+/// A store's sales per day of the event time: late data lands on the day it happened.
+#[utoipa::path(get, path = "/sales/daily", params(DailyQuery),
+    responses((status = 200, body = Vec<DailySales>), (status = 400, body = ApiErrorBody)))]
+pub async fn daily_sales(
+    State(state): State<AppState>,
+    query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<DailySales>>, ApiError> {
+    let Query(q) = query?;
+    let store = required_store(q.store)?;
+    let from = q
+        .from
+        .as_deref()
+        .map(|s| parse_day("from", s))
+        .transpose()?;
+    let to = q.to.as_deref().map(|s| parse_day("to", s)).transpose()?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("from {f} is after to {t}"),
+            ));
+        }
+    }
+    let from = from.map_or("0000-00-00".into(), |d| d.to_string());
+    let to = to.map_or("9999-99-99".into(), |d| d.to_string());
+    let out = buckets(&state, DAILY_SALES_BY_STORE, &store, &from, &to)
+        .await?
+        .into_iter()
+        .map(|b| DailySales {
+            date: b.period,
+            store: b.store,
+            total: b.total,
+            currency: wire::Currency(b.currency),
+            orders: b.orders,
+            refunds: b.refunds,
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// `GET /sales/realtime` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeQuery {
+    /// Store id (required).
+    pub store: Option<String>,
+    /// RFC 3339 instant: hours starting at or after it.
+    pub from: Option<String>,
+    /// RFC 3339 instant: hours starting at or before it.
+    pub to: Option<String>,
+}
+
+/// A store's sales per hour of the ingest time: what arrived when; late data is never moved.
+#[utoipa::path(get, path = "/sales/realtime", params(RealtimeQuery),
+    responses((status = 200, body = Vec<HourlySales>), (status = 400, body = ApiErrorBody)))]
+pub async fn realtime_sales(
+    State(state): State<AppState>,
+    query: Result<Query<RealtimeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<HourlySales>>, ApiError> {
+    let Query(q) = query?;
+    let store = required_store(q.store)?;
+    let hour = |field: &str, s: &Option<String>| -> Result<Option<String>, ApiError> {
+        s.as_deref()
+            .map(|s| parse_rfc3339(field, s).map(|t| t.format("%Y-%m-%dT%H:00:00Z").to_string()))
+            .transpose()
+    };
+    let from = hour("from", &q.from)?.unwrap_or_else(|| "0000".into());
+    let to = hour("to", &q.to)?.unwrap_or_else(|| "9999".into());
+    let out = buckets(&state, REAL_TIME_SALES, &store, &from, &to)
+        .await?
+        .into_iter()
+        .map(|b| HourlySales {
+            hour: b.period,
+            store: b.store,
+            total: b.total,
+            currency: wire::Currency(b.currency),
+            orders: b.orders,
+            refunds: b.refunds,
+        })
+        .collect();
+    Ok(Json(out))
+}

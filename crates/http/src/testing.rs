@@ -1,0 +1,167 @@
+//! Test support for crates that drive eventfold over HTTP (behind the `testing` feature): an app
+//! on a fresh store (a temp SQLite file or a fresh PostgreSQL database) driven in process with
+//! `tower::ServiceExt::oneshot`, and helpers for error replies, the test Kafka broker and the
+//! repository's CDNOW file.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use eventfold_app::backend::Backend;
+use eventfold_app::runtime::App;
+use eventfold_core::ProjectionRunner;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::{router, AppState};
+
+/// An app on its own temp SQLite store.
+pub struct TestApp {
+    /// The router over the store (no background workers: call [`TestApp::project`]).
+    pub router: axum::Router,
+    /// The store.
+    pub backend: Backend,
+    /// The projection runner the router reports on.
+    pub runner: Arc<ProjectionRunner>,
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// A response: status, JSON body (or `Null`), headers.
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The body as JSON (a JSON string when it is not JSON, `Null` when empty).
+    pub body: Value,
+    /// The headers.
+    pub headers: HeaderMap,
+}
+
+impl TestApp {
+    /// An app on a fresh SQLite file.
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("eventfold.db").display());
+        Self::open(&url, Box::new(dir)).await
+    }
+
+    /// An app on a fresh PostgreSQL database.
+    pub async fn postgres() -> Self {
+        let db = eventfold_postgres::testing::fresh_db().await;
+        let url = db.url.clone();
+        Self::open(&url, Box::new(db)).await
+    }
+
+    /// An app on the store at `url`; `guard` lives as long as the app (a temp dir, a database).
+    pub async fn open(url: &str, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        let backend = Backend::open(url).await.expect("open store");
+        let runner = Arc::new(backend.projection_runner());
+        let router = router(AppState::new(App::new(&backend, runner.clone(), None)));
+        Self {
+            router,
+            backend,
+            runner,
+            _guard: guard,
+        }
+    }
+
+    /// Sends a request; `body` is sent as JSON when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = match body {
+            Some(b) => request
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => request.body(Body::empty()),
+        }
+        .expect("request");
+        self.raw(request).await
+    }
+
+    /// Sends a request as it is.
+    pub async fn raw(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// A `GET` without headers.
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send(Method::GET, uri, &[], None).await
+    }
+
+    /// A `POST` of a JSON body without headers.
+    pub async fn post(&self, uri: &str, body: Value) -> Reply {
+        self.send(Method::POST, uri, &[], Some(body)).await
+    }
+
+    /// The global log's head position.
+    pub async fn head(&self) -> u64 {
+        self.backend.events.head_position().await.expect("head")
+    }
+
+    /// Brings every projection up to date.
+    pub async fn project(&self) {
+        self.runner
+            .catch_up(None, &|_, _| {})
+            .await
+            .expect("projections catch up");
+    }
+}
+
+/// Asserts an error reply: status, stable code, and that the message mentions `mentions`.
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str, mentions: &str) {
+    assert_eq!(reply.status, status, "body: {}", reply.body);
+    assert_eq!(reply.body["code"], code, "body: {}", reply.body);
+    let message = reply.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(mentions),
+        "message {message:?} should mention {mentions:?}"
+    );
+}
+
+/// The test broker's bootstrap address (`EVENTFOLD_TEST_KAFKA`, set by `scripts/test`).
+///
+/// # Panics
+/// When it is not set, saying how to get one.
+pub fn broker() -> String {
+    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
+        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
+    )
+}
+
+/// The repository's copy of the CDNOW purchase log.
+pub fn cdnow_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cdnow/CDNOW_master.txt")
+}
