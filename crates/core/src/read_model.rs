@@ -34,6 +34,25 @@ pub struct ProjectionCommit {
     pub to_checkpoint: u64,
 }
 
+impl ProjectionCommit {
+    /// Checks the checkpoint the store holds now (`actual`) against the one the batch started
+    /// from: a commit applies only on top of the state its documents were folded from.
+    ///
+    /// # Errors
+    /// [`StoreError::CheckpointMoved`] naming the checkpoint when they differ (another runner
+    /// committed first).
+    pub fn expect_from(&self, actual: u64) -> Result<(), StoreError> {
+        if actual == self.from_checkpoint {
+            return Ok(());
+        }
+        Err(StoreError::checkpoint_moved(
+            &self.projection,
+            self.from_checkpoint,
+            actual,
+        ))
+    }
+}
+
 /// The smallest key after `key` in byte order that a store can hold: `key` + U+0001 (NUL is
 /// not storable), for paging through [`ReadModelStore::range_docs`].
 pub fn key_after(key: &str) -> String {

@@ -325,6 +325,16 @@ impl StoreError {
              has an empty payload but is not archived"
         ))
     }
+
+    /// A projection commit found its checkpoint at `actual`, not at the `expected` position its
+    /// batch started from (see [`crate::ProjectionCommit::expect_from`]).
+    pub fn checkpoint_moved(projection: &str, expected: u64, actual: u64) -> Self {
+        Self::CheckpointMoved {
+            name: crate::read_model::projection_checkpoint_name(projection),
+            expected,
+            actual,
+        }
+    }
 }
 
 /// An append-only event store (M1).

@@ -7,9 +7,8 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// An ISO 4217 currency code that eventfold knows, with its number of minor units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(into = "String")]
-#[schema(value_type = String, example = "USD")]
 pub struct Currency([u8; 3]);
 
 /// Reads the code from a borrowed string when the JSON has one (no allocation per event on
@@ -140,10 +139,9 @@ pub enum MoneyError {
 }
 
 /// An amount of a currency, e.g. `12.30 USD`. The amount has at most the currency's minor units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Money {
     /// The amount as a decimal string, e.g. `"12.30"`.
-    #[schema(value_type = String, example = "12.30")]
     pub amount: Decimal,
     /// ISO 4217 code.
     pub currency: Currency,

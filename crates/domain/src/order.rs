@@ -9,7 +9,7 @@ use crate::money::{Currency, Money, MoneyError};
 use crate::{validate_id, validate_reason, DomainError, Refusal};
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     /// Created, not paid.
@@ -36,7 +36,7 @@ impl std::fmt::Display for OrderStatus {
 }
 
 /// One line of an order: a SKU, a quantity and the line's total amount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
     /// Stock-keeping unit, e.g. `cd` or `concert-2026-vip`.
     pub sku: String,

@@ -47,7 +47,7 @@ fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, String> {
 }
 
 /// One order as the order list and detail views show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderSummary {
     /// Order id.
     pub order_id: String,
@@ -175,7 +175,7 @@ impl Projection for OrderSummaryProjection {
 }
 
 /// An account's balance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountBalance {
     /// Account id.
     pub account_id: String,
@@ -242,7 +242,7 @@ impl Projection for BalanceByAccountProjection {
 }
 
 /// Sales of one store in one currency over one period (a day or an hour).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SalesBucket {
     /// Store id.
     pub store: String,
@@ -251,7 +251,6 @@ pub struct SalesBucket {
     /// ISO 4217 code.
     pub currency: Currency,
     /// Paid minus refunded, as a decimal string.
-    #[schema(value_type = String, example = "1234.56")]
     pub total: Decimal,
     /// Orders paid in the period.
     pub orders: u64,

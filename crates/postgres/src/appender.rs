@@ -118,11 +118,7 @@ impl Appender {
                     self.counters
                         .append_requests
                         .fetch_add(requests.len() as u64, Relaxed);
-                    self.head.send_if_modified(|h| {
-                        let moved = head > *h;
-                        *h = (*h).max(head);
-                        moved
-                    });
+                    eventfold_store_support::head::advance(&self.head, head);
                     let mut results = results.into_iter();
                     for job in group {
                         let mine = results.by_ref().take(job.requests.len()).collect();

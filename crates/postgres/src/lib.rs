@@ -11,26 +11,30 @@
 
 mod appender;
 mod copy;
+mod listener;
+mod migrate;
 mod notifications;
+mod read_model;
 mod schema;
 pub mod testing;
 
+use eventfold_store_support::{head, sql_int as version, sql_limit as limit};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventfold_core::chain::{ChainRow, Chainer, ZERO_HASH};
-use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
+use eventfold_core::chain::ChainRow;
 use eventfold_core::{
     Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError,
-    StoredResponse,
+    RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
 };
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use appender::{Appender, Counters, Job};
+use listener::listen;
+use migrate::migrate;
 
 /// The transaction-level advisory lock every appending transaction takes first ("eventfld" in
 /// ASCII). Anything else that writes events must take it too, or positions may skip.
@@ -137,7 +141,7 @@ impl PostgresStore {
             .fetch_one(&pool)
             .await
             .map_err(backend)?;
-        let (head_tx, head_rx) = watch::channel(head as u64);
+        let (head_tx, head_rx) = head::channel(head as u64);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
         tokio::spawn(
@@ -196,137 +200,6 @@ impl PostgresStore {
         rx.await
             .map_err(|_| StoreError::Unavailable("postgres appender has stopped".into()))?
     }
-}
-
-/// Wakes subscribers on `pg_notify` from any process; reconnects after a failure.
-async fn listen(url: String, head: watch::Sender<u64>) {
-    loop {
-        let result: Result<(), sqlx::Error> = async {
-            let mut listener = PgListener::connect(&url).await?;
-            listener.listen(NOTIFY_CHANNEL).await?;
-            loop {
-                let n = tokio::select! {
-                    n = listener.recv() => n?,
-                    () = head.closed() => return Ok(()), // the store was dropped
-                };
-                if let Ok(p) = n.payload().parse::<u64>() {
-                    head.send_if_modified(|h| {
-                        let moved = p > *h;
-                        *h = (*h).max(p);
-                        moved
-                    });
-                }
-            }
-        }
-        .await;
-        if head.is_closed() {
-            return; // the store was dropped
-        }
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "postgres listener lost; subscribers poll until it reconnects");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if head.is_closed() {
-            return;
-        }
-    }
-}
-
-async fn migrate(pool: &PgPool) -> Result<SchemaVersion, StoreError> {
-    let mut tx = pool.begin().await.map_err(backend)?;
-    // One migrator at a time across processes.
-    sqlx::query("SELECT pg_advisory_xact_lock(7461002)")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS eventfold_schema (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    let current: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM eventfold_schema")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
-    let known = schema::MIGRATIONS.len() as i32;
-    if current > known {
-        return Err(StoreError::InvalidRequest(format!(
-            "database has schema version {current}, newer than this eventfold knows ({known}); upgrade eventfold"
-        )));
-    }
-    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if i + 1 == schema::CHAIN_MIGRATION {
-            backfill_chain(&mut tx).await?;
-        }
-        sqlx::query("INSERT INTO eventfold_schema (version) VALUES ($1)")
-            .bind(i as i32 + 1)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-    }
-    tx.commit().await.map_err(backend)?;
-    Ok(SchemaVersion {
-        previous: current as u32,
-        current: known as u32,
-    })
-}
-
-/// Chains the rows stored before the hash chain existed, in position order, as the appender would
-/// have (inside the migration's transaction, holding the append lock; the append-only trigger is
-/// disabled for it and enabled again).
-async fn backfill_chain(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_are_append_only")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    let mut chainer = Chainer::new(ZERO_HASH);
-    let mut after = 0i64;
-    let mut rows = Vec::new();
-    loop {
-        let sql = format!(
-            "COPY (SELECT {} FROM events WHERE position > {after} ORDER BY position LIMIT 10000) \
-             TO STDOUT (FORMAT binary)",
-            copy::BACKFILL_CHAIN_COLUMNS
-        );
-        copy_chain(&mut *tx, &sql, &mut rows, || {
-            format!("chain backfill after {after}")
-        })
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = last.position as i64;
-        let mut positions = Vec::with_capacity(rows.len());
-        let (mut prevs, mut hashes) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let l = chainer.next(r.position, &r.stream(), &r.content().digest());
-            positions.push(r.position as i64);
-            prevs.push(l.prev_hash.to_vec());
-            hashes.push(l.hash.to_vec());
-        }
-        sqlx::query(
-            "UPDATE events e SET prev_hash = u.ph, hash = u.h \
-             FROM UNNEST($1::bigint[], $2::bytea[], $3::bytea[]) AS u(p, ph, h) \
-             WHERE e.position = u.p",
-        )
-        .bind(positions)
-        .bind(prevs)
-        .bind(hashes)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    }
-    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_are_append_only")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-    Ok(())
 }
 
 const SELECT_EVENTS: &str =
@@ -440,14 +313,6 @@ async fn copy_chain(
         None => feed.finish(),
     }
     .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
-}
-
-fn limit(max_count: usize) -> i64 {
-    i64::try_from(max_count).unwrap_or(i64::MAX)
-}
-
-fn version(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -722,10 +587,10 @@ impl EventStore for PostgresStore {
     }
 
     async fn wait_for_append(&self, after_position: u64) {
-        let mut head = self.inner.head.clone();
-        let _ = tokio::time::timeout(
+        head::wait_after(
+            &self.inner.head,
+            after_position,
             self.inner.config.poll_interval,
-            head.wait_for(|h| *h > after_position),
         )
         .await;
     }
@@ -770,154 +635,5 @@ impl EventStore for PostgresStore {
             })
         })
         .transpose()
-    }
-}
-
-#[async_trait]
-impl ReadModelStore for PostgresStore {
-    async fn get_docs(
-        &self,
-        projection: &str,
-        keys: &[String],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT key, doc FROM read_models WHERE projection = $1 AND key = ANY($2)")
-                .bind(projection)
-                .bind(keys)
-                .fetch_all(&self.inner.pool)
-                .await
-                .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn range_docs(
-        &self,
-        projection: &str,
-        from_key: &str,
-        to_key: &str,
-        max_count: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key, doc FROM read_models WHERE projection = $1 \
-             AND key COLLATE \"C\" >= $2 AND key COLLATE \"C\" <= $3 \
-             ORDER BY key COLLATE \"C\" LIMIT $4",
-        )
-        .bind(projection)
-        .bind(from_key)
-        .bind(to_key)
-        .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
-    }
-
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .load_checkpoint(&projection_checkpoint_name(projection))
-            .await?
-            .unwrap_or(0))
-    }
-
-    async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
-        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
-        for commit in commits {
-            let name = projection_checkpoint_name(&commit.projection);
-            let actual: Option<i64> =
-                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            let actual = actual.unwrap_or(0) as u64;
-            if actual != commit.from_checkpoint {
-                return Err(StoreError::CheckpointMoved {
-                    name,
-                    expected: commit.from_checkpoint,
-                    actual,
-                });
-            }
-            let (puts, deletes): (Vec<_>, Vec<_>) =
-                commit.writes.into_iter().partition(|w| w.doc.is_some());
-            if !puts.is_empty() {
-                let (keys, docs): (Vec<String>, Vec<String>) = puts
-                    .into_iter()
-                    .map(|w| (w.key, w.doc.unwrap_or_default()))
-                    .unzip();
-                sqlx::query(
-                    "INSERT INTO read_models (projection, key, doc) SELECT $1, k, d FROM UNNEST($2::text[], $3::text[]) AS t(k, d) \
-                     ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
-                )
-                .bind(&commit.projection)
-                .bind(keys)
-                .bind(docs)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-            if !deletes.is_empty() {
-                let keys: Vec<String> = deletes.into_iter().map(|w| w.key).collect();
-                sqlx::query("DELETE FROM read_models WHERE projection = $1 AND key = ANY($2)")
-                    .bind(&commit.projection)
-                    .bind(keys)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            // A first commit of two racing runners: the insert conflicts and one of them fails.
-            let moved = sqlx::query(
-                "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position WHERE checkpoints.position = $3",
-            )
-            .bind(&name)
-            .bind(version(commit.to_checkpoint))
-            .bind(version(commit.from_checkpoint))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if moved.rows_affected() != 1 {
-                let actual: i64 =
-                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-                        .bind(&name)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                return Err(StoreError::CheckpointMoved {
-                    name,
-                    expected: commit.from_checkpoint,
-                    actual: actual as u64,
-                });
-            }
-        }
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
-        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM read_models WHERE projection = $1")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
-            .bind(projection_checkpoint_name(projection))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)
     }
 }

@@ -12,7 +12,11 @@
 //! - Read models and checkpoints live in the same file ([`eventfold_core::ReadModelStore`]), so a
 //!   projection's documents and checkpoint commit in one transaction.
 
+#[macro_use]
+mod rows;
+mod migrate;
 mod notifications;
+mod read_model;
 mod schema;
 mod writer;
 
@@ -22,17 +26,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use eventfold_core::chain::{refill, refill_optional, ChainRow, Chainer, ZERO_HASH};
-use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
+use eventfold_core::chain::ChainRow;
 use eventfold_core::{
-    Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
-    ReadModelStore, RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError,
-    StoredResponse,
+    AppendOutcome, AppendRequest, ArchiveStub, EventStore, IdempotencyRecord, RecordedEvent,
+    ReplayEvent, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
 };
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use eventfold_store_support::{head, sql_limit as limit};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{oneshot, watch};
-use uuid::Uuid;
 
+use migrate::migrate;
+pub(crate) use read_model::read_checkpoint;
+use rows::{
+    query_chain, query_chain_into, query_events, stream_capacity, READ_ALL_SQL, READ_CHAIN_SQL,
+    READ_STREAM_CHAIN_SQL, READ_STREAM_SQL, REPLAY_STREAM_SQL, STREAM_VERSION_SQL,
+};
 use writer::{Incoming, Job, Writer};
 
 /// Settings for [`SqliteStore::open_with`].
@@ -125,7 +133,7 @@ impl SqliteStore {
                 r.get(0)
             })
             .map_err(backend)?;
-        let (head_tx, head_rx) = watch::channel(head);
+        let (head_tx, head_rx) = head::channel(head);
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         Writer::spawn(
@@ -264,74 +272,6 @@ fn open_connection(path: &Path, read_only: bool, busy: Duration) -> Result<Conne
     Ok(conn)
 }
 
-fn migrate(conn: &Connection) -> Result<SchemaVersion, StoreError> {
-    let current: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(backend)?;
-    if current > schema::MIGRATIONS.len() {
-        return Err(StoreError::InvalidRequest(format!(
-            "sqlite file has schema version {current}, newer than this eventfold knows ({}); upgrade eventfold",
-            schema::MIGRATIONS.len()
-        )));
-    }
-    for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(current) {
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
-        let applied = conn
-            .execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))
-            .map_err(backend)
-            .and_then(|()| {
-                if i + 1 == schema::CHAIN_MIGRATION {
-                    backfill_chain(conn)
-                } else {
-                    Ok(())
-                }
-            })
-            .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
-        if let Err(e) = applied {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
-    }
-    Ok(SchemaVersion {
-        previous: current as u32,
-        current: schema::MIGRATIONS.len() as u32,
-    })
-}
-
-/// Chains the rows stored before the hash chain existed, in position order, as an appender
-/// would have (run inside the migration's transaction; the update trigger is dropped for it and
-/// created again).
-fn backfill_chain(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("DROP TRIGGER IF EXISTS events_are_append_only_update")
-        .map_err(backend)?;
-    let mut chainer = Chainer::new(ZERO_HASH);
-    let mut after = 0u64;
-    let mut rows = Vec::new();
-    loop {
-        query_chain_into(conn, BACKFILL_CHAIN_SQL, params![after, 10_000], &mut rows)?;
-        let Some(last) = rows.last() else { break };
-        after = last.position;
-        let mut update = conn
-            .prepare_cached("UPDATE events SET prev_hash = ?1, hash = ?2 WHERE position = ?3")
-            .map_err(backend)?;
-        for r in &rows {
-            let l = chainer.next(r.position, &r.stream(), &r.content().digest());
-            update
-                .execute(params![
-                    l.prev_hash.as_slice(),
-                    l.hash.as_slice(),
-                    r.position
-                ])
-                .map_err(backend)?;
-        }
-    }
-    conn.execute_batch(
-        "CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events \
-         BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;",
-    )
-    .map_err(backend)
-}
-
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     use rusqlite::ffi::ErrorCode;
     match e.sqlite_error_code() {
@@ -354,228 +294,6 @@ fn from_micros(
 ) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(us)
         .ok_or_else(|| StoreError::Corrupt(format!("{place}: {what} {us} out of range")))
-}
-
-/// A stream's version: its highest event version, found through the `(stream_id, stream_version)`
-/// index (0 when the stream does not exist).
-pub(crate) const STREAM_VERSION_SQL: &str =
-    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1";
-
-/// The columns [`row_to_event`] reads, in its order.
-macro_rules! select_events {
-    () => {
-        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         archived_digest IS NOT NULL FROM events "
-    };
-}
-
-const READ_STREAM_SQL: &str = concat!(
-    select_events!(),
-    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
-);
-const REPLAY_STREAM_SQL: &str =
-    "SELECT stream_version, event_type, schema_version, event_time, payload, \
-     archived_digest IS NOT NULL, position FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
-const READ_ALL_SQL: &str = concat!(
-    select_events!(),
-    "WHERE position > ?1 AND archived_digest IS NULL ORDER BY position LIMIT ?2"
-);
-
-/// The columns [`row_into_chain`] reads, in its order.
-macro_rules! select_chain {
-    () => {
-        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         prev_hash, hash, archived_digest FROM events "
-    };
-}
-
-/// [`READ_CHAIN_SQL`] for migration 3's backfill, which runs before the archive's column exists.
-const BACKFILL_CHAIN_SQL: &str =
-    "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-     event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-     prev_hash, hash, NULL FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";
-
-const READ_CHAIN_SQL: &str = concat!(
-    select_chain!(),
-    "WHERE position > ?1 ORDER BY position LIMIT ?2"
-);
-const READ_STREAM_CHAIN_SQL: &str = concat!(
-    select_chain!(),
-    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
-);
-
-/// A text or blob column's bytes as stored (`None` for NULL), borrowed from the statement.
-fn raw_col<'r>(
-    row: &'r Row<'_>,
-    idx: usize,
-    position: u64,
-) -> Result<Option<&'r [u8]>, StoreError> {
-    use rusqlite::types::ValueRef;
-    match row.get_ref(idx).map_err(backend)? {
-        ValueRef::Null => Ok(None),
-        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
-        _ => Err(StoreError::Corrupt(format!(
-            "position {position}: column {idx} is a number, expected text or bytes"
-        ))),
-    }
-}
-
-/// Reads a chain row into `out`, reusing its buffers.
-fn row_into_chain(row: &Row<'_>, out: &mut ChainRow) -> Result<(), StoreError> {
-    let position: u64 = row.get(0).map_err(backend)?;
-    let bytes = |idx, field: &mut Vec<u8>| {
-        let b = raw_col(row, idx, position)?.ok_or_else(|| {
-            StoreError::Corrupt(format!("position {position}: column {idx} is null"))
-        })?;
-        refill(field, b);
-        Ok::<_, StoreError>(())
-    };
-    let optional = |idx, field: &mut Option<Vec<u8>>| {
-        refill_optional(field, raw_col(row, idx, position)?);
-        Ok::<_, StoreError>(())
-    };
-    out.position = position;
-    bytes(1, &mut out.stream_id)?;
-    out.stream_version = row.get(2).map_err(backend)?;
-    bytes(3, &mut out.event_id)?;
-    bytes(4, &mut out.event_type)?;
-    out.schema_version = row.get(5).map_err(backend)?;
-    out.event_time_us = row.get(6).map_err(backend)?;
-    out.ingest_time_us = row.get(7).map_err(backend)?;
-    bytes(8, &mut out.actor)?;
-    optional(9, &mut out.causation_id)?;
-    optional(10, &mut out.correlation_id)?;
-    bytes(11, &mut out.tenant_id)?;
-    bytes(12, &mut out.payload)?;
-    optional(13, &mut out.prev_hash)?;
-    optional(14, &mut out.hash)?;
-    optional(15, &mut out.archived_digest)
-}
-
-/// Runs a chain query into `out`: the rows already there are refilled in place (their buffers
-/// reused) and the vector is truncated to the rows read.
-fn query_chain_into(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    out: &mut Vec<ChainRow>,
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let mut rows = stmt.query(params).map_err(backend)?;
-    let mut filled = 0;
-    while let Some(row) = rows.next().map_err(backend)? {
-        if filled == out.len() {
-            out.push(ChainRow::default());
-        }
-        row_into_chain(row, &mut out[filled])?;
-        filled += 1;
-    }
-    out.truncate(filled);
-    Ok(())
-}
-
-fn query_chain(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    capacity: usize,
-) -> Result<Vec<ChainRow>, StoreError> {
-    let mut out = Vec::with_capacity(capacity.min(1 << 16));
-    query_chain_into(conn, sql, params, &mut out)?;
-    Ok(out)
-}
-
-fn uuid_col(row: &Row<'_>, idx: usize, position: u64) -> Result<Option<Uuid>, StoreError> {
-    let value = row.get_ref(idx).map_err(backend)?;
-    match value {
-        rusqlite::types::ValueRef::Null => Ok(None),
-        rusqlite::types::ValueRef::Blob(b) => Uuid::from_slice(b).map(Some).map_err(|e| {
-            StoreError::Corrupt(format!("position {position}: uuid column {idx}: {e}"))
-        }),
-        _ => Err(StoreError::Corrupt(format!(
-            "position {position}: uuid column {idx} is not a blob"
-        ))),
-    }
-}
-
-fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
-    let position: u64 = row.get(0).map_err(backend)?;
-    if row.get(13).map_err(backend)? {
-        return Err(StoreError::Archived {
-            stream_id: row.get(1).map_err(backend)?,
-            version: row.get(2).map_err(backend)?,
-            position,
-        });
-    }
-    let actor: String = row.get(8).map_err(backend)?;
-    Ok(RecordedEvent {
-        global_position: position,
-        stream_id: row.get(1).map_err(backend)?,
-        stream_version: row.get(2).map_err(backend)?,
-        event_id: uuid_col(row, 3, position)?
-            .ok_or_else(|| StoreError::Corrupt(format!("position {position}: event id is null")))?,
-        event_type: row.get(4).map_err(backend)?,
-        schema_version: row.get(5).map_err(backend)?,
-        event_time: from_micros(
-            row.get(6).map_err(backend)?,
-            "event_time",
-            format_args!("position {position}"),
-        )?,
-        ingest_time: from_micros(
-            row.get(7).map_err(backend)?,
-            "ingest_time",
-            format_args!("position {position}"),
-        )?,
-        metadata: EventMetadata {
-            // Validated when appended; a malformed stored actor is still caught.
-            actor: Actor::from_stored(actor)
-                .map_err(|e| StoreError::Corrupt(format!("position {position}: {e}")))?,
-            causation_id: uuid_col(row, 9, position)?,
-            correlation_id: uuid_col(row, 10, position)?,
-            tenant_id: row.get(11).map_err(backend)?,
-        },
-        payload: row.get(12).map_err(backend)?,
-    })
-}
-
-fn query_events(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params,
-    capacity: usize,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let mut rows = stmt.query(params).map_err(backend)?;
-    let mut out = Vec::with_capacity(capacity);
-    while let Some(row) = rows.next().map_err(backend)? {
-        out.push(row_to_event(row)?);
-    }
-    Ok(out)
-}
-
-/// How many events a stream read returns at most, to size the result once: the stream's version
-/// bounds it.
-fn stream_capacity(
-    conn: &Connection,
-    stream_id: &str,
-    from_version: u64,
-    max_count: usize,
-) -> Result<usize, StoreError> {
-    let version: u64 = conn
-        .prepare_cached(STREAM_VERSION_SQL)
-        .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
-        .map_err(backend)?;
-    let expected = (version + 1).saturating_sub(from_version.max(1));
-    Ok(usize::try_from(expected)
-        .unwrap_or(0)
-        .min(max_count)
-        .min(1 << 20))
-}
-
-fn limit(max_count: usize) -> i64 {
-    i64::try_from(max_count).unwrap_or(i64::MAX)
 }
 
 #[async_trait]
@@ -769,10 +487,10 @@ impl EventStore for SqliteStore {
     }
 
     async fn wait_for_append(&self, after_position: u64) {
-        let mut head = self.inner.head.clone();
-        let _ = tokio::time::timeout(
+        head::wait_after(
+            &self.inner.head,
+            after_position,
             self.inner.config.poll_interval,
-            head.wait_for(|h| *h > after_position),
         )
         .await;
     }
@@ -810,86 +528,5 @@ impl EventStore for SqliteStore {
             .map_err(backend)
         })
         .await
-    }
-}
-
-pub(crate) fn read_checkpoint(conn: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
-    conn.prepare_cached("SELECT position FROM checkpoints WHERE name = ?1")
-        .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
-        .map_err(backend)
-}
-
-#[async_trait]
-impl ReadModelStore for SqliteStore {
-    async fn get_docs(
-        &self,
-        projection: &str,
-        keys: &[String],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let projection = projection.to_owned();
-        let keys = keys.to_vec();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT doc FROM read_models WHERE projection = ?1 AND key = ?2")
-                .map_err(backend)?;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let doc: Option<String> = stmt
-                    .query_row(params![projection, key], |r| r.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(doc) = doc {
-                    out.push((key, doc));
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn range_docs(
-        &self,
-        projection: &str,
-        from_key: &str,
-        to_key: &str,
-        max_count: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let (projection, from_key, to_key) = (
-            projection.to_owned(),
-            from_key.to_owned(),
-            to_key.to_owned(),
-        );
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, doc FROM read_models WHERE projection = ?1 AND key >= ?2 AND key <= ?3 \
-                     ORDER BY key LIMIT ?4",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![projection, from_key, to_key, limit(max_count)], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
-    }
-
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        let name = projection_checkpoint_name(projection);
-        self.read(move |conn| Ok(read_checkpoint(conn, &name)?.unwrap_or(0)))
-            .await
-    }
-
-    async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
-        self.write(|reply| Job::CommitProjections(commits, reply))
-            .await
-    }
-
-    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
-        let projection = projection.to_owned();
-        self.write(|reply| Job::ResetProjection(projection, reply))
-            .await
     }
 }

@@ -1,26 +1,23 @@
-//! Integration tests of the eventfold application: HTTP API (in process and over a socket), the
-//! CDNOW import against the raw file, the CLI, durability under kill -9, and replay properties.
+//! Integration tests of the `eventfold` binary: the CLI's subcommands, outputs and exit codes,
+//! durability under kill -9 and SIGTERM, the relay killed mid-publish, the flash-sale simulation,
+//! and the hash chain, archive, corrections and snapshots driven through both the binary and the
+//! library.
 
-mod accounts;
 mod archive;
 mod chain;
 mod cli;
 mod corrections;
-mod deadlines;
 mod durability;
-mod flash_sale;
-mod import;
-mod inbox;
-mod lanes;
-mod notifications;
-mod order_notifications;
-mod orders;
-mod outage;
-mod projections;
 mod relay_kill;
-mod replay;
-mod sagas;
 mod shutdown;
 mod simulate;
 mod snapshots;
-mod upcasting;
+
+/// A free loopback port for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

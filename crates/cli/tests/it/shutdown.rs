@@ -8,13 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::free_port;
 
 /// `eventfold serve` on `db` with a half-second unpaid-order timeout, logging to `log`.
 async fn serve(db: &std::path::Path, log: &std::path::Path) -> (Child, String) {

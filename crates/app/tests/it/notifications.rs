@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventfold_app::messaging::notifications::{decode, NotificationSink};
-use eventfold_http::testing::broker;
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchStats};
 use eventfold_kafka::ConsumerConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::broker;
 
 async fn publish(topic: &str, values: &[String]) {
     eventfold_kafka::create_topic(&broker(), topic, 2)

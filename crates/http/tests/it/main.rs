@@ -1,0 +1,17 @@
+//! Integration tests of the HTTP API, in process (`tower::ServiceExt::oneshot` over
+//! `eventfold_http::testing::TestApp`) and over a real socket with the runtime's workers: accounts,
+//! orders and their audit timelines, the sales views after the real CDNOW import, flash sales,
+//! payment callbacks and sagas, the unpaid-order timeout, projections and metrics, upcasting, the
+//! prize inbox, the exactly-once order notifications, and a PostgreSQL outage.
+
+mod accounts;
+mod deadlines;
+mod flash_sale;
+mod import;
+mod inbox;
+mod order_notifications;
+mod orders;
+mod outage;
+mod projections;
+mod sagas;
+mod upcasting;

@@ -1,0 +1,150 @@
+//! The read-model store: projections' documents and checkpoints in the same database as the events.
+
+use async_trait::async_trait;
+use eventfold_core::read_model::projection_checkpoint_name;
+use eventfold_core::{EventStore, ProjectionCommit, ReadModelStore, StoreError};
+use sqlx::Row;
+
+use crate::{backend, limit, version, PostgresStore};
+
+#[async_trait]
+impl ReadModelStore for PostgresStore {
+    async fn get_docs(
+        &self,
+        projection: &str,
+        keys: &[String],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT key, doc FROM read_models WHERE projection = $1 AND key = ANY($2)")
+                .bind(projection)
+                .bind(keys)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn range_docs(
+        &self,
+        projection: &str,
+        from_key: &str,
+        to_key: &str,
+        max_count: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, doc FROM read_models WHERE projection = $1 \
+             AND key COLLATE \"C\" >= $2 AND key COLLATE \"C\" <= $3 \
+             ORDER BY key COLLATE \"C\" LIMIT $4",
+        )
+        .bind(projection)
+        .bind(from_key)
+        .bind(to_key)
+        .bind(limit(max_count))
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0).map_err(backend)?,
+                    r.try_get(1).map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .load_checkpoint(&projection_checkpoint_name(projection))
+            .await?
+            .unwrap_or(0))
+    }
+
+    async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        for commit in commits {
+            let name = projection_checkpoint_name(&commit.projection);
+            let actual: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            commit.expect_from(actual.unwrap_or(0) as u64)?;
+            let (puts, deletes): (Vec<_>, Vec<_>) =
+                commit.writes.into_iter().partition(|w| w.doc.is_some());
+            if !puts.is_empty() {
+                let (keys, docs): (Vec<String>, Vec<String>) = puts
+                    .into_iter()
+                    .map(|w| (w.key, w.doc.unwrap_or_default()))
+                    .unzip();
+                sqlx::query(
+                    "INSERT INTO read_models (projection, key, doc) SELECT $1, k, d FROM UNNEST($2::text[], $3::text[]) AS t(k, d) \
+                     ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
+                )
+                .bind(&commit.projection)
+                .bind(keys)
+                .bind(docs)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            }
+            if !deletes.is_empty() {
+                let keys: Vec<String> = deletes.into_iter().map(|w| w.key).collect();
+                sqlx::query("DELETE FROM read_models WHERE projection = $1 AND key = ANY($2)")
+                    .bind(&commit.projection)
+                    .bind(keys)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            // A first commit of two racing runners: the insert conflicts and one of them fails.
+            let moved = sqlx::query(
+                "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position WHERE checkpoints.position = $3",
+            )
+            .bind(&name)
+            .bind(version(commit.to_checkpoint))
+            .bind(version(commit.from_checkpoint))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if moved.rows_affected() != 1 {
+                let actual: i64 =
+                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                        .bind(&name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                return Err(StoreError::checkpoint_moved(
+                    &commit.projection,
+                    commit.from_checkpoint,
+                    actual as u64,
+                ));
+            }
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM read_models WHERE projection = $1")
+            .bind(projection)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+            .bind(projection_checkpoint_name(projection))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+}

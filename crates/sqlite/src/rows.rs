@@ -1,0 +1,225 @@
+//! Reading rows: the SELECTs of events and chain rows, and their decoding into
+//! [`eventfold_core::RecordedEvent`] and [`eventfold_core::chain::ChainRow`].
+
+use eventfold_core::chain::{refill, refill_optional, ChainRow};
+use eventfold_core::{Actor, EventMetadata, RecordedEvent, StoreError};
+use rusqlite::{Connection, Row};
+use uuid::Uuid;
+
+use crate::{backend, from_micros};
+
+/// A stream's version: its highest event version, found through the `(stream_id, stream_version)`
+/// index (0 when the stream does not exist).
+pub(crate) const STREAM_VERSION_SQL: &str =
+    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1";
+
+/// The columns [`row_to_event`] reads, in its order.
+macro_rules! select_events {
+    () => {
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+         archived_digest IS NOT NULL FROM events "
+    };
+}
+
+pub(crate) const READ_STREAM_SQL: &str = concat!(
+    select_events!(),
+    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+);
+pub(crate) const REPLAY_STREAM_SQL: &str =
+    "SELECT stream_version, event_type, schema_version, event_time, payload, \
+     archived_digest IS NOT NULL, position FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
+pub(crate) const READ_ALL_SQL: &str = concat!(
+    select_events!(),
+    "WHERE position > ?1 AND archived_digest IS NULL ORDER BY position LIMIT ?2"
+);
+
+/// The columns [`row_into_chain`] reads, in its order.
+macro_rules! select_chain {
+    () => {
+        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
+         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
+         prev_hash, hash, archived_digest FROM events "
+    };
+}
+
+pub(crate) const READ_CHAIN_SQL: &str = concat!(
+    select_chain!(),
+    "WHERE position > ?1 ORDER BY position LIMIT ?2"
+);
+pub(crate) const READ_STREAM_CHAIN_SQL: &str = concat!(
+    select_chain!(),
+    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+);
+
+/// A text or blob column's bytes as stored (`None` for NULL), borrowed from the statement.
+pub(crate) fn raw_col<'r>(
+    row: &'r Row<'_>,
+    idx: usize,
+    position: u64,
+) -> Result<Option<&'r [u8]>, StoreError> {
+    use rusqlite::types::ValueRef;
+    match row.get_ref(idx).map_err(backend)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(b) | ValueRef::Blob(b) => Ok(Some(b)),
+        _ => Err(StoreError::Corrupt(format!(
+            "position {position}: column {idx} is a number, expected text or bytes"
+        ))),
+    }
+}
+
+/// Reads a chain row into `out`, reusing its buffers.
+pub(crate) fn row_into_chain(row: &Row<'_>, out: &mut ChainRow) -> Result<(), StoreError> {
+    let position: u64 = row.get(0).map_err(backend)?;
+    let bytes = |idx, field: &mut Vec<u8>| {
+        let b = raw_col(row, idx, position)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("position {position}: column {idx} is null"))
+        })?;
+        refill(field, b);
+        Ok::<_, StoreError>(())
+    };
+    let optional = |idx, field: &mut Option<Vec<u8>>| {
+        refill_optional(field, raw_col(row, idx, position)?);
+        Ok::<_, StoreError>(())
+    };
+    out.position = position;
+    bytes(1, &mut out.stream_id)?;
+    out.stream_version = row.get(2).map_err(backend)?;
+    bytes(3, &mut out.event_id)?;
+    bytes(4, &mut out.event_type)?;
+    out.schema_version = row.get(5).map_err(backend)?;
+    out.event_time_us = row.get(6).map_err(backend)?;
+    out.ingest_time_us = row.get(7).map_err(backend)?;
+    bytes(8, &mut out.actor)?;
+    optional(9, &mut out.causation_id)?;
+    optional(10, &mut out.correlation_id)?;
+    bytes(11, &mut out.tenant_id)?;
+    bytes(12, &mut out.payload)?;
+    optional(13, &mut out.prev_hash)?;
+    optional(14, &mut out.hash)?;
+    optional(15, &mut out.archived_digest)
+}
+
+/// Runs a chain query into `out`: the rows already there are refilled in place (their buffers
+/// reused) and the vector is truncated to the rows read.
+pub(crate) fn query_chain_into(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    out: &mut Vec<ChainRow>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut filled = 0;
+    while let Some(row) = rows.next().map_err(backend)? {
+        if filled == out.len() {
+            out.push(ChainRow::default());
+        }
+        row_into_chain(row, &mut out[filled])?;
+        filled += 1;
+    }
+    out.truncate(filled);
+    Ok(())
+}
+
+pub(crate) fn query_chain(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    capacity: usize,
+) -> Result<Vec<ChainRow>, StoreError> {
+    let mut out = Vec::with_capacity(capacity.min(1 << 16));
+    query_chain_into(conn, sql, params, &mut out)?;
+    Ok(out)
+}
+
+pub(crate) fn uuid_col(
+    row: &Row<'_>,
+    idx: usize,
+    position: u64,
+) -> Result<Option<Uuid>, StoreError> {
+    let value = row.get_ref(idx).map_err(backend)?;
+    match value {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        rusqlite::types::ValueRef::Blob(b) => Uuid::from_slice(b).map(Some).map_err(|e| {
+            StoreError::Corrupt(format!("position {position}: uuid column {idx}: {e}"))
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "position {position}: uuid column {idx} is not a blob"
+        ))),
+    }
+}
+
+pub(crate) fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
+    let position: u64 = row.get(0).map_err(backend)?;
+    if row.get(13).map_err(backend)? {
+        return Err(StoreError::Archived {
+            stream_id: row.get(1).map_err(backend)?,
+            version: row.get(2).map_err(backend)?,
+            position,
+        });
+    }
+    let actor: String = row.get(8).map_err(backend)?;
+    Ok(RecordedEvent {
+        global_position: position,
+        stream_id: row.get(1).map_err(backend)?,
+        stream_version: row.get(2).map_err(backend)?,
+        event_id: uuid_col(row, 3, position)?
+            .ok_or_else(|| StoreError::Corrupt(format!("position {position}: event id is null")))?,
+        event_type: row.get(4).map_err(backend)?,
+        schema_version: row.get(5).map_err(backend)?,
+        event_time: from_micros(
+            row.get(6).map_err(backend)?,
+            "event_time",
+            format_args!("position {position}"),
+        )?,
+        ingest_time: from_micros(
+            row.get(7).map_err(backend)?,
+            "ingest_time",
+            format_args!("position {position}"),
+        )?,
+        metadata: EventMetadata {
+            // Validated when appended; a malformed stored actor is still caught.
+            actor: Actor::from_stored(actor)
+                .map_err(|e| StoreError::Corrupt(format!("position {position}: {e}")))?,
+            causation_id: uuid_col(row, 9, position)?,
+            correlation_id: uuid_col(row, 10, position)?,
+            tenant_id: row.get(11).map_err(backend)?,
+        },
+        payload: row.get(12).map_err(backend)?,
+    })
+}
+
+pub(crate) fn query_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    capacity: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::with_capacity(capacity);
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(row_to_event(row)?);
+    }
+    Ok(out)
+}
+
+/// How many events a stream read returns at most, to size the result once: the stream's version
+/// bounds it.
+pub(crate) fn stream_capacity(
+    conn: &Connection,
+    stream_id: &str,
+    from_version: u64,
+    max_count: usize,
+) -> Result<usize, StoreError> {
+    let version: u64 = conn
+        .prepare_cached(STREAM_VERSION_SQL)
+        .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
+        .map_err(backend)?;
+    let expected = (version + 1).saturating_sub(from_version.max(1));
+    Ok(usize::try_from(expected)
+        .unwrap_or(0)
+        .min(max_count)
+        .min(1 << 20))
+}
