@@ -86,36 +86,36 @@ impl Backend {
         let parsed = StoreUrl::parse(url)?;
         match &parsed {
             StoreUrl::Postgres(pg) => {
-                let store = Arc::new(
-                    PostgresStore::connect_with(pg, options.postgres.clone())
-                        .await
-                        .context("opening the postgres store")?,
-                );
-                Ok(Self {
-                    schema: store.schema_version(),
-                    events: store.clone(),
-                    read_models: store.clone(),
-                    notifications: store,
-                    url: parsed,
-                })
+                let store = PostgresStore::connect_with(pg, options.postgres.clone())
+                    .await
+                    .context("opening the postgres store")?;
+                let schema = store.schema_version();
+                Ok(Self::over(Arc::new(store), parsed, schema))
             }
             StoreUrl::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .with_context(|| format!("creating directory {}", dir.display()))?;
                 }
-                let store = Arc::new(
-                    SqliteStore::open_with(path, options.sqlite.clone())
-                        .with_context(|| format!("opening sqlite store {}", path.display()))?,
-                );
-                Ok(Self {
-                    schema: store.schema_version(),
-                    events: store.clone(),
-                    read_models: store.clone(),
-                    notifications: store,
-                    url: parsed,
-                })
+                let store = SqliteStore::open_with(path, options.sqlite.clone())
+                    .with_context(|| format!("opening sqlite store {}", path.display()))?;
+                let schema = store.schema_version();
+                Ok(Self::over(Arc::new(store), parsed, schema))
             }
+        }
+    }
+
+    /// One store serving as the event store, the read-model store and the notification table.
+    fn over<S>(store: Arc<S>, url: StoreUrl, schema: SchemaVersion) -> Self
+    where
+        S: EventStore + ReadModelStore + NotificationStore,
+    {
+        Self {
+            events: store.clone(),
+            read_models: store.clone(),
+            notifications: store,
+            url,
+            schema,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use eventfold_core::aggregate::decode_recorded;
+use eventfold_core::subscription::catch_up;
 use eventfold_core::{
     Actor, AppendRequest, EventStore, ExpectedVersion, RecordedEvent, StoreError,
 };
@@ -197,12 +198,9 @@ pub async fn correct_interest(
     let reason = correction.reason();
     let mut ledgers: HashMap<String, Ledger> = HashMap::new();
     let mut events_read = 0u64;
-    let mut after = 0;
     let head = store.head_position().await?;
-    loop {
-        let batch = store.read_all(after, 10_000).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.global_position;
+    let mut log = catch_up(store.clone(), 0, 10_000);
+    while let Some(batch) = log.try_next_batch().await? {
         for e in &batch {
             if e.category() == "account" {
                 ledgers
@@ -212,7 +210,7 @@ pub async fn correct_interest(
                 events_read += 1;
             }
         }
-        progress("replay", after, head.max(after));
+        progress("replay", log.position(), head.max(log.position()));
     }
     let mut streams: Vec<String> = ledgers.keys().cloned().collect();
     streams.sort_unstable();

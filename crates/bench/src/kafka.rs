@@ -13,7 +13,6 @@ use eventfold_core::{AppendRequest, ExpectedVersion};
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchSink, SinkError};
 use eventfold_kafka::{create_topic, ConsumerConfig, Relay, RelayConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde::Serialize;
@@ -155,16 +154,7 @@ pub(crate) fn consume_bare(
             if !keep_headers {
                 continue;
             }
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for h in h.iter() {
-                    headers.insert(
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            out.push(headers);
+            out.push(eventfold_kafka::Inbound::from_message(&m).headers);
         }
     }
     let secs = first.map_or(1.0, |f| f.elapsed().as_secs_f64());

@@ -1,5 +1,6 @@
 //! `eventfold simulate flash-sale`: a crowd against a real server over HTTP on loopback, with a
-//! sandbox payment provider, and a report of what must hold (M20-M22).
+//! sandbox payment provider ([`sandbox`]), and a report of what must hold (the flash sale, the
+//! unpaid-order timeout and the payment saga together).
 //!
 //! The simulator starts `eventfold serve` as a child process on the given store (with `--redis`
 //! and `--kafka-brokers` passed on), runs the sandbox provider (the API in `eventfold_app::shop::payments`)
@@ -17,24 +18,20 @@
 //! charges per order, orders still pending, sagas without an end, and the ledger's remaining
 //! stock plus the live units against the initial stock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::post;
-use axum::{Json, Router};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use eventfold_app::shop::payments::sign;
+mod sandbox;
+
+use sandbox::{unit, Sandbox, SECRET};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -138,207 +135,6 @@ pub struct SimReport {
     pub ok: bool,
 }
 
-const SECRET: &str = "whsec_simulated_provider";
-
-/// A number in [0, 1) fixed by the seed, what it decides and about whom (an attempt number, an
-/// order id): runs with one seed make the same choices.
-fn unit(seed: u64, what: &str, key: impl std::fmt::Display) -> f64 {
-    let d = Sha256::digest(format!("{seed}:{what}:{key}").as_bytes());
-    let v = u64::from_le_bytes(d[..8].try_into().expect("8 bytes"));
-    // 53 random bits into [0, 1).
-    (v >> 11) as f64 / (1_u64 << 53) as f64
-}
-
-/// The sandbox provider's books.
-#[derive(Default)]
-struct Books {
-    /// Orders asked to authorize, and whether the buyer pays / fails.
-    authorizations: HashMap<String, (bool, bool)>,
-    /// Orders whose funds are held (authorized, not captured or released).
-    held: HashSet<String>,
-    /// Answers per idempotency key (a key is applied once).
-    answered: HashMap<String, (u16, Value)>,
-    /// Captures with an effect, per order.
-    charges: HashMap<String, u64>,
-    /// Refunds with an effect, per order.
-    refunds: HashMap<String, u64>,
-}
-
-#[derive(Clone)]
-struct Sandbox {
-    books: Arc<Mutex<Books>>,
-    seed: u64,
-    pay_rate: f64,
-    failure_rate: f64,
-    duplicate_rate: f64,
-    server: Arc<Mutex<String>>,
-    client: reqwest::Client,
-}
-
-#[derive(Deserialize)]
-struct ProviderRequest {
-    order_id: String,
-}
-
-impl Sandbox {
-    fn once(
-        &self,
-        key: &str,
-        f: impl FnOnce(&mut Books) -> (u16, Value),
-    ) -> (StatusCode, Json<Value>) {
-        let mut books = self.books.lock().expect("books");
-        let (status, body) = match books.answered.get(key) {
-            Some(a) => a.clone(),
-            None => {
-                let a = f(&mut books);
-                books.answered.insert(key.to_owned(), a.clone());
-                a
-            }
-        };
-        (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            Json(body),
-        )
-    }
-
-    /// Sends one signed callback until the server answers (it may be down for a while).
-    async fn deliver(&self, event_id: String, body: Value) {
-        let bytes = serde_json::to_vec(&body).expect("json");
-        for _ in 0..600 {
-            let url = format!(
-                "{}/payments/callbacks",
-                self.server.lock().expect("url").clone()
-            );
-            let signature = sign(SECRET.as_bytes(), chrono::Utc::now().timestamp(), &bytes);
-            let sent = self
-                .client
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("Idempotency-Key", &event_id)
-                .header("Eventfold-Signature", signature)
-                .body(bytes.clone())
-                .send()
-                .await;
-            if let Ok(r) = sent {
-                if r.status().as_u16() < 500 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The buyer's side after an authorization request: pay (or fail) after a short delay, with
-    /// repeated and late callbacks.
-    fn buyer_acts(&self, order: String, fails: bool) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let delay = 5 + (unit(me.seed, "delay", &order) * 100.0) as u64;
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            let body = if fails {
-                json!({"type": "reservation_failed", "order_id": order, "reason": "card declined"})
-            } else {
-                me.books.lock().expect("books").held.insert(order.clone());
-                json!({"type": "funds_reserved", "order_id": order, "authorization_id": format!("auth-{order}")})
-            };
-            me.deliver(format!("evt-{order}"), body.clone()).await;
-            if unit(me.seed, "dup", &order) < me.duplicate_rate {
-                // A replay (same event id), then a late copy under a new event id.
-                me.deliver(format!("evt-{order}"), body.clone()).await;
-                tokio::time::sleep(Duration::from_millis(1_000)).await;
-                me.deliver(format!("evt-{order}-late"), body).await;
-            }
-        });
-    }
-}
-
-async fn authorizations(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    Json(req): Json<ProviderRequest>,
-) -> impl IntoResponse {
-    let key = idempotency_key(&headers);
-    let mut act = None;
-    let answer = sb.once(&key, |books| {
-        let pays = unit(sb.seed, "pay", &req.order_id) < sb.pay_rate;
-        let fails = pays && unit(sb.seed, "fail", &req.order_id) < sb.failure_rate;
-        books
-            .authorizations
-            .insert(req.order_id.clone(), (pays, fails));
-        if pays {
-            act = Some(fails);
-        }
-        (202, json!({"reference": format!("auth-{}", req.order_id)}))
-    });
-    if let Some(fails) = act {
-        sb.buyer_acts(req.order_id.clone(), fails);
-    }
-    answer
-}
-
-async fn captures(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    Json(req): Json<ProviderRequest>,
-) -> impl IntoResponse {
-    let key = idempotency_key(&headers);
-    sb.once(&key, |books| {
-        if books.held.remove(&req.order_id) {
-            let n = books.charges.entry(req.order_id.clone()).or_default();
-            *n += 1;
-            (
-                200,
-                json!({"reference": format!("ch-{}-{n}", req.order_id)}),
-            )
-        } else {
-            (402, json!({"reason": "no authorized funds"}))
-        }
-    })
-}
-
-async fn refunds(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    Json(req): Json<ProviderRequest>,
-) -> impl IntoResponse {
-    let key = idempotency_key(&headers);
-    sb.once(&key, |books| {
-        let charged = books.charges.get(&req.order_id).copied().unwrap_or(0);
-        let refunded = books.refunds.entry(req.order_id.clone()).or_default();
-        if *refunded < charged {
-            *refunded += 1;
-            (200, json!({"reference": format!("rf-{}", req.order_id)}))
-        } else {
-            (409, json!({"reason": "nothing to refund"}))
-        }
-    })
-}
-
-async fn releases(
-    State(sb): State<Sandbox>,
-    headers: HeaderMap,
-    Json(req): Json<ProviderRequest>,
-) -> impl IntoResponse {
-    let key = idempotency_key(&headers);
-    sb.once(&key, |books| {
-        books.held.remove(&req.order_id);
-        (200, json!({"reference": format!("rl-{}", req.order_id)}))
-    })
-}
-
-async fn receipts(State(sb): State<Sandbox>, headers: HeaderMap) -> impl IntoResponse {
-    let key = idempotency_key(&headers);
-    sb.once(&key, |_| (200, json!({})))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> String {
-    headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
 /// The server child process.
 struct ServerProcess {
     child: tokio::process::Child,
@@ -424,13 +220,7 @@ pub async fn run(config: SimConfig) -> anyhow::Result<SimReport> {
         server: Arc::new(Mutex::new(base.clone())),
         client: reqwest::Client::new(),
     };
-    let app = Router::new()
-        .route("/authorizations", post(authorizations))
-        .route("/captures", post(captures))
-        .route("/refunds", post(refunds))
-        .route("/releases", post(releases))
-        .route("/receipts", post(receipts))
-        .with_state(sandbox.clone());
+    let app = sandbox.router();
     let provider_task = tokio::spawn(async move { axum::serve(provider_listener, app).await });
     let server = Arc::new(tokio::sync::Mutex::new(
         start_server(&config, &listen, &provider_url).await?,

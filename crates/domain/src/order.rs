@@ -28,6 +28,19 @@ pub enum OrderStatus {
     Refunded,
 }
 
+impl OrderStatus {
+    /// Every status, in the order of an order's life.
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Paid,
+        Self::Confirmed,
+        Self::Shipped,
+        Self::Completed,
+        Self::Cancelled,
+        Self::Refunded,
+    ];
+}
+
 impl std::fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = serde_json::to_value(self).ok();

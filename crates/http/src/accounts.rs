@@ -7,13 +7,13 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use eventfold_app::service::{load_snapshotted, AsOf};
-use eventfold_core::{Actor, Replayed};
+use eventfold_core::Replayed;
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::projections::{AccountBalance, BALANCE_BY_ACCOUNT};
 use eventfold_domain::{Currency, Money};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{currency, money, new_id, run};
+use crate::command::{currency, id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, parse_rfc3339, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
@@ -105,58 +105,20 @@ pub async fn open_account(
     .await
 }
 
-/// Runs a deposit or withdrawal: `make` builds the command from the amount and the actor.
-async fn move_funds(
-    state: &AppState,
-    id: &str,
-    headers: CommandHeaders,
-    body: CommandBody<AmountBody>,
-    make: fn(Money, Actor) -> AccountCommand,
-) -> Result<Response, ApiError> {
-    check_id("account id", id)?;
-    let amount = money("amount", &body.body.amount, &body.body.currency)?;
-    let command = make(amount, headers.actor.clone());
-    run::<Account>(
-        state,
-        id,
-        command,
-        headers,
-        &body.fingerprint,
-        StatusCode::OK,
-        account_view,
-    )
-    .await
-}
-
+id_command!(
 /// Deposits funds.
-#[utoipa::path(post, path = "/accounts/{id}/deposit", request_body = AmountBody, params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
-pub async fn deposit(
-    State(state): State<AppState>,
-    IdPath(id): IdPath,
-    headers: CommandHeaders,
-    body: CommandBody<AmountBody>,
-) -> Result<Response, ApiError> {
-    move_funds(&state, &id, headers, body, |amount, actor| {
-        AccountCommand::Deposit { amount, actor }
-    })
-    .await
-}
-
+deposit, "/accounts/{id}/deposit", AmountBody -> Account, AccountView via account_view,
+"account id", |b, actor| AccountCommand::Deposit {
+    amount: money("amount", &b.amount, &b.currency)?,
+    actor,
+});
+id_command!(
 /// Withdraws funds (no overdraft).
-#[utoipa::path(post, path = "/accounts/{id}/withdraw", request_body = AmountBody, params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
-pub async fn withdraw(
-    State(state): State<AppState>,
-    IdPath(id): IdPath,
-    headers: CommandHeaders,
-    body: CommandBody<AmountBody>,
-) -> Result<Response, ApiError> {
-    move_funds(&state, &id, headers, body, |amount, actor| {
-        AccountCommand::Withdraw { amount, actor }
-    })
-    .await
-}
+withdraw, "/accounts/{id}/withdraw", AmountBody -> Account, AccountView via account_view,
+"account id", |b, actor| AccountCommand::Withdraw {
+    amount: money("amount", &b.amount, &b.currency)?,
+    actor,
+});
 
 /// `GET /accounts/{id}` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

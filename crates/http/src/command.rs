@@ -72,3 +72,39 @@ where
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
+
+/// A command endpoint `POST $path` on the aggregate named by the `{id}` path segment: checks the
+/// id (named `$field` in the error), builds the command from the id, the JSON body (`$body`) and
+/// the actor, runs it and answers 200 with `$render` of the new state (`$view` in the OpenAPI
+/// document). The command expression may refuse with `?`.
+macro_rules! id_command {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $body:ident -> $aggregate:ident, $view:ident via $render:path,
+     $field:literal, |$b:ident, $actor:ident| $command:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path, request_body = $body, params(("id" = String, Path)),
+            responses((status = 200, body = $view), (status = 404, body = ApiErrorBody),
+                (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+        pub async fn $name(
+            State(state): State<AppState>,
+            IdPath(id): IdPath,
+            headers: CommandHeaders,
+            body: CommandBody<$body>,
+        ) -> Result<Response, ApiError> {
+            check_id($field, &id)?;
+            let $actor = headers.actor.clone();
+            let $b = body.body;
+            let command = $command;
+            $crate::command::run::<$aggregate>(
+                &state,
+                &id,
+                command,
+                headers,
+                &body.fingerprint,
+                StatusCode::OK,
+                $render,
+            )
+            .await
+        }
+    };
+}
+pub(crate) use id_command;

@@ -11,7 +11,7 @@ use eventfold_domain::order::{Order, OrderCommand, OrderLine};
 use eventfold_domain::projections::{OrderSummary, OrderSummaryProjection, ORDER_SUMMARY};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{money, new_id, run};
+use crate::command::{id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
@@ -159,47 +159,20 @@ pub async fn create_order(
     .await
 }
 
+id_command!(
 /// Pays an order in full (PENDING -> PAID).
-#[utoipa::path(post, path = "/orders/{id}/pay", request_body = PayOrder, params(("id" = String, Path)),
-    responses((status = 200, body = OrderView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
-pub async fn pay_order(
-    State(state): State<AppState>,
-    IdPath(id): IdPath,
-    headers: CommandHeaders,
-    body: CommandBody<PayOrder>,
-) -> Result<Response, ApiError> {
-    check_id("order id", &id)?;
-    let amount = money("amount", &body.body.amount, &body.body.currency)?;
-    let payment_id = body.body.payment_id.clone().unwrap_or_else(new_id);
-    let command = OrderCommand::Pay {
-        amount,
-        payment_id,
-        actor: headers.actor.clone(),
-    };
-    run::<Order>(
-        &state,
-        &id,
-        command,
-        headers,
-        &body.fingerprint,
-        StatusCode::OK,
-        order_view,
-    )
-    .await
-}
+pay_order, "/orders/{id}/pay", PayOrder -> Order, OrderView via order_view,
+"order id", |b, actor| OrderCommand::Pay {
+    amount: money("amount", &b.amount, &b.currency)?,
+    payment_id: b.payment_id.unwrap_or_else(new_id),
+    actor,
+});
 
+/// A state transition of an order with an optional or required reason.
 macro_rules! transition {
     ($(#[$doc:meta])* $name:ident, $path:literal, |$actor:ident, $reason:ident| $command:expr) => {
-        $(#[$doc])*
-        #[utoipa::path(post, path = $path, request_body = ReasonBody, params(("id" = String, Path)),
-            responses((status = 200, body = OrderView), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
-        pub async fn $name(State(state): State<AppState>, IdPath(id): IdPath, headers: CommandHeaders, body: CommandBody<ReasonBody>) -> Result<Response, ApiError> {
-            check_id("order id", &id)?;
-            let $actor = headers.actor.clone();
-            let $reason = body.body.reason;
-            let command = $command;
-            run::<Order>(&state, &id, command, headers, &body.fingerprint, StatusCode::OK, order_view).await
-        }
+        id_command!($(#[$doc])* $name, $path, ReasonBody -> Order, OrderView via order_view,
+            "order id", |b, $actor| { let $reason = b.reason; $command });
     };
 }
 

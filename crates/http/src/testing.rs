@@ -1,7 +1,7 @@
 //! Test support for crates that drive eventfold over HTTP (behind the `testing` feature): an app
 //! on a fresh store (a temp SQLite file or a fresh PostgreSQL database) driven in process with
-//! `tower::ServiceExt::oneshot`, and helpers for error replies, the test Kafka broker and the
-//! repository's CDNOW file.
+//! `tower::ServiceExt::oneshot`, and helpers for error replies and the repository's CDNOW file
+//! (the test Kafka broker is `eventfold_kafka::testing::broker`).
 
 use std::sync::Arc;
 
@@ -151,17 +151,40 @@ pub fn assert_error(reply: &Reply, status: StatusCode, code: &str, mentions: &st
     );
 }
 
-/// The test broker's bootstrap address (`EVENTFOLD_TEST_KAFKA`, set by `scripts/test`).
-///
-/// # Panics
-/// When it is not set, saying how to get one.
-pub fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
-        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
-    )
-}
-
 /// The repository's copy of the CDNOW purchase log.
 pub fn cdnow_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/cdnow/CDNOW_master.txt")
+}
+
+/// Two tests of one body, each on a fresh store: `$sqlite` on a temp SQLite file and `$postgres`
+/// on a fresh PostgreSQL database. `$body` is an async function taking the [`TestApp`] (by value,
+/// or `&` before it to lend it). Arguments for `#[tokio::test(...)]` go first, in brackets.
+///
+/// ```ignore
+/// eventfold_http::on_both_stores!([flavor = "multi_thread"] sqlite_x, postgres_x, check_x);
+/// ```
+#[macro_export]
+macro_rules! on_both_stores {
+    ([$($arg:tt)*] $sqlite:ident, $postgres:ident, &$body:path) => {
+        #[tokio::test($($arg)*)]
+        async fn $sqlite() {
+            $body(&$crate::testing::TestApp::new().await).await;
+        }
+
+        #[tokio::test($($arg)*)]
+        async fn $postgres() {
+            $body(&$crate::testing::TestApp::postgres().await).await;
+        }
+    };
+    ([$($arg:tt)*] $sqlite:ident, $postgres:ident, $body:path) => {
+        #[tokio::test($($arg)*)]
+        async fn $sqlite() {
+            $body($crate::testing::TestApp::new().await).await;
+        }
+
+        #[tokio::test($($arg)*)]
+        async fn $postgres() {
+            $body($crate::testing::TestApp::postgres().await).await;
+        }
+    };
 }

@@ -36,40 +36,33 @@ pub(crate) fn money(m: Option<eventfold_domain::Money>) -> Option<Money> {
     m.map(Money::from)
 }
 
-/// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OrderStatus {
-    /// Created, not paid.
-    Pending,
-    /// Paid in full.
-    Paid,
-    /// Accepted by the shop.
-    Confirmed,
-    /// Handed to the carrier.
-    Shipped,
-    /// Delivered; final unless refunded.
-    Completed,
-    /// Cancelled before shipping; final.
-    Cancelled,
-    /// Refunded after payment; final.
-    Refunded,
-}
+/// Where an order is in its life: the domain's status, spelled as the API shows it (`PENDING`,
+/// `PAID`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct OrderStatus(pub eventfold_domain::order::OrderStatus);
 
 impl From<eventfold_domain::order::OrderStatus> for OrderStatus {
     fn from(s: eventfold_domain::order::OrderStatus) -> Self {
-        use eventfold_domain::order::OrderStatus as S;
-        match s {
-            S::Pending => Self::Pending,
-            S::Paid => Self::Paid,
-            S::Confirmed => Self::Confirmed,
-            S::Shipped => Self::Shipped,
-            S::Completed => Self::Completed,
-            S::Cancelled => Self::Cancelled,
-            S::Refunded => Self::Refunded,
-        }
+        Self(s)
     }
 }
+
+/// The schema lists every status the domain has (so the document cannot fall behind it).
+impl utoipa::PartialSchema for OrderStatus {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("Where an order is in its life."))
+            .enum_values(Some(
+                eventfold_domain::order::OrderStatus::ALL.map(|s| s.to_string()),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OrderStatus {}
 
 /// One line of an order: a SKU, a quantity and the line's total amount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

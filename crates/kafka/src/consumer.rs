@@ -286,25 +286,33 @@ impl rdkafka::ClientContext for LagMetrics {
 
 impl rdkafka::consumer::ConsumerContext for LagMetrics {}
 
-/// Copies a received message out of the consumer.
+/// Copies a received message out of the consumer (see [`Inbound::from_message`]).
 pub(crate) fn detach<M: Message>(m: &M) -> Inbound {
-    let mut headers = HashMap::new();
-    if let Some(h) = m.headers() {
-        for header in h.iter() {
-            headers.insert(
-                header.key.to_owned(),
-                String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
-            );
+    Inbound::from_message(m)
+}
+
+impl Inbound {
+    /// A message as a handler sees it: topic, partition, offset, key and payload, its headers
+    /// as text (lossy UTF-8), its timestamp in ms.
+    pub fn from_message<M: Message>(m: &M) -> Self {
+        let mut headers = HashMap::new();
+        if let Some(h) = m.headers() {
+            for header in h.iter() {
+                headers.insert(
+                    header.key.to_owned(),
+                    String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                );
+            }
         }
-    }
-    Inbound {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-        headers,
-        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        timestamp_ms: m.timestamp().to_millis(),
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
     }
 }
 

@@ -41,6 +41,9 @@ pub mod exactly_once;
 
 pub use consumer::{run_consumer, ConsumeStats, ConsumerConfig, Handled, Inbound};
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use eventfold_core::read_model::projection_checkpoint_name;
 use eventfold_core::{EventStore, ProjectionCommit, ReadModelStore, StoreError};
+use sqlx::postgres::PgRow;
 use sqlx::Row;
 
 use crate::{backend, limit, version, PostgresStore};
@@ -21,14 +22,7 @@ impl ReadModelStore for PostgresStore {
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
+        key_docs(&rows)
     }
 
     async fn range_docs(
@@ -50,14 +44,7 @@ impl ReadModelStore for PostgresStore {
         .fetch_all(&self.inner.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(backend)?,
-                    r.try_get(1).map_err(backend)?,
-                ))
-            })
-            .collect()
+        key_docs(&rows)
     }
 
     async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
@@ -147,4 +134,16 @@ impl ReadModelStore for PostgresStore {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)
     }
+}
+
+/// `(key, doc)` pairs of rows whose first two columns are the key and the document.
+fn key_docs(rows: &[PgRow]) -> Result<Vec<(String, String)>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0).map_err(backend)?,
+                r.try_get(1).map_err(backend)?,
+            ))
+        })
+        .collect()
 }

@@ -43,7 +43,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, TimeZone, Utc};
 use eventfold_core::chain::{archived_matches, ChainRow, ChainVerifier, Hash, Scope};
 use eventfold_core::envelope::stream_category;
-use eventfold_core::{ArchiveStub, EventStore, RestoredPayload, StoreError};
+use eventfold_core::{ArchiveStub, EventStore, RestoredPayload};
 use serde::Serialize;
 
 use super::verify::Head;
@@ -212,13 +212,7 @@ pub async fn archive(
     let mut writers: BTreeMap<String, MonthWriter> = BTreeMap::new();
     let mut stubs = Vec::with_capacity(due.len());
     let (first, last) = (due[0], due[due.len() - 1]);
-    let mut after = first - 1;
-    while after < last {
-        let rows = store.read_chain(after, BATCH).await?;
-        let Some(end) = rows.last().map(|r| r.position) else {
-            break;
-        };
-        after = end;
+    chain_rows_between(store.as_ref(), first, last, |rows| {
         for row in rows.iter().filter(|r| wanted.contains(&r.position)) {
             let event = ArchivedEvent::of_row(row).map_err(anyhow::Error::msg)?;
             let month = month_of(row.event_time_us)?;
@@ -246,7 +240,9 @@ pub async fn archive(
             stubs.len() as u64,
             due.len() as u64,
         );
-    }
+        Ok(())
+    })
+    .await?;
     let mut files = Vec::with_capacity(writers.len());
     for (_, w) in writers {
         files.push(w.finish()?);
@@ -287,6 +283,26 @@ fn month_of(micros: i64) -> anyhow::Result<String> {
         .single()
         .ok_or_else(|| anyhow::anyhow!("event time {micros} µs is out of range"))?;
     Ok(t.format("%Y-%m").to_string())
+}
+
+/// Reads the log's chain rows from position `first` to `last` (inclusive) in batches, handing
+/// each batch to `each`.
+async fn chain_rows_between(
+    store: &dyn EventStore,
+    first: u64,
+    last: u64,
+    mut each: impl FnMut(Vec<ChainRow>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut after = first - 1;
+    while after < last {
+        let rows = store.read_chain(after, BATCH).await?;
+        let Some(end) = rows.last().map(|r| r.position) else {
+            break;
+        };
+        after = end;
+        each(rows)?;
+    }
+    Ok(())
 }
 
 /// Turns every event of a `writing` run's files into a stub (finishing a run a crash cut short).
@@ -356,7 +372,7 @@ fn file_hash(file: &str, row: &ChainRow) -> anyhow::Result<Hash> {
 async fn hot_rows(
     store: &dyn EventStore,
     rows: &[ChainRow],
-) -> Result<HashMap<u64, ChainRow>, StoreError> {
+) -> anyhow::Result<HashMap<u64, ChainRow>> {
     let wanted: HashSet<u64> = rows.iter().map(|r| r.position).collect();
     let mut out = HashMap::with_capacity(wanted.len());
     let (Some(first), Some(last)) = (
@@ -365,19 +381,15 @@ async fn hot_rows(
     ) else {
         return Ok(out);
     };
-    let mut after = first - 1;
-    while after < last {
-        let batch = store.read_chain(after, BATCH).await?;
-        let Some(end) = batch.last().map(|r| r.position) else {
-            break;
-        };
-        after = end;
+    chain_rows_between(store, first, last, |batch| {
         for r in batch {
             if wanted.contains(&r.position) {
                 out.insert(r.position, r);
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(out)
 }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use eventfold_core::aggregate::decode_event;
 use eventfold_core::stock::{StockError, StockLedger, TakeOutcome, TakeState};
+use eventfold_core::subscription::{catch_up, Subscription};
 use eventfold_core::Actor;
 use eventfold_domain::order::{Order, OrderCommand, OrderEvent, OrderLine};
 use eventfold_domain::sale::{Sale as SaleAggregate, SaleCommand, SaleEvent, SaleTerms};
@@ -192,17 +193,12 @@ impl FlashSale {
     /// # Errors
     /// Store or ledger failures, an undecodable event.
     pub async fn restore(&self) -> Result<(u64, u64), SaleError> {
-        let store = self.service.store();
+        let mut log = catch_up(self.service.store().clone(), 0, 5_000);
         let mut sales: std::collections::HashMap<String, String> = Default::default();
         let mut sale_orders: std::collections::HashMap<String, Vec<String>> = Default::default();
         let (mut opened, mut orders) = (0, 0);
-        let mut position = 0;
         loop {
-            let batch = store
-                .read_all(position, 5_000)
-                .await
-                .map_err(ServiceError::from)?;
-            let Some(last) = batch.last().map(|e| e.global_position) else {
+            let Some(batch) = log.try_next_batch().await.map_err(ServiceError::from)? else {
                 return Ok((opened, orders));
             };
             for e in &batch {
@@ -275,7 +271,6 @@ impl FlashSale {
                     _ => {}
                 }
             }
-            position = last;
         }
     }
 
@@ -451,19 +446,12 @@ impl FlashSale {
     /// # Errors
     /// Store or ledger failures (the batch is read again next time: give-backs are idempotent).
     pub async fn return_cancelled_stock(&self) -> Result<u64, SaleError> {
-        let store = self.service.store();
-        let mut position = store
-            .load_checkpoint(RETURNS)
+        let mut log = Subscription::durable(self.service.store().clone(), RETURNS, 1_000)
             .await
-            .map_err(ServiceError::from)?
-            .unwrap_or(0);
+            .map_err(ServiceError::from)?;
         let mut returned = 0;
         loop {
-            let batch = store
-                .read_all(position, 1_000)
-                .await
-                .map_err(ServiceError::from)?;
-            let Some(last) = batch.last().map(|e| e.global_position) else {
+            let Some(batch) = log.try_next_batch().await.map_err(ServiceError::from)? else {
                 return Ok(returned);
             };
             for event in &batch {
@@ -487,11 +475,7 @@ impl FlashSale {
                     }
                 }
             }
-            store
-                .save_checkpoint(RETURNS, last)
-                .await
-                .map_err(ServiceError::from)?;
-            position = last;
+            log.commit().await.map_err(ServiceError::from)?;
         }
     }
 

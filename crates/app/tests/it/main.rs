@@ -5,13 +5,3 @@
 mod lanes;
 mod notifications;
 mod replay;
-
-/// The test broker's bootstrap address (`EVENTFOLD_TEST_KAFKA`, set by `scripts/test`).
-///
-/// # Panics
-/// When it is not set, saying how to get one.
-pub fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").expect(
-        "EVENTFOLD_TEST_KAFKA is not set: run the tests through scripts/test, which starts a Tansu broker",
-    )
-}

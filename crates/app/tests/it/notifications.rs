@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::broker;
+use eventfold_kafka::testing::broker;
 
 async fn publish(topic: &str, values: &[String]) {
     eventfold_kafka::create_topic(&broker(), topic, 2)

@@ -1,7 +1,7 @@
 //! `eventfold simulate`: simulations that drive a real server and print a report.
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use eventfold_bench::simulate::{run, SimConfig};
 
 use crate::context::Global;
@@ -13,44 +13,48 @@ pub enum Simulate {
     /// --store, with --redis and --kafka-brokers passed on), paying through a sandbox payment
     /// provider; prints what must hold (oversold, over-limit buyers, double charges, unpaid
     /// orders not cancelled, stuck sagas, stock reconciled) and the accept path's speed.
-    FlashSale {
-        /// Units for sale.
-        #[arg(long, default_value_t = 1000)]
-        stock: u64,
-        /// Distinct buyers.
-        #[arg(long, default_value_t = 50_000)]
-        buyers: u64,
-        /// Purchase attempts.
-        #[arg(long, default_value_t = 200_000)]
-        attempts: u64,
-        /// Share of attempts that repeat an earlier one (same idempotency key).
-        #[arg(long, default_value_t = 0.1)]
-        duplicate_rate: f64,
-        /// Share of accepted orders whose buyer pays.
-        #[arg(long, default_value_t = 0.7)]
-        pay_rate: f64,
-        /// Share of paying buyers whose payment fails.
-        #[arg(long, default_value_t = 0.05)]
-        payment_failure_rate: f64,
-        /// Units one buyer may hold.
-        #[arg(long, default_value_t = 2)]
-        per_buyer_limit: u64,
-        /// Concurrent HTTP clients.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// The server's unpaid-order timeout for this run (seconds; the product default is 1800).
-        #[arg(long, default_value_t = 5.0)]
-        unpaid_order_timeout_secs: f64,
-        /// Kill the server with SIGKILL half-way and start it again.
-        #[arg(long)]
-        kill_server: bool,
-        /// Keep flash-sale stock in this Redis instead of in the server's process.
-        #[arg(long, env = "EVENTFOLD_REDIS")]
-        redis: Option<String>,
-        /// Varies buyers, quantities and payments between runs.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    FlashSale(FlashSale),
+}
+
+/// `simulate flash-sale`'s options.
+#[derive(Debug, Args)]
+pub struct FlashSale {
+    /// Units for sale.
+    #[arg(long, default_value_t = 1000)]
+    stock: u64,
+    /// Distinct buyers.
+    #[arg(long, default_value_t = 50_000)]
+    buyers: u64,
+    /// Purchase attempts.
+    #[arg(long, default_value_t = 200_000)]
+    attempts: u64,
+    /// Share of attempts that repeat an earlier one (same idempotency key).
+    #[arg(long, default_value_t = 0.1)]
+    duplicate_rate: f64,
+    /// Share of accepted orders whose buyer pays.
+    #[arg(long, default_value_t = 0.7)]
+    pay_rate: f64,
+    /// Share of paying buyers whose payment fails.
+    #[arg(long, default_value_t = 0.05)]
+    payment_failure_rate: f64,
+    /// Units one buyer may hold.
+    #[arg(long, default_value_t = 2)]
+    per_buyer_limit: u64,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The server's unpaid-order timeout for this run (seconds; the product default is 1800).
+    #[arg(long, default_value_t = 5.0)]
+    unpaid_order_timeout_secs: f64,
+    /// Kill the server with SIGKILL half-way and start it again.
+    #[arg(long)]
+    kill_server: bool,
+    /// Keep flash-sale stock in this Redis instead of in the server's process.
+    #[arg(long, env = "EVENTFOLD_REDIS")]
+    redis: Option<String>,
+    /// Varies buyers, quantities and payments between runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 impl Simulate {
@@ -59,30 +63,22 @@ impl Simulate {
     /// # Errors
     /// A bad option (named), the server or the crowd failing, or a violation found.
     pub async fn exec(self, global: &Global) -> anyhow::Result<()> {
-        let Self::FlashSale {
-            stock,
-            buyers,
-            attempts,
-            duplicate_rate,
-            pay_rate,
-            payment_failure_rate,
-            per_buyer_limit,
-            concurrency,
-            unpaid_order_timeout_secs,
-            kill_server,
-            redis,
-            seed,
-        } = self;
+        let Self::FlashSale(args) = self;
         for (name, rate) in [
-            ("--duplicate-rate", duplicate_rate),
-            ("--pay-rate", pay_rate),
-            ("--payment-failure-rate", payment_failure_rate),
+            ("--duplicate-rate", args.duplicate_rate),
+            ("--pay-rate", args.pay_rate),
+            ("--payment-failure-rate", args.payment_failure_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 bail!("{name} must be between 0 and 1, got {rate}");
             }
         }
-        if stock == 0 || buyers == 0 || attempts == 0 || concurrency == 0 || per_buyer_limit == 0 {
+        if args.stock == 0
+            || args.buyers == 0
+            || args.attempts == 0
+            || args.concurrency == 0
+            || args.per_buyer_limit == 0
+        {
             bail!("--stock, --buyers, --attempts, --concurrency and --per-buyer-limit must be at least 1");
         }
         let log =
@@ -90,20 +86,20 @@ impl Simulate {
         let config = SimConfig {
             exe: std::env::current_exe().context("finding the eventfold binary")?,
             store: global.store.clone(),
-            redis,
+            redis: args.redis,
             kafka_brokers: global.kafka_brokers.clone(),
             kafka_topic_prefix: global.kafka_topic_prefix.clone(),
-            stock,
-            buyers,
-            attempts,
-            duplicate_rate,
-            pay_rate,
-            payment_failure_rate,
-            per_buyer_limit,
-            concurrency,
-            unpaid_timeout_secs: unpaid_order_timeout_secs,
-            kill_server,
-            seed,
+            stock: args.stock,
+            buyers: args.buyers,
+            attempts: args.attempts,
+            duplicate_rate: args.duplicate_rate,
+            pay_rate: args.pay_rate,
+            payment_failure_rate: args.payment_failure_rate,
+            per_buyer_limit: args.per_buyer_limit,
+            concurrency: args.concurrency,
+            unpaid_timeout_secs: args.unpaid_order_timeout_secs,
+            kill_server: args.kill_server,
+            seed: args.seed,
             server_log: log.clone(),
         };
         let report = run(config).await?;

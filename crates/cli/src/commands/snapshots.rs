@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
+use eventfold_core::subscription::catch_up;
 use eventfold_domain::account::Account;
 use serde::Serialize;
 
@@ -49,18 +50,13 @@ impl Snapshots {
             }
             (None, true) => {
                 let mut seen = std::collections::BTreeSet::new();
-                let mut position = 0;
-                loop {
-                    let batch = store.read_all(position, 10_000).await?;
-                    let Some(last) = batch.last().map(|e| e.global_position) else {
-                        break;
-                    };
+                let mut log = catch_up(store.clone(), 0, 10_000);
+                while let Some(batch) = log.try_next_batch().await? {
                     for e in batch {
                         if e.stream_id.starts_with("account-") {
                             seen.insert(e.stream_id);
                         }
                     }
-                    position = last;
                 }
                 seen.into_iter().collect()
             }

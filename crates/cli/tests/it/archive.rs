@@ -581,35 +581,26 @@ async fn an_interrupted_run_is_finished_by_the_next(app: TestApp) {
     assert!(verify_archive(&store, dir.path()).await.ok);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_archive_and_restore_round_trip() {
-    archive_restore_round_trip(TestApp::new().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_archive_and_restore_round_trip,
+    postgres_archive_and_restore_round_trip,
+    archive_restore_round_trip
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_archive_and_restore_round_trip() {
-    archive_restore_round_trip(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_a_damaged_archive_or_stub_is_named,
+    postgres_a_damaged_archive_or_stub_is_named,
+    damage_is_named
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_damaged_archive_or_stub_is_named() {
-    damage_is_named(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_damaged_archive_or_stub_is_named() {
-    damage_is_named(TestApp::postgres().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_interrupted_run_is_finished_by_the_next() {
-    an_interrupted_run_is_finished_by_the_next(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_interrupted_run_is_finished_by_the_next() {
-    an_interrupted_run_is_finished_by_the_next(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_an_interrupted_run_is_finished_by_the_next,
+    postgres_an_interrupted_run_is_finished_by_the_next,
+    an_interrupted_run_is_finished_by_the_next
+);
 
 fn eventfold(store: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_eventfold"))

@@ -365,15 +365,12 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
     assert!(report.ok && report.events_checked == 11, "{report:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_intact_chain_verifies_by_log_stream_and_anchor() {
-    an_intact_chain_verifies_by_log_stream_and_anchor(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_intact_chain_verifies_by_log_stream_and_anchor() {
-    an_intact_chain_verifies_by_log_stream_and_anchor(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_an_intact_chain_verifies_by_log_stream_and_anchor,
+    postgres_an_intact_chain_verifies_by_log_stream_and_anchor,
+    an_intact_chain_verifies_by_log_stream_and_anchor
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_every_change_in_the_database_is_caught() {
@@ -385,15 +382,12 @@ async fn postgres_every_change_in_the_database_is_caught() {
     every_change_in_the_database_is_caught(TestApp::postgres).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_old_rows_are_chained_by_the_migration() {
-    old_rows_are_chained_by_the_migration(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_old_rows_are_chained_by_the_migration() {
-    old_rows_are_chained_by_the_migration(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_old_rows_are_chained_by_the_migration,
+    postgres_old_rows_are_chained_by_the_migration,
+    old_rows_are_chained_by_the_migration
+);
 
 /// `verify` and `anchor` from the command line: the JSON keys scripts rely on, exit codes, a
 /// wrong public key and a damaged anchor file refused with the reason.
@@ -573,15 +567,12 @@ async fn a_long_log_is_walked_in_order_across_batches(app: TestApp) {
     assert_eq!(report.events_checked, 41_233);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_long_log_is_walked_in_order_across_batches() {
-    a_long_log_is_walked_in_order_across_batches(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_long_log_is_walked_in_order_across_batches() {
-    a_long_log_is_walked_in_order_across_batches(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_a_long_log_is_walked_in_order_across_batches,
+    postgres_a_long_log_is_walked_in_order_across_batches,
+    a_long_log_is_walked_in_order_across_batches
+);
 
 /// Rows appended with the chain off (a measurement setting) are reported, never passed; an
 /// empty log has nothing to anchor.

@@ -309,7 +309,7 @@ fn migrate_twice_is_a_no_op_and_a_newer_schema_is_refused() {
 /// second run publishes nothing; bad arguments are refused with a message naming them.
 #[test]
 fn relay_once_publishes_the_log_to_kafka() {
-    let brokers = eventfold_http::testing::broker();
+    let brokers = eventfold_kafka::testing::broker();
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}", dir.path().join("relay.db").display());
     let file = dir.path().join("cdnow.txt");
@@ -373,7 +373,7 @@ fn relay_once_publishes_the_log_to_kafka() {
 /// Tansu; the figures themselves are in the closing notes).
 #[test]
 fn kafka_benches_print_their_fields() {
-    let brokers = eventfold_http::testing::broker();
+    let brokers = eventfold_kafka::testing::broker();
     let admin = eventfold_postgres::testing::admin_url();
     let notifications = ok_json(&eventfold(
         &admin,

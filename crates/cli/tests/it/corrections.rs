@@ -207,15 +207,12 @@ async fn interest_is_corrected_once_and_reported(app: TestApp) {
     assert_eq!(json["accounts"][1]["delta"], two.2.to_string());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_interest_is_corrected_once_and_reported() {
-    interest_is_corrected_once_and_reported(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_interest_is_corrected_once_and_reported() {
-    interest_is_corrected_once_and_reported(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_interest_is_corrected_once_and_reported,
+    postgres_interest_is_corrected_once_and_reported,
+    interest_is_corrected_once_and_reported
+);
 
 /// Bad options are refused before anything is read, naming the option.
 #[test]

@@ -1,42 +1,21 @@
 //! An append is durable when acknowledged: kill -9 the server under load, then every deposit it
 //! acknowledged must be in the store.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eventfold_core::EventStore;
 use serde_json::json;
 
-use crate::free_port;
+use crate::start_serve;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_loses_no_acknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("eventfold.db");
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eventfold"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-            &format!("sqlite://{}", db.display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start eventfold serve");
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = start_serve(&db, &[], Stdio::null()).await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..8 {

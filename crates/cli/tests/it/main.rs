@@ -21,3 +21,37 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Starts `eventfold serve` on the SQLite file `db` with `extra` arguments on a free port, its
+/// stderr to `stderr`; returns the child and its base URL once `/healthz` answers.
+pub async fn start_serve(
+    db: &std::path::Path,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_eventfold"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &format!("sqlite://{}", db.display()),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start eventfold serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "server did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (child, base)
+}

@@ -15,7 +15,7 @@ use eventfold_core::{
 };
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::{Currency, Money};
-use eventfold_http::testing::broker;
+use eventfold_kafka::testing::broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;

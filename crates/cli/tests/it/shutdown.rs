@@ -2,42 +2,18 @@
 //! stops, and the checkpoints they leave are durable: a restart appends nothing twice and loses
 //! nothing.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::free_port;
+use crate::start_serve;
 
 /// `eventfold serve` on `db` with a half-second unpaid-order timeout, logging to `log`.
 async fn serve(db: &std::path::Path, log: &std::path::Path) -> (Child, String) {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_eventfold"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--store",
-            &format!("sqlite://{}", db.display()),
-            "--unpaid-order-timeout-secs",
-            "0.5",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start eventfold serve");
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, base)
+    let log = std::fs::File::create(log).unwrap();
+    start_serve(db, &["--unpaid-order-timeout-secs", "0.5"], log.into()).await
 }
 
 /// Sends SIGTERM and waits for the process to exit by itself; returns whether it exited 0.
@@ -58,6 +34,11 @@ fn terminate(mut child: Child) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `GET url` as JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn create_order(client: &reqwest::Client, base: &str, id: &str) {
@@ -160,14 +141,7 @@ async fn sigterm_stops_every_worker_and_a_restart_appends_nothing_twice() {
     // The projections resume from their checkpoints and catch up with the log.
     let started = Instant::now();
     loop {
-        let status: Value = client
-            .get(format!("{base}/projections"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status: Value = get_json(&client, &format!("{base}/projections")).await;
         let caught_up = status
             .as_array()
             .unwrap()
@@ -176,14 +150,7 @@ async fn sigterm_stops_every_worker_and_a_restart_appends_nothing_twice() {
         let cancelled = {
             let mut all = true;
             for id in &orders {
-                let o: Value = client
-                    .get(format!("{base}/orders/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let o: Value = get_json(&client, &format!("{base}/orders/{id}")).await;
                 all &= o["status"] == "CANCELLED";
             }
             all
@@ -200,36 +167,15 @@ async fn sigterm_stops_every_worker_and_a_restart_appends_nothing_twice() {
     let mut events = 0;
     for (id, n) in accounts.iter().zip(&tried) {
         // Every deposit is in the stream once, and the read model counted each once.
-        let state: Value = client
-            .get(format!("{base}/accounts/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state: Value = get_json(&client, &format!("{base}/accounts/{id}")).await;
         assert_eq!(state["version"], n + 1, "{id}: {state}");
         assert_eq!(state["balance"]["amount"], format!("{n}.00"), "{id}");
-        let balance: Value = client
-            .get(format!("{base}/balances/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let balance: Value = get_json(&client, &format!("{base}/balances/{id}")).await;
         assert_eq!(balance["balance"]["amount"], format!("{n}.00"), "{id}");
         events += n + 1;
     }
     for id in &orders {
-        let history: Value = client
-            .get(format!("{base}/orders/{id}/history"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history: Value = get_json(&client, &format!("{base}/orders/{id}/history")).await;
         let types: Vec<&str> = history
             .as_array()
             .unwrap()
@@ -239,14 +185,7 @@ async fn sigterm_stops_every_worker_and_a_restart_appends_nothing_twice() {
         assert_eq!(types, ["OrderCreated", "OrderCancelled"], "{id}");
         events += 2;
     }
-    let ready: Value = client
-        .get(format!("{base}/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = get_json(&client, &format!("{base}/ready")).await;
     assert_eq!(
         ready["head_position"], events,
         "the log holds exactly the events asked for: nothing twice"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use eventfold_http::testing::broker;
+use eventfold_kafka::testing::broker;
 
 /// Runs the simulation: `globals` before the subcommand, `sub` after its fixed arguments.
 fn simulate(store: &str, globals: &[&str], sub: &[&str]) -> Value {

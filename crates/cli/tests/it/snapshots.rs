@@ -225,15 +225,12 @@ async fn as_of_loads_from_snapshots_equal_full_replays(app: &TestApp) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_as_of_loads_from_snapshots_equal_full_replays() {
-    as_of_loads_from_snapshots_equal_full_replays(&TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_as_of_loads_from_snapshots_equal_full_replays() {
-    as_of_loads_from_snapshots_equal_full_replays(&TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_as_of_loads_from_snapshots_equal_full_replays,
+    postgres_as_of_loads_from_snapshots_equal_full_replays,
+    &as_of_loads_from_snapshots_equal_full_replays
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_snapshots_are_used_checked_and_rebuilt() {

@@ -76,15 +76,12 @@ async fn open_deposit_withdraw_and_read_back() {
     assert_eq!(generated.body["account_id"].as_str().unwrap().len(), 36);
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
-    bad_input(TestApp::new().await).await;
-}
-
-#[tokio::test]
-async fn on_postgres_bad_input_gets_a_clear_4xx_and_changes_nothing() {
-    bad_input(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    []
+    bad_input_gets_a_clear_4xx_and_changes_nothing,
+    on_postgres_bad_input_gets_a_clear_4xx_and_changes_nothing,
+    bad_input
+);
 
 async fn bad_input(app: TestApp) {
     open(&app, "a-1").await;
@@ -304,15 +301,12 @@ async fn a_wrong_expected_version_is_a_conflict_and_the_right_one_applies() {
     );
 }
 
-#[tokio::test]
-async fn a_retried_request_returns_the_first_result_and_appends_nothing() {
-    retried_requests(TestApp::new().await).await;
-}
-
-#[tokio::test]
-async fn on_postgres_a_retried_request_returns_the_first_result_and_appends_nothing() {
-    retried_requests(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    []
+    a_retried_request_returns_the_first_result_and_appends_nothing,
+    on_postgres_a_retried_request_returns_the_first_result_and_appends_nothing,
+    retried_requests
+);
 
 async fn retried_requests(app: TestApp) {
     open(&app, "a-1").await;

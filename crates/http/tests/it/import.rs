@@ -27,15 +27,12 @@ fn sums_from_raw_file(bytes: &[u8]) -> BTreeMap<String, (Decimal, u64)> {
     sums
 }
 
-#[tokio::test]
-async fn daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing() {
-    cdnow_sums_to_the_cent(TestApp::new().await).await;
-}
-
-#[tokio::test]
-async fn on_postgres_daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing() {
-    cdnow_sums_to_the_cent(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    []
+    daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing,
+    on_postgres_daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing,
+    cdnow_sums_to_the_cent
+);
 
 async fn cdnow_sums_to_the_cent(app: TestApp) {
     let bytes =

@@ -10,7 +10,7 @@ use eventfold_app::service::{AsOf, CommandContext, Service};
 use eventfold_core::{Actor, StoredResponse};
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::{Currency, Money};
-use eventfold_http::testing::broker;
+use eventfold_kafka::testing::broker;
 use eventfold_kafka::{run_consumer, ConsumerConfig, Handled};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

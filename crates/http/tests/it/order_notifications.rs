@@ -1,19 +1,17 @@
-//! Order events -> customer notifications, exactly once (M16): orders made over HTTP, published
+//! Order events -> customer notifications, exactly once: orders made over HTTP, published
 //! by the outbox relay, transformed by the transactional worker, read back and decoded by the
 //! notification consumer's decoder. On librdkafka's mock cluster: Tansu 0.6 has no transactions
 //! (see eventfold-kafka's `tansu_gaps.rs` and `exactly_once.rs` for what the mock lacks).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use eventfold_app::messaging::order_notifications::{transform, ORDER_NOTIFICATIONS};
 use eventfold_kafka::exactly_once::{run_exactly_once, ExactlyOnceConfig};
+use eventfold_kafka::testing::read_from_start;
 use eventfold_kafka::{ConsumerConfig, Inbound, Relay, RelayConfig};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
 
 use eventfold_http::testing::TestApp;
@@ -32,43 +30,16 @@ async fn post(app: &TestApp, uri: &str, body: serde_json::Value) {
 
 /// Every message of `topic` (3 partitions) as the notification consumer receives it.
 fn read(bootstrap: &str, topic: &str, expected: usize) -> Vec<Inbound> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "reader")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    while out.len() < expected && started.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for h in h.iter() {
-                    headers.insert(
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
-            out.push(Inbound {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers,
-                payload: m.payload().unwrap_or_default().to_vec(),
-                timestamp_ms: m.timestamp().to_millis(),
-            });
-        }
-    }
-    out
+    read_from_start(
+        bootstrap,
+        topic,
+        Duration::from_secs(60),
+        Duration::ZERO,
+        |got| got.len() >= expected,
+    )
+    .iter()
+    .map(Inbound::from_message)
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,15 +23,12 @@ async fn step(app: &TestApp, id: &str, action: &str, actor: &str, body: Value) -
     r.body
 }
 
-#[tokio::test]
-async fn the_full_lifecycle_and_its_audit_timeline() {
-    lifecycle(TestApp::new().await).await;
-}
-
-#[tokio::test]
-async fn on_postgres_the_full_lifecycle_and_its_audit_timeline() {
-    lifecycle(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    []
+    the_full_lifecycle_and_its_audit_timeline,
+    on_postgres_the_full_lifecycle_and_its_audit_timeline,
+    lifecycle
+);
 
 async fn lifecycle(app: TestApp) {
     let r = app
@@ -128,18 +125,14 @@ async fn lifecycle(app: TestApp) {
         ),
         (Some("CANCELLED"), Some("admin:support-001"))
     );
-    assert_error(
-        &app.get("/orders/nope").await,
-        StatusCode::NOT_FOUND,
-        "order_not_found",
-        "nope",
-    );
-    assert_error(
-        &app.get("/orders/nope/history").await,
-        StatusCode::NOT_FOUND,
-        "order_not_found",
-        "nope",
-    );
+    for uri in ["/orders/nope", "/orders/nope/history"] {
+        assert_error(
+            &app.get(uri).await,
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            "nope",
+        );
+    }
 }
 
 #[tokio::test]
@@ -218,15 +211,12 @@ async fn order_commands_refuse_bad_input_without_changing_anything() {
     assert_eq!(app.head().await, head);
 }
 
-#[tokio::test]
-async fn sales_views_by_event_time_and_by_ingest_time() {
-    sales_views(TestApp::new().await).await;
-}
-
-#[tokio::test]
-async fn on_postgres_sales_views_by_event_time_and_by_ingest_time() {
-    sales_views(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    []
+    sales_views_by_event_time_and_by_ingest_time,
+    on_postgres_sales_views_by_event_time_and_by_ingest_time,
+    sales_views
+);
 
 async fn sales_views(app: TestApp) {
     for (id, amount) in [("o-1", "10.10"), ("o-2", "0.00"), ("o-3", "5.00")] {
@@ -280,37 +270,27 @@ async fn sales_views(app: TestApp) {
         (Some("10.10"), Some(3))
     );
     assert!(buckets[0]["hour"].as_str().unwrap().starts_with(&today));
-    assert_error(
-        &app.get("/sales/daily").await,
-        StatusCode::BAD_REQUEST,
-        "missing_parameter",
-        "store",
-    );
-    assert_error(
-        &app.get("/sales/daily?store=web&from=1997-13-01").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-        "from",
-    );
-    assert_error(
-        &app.get("/sales/daily?store=web&from=1998-01-02&to=1998-01-01")
-            .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-        "after",
-    );
-    assert_error(
-        &app.get("/sales/daily?store=web&bogus=1").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-        "bogus",
-    );
-    assert_error(
-        &app.get("/sales/realtime?store=web&from=now").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_query",
-        "RFC 3339",
-    );
+    for (uri, code, mentions) in [
+        ("/sales/daily", "missing_parameter", "store"),
+        (
+            "/sales/daily?store=web&from=1997-13-01",
+            "invalid_query",
+            "from",
+        ),
+        (
+            "/sales/daily?store=web&from=1998-01-02&to=1998-01-01",
+            "invalid_query",
+            "after",
+        ),
+        ("/sales/daily?store=web&bogus=1", "invalid_query", "bogus"),
+        (
+            "/sales/realtime?store=web&from=now",
+            "invalid_query",
+            "RFC 3339",
+        ),
+    ] {
+        assert_error(&app.get(uri).await, StatusCode::BAD_REQUEST, code, mentions);
+    }
     let status = app.get("/projections").await;
     let names: Vec<&str> = status
         .body

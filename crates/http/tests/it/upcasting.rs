@@ -138,12 +138,9 @@ async fn old_deposits_read_in_twd_and_history_stays_as_stored(app: TestApp) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_upcasts_old_deposits_and_refuses_unknown_versions() {
-    old_deposits_read_in_twd_and_history_stays_as_stored(TestApp::new().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_upcasts_old_deposits_and_refuses_unknown_versions() {
-    old_deposits_read_in_twd_and_history_stays_as_stored(TestApp::postgres().await).await;
-}
+eventfold_http::on_both_stores!(
+    [flavor = "multi_thread", worker_threads = 2]
+    sqlite_upcasts_old_deposits_and_refuses_unknown_versions,
+    postgres_upcasts_old_deposits_and_refuses_unknown_versions,
+    old_deposits_read_in_twd_and_history_stays_as_stored
+);

@@ -1,25 +1,13 @@
-//! The broker for tests, and an independent reader (`kcat`).
+//! Test helpers of this crate's own (the broker and the readers are `eventfold_kafka::testing`'s),
+//! and an independent reader (`kcat`).
+
+pub use eventfold_kafka::testing::{broker, event_id_of, read_from_start};
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eventfold_core::{Actor, EventMetadata, NewEvent};
-
-/// The test broker's bootstrap address: `EVENTFOLD_TEST_KAFKA`, set by `scripts/test` (which
-/// starts Tansu on a free loopback port, building it once per machine).
-///
-/// # Panics
-/// When it is not set, with a message that says how to get one.
-pub fn broker() -> String {
-    std::env::var("EVENTFOLD_TEST_KAFKA").unwrap_or_else(|_| {
-        panic!(
-            "EVENTFOLD_TEST_KAFKA is not set. Run the tests through scripts/test, which starts a Tansu broker \
-             (source scripts/kafka-ensure to start one in your shell), or set it to a Kafka-protocol broker's \
-             HOST:PORT."
-        )
-    })
-}
 
 /// A topic prefix of this test's own.
 pub fn unique_prefix() -> String {
@@ -114,53 +102,4 @@ pub async fn append(
             .await
             .unwrap();
     }
-}
-
-/// Reads partitions 0..3 of `topic` from the beginning (`read_committed`) until `done` holds for
-/// what arrived or `within` passed, then whatever else arrives within `linger`.
-pub fn read_from_start(
-    bootstrap: &str,
-    topic: &str,
-    within: Duration,
-    linger: Duration,
-    done: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    while !done(&out) && started.elapsed() < within {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    if !linger.is_zero() {
-        while let Some(Ok(m)) = consumer.poll(linger) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-/// The `event_id` header of a message, if any.
-pub fn event_id_of(m: &rdkafka::message::OwnedMessage) -> Option<String> {
-    use rdkafka::message::{Headers, Message};
-    m.headers()?
-        .iter()
-        .find(|h| h.key == "event_id")
-        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
 }
