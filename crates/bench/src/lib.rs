@@ -33,9 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::Utc;
 use eventfold_app::service::CommandContext;
-use eventfold_core::{Actor, EventMetadata, NewEvent};
+use eventfold_core::{Actor, NewEvent};
 use hdrhistogram::Histogram;
 
 pub(crate) fn payload(bytes: usize) -> String {
@@ -118,14 +117,7 @@ where
 }
 
 pub(crate) fn bench_event(payload: &str) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "BenchEvent".into(),
-        schema_version: 1,
-        event_time: Utc::now(),
-        metadata: EventMetadata::by(Actor::system("bench")),
-        payload: payload.to_owned(),
-    }
+    eventfold_core::testkit::event("BenchEvent", Actor::system("bench"), payload)
 }
 
 /// Where a benchmark runs: temporary files in a directory (beside a SQLite store), or a scratch

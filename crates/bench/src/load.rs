@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
 use eventfold_app::service::{AsOf, CommandContext, Service};
-use eventfold_core::{Actor, AppendRequest, ExpectedVersion, NewEvent};
+use eventfold_core::{Actor, AppendRequest, ExpectedVersion, NewEvent, Replayed};
 use eventfold_domain::account::{Account, AccountEvent};
 use eventfold_domain::{Currency, Money};
 use serde::Serialize;
@@ -133,10 +133,7 @@ pub(crate) async fn load_on(
             raw.len()
         );
         let t = Instant::now();
-        let loaded = service
-            .load::<Account>("bench", AsOf::Latest)
-            .await?
-            .context("bench stream missing")?;
+        let loaded = replayed(&service, AsOf::Latest).await?;
         whole.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
             loaded.version == events,
@@ -144,34 +141,17 @@ pub(crate) async fn load_on(
             loaded.version
         );
         let t = Instant::now();
-        let fast = eventfold_app::service::load_snapshotted::<Account>(
-            store.as_ref(),
-            read_models.as_ref(),
-            "bench",
-            AsOf::Latest,
-        )
-        .await?
-        .context("bench stream missing")?;
+        let fast = from_snapshot(scratch, AsOf::Latest).await?;
         with_snapshot.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
             fast == loaded,
             "the snapshot load differs from the full replay"
         );
         let t = Instant::now();
-        let past = service
-            .load::<Account>("bench", AsOf::Time(mid))
-            .await?
-            .context("bench stream missing")?;
+        let past = replayed(&service, AsOf::Time(mid)).await?;
         as_of_without.push(t.elapsed().as_secs_f64() * 1000.0);
         let t = Instant::now();
-        let past_fast = eventfold_app::service::load_snapshotted::<Account>(
-            store.as_ref(),
-            read_models.as_ref(),
-            "bench",
-            AsOf::Time(mid),
-        )
-        .await?
-        .context("bench stream missing")?;
+        let past_fast = from_snapshot(scratch, AsOf::Time(mid)).await?;
         as_of.push(t.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
             past_fast == past,
@@ -198,4 +178,24 @@ pub(crate) async fn load_on(
         snapshots_taken_ms,
         repetitions,
     })
+}
+
+/// The bench account as of `as_of`, replayed from its first event.
+async fn replayed(service: &Service, as_of: AsOf) -> anyhow::Result<Replayed<Account>> {
+    service
+        .load::<Account>("bench", as_of)
+        .await?
+        .context("bench stream missing")
+}
+
+/// The bench account as of `as_of`, from its newest usable snapshot.
+async fn from_snapshot(scratch: &Scratch, as_of: AsOf) -> anyhow::Result<Replayed<Account>> {
+    eventfold_app::service::load_snapshotted::<Account>(
+        scratch.store.as_ref(),
+        scratch.read_models.as_ref(),
+        "bench",
+        as_of,
+    )
+    .await?
+    .context("bench stream missing")
 }

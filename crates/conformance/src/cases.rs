@@ -7,8 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{
-    Actor, AppendRequest, DocWrite, EventMetadata, EventStore, ExpectedVersion, IdempotencyRecord,
-    NewEvent, ReadModelStore, ReplayEvent, StoreError, StoredResponse, Subscription,
+    testkit, Actor, AppendRequest, DocWrite, EventMetadata, EventStore, ExpectedVersion,
+    IdempotencyRecord, NewEvent, ReadModelStore, ReplayEvent, StoreError, StoredResponse,
+    Subscription,
 };
 use uuid::Uuid;
 
@@ -17,14 +18,13 @@ pub trait Backend: EventStore + ReadModelStore {}
 impl<T: EventStore + ReadModelStore> Backend for T {}
 
 fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: "Tested".into(),
-        schema_version: 1,
-        event_time: DateTime::from_timestamp_micros(1_700_000_000_000_000 + n as i64).unwrap(),
-        metadata: EventMetadata::by(Actor::parse("user:conformance").unwrap()),
-        payload: format!("{{\"n\":{n}}}"),
-    }
+    let mut e = testkit::event(
+        "Tested",
+        Actor::parse("user:conformance").unwrap(),
+        format!("{{\"n\":{n}}}"),
+    );
+    e.event_time = DateTime::from_timestamp_micros(1_700_000_000_000_000 + n as i64).unwrap();
+    e
 }
 
 fn events(from: u64, count: u64) -> Vec<NewEvent> {

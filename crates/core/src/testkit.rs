@@ -1,4 +1,5 @@
-//! Given / When / Then for aggregates (M26), for eventfold's own tests and its users'.
+//! Test support for eventfold's own tests and its users': Given / When / Then for aggregates, and
+//! [`event`], a new event for a store test.
 //!
 //! ```
 //! # use eventfold_core::{Aggregate, testkit::AggregateTest};
@@ -21,6 +22,21 @@
 use std::fmt::Debug;
 
 use crate::aggregate::Aggregate;
+use crate::envelope::{Actor, EventMetadata, NewEvent};
+
+/// A new event for a store test or benchmark: `event_type` by `actor` with `payload` (JSON
+/// text), a fresh UUIDv7 id, schema version 1, event time now (UTC), no causation or correlation,
+/// the default tenant. Tests set other fields on the result.
+pub fn event(event_type: &str, actor: Actor, payload: impl Into<String>) -> NewEvent {
+    NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        event_time: chrono::Utc::now(),
+        metadata: EventMetadata::by(actor),
+        payload: payload.into(),
+    }
+}
 
 /// A test that folds `given` events, handles one command, and checks the outcome.
 pub struct AggregateTest<A: Aggregate> {

@@ -140,6 +140,51 @@ impl TestApp {
     }
 }
 
+/// `eventfold serve` of a [`TestApp`]'s store over a real loopback socket, with the runtime's
+/// workers (see [`TestApp::serve`]).
+pub struct Served {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Cancels the server (see [`Served::stop`]).
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The server's task: its result once it stopped.
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    /// Stops the server and its workers and checks that it ended without an error.
+    ///
+    /// # Panics
+    /// When the server failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("server task").expect("server ran");
+    }
+}
+
+impl TestApp {
+    /// Serves this app's store over a real socket on a free loopback port, with the workers
+    /// `config` asks for ([`crate::serve`]).
+    pub async fn serve(&self, config: eventfold_app::runtime::Config) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::serve(
+            self.backend.clone(),
+            listener,
+            shutdown.clone(),
+            config,
+        ));
+        Served {
+            base,
+            shutdown,
+            task,
+        }
+    }
+}
+
 /// Asserts an error reply: status, stable code, and that the message mentions `mentions`.
 pub fn assert_error(reply: &Reply, status: StatusCode, code: &str, mentions: &str) {
     assert_eq!(reply.status, status, "body: {}", reply.body);

@@ -1,10 +1,11 @@
 //! Test support for crates that talk to a real Kafka-protocol broker (behind the `testing`
-//! feature): the test broker's address and a reader of a topic from its beginning.
+//! feature): the test broker's address, a publisher and a reader of a topic from its beginning.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// The test broker's bootstrap address: `EVENTFOLD_TEST_KAFKA`, set by `scripts/test` (which
@@ -65,4 +66,40 @@ pub fn event_id_of(m: &OwnedMessage) -> Option<String> {
         .iter()
         .find(|h| h.key == "event_id")
         .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+/// Creates `topic` with `partitions` on the test broker (Tansu creates no topic on first use) and
+/// publishes each `(key, event_id header, payload)` in order with an idempotent producer, waiting
+/// for each acknowledgement.
+///
+/// # Panics
+/// When the broker refuses the topic or a message.
+pub async fn publish(topic: &str, partitions: i32, messages: &[(&str, Option<&str>, &str)]) {
+    crate::create_topic(&broker(), topic, partitions)
+        .await
+        .unwrap();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    for (key, event_id, payload) in messages {
+        let mut headers = OwnedHeaders::new();
+        if let Some(id) = event_id {
+            headers = headers.insert(Header {
+                key: "event_id",
+                value: Some(*id),
+            });
+        }
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(*key)
+                    .payload(*payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventfold_core::{
-    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError,
+    testkit, Actor, AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError,
 };
 use eventfold_redis::{LockError, LockOptions, LockService};
 
@@ -32,14 +32,11 @@ fn lease(ms: u64, renew: bool) -> LockOptions {
 }
 
 fn stock_event(holder: &str) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "StockAdjusted".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata::by(Actor::system(holder)),
-        payload: format!("{{\"by\":\"{holder}\"}}"),
-    }
+    testkit::event(
+        "StockAdjusted",
+        Actor::system(holder),
+        format!("{{\"by\":\"{holder}\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

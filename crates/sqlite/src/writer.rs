@@ -473,19 +473,16 @@ fn fail(job: Job, message: &str) {
 
 #[cfg(test)]
 mod tests {
-    use eventfold_core::{Actor, EventMetadata, NewEvent};
+    use eventfold_core::{Actor, NewEvent};
 
     use super::*;
 
     fn event(n: u32) -> NewEvent {
-        NewEvent {
-            event_id: uuid::Uuid::now_v7(),
-            event_type: "Tested".into(),
-            schema_version: 1,
-            event_time: Utc::now(),
-            metadata: EventMetadata::by(Actor::parse("user:1").unwrap()),
-            payload: format!("{{\"n\":{n}}}"),
-        }
+        eventfold_core::testkit::event(
+            "Tested",
+            Actor::parse("user:1").unwrap(),
+            format!("{{\"n\":{n}}}"),
+        )
     }
 
     fn content_digest(incoming: &Incoming, i: usize, version: u64) -> Hash {

@@ -356,28 +356,22 @@ impl Sagas {
                     payment_id: charge,
                     actor: actor.clone(),
                 };
-                let key = format!("choreo:pay:{order_id}");
-                self.reaction_command::<Order>(
-                    &order_id,
-                    pay,
-                    Some(key),
-                    Some(&order_id),
-                    "payment-saga",
-                )
-                .await?;
                 let confirm = OrderCommand::Confirm {
                     actor,
                     reason: Some("payment saga completed".into()),
                 };
-                let key = format!("choreo:confirm:{order_id}");
-                self.reaction_command::<Order>(
-                    &order_id,
-                    confirm,
-                    Some(key),
-                    Some(&order_id),
-                    "payment-saga",
-                )
-                .await
+                // The saga's "order completed": paid, then confirmed, in this order.
+                for (step, command) in [("pay", pay), ("confirm", confirm)] {
+                    self.reaction_command::<Order>(
+                        &order_id,
+                        command,
+                        Some(format!("choreo:{step}:{order_id}")),
+                        Some(&order_id),
+                        "payment-saga",
+                    )
+                    .await?;
+                }
+                Ok(())
             }
             Reaction::CancelOrder { order_id, reason } => {
                 let cancel = OrderCommand::Cancel {

@@ -11,30 +11,18 @@ use eventfold_app::messaging::notifications::{decode, NotificationSink};
 use eventfold_kafka::batch::{run_batch_consumer, BatchConfig, BatchStats};
 use eventfold_kafka::ConsumerConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use eventfold_kafka::testing::broker;
 
 async fn publish(topic: &str, values: &[String]) {
-    eventfold_kafka::create_topic(&broker(), topic, 2)
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    for (i, v) in values.iter().enumerate() {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(&format!("u{}", i % 10))
-                    .payload(v),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let keys: Vec<String> = (0..values.len()).map(|i| format!("u{}", i % 10)).collect();
+    let messages: Vec<(&str, Option<&str>, &str)> = keys
+        .iter()
+        .zip(values)
+        .map(|(k, v)| (k.as_str(), None, v.as_str()))
+        .collect();
+    eventfold_kafka::testing::publish(topic, 2, &messages).await;
 }
 
 fn valid(n: usize) -> Vec<String> {

@@ -11,25 +11,18 @@ use eventfold_app::backend::{Backend, StoreUrl};
 use eventfold_app::integrity::verify::{verify, Target, TrustedAnchor, VerifyReport};
 use eventfold_core::chain::{self, Anchor, Hash};
 use eventfold_core::{
-    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError,
+    testkit, Actor, AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError,
 };
-
 use eventfold_http::testing::TestApp;
 
 fn event(n: u32) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "Happened".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata {
-            actor: Actor::system("chain-test"),
-            causation_id: Some(uuid::Uuid::now_v7()),
-            correlation_id: None,
-            tenant_id: "default".into(),
-        },
-        payload: format!("{{\"n\":{n}}}"),
-    }
+    let mut e = testkit::event(
+        "Happened",
+        Actor::system("chain-test"),
+        format!("{{\"n\":{n}}}"),
+    );
+    e.metadata.causation_id = Some(uuid::Uuid::now_v7());
+    e
 }
 
 /// Ten events at positions 1-10 through every append path: streams a (1-3, 6), b (4-5, 9) and

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use eventfold_app::service::{AsOf, CommandContext, Executed, Service};
 use eventfold_core::{
-    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoredResponse,
+    testkit, Actor, AppendRequest, EventStore, ExpectedVersion, NewEvent, StoredResponse,
 };
 use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::{Currency, Money};
@@ -34,14 +34,11 @@ impl Drop for KillOnDrop {
 }
 
 fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "Happened".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata::by(Actor::system("kill-test")),
-        payload: format!("{{\"n\":{n}}}"),
-    }
+    testkit::event(
+        "Happened",
+        Actor::system("kill-test"),
+        format!("{{\"n\":{n}}}"),
+    )
 }
 
 /// (event id, stream id, stream version) of every message on `topic`, in partition order.

@@ -420,18 +420,13 @@ async fn served_with_the_redis_ledger_purchases_deduct_in_redis() {
             .unwrap(),
     );
     let app = TestApp::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(eventfold_http::serve(
-        app.backend.clone(),
-        listener,
-        shutdown.clone(),
-        eventfold_app::runtime::Config {
+    let served = app
+        .serve(eventfold_app::runtime::Config {
             ledger: Some(ledger.clone()),
             ..Default::default()
-        },
-    ));
+        })
+        .await;
+    let base = served.base.clone();
     let client = reqwest::Client::new();
     let opened = client
         .post(format!("{base}/flash-sales"))
@@ -455,6 +450,5 @@ async fn served_with_the_redis_ledger_purchases_deduct_in_redis() {
     }
     let levels = ledger.levels("gig").await.unwrap();
     assert_eq!((levels.remaining, levels.held), (1, 9), "deducted in Redis");
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

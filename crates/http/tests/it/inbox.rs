@@ -12,37 +12,13 @@ use eventfold_domain::account::{Account, AccountCommand};
 use eventfold_domain::{Currency, Money};
 use eventfold_kafka::testing::broker;
 use eventfold_kafka::{run_consumer, ConsumerConfig, Handled};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 
 async fn publish(topic: &str, messages: &[(Option<&str>, &str)]) {
-    eventfold_kafka::create_topic(&broker(), topic, 2)
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .create()
-        .unwrap();
-    for (event_id, body) in messages {
-        let mut headers = OwnedHeaders::new();
-        if let Some(id) = event_id {
-            headers = headers.insert(Header {
-                key: "event_id",
-                value: Some(*id),
-            });
-        }
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key("winner")
-                    .payload(*body)
-                    .headers(headers),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let messages: Vec<(&str, Option<&str>, &str)> = messages
+        .iter()
+        .map(|(id, body)| ("winner", *id, *body))
+        .collect();
+    eventfold_kafka::testing::publish(topic, 2, &messages).await;
 }
 
 /// Runs the prize consumer in group `group` until it has handled `expected` messages.

@@ -350,17 +350,9 @@ async fn health_readiness_and_openapi() {
 #[tokio::test]
 async fn serves_over_a_real_socket_with_projections_running() {
     let app = TestApp::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(eventfold_http::serve(
-        app.backend.clone(),
-        listener,
-        shutdown.clone(),
-        eventfold_app::runtime::Config::default(),
-    ));
+    let served = app.serve(eventfold_app::runtime::Config::default()).await;
     let client = reqwest::Client::new();
-    let base = format!("http://{addr}");
+    let base = served.base.clone();
     let created = client
         .post(format!("{base}/orders"))
         .json(&order("s-1", "web", "3.50"))
@@ -401,6 +393,5 @@ async fn serves_over_a_real_socket_with_projections_running() {
         .await
         .unwrap();
     assert!(lag[0]["last_lag_ms"].as_f64().is_some(), "{lag}");
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -14,7 +14,7 @@ use eventfold_app::shop::payments::{sign, PaymentProvider, StepRequest};
 use eventfold_domain::payment_saga::{SagaStep, StepResult};
 use serde_json::{json, Value};
 
-use eventfold_http::testing::TestApp;
+use eventfold_http::testing::{Served, TestApp};
 
 const SECRET: &[u8] = b"whsec_saga_test";
 
@@ -65,8 +65,7 @@ impl PaymentProvider for ScriptedProvider {
 struct Server {
     base: String,
     client: reqwest::Client,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    served: Served,
 }
 
 impl Server {
@@ -159,32 +158,25 @@ impl Server {
 }
 
 async fn start(app: &TestApp, provider: Arc<ScriptedProvider>) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
     let config = SagaConfig {
         step_timeout: Duration::from_millis(500),
         workers: 8,
     };
     let provider: Arc<dyn PaymentProvider> = provider;
-    let task = tokio::spawn(eventfold_http::serve(
-        app.backend.clone(),
-        listener,
-        shutdown.clone(),
-        Config {
+    let served = app
+        .serve(Config {
             payments: Some(Payments {
                 provider,
                 callback_secret: SECRET.to_vec(),
                 sagas: config,
             }),
             ..Default::default()
-        },
-    ));
+        })
+        .await;
     Server {
-        base,
+        base: served.base.clone(),
         client: reqwest::Client::new(),
-        shutdown,
-        task,
+        served,
     }
 }
 
@@ -414,22 +406,14 @@ async fn sagas_pay_fail_compensate_and_refuse_bad_callbacks() {
     assert!(inventory.reserved.is_empty(), "{inventory:?}");
     // No charge twice: one capture call with an effect per paid order, none for the others.
     assert_eq!(provider.calls(SagaStep::RefundPayment, ann), 0);
-    server.shutdown.cancel();
-    server.task.await.unwrap().unwrap();
+    server.served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_are_refused_without_payments_configured() {
     let app = TestApp::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(eventfold_http::serve(
-        app.backend.clone(),
-        listener,
-        shutdown.clone(),
-        Config::default(),
-    ));
+    let served = app.serve(Config::default()).await;
+    let base = served.base.clone();
     let res = reqwest::Client::new()
         .post(format!("{base}/payments/callbacks"))
         .header("Idempotency-Key", "k")
@@ -440,6 +424,5 @@ async fn callbacks_are_refused_without_payments_configured() {
     assert_eq!(res.status().as_u16(), 404);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["code"], "payments_not_configured");
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -1,13 +1,13 @@
 //! Test helpers of this crate's own (the broker and the readers are `eventfold_kafka::testing`'s),
 //! and an independent reader (`kcat`).
 
-pub use eventfold_kafka::testing::{broker, event_id_of, read_from_start};
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use eventfold_core::{Actor, EventMetadata, NewEvent};
+use eventfold_core::{testkit, Actor, NewEvent};
+
+pub use eventfold_kafka::testing::{broker, event_id_of, read_from_start};
 
 /// A topic prefix of this test's own.
 pub fn unique_prefix() -> String {
@@ -16,14 +16,11 @@ pub fn unique_prefix() -> String {
 
 /// An event whose payload is `{"n": n}`.
 pub fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "Happened".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata::by(Actor::system("relay-test")),
-        payload: format!("{{\"n\":{n}}}"),
-    }
+    testkit::event(
+        "Happened",
+        Actor::system("relay-test"),
+        format!("{{\"n\":{n}}}"),
+    )
 }
 
 /// A message as kcat printed it.

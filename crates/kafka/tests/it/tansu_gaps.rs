@@ -12,24 +12,10 @@ use rdkafka::ClientConfig;
 use crate::support::{broker, unique_prefix};
 
 async fn produce(topic: &str, n: usize) {
-    // Tansu does not create topics on first use.
-    eventfold_kafka::create_topic(&broker(), topic, 1)
-        .await
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    for i in 0..n {
-        producer
-            .send(
-                FutureRecord::to(topic).key("k").payload(&format!("m{i}")),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-    }
+    let payloads: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    let messages: Vec<(&str, Option<&str>, &str)> =
+        payloads.iter().map(|p| ("k", None, p.as_str())).collect();
+    eventfold_kafka::testing::publish(topic, 1, &messages).await;
 }
 
 /// Messages a fresh consumer in a new group reads from `topic` within `within`.

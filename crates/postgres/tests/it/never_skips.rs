@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventfold_core::{
-    catch_up, Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent,
+    catch_up, testkit, Actor, AppendRequest, EventStore, ExpectedVersion, NewEvent,
 };
 use eventfold_postgres::PostgresStore;
 use sqlx::Connection;
@@ -19,14 +19,11 @@ const WRITERS: u64 = 32;
 const PER_WRITER: u64 = 30;
 
 fn ev(writer: u64, n: u64) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "Written".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata::by(Actor::parse("user:writer").unwrap()),
-        payload: format!("{{\"w\":{writer},\"n\":{n}}}"),
-    }
+    testkit::event(
+        "Written",
+        Actor::parse("user:writer").unwrap(),
+        format!("{{\"w\":{writer},\"n\":{n}}}"),
+    )
 }
 
 /// A little jitter from the clock, so writers and rollbacks interleave differently each run.

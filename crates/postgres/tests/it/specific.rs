@@ -1,21 +1,18 @@
 //! PostgreSQL-only behaviour: migrations, append-only, group commit.
 
 use eventfold_core::{
-    Actor, AppendRequest, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError,
+    testkit, Actor, AppendRequest, EventStore, ExpectedVersion, NewEvent, StoreError,
 };
 use eventfold_postgres::PostgresStore;
 
 use crate::fresh_db;
 
 fn ev(n: u32) -> NewEvent {
-    NewEvent {
-        event_id: uuid::Uuid::now_v7(),
-        event_type: "Tested".into(),
-        schema_version: 1,
-        event_time: chrono::Utc::now(),
-        metadata: EventMetadata::by(Actor::parse("user:1").unwrap()),
-        payload: format!("{{\"n\":{n}}}"),
-    }
+    testkit::event(
+        "Tested",
+        Actor::parse("user:1").unwrap(),
+        format!("{{\"n\":{n}}}"),
+    )
 }
 
 #[tokio::test]
