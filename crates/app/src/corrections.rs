@@ -1,4 +1,4 @@
-//! `eventfold correct interest` (M7, corrections by replay): replays every account's history
+//! `eventfold correct interest` (corrections by replay): replays every account's history
 //! under the booked interest algorithm and a new one over a range of days, appends one
 //! `CorrectionApplied` per account whose interest differs, and writes a reconciliation report.
 //!

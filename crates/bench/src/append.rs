@@ -36,7 +36,7 @@ pub struct AppendBench {
     /// (the stream's lane decides them in order, each append keeps its expected version). The
     /// deposit events' payloads are their own (about 60 bytes), not `payload_bytes`.
     pub hot_stream: bool,
-    /// The hash chain (M6) of eventfold's store: on, off, or both (a second store with it off,
+    /// The hash chain of eventfold's store: on, off, or both (a second store with it off,
     /// driven in alternating slices of each round, for `hash_chain_ratio`).
     pub hash_chain: HashChain,
 }
@@ -58,7 +58,7 @@ pub enum HashChain {
 pub struct AppendReport {
     /// Backend measured.
     pub store: String,
-    /// Clients.
+    /// Concurrent clients, each appending to its own stream (one stream for all with `hot_stream`).
     pub clients: usize,
     /// Events per command.
     pub events_per_command: usize,

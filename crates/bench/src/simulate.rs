@@ -2,16 +2,17 @@
 //! sandbox payment provider ([`sandbox`]), and a report of what must hold (the flash sale, the
 //! unpaid-order timeout and the payment saga together).
 //!
-//! The simulator starts `eventfold serve` as a child process on the given store (with `--redis`
-//! and `--kafka-brokers` passed on), runs the sandbox provider (the API in `eventfold_app::shop::payments`)
-//! in its own process, opens a sale, and sends `attempts` purchase attempts from `concurrency`
-//! clients: each attempt picks a buyer out of `buyers` and a quantity of 1 or 2; a share
-//! `duplicate_rate` repeats an earlier attempt (same idempotency key). With `kill_server` the
-//! child is killed with SIGKILL when half the attempts are sent and started again; clients retry
-//! a refused connection with the same key. The provider decides per order whether the buyer pays
-//! (`pay_rate`) and whether the payment fails (`payment_failure_rate` of the payers), and sends
-//! signed callbacks, some twice (a replay with the same event id, a late copy with a new one).
-//! Buyers who never pay are cancelled by the server's unpaid-order timeout (shortened here).
+//! The simulator starts `eventfold serve` as a child process on the given store (with `--redis` and
+//! `--kafka-brokers` passed on), runs the sandbox provider (the API in
+//! `eventfold_app::shop::payments`) in its own process, opens a sale, and sends `attempts` purchase
+//! attempts from `concurrency` clients: each attempt picks a buyer out of `buyers` and a quantity
+//! of 1 or 2; a share `duplicate_rate` repeats an earlier attempt (same idempotency key). With
+//! `kill_server` the child is killed with SIGKILL when half the attempts are sent and started
+//! again; clients retry a refused connection with the same key. The provider decides per order
+//! whether the buyer pays (`pay_rate`) and whether the payment fails (`payment_failure_rate` of the
+//! payers), and sends signed callbacks, some twice (a replay with the same event id, a late copy
+//! with a new one). Buyers who never pay are cancelled by the server's unpaid-order timeout
+//! (shortened here).
 //!
 //! The report comes from the server's answers and the provider's own books, never from the
 //! simulator's expectations: orders live (not cancelled) against the stock, units per buyer,

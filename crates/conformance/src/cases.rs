@@ -705,7 +705,7 @@ pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
     assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
 }
 
-/// Fencing tokens (M21): an append with a token lower than one accepted before for the resource
+/// Fencing tokens: an append with a token lower than one accepted before for the resource
 /// is refused and writes nothing; equal and higher tokens pass; resources are independent; in one
 /// `append_many` group a lower token after a higher one is refused too.
 pub async fn fencing_token_refuses_a_stale_holder<S: Backend>(store: Arc<S>) {
@@ -769,7 +769,7 @@ pub async fn fencing_token_refuses_a_stale_holder<S: Backend>(store: Arc<S>) {
     assert!(matches!(bad, Err(StoreError::InvalidRequest(m)) if m.contains("fence.resource")));
 }
 
-/// Every append path keeps one hash chain (M6): concurrent writers with exact versions, `Any`,
+/// Every append path keeps one hash chain: concurrent writers with exact versions, `Any`,
 /// fenced and multi-event appends, a refused append inside a group and a retry; the stored links
 /// verify for the whole log and for each stream.
 pub async fn appends_keep_one_hash_chain<S: Backend>(store: Arc<S>) {

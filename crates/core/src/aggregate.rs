@@ -31,7 +31,7 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// Folds one event into the state. Must not fail: events are facts.
     fn apply(self, event: &Self::Event) -> Self;
 
-    /// Upcasters of this aggregate's event types (M5), at most one per type and version: a
+    /// Upcasters of this aggregate's event types, at most one per type and version: a
     /// payload stored at version `v` is lifted `v -> v + 1 -> ...` up to the type's current
     /// version ([`current_schema_version`]) on every read. Stored history is never rewritten.
     /// Default: none, so every type is at version 1.
@@ -43,7 +43,7 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// state (command lanes look for a snapshot only then).
     const SNAPSHOTTED: bool = false;
 
-    /// Rebuilds the state from a snapshot's JSON written at `state_version` (M4, see
+    /// Rebuilds the state from a snapshot's JSON written at `state_version` (see
     /// [`crate::snapshot`]); `None` when this aggregate is not snapshotted or the snapshot is not
     /// of its current state version. Command lanes start from it.
     fn from_snapshot(_state: serde_json::Value, _state_version: u32) -> Option<Self> {
@@ -56,7 +56,7 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     }
 }
 
-/// Lifts one event type's payload from schema version `from` to `from + 1` (M5).
+/// Lifts one event type's payload from schema version `from` to `from + 1`.
 #[derive(Debug, Clone, Copy)]
 pub struct Upcaster {
     /// The event type, e.g. `FundsDeposited`.

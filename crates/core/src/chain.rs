@@ -1,4 +1,4 @@
-//! The hash chain (M6): tamper evidence for the stored log.
+//! The hash chain: tamper evidence for the stored log.
 //!
 //! Every event stores two SHA-256 hashes (32 bytes each):
 //! - `prev_hash`: the `hash` of the event at the previous global position (32 zero bytes for
@@ -17,7 +17,8 @@
 //! head signed earlier with an Ed25519 key kept elsewhere.
 //!
 //! Design source: Crosby and Wallach, "Efficient Data Structures for Tamper-Evident Logging"
-//! (USENIX Security 2009), hash chains with signed commitments; the seed's M6.
+//! (USENIX Security 2009), hash chains with signed commitments; the shop seed's tamper-evidence
+//! requirement.
 
 use std::collections::HashMap;
 
@@ -231,7 +232,7 @@ pub struct ChainRow {
     pub prev_hash: Option<Vec<u8>>,
     /// Stored `hash`.
     pub hash: Option<Vec<u8>>,
-    /// For an archived event (M8): the content digest it had, kept in the hot stub while the
+    /// For an archived event: the content digest it had, kept in the hot stub while the
     /// payload lives in an archive file (the stub's payload is empty); `None` for a hot event.
     pub archived_digest: Option<Vec<u8>>,
 }
@@ -271,7 +272,7 @@ impl ChainRow {
         }
     }
 
-    /// Whether this row is an archived event's stub (M8).
+    /// Whether this row is an archived event's stub.
     pub fn is_archived(&self) -> bool {
         self.archived_digest.is_some()
     }
@@ -293,7 +294,7 @@ pub struct BrokenLink {
     pub version: u64,
     /// What does not hold: `position` (a gap or a repeat), `prev_hash`, `stream_version`,
     /// `archived_digest` (an archived stub that is not one), `hash` (the content or position was
-    /// changed, or the stream's previous event), `anchor`, or, checking an archive (M8),
+    /// changed, or the stream's previous event), `anchor`, or, checking an archive,
     /// `archive` (an event of the archive differs from the log's).
     pub field: String,
     /// What the chain requires there (hex for hashes).
@@ -312,7 +313,7 @@ impl std::fmt::Display for BrokenLink {
     }
 }
 
-/// Whether `archived`, an event read back from an archive file (M8), is the event the log holds
+/// Whether `archived`, an event read back from an archive file, is the event the log holds
 /// at its position: `hot` is the log's row there, either the archived stub or, after a restore,
 /// the full event. Position, stream, version and both hashes must be equal, and the archived
 /// content's digest must be the stub's `archived_digest` (or the restored row's own digest). The
@@ -421,7 +422,7 @@ impl ChainVerifier {
     /// The first link of the row that does not hold, in this order: position (the next one in
     /// the log; increasing within a stream), `prev_hash` (log scope), stream version, then the
     /// `hash` recomputed from `prev_hash`, the stream's previous hash, position and content. For
-    /// an archived stub (M8) the content digest is the one the stub keeps, which must be 32 bytes
+    /// an archived stub the content digest is the one the stub keeps, which must be 32 bytes
     /// beside an empty payload; whether the archive file holds that content is
     /// [`archived_matches`]'s question.
     pub fn check(&mut self, row: &ChainRow) -> Result<(), BrokenLink> {
@@ -510,7 +511,7 @@ impl ChainVerifier {
 /// The format tag of anchor files and of the message they sign.
 pub const ANCHOR_FORMAT: &str = "eventfold-anchor/1";
 
-/// A signed chain head (M6): proof, checked later with the public key, that the log once ended
+/// A signed chain head: proof, checked later with the public key, that the log once ended
 /// at `position` with `hash`. Written as JSON by `eventfold anchor sign`.
 ///
 /// The signature is Ed25519 (RFC 8032) over [`Anchor::message`].

@@ -1,4 +1,4 @@
-//! The event envelope (M1).
+//! The event envelope.
 //!
 //! Every event eventfold stores carries: event id (UUIDv7), stream id, stream version, global position,
 //! event type, schema version, event time (when it happened, from the source), ingest time (when the
@@ -101,7 +101,7 @@ pub struct EventMetadata {
     pub causation_id: Option<Uuid>,
     /// The id shared by everything one business transaction caused, if any.
     pub correlation_id: Option<Uuid>,
-    /// The tenant the events belong to (M25); `default` on a single-tenant install.
+    /// The tenant the events belong to; `default` on a single-tenant install.
     pub tenant_id: String,
 }
 
@@ -125,7 +125,7 @@ pub struct NewEvent {
     pub event_id: Uuid,
     /// The event's type name, e.g. `FundsDeposited`.
     pub event_type: String,
-    /// The payload's schema version, starting at 1 (M5).
+    /// The payload's schema version, starting at 1.
     pub schema_version: u32,
     /// When it happened, from the source (UTC).
     pub event_time: DateTime<Utc>,

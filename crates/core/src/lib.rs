@@ -1,6 +1,6 @@
 //! eventfold-core: the pieces every eventfold backend and domain shares, with no I/O.
 //!
-//! - [`envelope`]: the event envelope (M1): [`NewEvent`] going in, [`RecordedEvent`] coming out.
+//! - [`envelope`]: the event envelope: [`NewEvent`] going in, [`RecordedEvent`] coming out.
 //! - [`store`]: the [`EventStore`] trait (append with an [`ExpectedVersion`], read a stream, read all,
 //!   durable checkpoints, idempotency records) and its typed [`StoreError`].
 //! - [`aggregate`]: pure aggregates (`handle` / `apply`, the esrs / cqrs-es shape) and replay helpers.
@@ -8,7 +8,7 @@
 //!   documents together with a projection's checkpoint.
 //! - [`projection`]: keyed-fold projections and the backend-agnostic [`ProjectionRunner`].
 //! - [`subscription`]: catch-up subscriptions over `read_all` that wake when the store appends.
-//! - [`chain`]: the hash chain (M6): canonical event bytes, links, the verifier and signed anchors.
+//! - [`chain`]: the hash chain: canonical event bytes, links, the verifier and signed anchors.
 //! - [`notification`]: the notification table's rows and the [`notification::NotificationStore`]
 //!   port the stores implement.
 //! - [`stock`]: the flash-sale stock ledger port ([`stock::StockLedger`]) and its in-process

@@ -10,13 +10,13 @@ use crate::store::StoreError;
 /// One row of the notification table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// Recipient.
+    /// Who the notification is for (a user id).
     pub user_id: String,
     /// What it is about, e.g. `OrderShipped`.
     pub event_type: String,
-    /// Title.
+    /// Title shown to the recipient.
     pub title: String,
-    /// Text.
+    /// Body text shown to the recipient.
     pub body: String,
     /// When it was created (UTC).
     pub created_at: DateTime<Utc>,

@@ -1,4 +1,4 @@
-//! Keyed-fold projections (M9) and the runner that feeds them from the global log.
+//! Keyed-fold projections and the runner that feeds them from the global log.
 //!
 //! A projection maps each event to at most one document key and folds the event into that
 //! document: `apply(Option<Doc>, input, &event) -> Option<Doc>` (the Kafka Streams `aggregate`
@@ -68,7 +68,7 @@ pub enum RunnerError {
     /// No projection has this name.
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
-    /// The log holds archived events (M8) after the projection's checkpoint: applying only the
+    /// The log holds archived events after the projection's checkpoint: applying only the
     /// hot events would leave them out of the read model without a word, so nothing is applied.
     #[error("projection {projection} at checkpoint {checkpoint} would skip {archived} archived events; bring them back first (eventfold restore --from DIR)")]
     Archived {
@@ -344,7 +344,7 @@ impl ProjectionRunner {
     ///
     /// # Errors
     /// An unknown name, a store failure or a poison event; [`RunnerError::Archived`] when the
-    /// log holds archived events (M8), before anything is deleted.
+    /// log holds archived events, before anything is deleted.
     pub async fn rebuild(
         &self,
         only: Option<&str>,

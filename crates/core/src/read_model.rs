@@ -59,7 +59,7 @@ pub fn key_after(key: &str) -> String {
     format!("{key}\u{1}")
 }
 
-/// Storage for projections' documents and checkpoints (M9).
+/// Storage for projections' documents and checkpoints.
 #[async_trait]
 pub trait ReadModelStore: Send + Sync + 'static {
     /// The documents stored under `keys` (missing keys are left out), as `(key, json)`.

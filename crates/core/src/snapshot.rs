@@ -1,4 +1,4 @@
-//! Snapshots (M4): an aggregate's state at a stream version, so a load reads the newest usable
+//! Snapshots: an aggregate's state at a stream version, so a load reads the newest usable
 //! snapshot plus the events after it instead of the whole stream.
 //!
 //! Snapshots are documents of the read-model store under the name [`SNAPSHOTS`]: the newest under

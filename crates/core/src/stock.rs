@@ -1,4 +1,4 @@
-//! The flash-sale stock ledger (M20): stock per SKU, deducted per purchase attempt with the
+//! The flash-sale stock ledger: stock per SKU, deducted per purchase attempt with the
 //! check, the deduction and the buyer's tally in one atomic step, so a crowd can never oversell
 //! and no buyer can go over the per-buyer limit. Implemented in Redis by one Lua script per call
 //! (`eventfold-redis`) and in-process by [`MemoryStock`] (the embedded default): both keep the
@@ -49,9 +49,9 @@ pub enum TakeState {
 pub struct Take {
     /// Attempt id (idempotency key).
     pub attempt: String,
-    /// Buyer.
+    /// The buyer the units were taken for.
     pub buyer: String,
-    /// Units taken.
+    /// Units the take holds.
     pub quantity: u64,
     /// Where it stands.
     pub state: TakeState,

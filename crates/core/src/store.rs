@@ -1,4 +1,4 @@
-//! The event-store trait (M1) and its typed errors.
+//! The event-store trait and its typed errors.
 //!
 //! Versions and positions:
 //! - a stream's version is the number of events in it: 0 for a stream that does not exist, 1 after
@@ -88,7 +88,7 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// An idempotency key to record atomically with the events.
     pub idempotency: Option<IdempotencyRecord>,
-    /// A fencing token from a lock on `fence.resource` (M21): the append is refused with
+    /// A fencing token from a lock on `fence.resource`: the append is refused with
     /// [`StoreError::Fenced`] when a higher token for the resource was presented before, so a
     /// holder whose lock expired while it was paused cannot write after the next holder did.
     pub fence: Option<Fence>,
@@ -136,8 +136,8 @@ impl AppendRequest {
     /// # Errors
     /// [`StoreError::InvalidRequest`] naming the field: an empty or over-long stream id, a stream id
     /// with control characters, no events, two events with one id, an empty event type, schema
-    /// version 0, an empty payload (a payload is JSON text; an empty one marks an archived stub,
-    /// M8).
+    /// version 0, an empty payload (a payload is JSON text; an empty one marks an archived
+    /// stub).
     pub fn validate(&self) -> Result<(), StoreError> {
         let invalid = |m: String| Err(StoreError::InvalidRequest(m));
         if self.stream_id.is_empty() || self.stream_id.len() > 200 {
@@ -261,7 +261,7 @@ pub enum StoreError {
     /// Stored data cannot be decoded; the message names the row.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// The read reached an archived event (M8): its payload is in an archive file, and the stream
+    /// The read reached an archived event: its payload is in an archive file, and the stream
     /// cannot be replayed from the hot store until `eventfold restore` brings it back. Nothing
     /// was returned.
     #[error(
@@ -281,7 +281,7 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// One event to archive (M8): the store keeps its row as a stub (every column but the payload,
+/// One event to archive: the store keeps its row as a stub (every column but the payload,
 /// plus `digest`) so that positions, stream versions, event ids and the hash chain stay whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchiveStub {
@@ -293,7 +293,7 @@ pub struct ArchiveStub {
     pub digest: crate::chain::Hash,
 }
 
-/// One archived event to bring back (M8): its payload, for the stub at `position` whose stored
+/// One archived event to bring back: its payload, for the stub at `position` whose stored
 /// hash is `hash`. The caller has proven the payload against the stub's digest
 /// ([`crate::chain::archived_matches`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,7 +316,7 @@ impl StoreError {
         ))
     }
 
-    /// A replay met an event whose payload is empty but which is not an archived stub (M8):
+    /// A replay met an event whose payload is empty but which is not an archived stub:
     /// appends refuse an empty payload and only archiving empties one, so the row was changed
     /// behind the store's back.
     pub fn emptied_payload(stream_id: &str, version: u64, position: u64) -> Self {
@@ -337,7 +337,7 @@ impl StoreError {
     }
 }
 
-/// An append-only event store (M1).
+/// An append-only event store.
 ///
 /// Implementations: `eventfold-sqlite` (embedded default). Every implementation must pass the suite
 /// in `eventfold-conformance` unchanged.
@@ -375,7 +375,7 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// Infrastructure failures, [`StoreError::Corrupt`], or [`StoreError::Archived`] when the
-    /// read reaches an archived event (M8).
+    /// read reaches an archived event.
     async fn read_stream(
         &self,
         stream_id: &str,
@@ -429,7 +429,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
 
     /// Reads up to `max_count` events of the global log with position greater than
-    /// `after_position`, in position order. Archived events (M8) are left out: their positions
+    /// `after_position`, in position order. Archived events are left out: their positions
     /// are gaps here, and [`EventStore::read_chain`] shows their stubs.
     ///
     /// # Errors
@@ -441,9 +441,9 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Reads up to `max_count` events with position greater than `after_position`, in position
-    /// order, raw (texts as bytes) with their hash-chain columns (M6): what `eventfold verify`
+    /// order, raw (texts as bytes) with their hash-chain columns: what `eventfold verify`
     /// walks. Rows are not validated, so a tampered row reads and is reported by the verifier.
-    /// Archived events (M8) read as their stubs (empty payload, `archived_digest` set).
+    /// Archived events read as their stubs (empty payload, `archived_digest` set).
     ///
     /// # Errors
     /// Infrastructure failures, or [`StoreError::Corrupt`] naming the position when a column has
@@ -483,7 +483,7 @@ pub trait EventStore: Send + Sync + 'static {
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError>;
 
-    /// Archives events (M8): in one transaction, each event named becomes a stub, its payload
+    /// Archives events: in one transaction, each event named becomes a stub, its payload
     /// emptied and its content digest kept, so the chain, stream versions and event ids hold.
     /// The append-only trigger allows exactly this change and [`EventStore::restore_events`]'s.
     /// An event already archived with the same digest is skipped (a re-run). Returns how many
@@ -495,7 +495,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// failures.
     async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError>;
 
-    /// Brings archived events back (M8): in one transaction, each stub named gets its payload
+    /// Brings archived events back: in one transaction, each stub named gets its payload
     /// back and stops being archived. A position that is not archived (restored before) is
     /// skipped. Returns how many events this call restored.
     ///
@@ -504,7 +504,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// (nothing is changed); infrastructure failures.
     async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError>;
 
-    /// How many archived events (stubs, M8) the log holds after global position `position`:
+    /// How many archived events (stubs) the log holds after global position `position`:
     /// events [`EventStore::read_all`] leaves out. A range scan from `position` to the head.
     ///
     /// # Errors

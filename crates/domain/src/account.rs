@@ -29,28 +29,28 @@ pub enum AccountCommand {
     Open {
         /// Owner id.
         owner: String,
-        /// Ledger currency.
+        /// The account's currency (every amount of the account is in it).
         currency: Currency,
-        /// Who asks.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Adds funds (amount > 0, the account's currency).
     Deposit {
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
-        /// Who asks.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Takes funds out (amount > 0, not more than the balance).
     Withdraw {
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
-        /// Who asks.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Books interest (amount >= 0).
     AccrueInterest {
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
     },
 }
@@ -62,7 +62,7 @@ pub enum AccountEvent {
     AccountOpened {
         /// Owner id.
         owner: String,
-        /// Ledger currency.
+        /// The account's currency (every amount of the account is in it).
         currency: Currency,
     },
     /// Funds came in.
@@ -80,7 +80,7 @@ pub enum AccountEvent {
         /// Amount (>= 0).
         amount: Money,
     },
-    /// A correction computed by replay (M7); the amount may be negative.
+    /// A correction computed by replay; the amount may be negative.
     CorrectionApplied {
         /// Signed amount.
         amount: Money,
@@ -147,17 +147,17 @@ impl eventfold_core::snapshot::Snapshotting for Account {
     const STATE_VERSION: u32 = 1;
 }
 
-/// The account's upcasters (M5): `FundsDeposited` v1 -> v2.
+/// The account's upcasters: `FundsDeposited` v1 -> v2.
 static UPCASTERS: [Upcaster; 1] = [Upcaster {
     event_type: "FundsDeposited",
     from: 1,
     lift: funds_deposited_v1_to_v2,
 }];
 
-/// `FundsDeposited` v1 carried a bare amount, `{"amount": "10.00"}`; v2 carries money,
-/// `{"amount": {"amount": "10.00", "currency": "TWD"}}`, and a v1 deposit was in TWD (the seed's
-/// rule). eventfold builds before M5 wrote deposits with a currency under version 1; those pass
-/// unchanged.
+/// `FundsDeposited` v1 carried a bare amount, `{"amount": "10.00"}`; v2 carries money, `{"amount":
+/// {"amount": "10.00", "currency": "TWD"}}`, and a v1 deposit was in TWD (the seed's rule).
+/// eventfold builds before upcasting existed wrote deposits with a currency under version 1; those
+/// pass unchanged.
 ///
 /// # Errors
 /// A payload without `amount`, or with one that is neither a decimal string nor money.

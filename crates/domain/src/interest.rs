@@ -1,4 +1,4 @@
-//! Interest on an account's daily balances, by algorithm version (M7: corrections by replay).
+//! Interest on an account's daily balances, by algorithm version (for corrections by replay).
 //!
 //! Both versions pay `annual_rate` on each UTC day's **end-of-day balance** (every movement
 //! with an event time before the next midnight counts, late data included; a negative balance

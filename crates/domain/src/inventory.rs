@@ -32,19 +32,19 @@ pub enum InventoryCommand {
     },
     /// Holds units for an order.
     Reserve {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
         /// Units, at least 1.
         quantity: u64,
     },
     /// Returns an order's held units.
     Release {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
     },
     /// Turns an order's held units into a sale.
     Sell {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
     },
 }
@@ -54,28 +54,28 @@ pub enum InventoryCommand {
 pub enum InventoryEvent {
     /// Units added.
     StockAdded {
-        /// Units.
+        /// Units (at least 1).
         quantity: u64,
     },
     /// Units held for an order.
     InventoryReserved {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
-        /// Units.
+        /// Units (at least 1).
         quantity: u64,
     },
     /// An order's held units returned.
     InventoryReleased {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
-        /// Units.
+        /// Units (at least 1).
         quantity: u64,
     },
     /// An order's held units sold.
     InventorySold {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
-        /// Units.
+        /// Units (at least 1).
         quantity: u64,
     },
 }
@@ -95,7 +95,7 @@ pub enum InventoryError {
     /// The order already holds a different quantity.
     #[error("order {order_id} already holds {held} units")]
     ReservedDifferently {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
         /// Units held.
         held: u64,

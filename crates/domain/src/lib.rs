@@ -1,13 +1,13 @@
-//! eventfold-domain: the shop domain (M2), pure and synchronous.
+//! eventfold-domain: the shop domain, pure and synchronous.
 //!
 //! - [`money`]: decimal [`Money`] with an ISO 4217 [`Currency`].
 //! - [`account`]: a customer ledger (no overdraft).
-//! - [`interest`]: interest on daily balances by algorithm version (v1, v2), for corrections (M7).
+//! - [`interest`]: interest on daily balances by algorithm version (v1, v2), for corrections.
 //! - [`order`]: the order state machine PENDING -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED, with
 //!   CANCELLED and REFUNDED; every transition carries its actor and reason.
 //! - [`inventory`]: stock per SKU or event (reserve, release, sell).
 //! - [`payment`]: authorize, capture, refund, fail.
-//! - [`payment_saga`]: the payment saga's state and the orchestrator's decision (M22).
+//! - [`payment_saga`]: the payment saga's state and the orchestrator's decision.
 //! - [`projections`]: order summary, balance by account, daily sales by store (event time),
 //!   real-time sales (ingest time).
 //!

@@ -1,6 +1,6 @@
 //! Order: the state machine PENDING -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED, with CANCELLED
 //! (before shipping; a paid order's payment is refunded) and REFUNDED (after payment). Every
-//! transition carries its actor and reason (M2, M3).
+//! transition carries its actor and reason.
 
 use eventfold_core::{Actor, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -68,7 +68,7 @@ pub struct Order {
     pub customer_id: String,
     /// Store id, e.g. `cdnow`.
     pub store_id: String,
-    /// Lines.
+    /// The order's lines: SKU, units and each line's total.
     pub lines: Vec<OrderLine>,
     /// Sum of the lines.
     pub total: Option<Money>,
@@ -95,7 +95,7 @@ pub enum OrderCommand {
         store_id: String,
         /// At least one line, all in one currency.
         lines: Vec<OrderLine>,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Records full payment (PENDING -> PAID).
@@ -104,40 +104,40 @@ pub enum OrderCommand {
         amount: Money,
         /// Payment reference.
         payment_id: String,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// PAID -> CONFIRMED.
     Confirm {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
     /// CONFIRMED -> SHIPPED.
     Ship {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
     /// SHIPPED -> COMPLETED.
     Complete {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
     /// PENDING, PAID or CONFIRMED -> CANCELLED; refunds what was paid.
     Cancel {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
         /// Why (required).
         reason: String,
     },
     /// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED, for the amount paid.
     Refund {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
         /// Why (required).
         reason: String,
@@ -153,11 +153,11 @@ pub enum OrderEvent {
         customer_id: String,
         /// Store id.
         store_id: String,
-        /// Lines.
+        /// The order's lines: SKU, units and each line's total.
         lines: Vec<OrderLine>,
         /// Sum of the lines.
         total: Money,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Paid in full.
@@ -168,35 +168,35 @@ pub enum OrderEvent {
         payment_id: String,
         /// Store id (carried for the sales projections).
         store_id: String,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
     /// Accepted by the shop.
     OrderConfirmed {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
     /// Handed to the carrier.
     OrderShipped {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
-    /// Delivered.
+    /// Delivered: the order is complete (it can still be refunded).
     OrderCompleted {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
     /// Cancelled before shipping.
     OrderCancelled {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
         /// What is refunded: the amount paid, if any.
         refund: Option<Money>,
@@ -205,9 +205,9 @@ pub enum OrderEvent {
     },
     /// Refunded after payment.
     OrderRefunded {
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
         /// Amount refunded (the amount paid).
         amount: Money,
@@ -237,7 +237,7 @@ pub enum OrderError {
     /// Payment amount differs from the total.
     #[error("payment {paid} does not match the order total {total}")]
     PaymentMismatch {
-        /// The total.
+        /// Sum of the lines' amounts.
         total: Money,
         /// The amount paid.
         paid: Money,

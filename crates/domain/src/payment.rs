@@ -42,7 +42,7 @@ pub struct Payment {
 pub enum PaymentCommand {
     /// Holds funds for an order.
     Authorize {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
         /// Amount (>= 0).
         amount: Money,
@@ -53,7 +53,7 @@ pub enum PaymentCommand {
     Refund {
         /// Amount (> 0, at most what is left).
         amount: Money,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
     /// Marks the payment failed.
@@ -68,26 +68,26 @@ pub enum PaymentCommand {
 pub enum PaymentEvent {
     /// Funds held.
     PaymentAuthorized {
-        /// Order id.
+        /// The order it is for.
         order_id: String,
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
     },
     /// Funds taken.
     PaymentCaptured {
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
     },
     /// Funds returned.
     PaymentRefunded {
-        /// Amount.
+        /// The amount, in the account's currency.
         amount: Money,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
     /// Refused or abandoned.
     PaymentFailed {
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
 }
@@ -99,7 +99,7 @@ pub enum PaymentError {
     /// A command the payment's status forbids.
     #[error("cannot {action} a payment that is {from:?}")]
     IllegalTransition {
-        /// The verb.
+        /// The command refused, e.g. `capture`.
         action: &'static str,
         /// `None` when the payment does not exist.
         from: Option<PaymentStatus>,
@@ -107,7 +107,7 @@ pub enum PaymentError {
     /// Refund above what is left.
     #[error("refund {requested} exceeds the refundable {left}")]
     RefundTooLarge {
-        /// Asked.
+        /// The amount the command asked for.
         requested: Money,
         /// Left to refund.
         left: Money,

@@ -1,4 +1,4 @@
-//! The payment saga (M22, orchestration): ReserveFunds -> CapturePayment -> SendReceipt, with the
+//! The payment saga (orchestration): ReserveFunds -> CapturePayment -> SendReceipt, with the
 //! compensations ReleaseFunds and RefundPayment. Stream `paysaga-{order_id}`: the saga's state is
 //! its events, so a restarted orchestrator picks every saga up where it stood.
 //!
@@ -135,7 +135,7 @@ pub struct PaymentSaga {
 pub enum PaymentSagaCommand {
     /// Starts the saga for an order (a no-op when started for the same order and amount).
     Start {
-        /// The order.
+        /// The order it is for.
         order_id: String,
         /// The buyer.
         customer_id: String,
@@ -146,7 +146,7 @@ pub enum PaymentSagaCommand {
     Report(ProviderReport),
     /// Records that a try of `step` begins now and times out at `now_ms + timeout_ms`.
     BeginStep {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
         /// Now (ms since the Unix epoch).
         now_ms: i64,
@@ -156,11 +156,11 @@ pub enum PaymentSagaCommand {
     /// Records what a try of `step` came to; a result for a try that is no longer in flight
     /// (it timed out, another worker tried again) is ignored.
     EndStep {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
-        /// The try.
+        /// Which try of the step (1 for the first).
         attempt: u32,
-        /// What happened.
+        /// What the provider answered (done, accepted, refused, or no answer).
         result: StepResult,
         /// Now (ms since the Unix epoch).
         now_ms: i64,
@@ -169,7 +169,7 @@ pub enum PaymentSagaCommand {
     Complete,
     /// Records `PaymentFailed`.
     Fail {
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
     /// Records the end.
@@ -197,7 +197,7 @@ pub enum StepResult {
 pub enum PaymentSagaEvent {
     /// The saga began.
     PaymentSagaStarted {
-        /// The order.
+        /// The order it is for.
         order_id: String,
         /// The buyer.
         customer_id: String,
@@ -206,7 +206,7 @@ pub enum PaymentSagaEvent {
     },
     /// A try of a step began.
     StepStarted {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
         /// 1 for the first try.
         attempt: u32,
@@ -215,25 +215,25 @@ pub enum PaymentSagaEvent {
     },
     /// The provider took a request and will answer by callback.
     StepAccepted {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
         /// The provider's reference.
         reference: String,
     },
     /// A step is done.
     StepSucceeded {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
         /// The provider's reference.
         reference: String,
     },
     /// A try of a step failed.
     StepFailed {
-        /// The step.
+        /// The saga step.
         step: SagaStep,
         /// The try (0 for a failure the provider reported by callback).
         attempt: u32,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
         /// When to try again (ms since the Unix epoch); `None`: failed for good.
         retry_at_ms: Option<i64>,
@@ -245,12 +245,12 @@ pub enum PaymentSagaEvent {
     },
     /// The payment failed (choreography: the order is cancelled and its stock released next).
     PaymentFailed {
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
     /// The saga is over.
     PaymentSagaEnded {
-        /// How.
+        /// How it ended: completed, or failed and compensated.
         outcome: SagaOutcome,
     },
 }

@@ -1,4 +1,4 @@
-//! The read models (M9): each a keyed fold over the global log (see
+//! The read models: each a keyed fold over the global log (see
 //! `eventfold_core::projection`). Keys are chosen so that the queries the API needs are a point
 //! read or one range scan:
 //!
@@ -23,7 +23,7 @@ use crate::account::{Account, AccountEvent};
 use crate::money::{Currency, Money};
 use crate::order::{Order, OrderEvent, OrderStatus};
 
-/// Name of the due-time index of orders (the unpaid-order timeout's delay queue, M18).
+/// Name of the due-time index of orders (the unpaid-order timeout's delay queue).
 pub const PAYMENT_DEADLINES: &str = "payment_deadlines";
 
 /// Name of the order summary projection.
@@ -181,7 +181,7 @@ pub struct AccountBalance {
     pub account_id: String,
     /// Owner id.
     pub owner: String,
-    /// Balance.
+    /// Balance now, in the account's currency.
     pub balance: Money,
     /// Stream version the balance reflects.
     pub version: u64,
@@ -499,7 +499,7 @@ pub fn deadline_key(created_ms: i64, order_id: &str) -> String {
     format!("{:016}:{order_id}", created_ms.max(0))
 }
 
-/// The `payment_deadlines` projection: a due-time index of orders by creation time (M18). Every
+/// The `payment_deadlines` projection: a due-time index of orders by creation time. Every
 /// created order gets an entry; the unpaid-order timeout scans the window that has come due and
 /// cancels what is still pending (entries are never removed: they are small, and the scan only
 /// reads the window).
@@ -545,7 +545,7 @@ pub const SAGAS_IN_FLIGHT: &str = "sagas_in_flight";
 /// A payment saga that has not ended (the orchestrator drives these again after a restart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SagaInFlight {
-    /// The order.
+    /// The order it is for.
     pub order_id: String,
 }
 

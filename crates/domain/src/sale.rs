@@ -1,4 +1,4 @@
-//! A flash sale's definition (M20): what is sold, how much, at what price, at most how many per
+//! A flash sale's definition: what is sold, how much, at what price, at most how many per
 //! buyer. Stream `sale-{sku}`. The stock itself lives in the stock ledger (Redis or in-process),
 //! which is opened from this definition and, in-process, rebuilt from it and the sale's orders.
 
@@ -36,7 +36,7 @@ pub enum SaleCommand {
     Open {
         /// The terms.
         terms: SaleTerms,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
 }
@@ -48,7 +48,7 @@ pub enum SaleEvent {
     SaleOpened {
         /// The terms.
         terms: SaleTerms,
-        /// Who.
+        /// Who acts (recorded as the event's actor).
         actor: Actor,
     },
 }

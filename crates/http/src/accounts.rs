@@ -27,9 +27,9 @@ pub struct AccountView {
     pub account_id: String,
     /// Owner id.
     pub owner: String,
-    /// Ledger currency.
+    /// The account's currency (every amount of the account is in it).
     pub currency: wire::Currency,
-    /// Balance.
+    /// Balance now, in the account's currency.
     pub balance: wire::Money,
     /// Interest accrued in total.
     pub interest: wire::Money,

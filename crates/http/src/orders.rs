@@ -23,27 +23,27 @@ use crate::wire;
 pub struct OrderView {
     /// Order id.
     pub order_id: String,
-    /// Status.
+    /// Where the order is in its life (`null` before it is created).
     pub status: Option<wire::OrderStatus>,
     /// Customer id.
     pub customer_id: String,
     /// Store id.
     pub store_id: String,
-    /// Lines.
+    /// The order's lines: SKU, units and each line's total.
     pub lines: Vec<wire::OrderLine>,
-    /// Total.
+    /// Sum of the lines' amounts.
     pub total: Option<wire::Money>,
-    /// Paid.
+    /// Amount paid, once paid (equals the total).
     pub paid: Option<wire::Money>,
-    /// Refunded.
+    /// Amount refunded, if any.
     pub refunded: Option<wire::Money>,
-    /// Payment reference.
+    /// The payment's reference: the one given to pay, or the provider's charge id.
     pub payment_id: Option<String>,
-    /// Stream version.
+    /// Stream version the view reflects (the response's `ETag` too).
     pub version: u64,
     /// Who made the last change.
     pub last_actor: Option<String>,
-    /// Why.
+    /// Why the last change was made, if the actor said.
     pub last_reason: Option<String>,
 }
 
@@ -70,7 +70,7 @@ impl OrderView {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineBody {
-    /// SKU.
+    /// Stock-keeping unit, e.g. `cd` (1 to 100 of `[A-Za-z0-9._-]`).
     pub sku: String,
     /// Units, at least 1.
     pub quantity: u32,
@@ -110,7 +110,7 @@ pub struct PayOrder {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
-    /// Why.
+    /// Why: required to cancel or refund, optional otherwise (at most 500 characters).
     pub reason: Option<String>,
 }
 

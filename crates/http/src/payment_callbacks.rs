@@ -30,21 +30,21 @@ use crate::state::AppState;
 pub enum Callback {
     /// The buyer authorized: the amount is held.
     FundsReserved {
-        /// The order.
+        /// The order it is for.
         order_id: String,
         /// The provider's authorization id.
         authorization_id: String,
     },
     /// The buyer's authorization failed.
     ReservationFailed {
-        /// The order.
+        /// The order it is for.
         order_id: String,
-        /// Why.
+        /// Why, as the actor gave it (at most 500 characters, no control characters).
         reason: String,
     },
     /// The amount was captured.
     Captured {
-        /// The order.
+        /// The order it is for.
         order_id: String,
         /// The provider's charge id.
         charge_id: String,
@@ -76,7 +76,7 @@ impl Callback {
 /// What a callback did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CallbackView {
-    /// The order.
+    /// The order it is for.
     pub order_id: String,
     /// Whether the report was new to the saga (false: known already, or a replay).
     pub recorded: bool,

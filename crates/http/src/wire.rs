@@ -92,7 +92,7 @@ pub struct AccountBalance {
     pub account_id: String,
     /// Owner id.
     pub owner: String,
-    /// Balance.
+    /// Balance now, in the account's currency.
     pub balance: Money,
     /// Stream version the balance reflects.
     pub version: u64,

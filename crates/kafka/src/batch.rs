@@ -1,4 +1,4 @@
-//! A batching consumer (M15): messages are decoded and collected until `max_messages` or
+//! A batching consumer: messages are decoded and collected until `max_messages` or
 //! `max_wait`, written to a sink in one call, and only then are their offsets committed, so
 //! nothing is committed to Kafka that is not durable in the sink.
 //!

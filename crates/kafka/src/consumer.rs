@@ -1,4 +1,4 @@
-//! At-least-once consumption with an inbox (M14): a message's offset is committed only after its
+//! At-least-once consumption with an inbox: a message's offset is committed only after its
 //! handler succeeded, so a crash, a failed commit or a rebalance redelivers it; the handler makes
 //! the redelivery harmless by writing its effect together with a dedupe record keyed by the
 //! message's `event_id` ([`Inbound::inbox_key`]) in one transaction (for eventfold commands: the
@@ -26,7 +26,7 @@ pub struct ConsumerConfig {
     pub group_id: String,
     /// Topics to subscribe to.
     pub topics: Vec<String>,
-    /// Static membership (M19, KIP-345): a stable `group.instance.id` per instance, so that a
+    /// Static membership (KIP-345): a stable `group.instance.id` per instance, so that a
     /// restart within `session.timeout.ms` does not rebalance the group.
     pub group_instance_id: Option<String>,
     /// Extra librdkafka consumer settings (applied last).
@@ -79,9 +79,9 @@ impl ConsumerConfig {
 /// A received message, detached from the consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
-    /// Topic.
+    /// The topic the message was read from.
     pub topic: String,
-    /// Partition.
+    /// The partition the message was read from.
     pub partition: i32,
     /// Offset in the partition.
     pub offset: i64,
@@ -127,8 +127,8 @@ pub enum Handled {
     Poison(String),
 }
 
-/// Restores one stream's order from messages that arrive out of order across salted keys (M17,
-/// see `salted_key`): each salt's messages arrive in stream order, the salts interleave, and
+/// Restores one stream's order from messages that arrive out of order across salted keys (see
+/// `salted_key`): each salt's messages arrive in stream order, the salts interleave, and
 /// [`VersionMerge::push`] releases items in `stream_version` order, holding back those that come
 /// before a gap. The buffer stays small (at most what one salt's partition runs ahead of the
 /// others). A version below the next expected one is a redelivery and is dropped.
@@ -168,7 +168,7 @@ impl<T> VersionMerge<T> {
     }
 }
 
-/// Backoff between tries of one message: 100 ms doubling, capped at 5 s (M15).
+/// Backoff between tries of one message: 100 ms doubling, capped at 5 s.
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
 }

@@ -1,4 +1,4 @@
-//! Exactly-once consume-transform-produce (M16; KIP-98 transactions, KIP-447 consumer-group
+//! Exactly-once consume-transform-produce (KIP-98 transactions, KIP-447 consumer-group
 //! fencing): a worker reads input messages, turns each into zero or more output messages, and
 //! commits the outputs **and** the input offsets in one Kafka transaction. Readers of the outputs
 //! use `isolation.level=read_committed`, so they see each input's outputs exactly once: outputs
@@ -42,13 +42,13 @@ type TxProducer = ThreadedProducer<DefaultProducerContext>;
 /// A message to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
-    /// Topic.
+    /// The topic the message was read from.
     pub topic: String,
     /// Partition key.
     pub key: Option<String>,
     /// Headers (UTF-8).
     pub headers: Vec<(String, String)>,
-    /// Value.
+    /// The message value, as bytes.
     pub payload: Vec<u8>,
 }
 

@@ -1,7 +1,7 @@
-//! Kafka for eventfold: the outbox relay (M13), an at-least-once consumer for inboxes (M14,
-//! [`consumer`]) and a batching consumer with retries, a circuit breaker and a dead-letter topic
-//! (M15, [`batch`]), and an exactly-once consume-transform-produce worker on Kafka transactions
-//! (M16, [`exactly_once`]).
+//! Kafka for eventfold: the outbox relay, an at-least-once consumer for inboxes
+//! ([`consumer`]) and a batching consumer with retries, a circuit breaker and a dead-letter topic
+//! ([`batch`]), and an exactly-once consume-transform-produce worker on Kafka transactions
+//! ([`exactly_once`]).
 //!
 //! **The event log is the outbox.** Every event is committed in the transaction of the command
 //! that caused it, and the message published for it is a pure function of the stored event (its
@@ -17,7 +17,7 @@
 //! every one, and only then saves its checkpoints. A crash at any point loses nothing: the next
 //! run republishes from the last checkpoint, so a message may arrive twice (at-least-once) but
 //! never out of order per key on its first arrival; consumers dedupe by the `event_id` header
-//! (the inbox, M14).
+//! (the inbox).
 //!
 //! **Work partitions.** The log is split into `shards` work partitions by a stable hash of the
 //! stream id, each with its own checkpoint (`relay:{prefix}:{shard}`). A relay publishes the
@@ -87,13 +87,13 @@ pub struct RelayConfig {
     pub batch_size: usize,
     /// Extra librdkafka producer settings (applied last).
     pub producer_settings: Vec<(String, String)>,
-    /// Hot streams whose messages are spread over N salted keys (M17): stream id -> N (2 or
+    /// Hot streams whose messages are spread over N salted keys: stream id -> N (2 or
     /// more). See [`salted_key`] for the key and the ordering trade-off.
     pub salted_streams: HashMap<String, u32>,
 }
 
 /// The message key of event `stream_version` of a stream salted over `salts` keys:
-/// `{aggregate id}#{(stream_version - 1) % salts}` (M17). Consecutive events go to consecutive
+/// `{aggregate id}#{(stream_version - 1) % salts}`. Consecutive events go to consecutive
 /// salts, so one hot aggregate's load spreads over up to `salts` partitions. The trade-off: order
 /// holds per salt (each salt is one key, hence one partition, in stream order), not across salts;
 /// a consumer that needs the stream's order merges the salts by the `stream_version` header

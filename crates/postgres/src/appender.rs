@@ -46,7 +46,7 @@ pub(crate) struct Appender {
     pub(crate) head: watch::Sender<u64>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_batch: usize,
-    /// Whether appends compute the hash chain (M6).
+    /// Whether appends compute the hash chain.
     pub(crate) chain: bool,
 }
 
@@ -168,7 +168,7 @@ fn whole_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
-/// The content digest (M6) of a planned row.
+/// The content digest of a planned row.
 fn digest(row: &Row13, ingest: DateTime<Utc>) -> Hash {
     Content {
         stream_id: row.stream_id.as_bytes(),

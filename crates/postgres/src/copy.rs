@@ -16,7 +16,7 @@ const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01T00:00:00Z).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-/// The columns [`ReplayFeed`] reads, in its order. An archived stub (M8) is told by its empty
+/// The columns [`ReplayFeed`] reads, in its order. An archived stub is told by its empty
 /// payload: an append refuses an empty payload, and the append-only trigger lets an update empty
 /// a payload only together with setting `archived_digest` (migration 5). Reading
 /// `archived_digest` itself, the row's last column, cost the server about a third more per row
@@ -24,7 +24,7 @@ const PG_EPOCH_US: i64 = 946_684_800_000_000;
 pub(crate) const REPLAY_COLUMNS: &str =
     "stream_version, event_type, schema_version, event_time, payload";
 
-/// A stream replay: its events, up to the first archived one (M8) if the read reached one.
+/// A stream replay: its events, up to the first archived one if the read reached one.
 #[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct Replay {
@@ -62,7 +62,7 @@ pub(crate) fn parse_replay(data: &[u8]) -> Result<Replay, String> {
 pub(crate) enum ReplayRow<'a> {
     /// A hot event (the feed's buffer, overwritten by the next tuple).
     Event(&'a ReplayEvent),
-    /// An archived event's stub (M8), at this version: its payload is empty. The caller
+    /// An archived event's stub, at this version: its payload is empty. The caller
     /// confirms it against `archived_digest` before saying so.
     Archived(u64),
 }
@@ -238,7 +238,7 @@ impl ReplayFeed {
 }
 
 /// The chain COPY ([`CHAIN_COLUMNS`]) parsed as it arrives ([`CopyFeed`]) into raw chain rows
-/// (M6): texts and hashes as stored bytes, times as Unix microseconds. The rows already in the
+///: texts and hashes as stored bytes, times as Unix microseconds. The rows already in the
 /// vector are refilled in place, their buffers reused, so a walk that hands its batches back
 /// parses without allocating per row.
 #[derive(Debug)]
@@ -302,7 +302,7 @@ fn tuple_end(data: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Reads one replay tuple's fields (after its field count) into `event`, reusing its strings;
-/// returns the version when the tuple is an archived stub (M8): its payload is empty.
+/// returns the version when the tuple is an archived stub: its payload is empty.
 fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u64>, String> {
     let stream_version = i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")) as u64;
     r.text_into(&mut event.event_type)?;

@@ -55,7 +55,7 @@ pub struct PostgresConfig {
     /// Longest a read waits for a pooled connection, reconnecting meanwhile, before it fails
     /// with [`StoreError::Unavailable`] (HTTP 503 with Retry-After) (default 2 s).
     pub acquire_timeout: Duration,
-    /// Whether appends compute the hash chain (M6; default true). Off only to measure what the
+    /// Whether appends compute the hash chain (default true). Off only to measure what the
     /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
     /// and `eventfold verify` reports the first of them.
     pub hash_chain: bool,
@@ -239,7 +239,7 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 
 impl PostgresStore {
     /// The error for a replay that reached an event with an empty payload: the event is an
-    /// archived stub (M8), named with its position, when its `archived_digest` is set, and
+    /// archived stub, named with its position, when its `archived_digest` is set, and
     /// corrupt otherwise (no append or update can leave an empty payload without it).
     async fn archived_stop(&self, stream_id: &str, stream_version: u64) -> StoreError {
         let row: Result<(i64, bool), _> = sqlx::query_as(

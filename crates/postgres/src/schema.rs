@@ -82,14 +82,14 @@ BEGIN
     RETURN v_head;
 END $$;
 ",
-    // 3: fencing tokens (M21): the highest token accepted per locked resource.
+    // 3: fencing tokens: the highest token accepted per locked resource.
     r"
 CREATE TABLE fences (
     resource TEXT PRIMARY KEY,
     token    BIGINT NOT NULL
 );
 ",
-    // 4: the hash chain (M6; see eventfold_core::chain). Rows stored before it are chained by
+    // 4: the hash chain (see eventfold_core::chain). Rows stored before it are chained by
     // `backfill_chain` in the same transaction. `eventfold_append` now also chains the group: the
     // caller sends each event's content digest (SHA-256 of its canonical bytes, computed outside
     // the lock) and its stream's slot in p_check_streams; under the lock the function links each
@@ -156,7 +156,7 @@ BEGIN
     RETURN v_head;
 END $$;
 ",
-    // 5: the archive (M8). An archived event stays as a stub: its payload is emptied (it lives in
+    // 5: the archive. An archived event stays as a stub: its payload is emptied (it lives in
     // an archive file) and its content digest is kept, so the chain, stream versions and event
     // ids hold. The append-only trigger allows exactly that change and its reverse (restore).
     r"

@@ -1,6 +1,6 @@
-//! Redis for eventfold: an inbox for effects outside the database (M14, below), locks with
-//! watchdog renewal and fencing tokens (M21, [`lock`]) and the flash-sale stock ledger (M20,
-//! [`stock`]).
+//! Redis for eventfold: an inbox for effects outside the database (below), locks with
+//! watchdog renewal and fencing tokens ([`lock`]) and the flash-sale stock ledger
+//! ([`stock`]).
 //!
 //! A consumer whose effect is not a database write (an e-mail, a call to a payment provider)
 //! cannot commit a dedupe record in the effect's transaction. [`RedisInbox`] dedupes with

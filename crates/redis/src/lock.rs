@@ -1,4 +1,4 @@
-//! Distributed locks with fencing tokens (M21).
+//! Distributed locks with fencing tokens.
 //!
 //! `acquire` runs one script: `SET {prefix}lock:{resource} {owner} NX PX {lease}` and, when that
 //! succeeds, `INCR {prefix}fence:{resource}`, so every grant of a lock carries a token higher

@@ -1,4 +1,4 @@
-//! The stock ledger in Redis (M20): one Lua script per call, so the check, the deduction and the
+//! The stock ledger in Redis: one Lua script per call, so the check, the deduction and the
 //! buyer's tally of a take happen atomically on the server (see `eventfold_core::stock` for the
 //! semantics).
 //!

@@ -1,4 +1,4 @@
-//! Locks with fencing tokens (M21) against a real Redis (`EVENTFOLD_TEST_REDIS`) and the real
+//! Locks with fencing tokens against a real Redis (`EVENTFOLD_TEST_REDIS`) and the real
 //! event stores: renewal keeps a working holder's lock, only the owner releases it, and a holder
 //! paused past its lease has its late write refused by the store.
 

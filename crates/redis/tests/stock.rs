@@ -1,4 +1,4 @@
-//! The stock ledger (M20) under a crowd, the same checks for the Redis ledger (a real Redis,
+//! The stock ledger under a crowd, the same checks for the Redis ledger (a real Redis,
 //! `EVENTFOLD_TEST_REDIS`) and the in-process one: never oversold, nobody above the per-buyer
 //! limit, a duplicated attempt deducts nothing, remaining + held = initial at every step, and a
 //! take is given back once.

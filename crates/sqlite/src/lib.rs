@@ -59,7 +59,7 @@ pub struct SqliteConfig {
     pub checkpoint_interval: Duration,
     /// WAL size, in pages, at which a commit checkpoints by itself (default 20,000, about 80 MB).
     pub wal_autocheckpoint_pages: u32,
-    /// Whether appends compute the hash chain (M6; default true). Off only to measure what the
+    /// Whether appends compute the hash chain (default true). Off only to measure what the
     /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
     /// and `eventfold verify` reports the first of them.
     pub hash_chain: bool,

@@ -41,20 +41,20 @@ CREATE TABLE read_models (
     PRIMARY KEY (projection, key)
 ) WITHOUT ROWID;
 ",
-    // 2: fencing tokens (M21): the highest token accepted per locked resource.
+    // 2: fencing tokens: the highest token accepted per locked resource.
     r"
 CREATE TABLE fences (
     resource TEXT PRIMARY KEY,
     token    INTEGER NOT NULL
 ) WITHOUT ROWID;
 ",
-    // 3: the hash chain (M6; see eventfold_core::chain). Rows stored before it are chained by
+    // 3: the hash chain (see eventfold_core::chain). Rows stored before it are chained by
     // `backfill_chain` in the same transaction.
     r"
 ALTER TABLE events ADD COLUMN prev_hash BLOB;          -- hash of position - 1 (32 bytes)
 ALTER TABLE events ADD COLUMN hash BLOB;               -- this event's hash
 ",
-    // 4: the archive (M8). An archived event stays as a stub: its payload is emptied (it lives in
+    // 4: the archive. An archived event stays as a stub: its payload is emptied (it lives in
     // an archive file) and its content digest is kept, so the chain, stream versions and event
     // ids hold. The update trigger allows exactly that change and its reverse (restore).
     r"

@@ -52,7 +52,7 @@ impl Job {
 /// received it and, with the hash chain on, carrying its events' content digests
 /// ([`Content::digest`]) when the request names the version it follows (`NoStream` or `Exact`).
 /// The digests are computed on the caller's thread, so the single writer, which every append
-/// waits on, only links them (M6); it computes them itself when they do not apply.
+/// waits on, only links them; it computes them itself when they do not apply.
 pub(crate) struct Incoming {
     request: AppendRequest,
     /// Ingest time, microseconds since the Unix epoch (UTC).
@@ -122,7 +122,7 @@ pub(crate) struct Writer {
     /// The log's head `(position, hash)` as this writer last wrote or read it; dropped with
     /// `versions`.
     log_head: Cell<Option<(u64, Hash)>>,
-    /// Whether appends compute the hash chain (M6).
+    /// Whether appends compute the hash chain.
     chain: bool,
     data_version: Cell<i64>,
     counters: Arc<Counters>,

@@ -1,4 +1,4 @@
-//! The notification consumer (M15): topic `notifications` -> table
+//! The notification consumer: topic `notifications` -> table
 //! `notifications(user_id, event_type, title, body, created_at)`, in batches (see
 //! `eventfold_kafka::batch` for batching, retries, the circuit breaker and the dead-letter topic).
 //!

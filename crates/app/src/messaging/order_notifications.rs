@@ -1,6 +1,6 @@
-//! Order notifications, exactly once (M16): a consume-transform-produce worker reads the order
+//! Order notifications, exactly once: a consume-transform-produce worker reads the order
 //! events the relay publishes (`{prefix}.order`) and writes one customer notification per
-//! customer-facing event to the `notifications` topic (read by the notification consumer, M15),
+//! customer-facing event to the `notifications` topic (read by the notification consumer),
 //! committing the notifications and its input offsets in one Kafka transaction
 //! (`eventfold_kafka::exactly_once`).
 //!

@@ -1,4 +1,4 @@
-//! Inboxes (M14): consumers whose business effect and dedupe record commit in one transaction.
+//! Inboxes: consumers whose business effect and dedupe record commit in one transaction.
 //!
 //! The seed case: an external lottery publishes "prize won" messages to the topic `prizes`; each
 //! awards a cash prize by depositing into the winner's account. Kafka delivers at least once (a

@@ -1,14 +1,14 @@
 //! Per-stream command lanes: commands to one stream run one after another inside the process, and
 //! every command that queued while one batch was being written goes into the next batch.
 //!
-//! A hot stream (one account, one flash-sale SKU) is where optimistic concurrency breaks down:
-//! with 16 clients doing load -> decide -> append, all but one lose each round and retry (the
-//! libraries measured in issue 3 reach about 106 commands/s on one stream). A lane instead
-//! decides the queued commands in order against the state each one leaves behind, and appends
-//! them with one `append_many`: one request per command, each with the exact expected version the
-//! previous one produced, each with its own idempotency record. The store still checks every
-//! version (a writer in another process makes the first request of the batch conflict; the lane
-//! then catches up and decides again), so nothing is given up for the speed.
+//! A hot stream (one account, one flash-sale SKU) is where optimistic concurrency breaks down: with
+//! 16 clients doing load -> decide -> append, all but one lose each round and retry (the
+//! event-sourcing libraries measured against eventfold reach about 106 commands/s on one stream). A
+//! lane instead decides the queued commands in order against the state each one leaves behind, and
+//! appends them with one `append_many`: one request per command, each with the exact expected
+//! version the previous one produced, each with its own idempotency record. The store still checks
+//! every version (a writer in another process makes the first request of the batch conflict; the
+//! lane then catches up and decides again), so nothing is given up for the speed.
 //!
 //! A lane keeps the state and version after its last write, and catches up with a read of the
 //! stream's tail from that version (usually empty) before each batch. Idle lanes are dropped when

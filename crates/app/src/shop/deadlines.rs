@@ -1,4 +1,4 @@
-//! The unpaid-order timeout (M18): an order still PENDING `delay` (default 30 minutes) after its
+//! The unpaid-order timeout: an order still PENDING `delay` (default 30 minutes) after its
 //! creation is cancelled, through a durable timer.
 //!
 //! **Choice: a due-time index in the store**, not multi-level delay topics on Kafka: it works the

@@ -1,4 +1,4 @@
-//! The flash-sale purchase path (M20): a purchase attempt takes stock from the ledger (Redis or
+//! The flash-sale purchase path: a purchase attempt takes stock from the ledger (Redis or
 //! in-process, one atomic step), and only an attempt that got stock writes anything to the event
 //! store: the order, whose id is a function of the attempt id ([`order_id`]) and which is created
 //! with the idempotency key `purchase:{order_id}`, after which the take is confirmed. The ledger

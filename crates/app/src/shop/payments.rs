@@ -39,7 +39,7 @@ pub struct StepRequest {
     /// The step (not sent: it picks the path).
     #[serde(skip)]
     pub step: SagaStep,
-    /// The order.
+    /// The order it is for.
     pub order_id: String,
     /// The buyer.
     pub customer_id: String,

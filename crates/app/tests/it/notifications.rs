@@ -1,4 +1,4 @@
-//! The notification consumer (M15) on Tansu, into SQLite and PostgreSQL: batches land in the
+//! The notification consumer on Tansu, into SQLite and PostgreSQL: batches land in the
 //! table, poison goes to the dead-letter topic with the error in a header, offsets are committed
 //! (a restart reads nothing again), and with PostgreSQL down the batch is retried, the breaker
 //! opens, nothing is committed to Kafka, and everything lands once the database is back.

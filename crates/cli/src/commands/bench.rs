@@ -15,7 +15,7 @@ use crate::context::Global;
 pub enum Bench {
     /// Durable appends by concurrent clients, against a raw INSERT baseline in the same run.
     Append {
-        /// Concurrent clients.
+        /// Concurrent clients, each appending to its own stream.
         #[arg(long, default_value_t = 16)]
         clients: usize,
         /// Events per command.
@@ -65,7 +65,7 @@ pub enum Bench {
     /// `correct interest` (v1 -> v2 over 2024) on N accounts of M events each, written into a
     /// scratch store first; run twice (the second must append nothing).
     Correct {
-        /// Accounts.
+        /// Accounts to write and correct.
         #[arg(long, default_value_t = 200_000)]
         accounts: u64,
         /// Events per account.
@@ -77,7 +77,7 @@ pub enum Bench {
         /// Events in the stream.
         #[arg(long, default_value_t = 10_000)]
         events: u64,
-        /// Repetitions.
+        /// Loads timed per kind (the figures are medians and p95s over them).
         #[arg(long, default_value_t = 30)]
         repetitions: usize,
     },

@@ -1,4 +1,4 @@
-//! The archive (M8) on both stores: `archive` moves the old events of closed streams into month
+//! The archive on both stores: `archive` moves the old events of closed streams into month
 //! files and leaves stubs that keep the chain, stream versions and event ids; reads name the
 //! archived event; `verify` still walks every link and, with the archive, proves every archived
 //! event; `restore` brings events back byte for byte; a damaged archive (cut short, an event

@@ -1,4 +1,4 @@
-//! The hash chain (M6) on both stores: every append path chains, `verify` walks the log or a
+//! The hash chain on both stores: every append path chains, `verify` walks the log or a
 //! stream and names the first broken link after a byte of a payload, of metadata, the order or
 //! a position is changed directly in the database (the append-only trigger switched off, as an
 //! intruder with database access would), signed anchors catch a rewritten or shortened log, a

@@ -1,4 +1,4 @@
-//! Corrections by replay (M7) on both stores: `correct interest` appends one CorrectionApplied per
+//! Corrections by replay on both stores: `correct interest` appends one CorrectionApplied per
 //! account whose interest differs under v2, equal to v2 - v1 computed from the account's own
 //! events (late ones included); a second run appends nothing and reports the same figures; the
 //! projection picks the corrections up and the CSV and JSON reports list every account.

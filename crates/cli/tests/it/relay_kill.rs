@@ -1,8 +1,8 @@
-//! Faults that must lose nothing (issue 4): the relay *process* is killed with SIGKILL 20 times
-//! at random moments while 100,000 events are appended; afterwards every event is on the topic at
-//! least once, the first arrivals of each key are in stream order, and an inbox that applies one
-//! effect per message (a deposit keyed by the message's event id) applies each exactly once.
-//! And relays sharing the work in a group: one is SIGKILLed, the other takes over its shards.
+//! Faults of the outbox relay that must lose nothing: the relay *process* is killed with SIGKILL 20
+//! times at random moments while 100,000 events are appended; afterwards every event is on the
+//! topic at least once, the first arrivals of each key are in stream order, and an inbox that
+//! applies one effect per message (a deposit keyed by the message's event id) applies each exactly
+//! once. And relays sharing the work in a group: one is SIGKILLed, the other takes over its shards.
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};

@@ -1,4 +1,4 @@
-//! Snapshots (M4) on both stores: taken every 100 events by the tail, a load is the snapshot
+//! Snapshots on both stores: taken every 100 events by the tail, a load is the snapshot
 //! plus the tail and equals a full replay, a tampered or older snapshot is ignored (never
 //! trusted), a newer one is an error naming the stream, and `snapshots rebuild` writes a good one.
 

@@ -1,4 +1,4 @@
-//! The unpaid-order timeout (M18) with a shortened delay: unpaid orders are cancelled within a
+//! The unpaid-order timeout with a shortened delay: unpaid orders are cancelled within a
 //! second of their due time, paid ones are left alone, and timers that came due while no timer
 //! ran fire when one starts again (the cursor is a checkpoint in the store).
 

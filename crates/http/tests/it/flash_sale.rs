@@ -1,4 +1,4 @@
-//! The flash-sale purchase path (M20): a crowd with repeated attempts buys exactly the stock,
+//! The flash-sale purchase path: a crowd with repeated attempts buys exactly the stock,
 //! each accepted attempt is one order in the store for its buyer, nobody goes over the limit;
 //! a take left pending by a crash between the ledger and the store is rolled forward by
 //! reconciliation. On SQLite with the in-process ledger, and on PostgreSQL with the Redis ledger.

@@ -1,4 +1,4 @@
-//! The inbox on the seed case (M14): a "prize won" message delivered twice, and all messages
+//! The inbox on the seed case: a "prize won" message delivered twice, and all messages
 //! redelivered to a second consumer group, hand out each prize once. Runs on Tansu.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! PostgreSQL goes away mid-run (issue 3, "Bad input"): commands fail with 503 and Retry-After,
+//! PostgreSQL goes away mid-run: commands fail with 503 and Retry-After,
 //! nothing committed is lost, and the service recovers by itself within 5 s of the database
 //! coming back. The test runs its own cluster, so it can stop it like a crash (`-m immediate`).
 

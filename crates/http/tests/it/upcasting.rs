@@ -1,4 +1,4 @@
-//! Upcasting (M5) on both stores: a `FundsDeposited` stored at schema version 1 (a bare amount,
+//! Upcasting on both stores: a `FundsDeposited` stored at schema version 1 (a bare amount,
 //! the seed's shape) is read as version 2 in TWD, new deposits are written at version 2, the stored
 //! history is never rewritten, and a version no upcaster knows is an error naming the stream,
 //! version and type.
@@ -37,7 +37,7 @@ async fn old_deposits_read_in_twd_and_history_stays_as_stored(app: TestApp) {
             vec![
                 raw("AccountOpened", 1, r#"{"owner":"c-1","currency":"TWD"}"#),
                 raw("FundsDeposited", 1, r#"{"amount":"100.50"}"#),
-                // Written by an eventfold before M5: version 1, with a currency already.
+                // Written by an eventfold before upcasting existed: version 1, with a currency already.
                 raw(
                     "FundsDeposited",
                     1,

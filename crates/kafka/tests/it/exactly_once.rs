@@ -1,4 +1,4 @@
-//! The exactly-once worker (M16) on librdkafka's mock cluster (Tansu 0.6 has no transactions;
+//! The exactly-once worker on librdkafka's mock cluster (Tansu 0.6 has no transactions;
 //! see `tansu_gaps.rs`). The mock runs the whole transactional protocol (InitProducerId with
 //! epochs, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit with the group metadata, EndTxn)
 //! and fences stale epochs, but it writes no transaction markers and does not store offsets

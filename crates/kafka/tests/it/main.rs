@@ -251,7 +251,7 @@ async fn relays_in_a_group_divide_the_shards_and_take_over_a_leavers() {
     assert_eq!(ids.len(), 600, "every event reached its topic");
 }
 
-/// A hot stream salted over 8 keys (M17) spreads over the topic's partitions; each salt keeps
+/// A hot stream salted over 8 keys spreads over the topic's partitions; each salt keeps
 /// stream order, and merging the salts by `stream_version` restores the whole stream's order.
 /// An unsalted stream keeps one key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

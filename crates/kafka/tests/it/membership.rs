@@ -1,4 +1,4 @@
-//! Static membership (M19, KIP-345) on librdkafka's mock cluster (Tansu's static members fetch
+//! Static membership (KIP-345) on librdkafka's mock cluster (Tansu's static members fetch
 //! nothing; see `tansu_gaps.rs`): while a member with a `group.instance.id` restarts within the
 //! session timeout, its partitions wait for it (nobody else is assigned them: no rebalance) and
 //! it gets them back; a dynamic member's partitions move to the rest of the group at once.

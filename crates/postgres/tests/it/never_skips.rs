@@ -134,7 +134,7 @@ async fn subscribers_see_every_committed_event_once_in_order_and_no_rolled_back_
         );
         assert_eq!(seen, log);
     }
-    // Four appenders in four store instances interleaved their groups: the hash chain (M6) is
+    // Four appenders in four store instances interleaved their groups: the hash chain is
     // still one chain, each group linked to the head it found under the lock.
     let mut chain = eventfold_core::chain::ChainVerifier::new(eventfold_core::chain::Scope::Log);
     for row in stores[0].read_chain(0, usize::MAX).await.unwrap() {

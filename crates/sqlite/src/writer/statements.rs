@@ -13,7 +13,7 @@ use eventfold_core::chain::{link, Hash, Links, ZERO_HASH};
 use super::Incoming;
 use crate::{backend, micros, read_checkpoint};
 
-/// Turns events into archived stubs (M8, see [`eventfold_core::EventStore::archive_events`]).
+/// Turns events into archived stubs (see [`eventfold_core::EventStore::archive_events`]).
 pub(super) fn archive(conn: &Connection, stubs: &[ArchiveStub]) -> Result<u64, StoreError> {
     let mut update = conn
         .prepare_cached(
@@ -52,7 +52,7 @@ pub(super) fn archive(conn: &Connection, stubs: &[ArchiveStub]) -> Result<u64, S
     Ok(archived)
 }
 
-/// Gives archived stubs their payloads back (M8, see
+/// Gives archived stubs their payloads back (see
 /// [`eventfold_core::EventStore::restore_events`]).
 pub(super) fn restore(conn: &Connection, payloads: &[RestoredPayload]) -> Result<u64, StoreError> {
     let mut update = conn
@@ -152,7 +152,7 @@ pub(super) fn first_event_location(
 
 /// Records the fencing token (if any), inserts the idempotency record (if any) and the events
 /// after the log's head `(position, hash)` and the stream's `(version, last hash)`, chained to
-/// both (M6) when `chain` is on. Returns the outcome and the last event's hash, the new head of
+/// both when `chain` is on. Returns the outcome and the last event's hash, the new head of
 /// both the log and the stream.
 pub(super) fn write_events(
     conn: &Connection,
