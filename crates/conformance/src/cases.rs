@@ -1,4 +1,8 @@
 //! The conformance cases. Each takes a fresh, empty store.
+//!
+//! One file of about 850 lines on purpose: the suite is one list of cases that
+//! `store_conformance!` expands in order, and a backend author reads it top to bottom as the
+//! contract of `EventStore` and `ReadModelStore`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

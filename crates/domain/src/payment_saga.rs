@@ -11,6 +11,10 @@
 //! after the saga failed are released, a charge reported after the order was cancelled is refunded.
 //!
 //! Time never comes from a clock here: commands carry `now_ms` (ms since the Unix epoch, UTC).
+//!
+//! One file (about 700 lines besides its tests) because the state, its events and the decision
+//! ([`next_action`]) are read together: each rule of the decision refers to the facts the events
+//! record.
 
 use std::collections::BTreeMap;
 
