@@ -37,7 +37,7 @@ pub use notification::{Notification, NotificationStore};
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
 pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 pub use store::{
-    AppendOutcome, AppendRequest, ArchiveStub, EventStore, ExpectedVersion, Fence,
+    AppendOutcome, AppendRequest, ArchiveStub, CheckpointStore, EventStore, ExpectedVersion, Fence,
     IdempotencyRecord, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
 };
 pub use subscription::{catch_up, Subscription};

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::store::StoreError;
+use crate::store::{CheckpointStore, StoreError};
 
 /// The checkpoint name under which a projection's position is stored (`projection/{name}`), the
 /// same in every backend.
@@ -61,7 +61,7 @@ pub fn key_after(key: &str) -> String {
 
 /// Storage for projections' documents and checkpoints.
 #[async_trait]
-pub trait ReadModelStore: Send + Sync + 'static {
+pub trait ReadModelStore: CheckpointStore {
     /// The documents stored under `keys` (missing keys are left out), as `(key, json)`.
     ///
     /// # Errors
@@ -86,11 +86,17 @@ pub trait ReadModelStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError>;
 
-    /// The projection's checkpoint (0 when it has processed nothing).
+    /// The projection's checkpoint (0 when it has processed nothing): the checkpoint named
+    /// [`projection_checkpoint_name`].
     ///
     /// # Errors
     /// Infrastructure failures.
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError>;
+    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .load_checkpoint(&projection_checkpoint_name(projection))
+            .await?
+            .unwrap_or(0))
+    }
 
     /// Writes every commit's documents and checkpoints in one transaction.
     ///

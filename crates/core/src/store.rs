@@ -337,12 +337,30 @@ impl StoreError {
     }
 }
 
+/// Durable checkpoints by name: where a subscriber (a projection, the relay's shards, a timer, a
+/// saga tail) got to. Both the event store and the read-model store keep them, in the same
+/// database, so a worker can commit its checkpoint with its work.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// The durable checkpoint (last processed global position) of a named subscriber.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Stores a named subscriber's checkpoint durably.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
+}
+
 /// An append-only event store.
 ///
 /// Implementations: `eventfold-sqlite` (embedded default). Every implementation must pass the suite
 /// in `eventfold-conformance` unchanged.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventStore: CheckpointStore {
     /// Appends events to one stream if its version matches `request.expected`; durable when it
     /// returns `Ok`.
     ///
@@ -521,18 +539,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// appends, and at the latest after the backend's poll interval (so appends by other processes
     /// are seen too). Callers re-read; a spurious return is allowed.
     async fn wait_for_append(&self, after_position: u64);
-
-    /// The durable checkpoint (last processed global position) of a named subscriber.
-    ///
-    /// # Errors
-    /// Infrastructure failures.
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
-
-    /// Stores a named subscriber's checkpoint durably.
-    ///
-    /// # Errors
-    /// Infrastructure failures.
-    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError>;
 
     /// The record stored under an idempotency key, if any.
     ///

@@ -18,23 +18,23 @@ mod read_model;
 mod schema;
 pub mod testing;
 
-use eventfold_store_support::{head, sql_int as version, sql_limit as limit};
 use std::sync::Arc;
 use std::time::Duration;
 
+use appender::{Appender, Counters, Job};
 use async_trait::async_trait;
 use eventfold_core::chain::ChainRow;
 use eventfold_core::{
-    Actor, AppendOutcome, AppendRequest, ArchiveStub, EventMetadata, EventStore, IdempotencyRecord,
-    RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
+    Actor, AppendOutcome, AppendRequest, ArchiveStub, CheckpointStore, EventMetadata, EventStore,
+    IdempotencyRecord, RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError,
+    StoredResponse,
 };
+use eventfold_store_support::{head, sql_int as version, sql_limit as limit};
+use listener::listen;
+use migrate::migrate;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 use tokio::sync::{mpsc, oneshot, watch};
-
-use appender::{Appender, Counters, Job};
-use listener::listen;
-use migrate::migrate;
 
 /// The transaction-level advisory lock every appending transaction takes first ("eventfld" in
 /// ASCII). Anything else that writes events must take it too, or positions may skip.
@@ -316,6 +316,31 @@ async fn copy_chain(
 }
 
 #[async_trait]
+impl CheckpointStore for PostgresStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(backend)?;
+        Ok(p.map(|p| p as u64))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        )
+        .bind(name)
+        .bind(version(position))
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl EventStore for PostgresStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
@@ -593,28 +618,6 @@ impl EventStore for PostgresStore {
             self.inner.config.poll_interval,
         )
         .await;
-    }
-
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(backend)?;
-        Ok(p.map(|p| p as u64))
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        )
-        .bind(name)
-        .bind(version(position))
-        .execute(&self.inner.pool)
-        .await
-        .map_err(backend)?;
-        Ok(())
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use eventfold_core::read_model::projection_checkpoint_name;
-use eventfold_core::{EventStore, ProjectionCommit, ReadModelStore, StoreError};
+use eventfold_core::{ProjectionCommit, ReadModelStore, StoreError};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -45,13 +45,6 @@ impl ReadModelStore for PostgresStore {
         .await
         .map_err(backend)?;
         key_docs(&rows)
-    }
-
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .load_checkpoint(&projection_checkpoint_name(projection))
-            .await?
-            .unwrap_or(0))
     }
 
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {

@@ -28,20 +28,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventfold_core::chain::ChainRow;
 use eventfold_core::{
-    AppendOutcome, AppendRequest, ArchiveStub, EventStore, IdempotencyRecord, RecordedEvent,
-    ReplayEvent, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
+    AppendOutcome, AppendRequest, ArchiveStub, CheckpointStore, EventStore, IdempotencyRecord,
+    RecordedEvent, ReplayEvent, RestoredPayload, SchemaVersion, StoreError, StoredResponse,
 };
 use eventfold_store_support::{head, sql_limit as limit};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{oneshot, watch};
-
 use migrate::migrate;
-pub(crate) use read_model::read_checkpoint;
 use rows::{
     query_chain, query_chain_into, query_events, stream_capacity, READ_ALL_SQL, READ_CHAIN_SQL,
     READ_STREAM_CHAIN_SQL, READ_STREAM_SQL, REPLAY_STREAM_SQL, STREAM_VERSION_SQL,
 };
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{oneshot, watch};
 use writer::{Incoming, Job, Writer};
+
+pub(crate) use read_model::read_checkpoint;
 
 /// Settings for [`SqliteStore::open_with`].
 #[derive(Debug, Clone)]
@@ -297,6 +297,20 @@ fn from_micros(
 }
 
 #[async_trait]
+impl CheckpointStore for SqliteStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let name = name.to_owned();
+        self.read(move |conn| read_checkpoint(conn, &name)).await
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(|reply| Job::SaveCheckpoint(name, position, reply))
+            .await
+    }
+}
+
+#[async_trait]
 impl EventStore for SqliteStore {
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome, StoreError> {
         request.validate()?;
@@ -493,17 +507,6 @@ impl EventStore for SqliteStore {
             self.inner.config.poll_interval,
         )
         .await;
-    }
-
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let name = name.to_owned();
-        self.read(move |conn| read_checkpoint(conn, &name)).await
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        self.write(|reply| Job::SaveCheckpoint(name, position, reply))
-            .await
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

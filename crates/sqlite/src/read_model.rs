@@ -1,7 +1,7 @@
 //! The read-model store: projections' documents and checkpoints in the same file as the events.
 
 use async_trait::async_trait;
-use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
+use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{ReadModelStore, StoreError};
 use eventfold_store_support::sql_limit as limit;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -69,12 +69,6 @@ impl ReadModelStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
-    }
-
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        let name = projection_checkpoint_name(projection);
-        self.read(move |conn| Ok(read_checkpoint(conn, &name)?.unwrap_or(0)))
-            .await
     }
 
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
