@@ -149,13 +149,42 @@ impl Runtime {
     ///
     /// # Errors
     /// The in-process ledger cannot be rebuilt, the sagas' checkpoint cannot be read or set, the
-    /// relay cannot be configured (each named).
+    /// relay cannot be configured (each named). Workers started before the failure are stopped
+    /// and waited for first.
     pub async fn start(
         backend: Backend,
         config: Config,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        // The workers stop on a child of the caller's token: with the caller's, or by themselves
+        // when starting fails half-way.
+        let shutdown = shutdown.child_token();
         let tasks = TaskTracker::new();
+        match Self::spawn_workers(backend, config, &shutdown, &tasks).await {
+            Ok(app) => {
+                tasks.close();
+                Ok(Self {
+                    app,
+                    shutdown,
+                    tasks,
+                })
+            }
+            Err(e) => {
+                shutdown.cancel();
+                tasks.close();
+                tasks.wait().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the app and spawns its workers on `tasks` (see [`Runtime::start`]).
+    async fn spawn_workers(
+        backend: Backend,
+        config: Config,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> anyhow::Result<App> {
         let runner = Arc::new(backend.projection_runner());
         tasks.spawn(run_projections(runner.clone(), shutdown.clone()));
         let in_process = config.ledger.is_none();
@@ -213,12 +242,7 @@ impl Runtime {
             let stop = shutdown.clone();
             tasks.spawn(async move { timer.run(stop.cancelled_owned()).await });
         }
-        tasks.close();
-        Ok(Self {
-            app,
-            shutdown,
-            tasks,
-        })
+        Ok(app)
     }
 
     /// The app the workers run for.
@@ -226,8 +250,9 @@ impl Runtime {
         &self.app
     }
 
-    /// Stops every worker (cancels the shutdown token) and waits until each has finished its
-    /// current step and returned.
+    /// Stops every worker (cancels the workers' token, a child of the one given to
+    /// [`Runtime::start`], which is left as it is) and waits until each has finished its current
+    /// step and returned.
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.tasks.wait().await;

@@ -16,8 +16,8 @@ use eventfold_domain::{Currency, Money};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::scratch::*;
-use crate::*;
+use crate::scratch::{RawBaseline, Scratch};
+use crate::{bench_context, bench_event, drive, median, ms, payload, BenchTarget, Run};
 
 /// Settings of `bench append`.
 #[derive(Debug, Clone)]

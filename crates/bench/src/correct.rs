@@ -8,8 +8,8 @@ use eventfold_domain::account::{Account, AccountEvent};
 use eventfold_domain::{Currency, Money};
 use serde::Serialize;
 
-use crate::scratch::*;
-use crate::*;
+use crate::scratch::Scratch;
+use crate::{bench_context, BenchTarget};
 
 /// What `bench correct --json` prints.
 #[derive(Debug, Clone, Serialize)]

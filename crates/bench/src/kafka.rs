@@ -426,9 +426,8 @@ pub async fn notifications(
         BenchTarget::Sqlite(_) => "sqlite",
         BenchTarget::Postgres(_) => "postgres",
     };
-    if let Ok(s) = Arc::try_unwrap(sink) {
-        s.close().await;
-    }
+    // The sink's store goes before its scratch database does.
+    drop(sink);
     scratch.remove().await?;
     Ok(NotificationsReport {
         store: store.into(),

@@ -11,8 +11,8 @@ use eventfold_domain::account::{Account, AccountEvent};
 use eventfold_domain::{Currency, Money};
 use serde::Serialize;
 
-use crate::scratch::*;
-use crate::*;
+use crate::scratch::Scratch;
+use crate::BenchTarget;
 
 /// What `bench load --json` prints (ms per load, median of the repetitions).
 #[derive(Debug, Clone, Serialize)]

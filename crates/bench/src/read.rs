@@ -5,8 +5,8 @@ use std::time::Instant;
 use eventfold_core::{AppendRequest, ExpectedVersion};
 use serde::Serialize;
 
-use crate::scratch::*;
-use crate::*;
+use crate::scratch::Scratch;
+use crate::{bench_event, payload, BenchTarget};
 
 /// What `bench read --json` prints.
 #[derive(Debug, Clone, Serialize)]

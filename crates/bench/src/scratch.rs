@@ -9,7 +9,7 @@ use eventfold_core::{EventStore, NewEvent, ReadModelStore};
 use eventfold_sqlite::SqliteStore;
 use tokio::sync::oneshot;
 
-use crate::*;
+use crate::BenchTarget;
 
 /// A benchmark's own store and raw baselines, removed by [`Scratch::remove`].
 pub(crate) struct Scratch {

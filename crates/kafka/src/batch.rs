@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::consumer::{backoff, detach, ConsumerConfig, Inbound, LagMetrics};
+use crate::consumer::{backoff, ConsumerConfig, Inbound, LagMetrics};
 
 /// Why a sink write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,7 +191,7 @@ where
                 match m {
                     Ok(m) => {
                         stats.first_received.get_or_insert_with(Instant::now);
-                        let inbound = detach(&m);
+                        let inbound = Inbound::from_message(&m);
                         let next = inbound.offset + 1;
                         let key = (inbound.topic.clone(), inbound.partition);
                         match decode(&inbound) {

@@ -215,7 +215,7 @@ where
                 continue;
             }
         };
-        let inbound = detach(&message);
+        let inbound = Inbound::from_message(&message);
         let mut attempt = 0;
         loop {
             match handler(inbound.clone()).await {
@@ -285,11 +285,6 @@ impl rdkafka::ClientContext for LagMetrics {
 }
 
 impl rdkafka::consumer::ConsumerContext for LagMetrics {}
-
-/// Copies a received message out of the consumer (see [`Inbound::from_message`]).
-pub(crate) fn detach<M: Message>(m: &M) -> Inbound {
-    Inbound::from_message(m)
-}
 
 impl Inbound {
     /// A message as a handler sees it: topic, partition, offset, key and payload, its headers

@@ -34,7 +34,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::batch::{dead_letter_headers, sleep_until};
-use crate::consumer::{backoff, detach, ConsumerConfig, Inbound, LagMetrics};
+use crate::consumer::{backoff, ConsumerConfig, Inbound, LagMetrics};
 
 /// The transactional producer (polled by its own thread).
 type TxProducer = ThreadedProducer<DefaultProducerContext>;
@@ -176,7 +176,7 @@ where
                 m = consumer.recv() => match m {
                     Ok(m) => {
                         opened.get_or_insert_with(Instant::now);
-                        batch.push(detach(&m));
+                        batch.push(Inbound::from_message(&m));
                     }
                     Err(e) => tracing::warn!(error = %e, "kafka consumer error; continuing"),
                 },

@@ -63,6 +63,9 @@ pub struct SqliteConfig {
     /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
     /// and `eventfold verify` reports the first of them.
     pub hash_chain: bool,
+    /// Page cache per connection, in KiB (default 65,536: 64 MiB, for replays of long streams).
+    /// A process that only writes small tables (the notification sink) needs far less.
+    pub cache_kib: u32,
 }
 
 impl Default for SqliteConfig {
@@ -74,6 +77,7 @@ impl Default for SqliteConfig {
             checkpoint_interval: Duration::from_millis(200),
             wal_autocheckpoint_pages: 20_000,
             hash_chain: true,
+            cache_kib: 65_536,
         }
     }
 }
@@ -124,7 +128,7 @@ impl SqliteStore {
     /// The file cannot be opened or migrated.
     pub fn open_with(path: impl AsRef<Path>, config: SqliteConfig) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let conn = open_connection(&path, false, config.busy_timeout)?;
+        let conn = open_connection(&path, false, &config)?;
         let schema = migrate(&conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", config.wal_autocheckpoint_pages)
             .map_err(backend)?;
@@ -144,7 +148,7 @@ impl SqliteStore {
             config.hash_chain,
             counters.clone(),
         )?;
-        let checkpointer = open_connection(&path, false, config.busy_timeout)?;
+        let checkpointer = open_connection(&path, false, &config)?;
         spawn_checkpointer(checkpointer, head_rx.clone(), config.checkpoint_interval)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -204,7 +208,7 @@ impl SqliteStore {
             let pooled = inner.readers.lock().expect("readers lock").pop();
             let conn = match pooled {
                 Some(c) => c,
-                None => open_connection(&inner.path, true, inner.config.busy_timeout)?,
+                None => open_connection(&inner.path, true, &inner.config)?,
             };
             let result = f(&conn);
             inner.readers.lock().expect("readers lock").push(conn);
@@ -247,7 +251,11 @@ fn spawn_checkpointer(
         .map_err(|e| StoreError::Backend(Box::new(e)))
 }
 
-fn open_connection(path: &Path, read_only: bool, busy: Duration) -> Result<Connection, StoreError> {
+fn open_connection(
+    path: &Path,
+    read_only: bool,
+    config: &SqliteConfig,
+) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -258,7 +266,7 @@ fn open_connection(path: &Path, read_only: bool, busy: Duration) -> Result<Conne
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
         StoreError::Unavailable(format!("cannot open sqlite file {}: {e}", path.display()).into())
     })?;
-    conn.busy_timeout(busy).map_err(backend)?;
+    conn.busy_timeout(config.busy_timeout).map_err(backend)?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(backend)?;
@@ -266,7 +274,8 @@ fn open_connection(path: &Path, read_only: bool, busy: Duration) -> Result<Conne
     // FULL: every commit fsyncs the WAL, so an acknowledged append survives a crash or power loss.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(backend)?;
-    conn.pragma_update(None, "cache_size", -65_536)
+    // A negative cache_size is in KiB.
+    conn.pragma_update(None, "cache_size", -i64::from(config.cache_kib))
         .map_err(backend)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
