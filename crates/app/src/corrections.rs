@@ -318,7 +318,7 @@ fn correction_request(
         amount: Money::new(line.delta, line.currency)?,
         reason: reason.to_owned(),
     };
-    let event = service.new_event::<Account>(&event, ctx, uuid::Uuid::now_v7())?;
+    let event = service.new_event::<Account>(&line.account, &event, ctx, uuid::Uuid::now_v7())?;
     Ok(AppendRequest::new(
         line.account.clone(),
         ExpectedVersion::Exact(version),

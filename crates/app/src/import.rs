@@ -210,6 +210,7 @@ pub fn order_append(
         },
         OrderCommand::Complete { actor, reason },
     ];
+    let stream_id = Order::stream_id(order_id);
     let mut state = Order::default();
     let mut events = Vec::with_capacity(5);
     for command in commands {
@@ -221,12 +222,12 @@ pub fn order_append(
                 ctx.event_time,
                 format!("cdnow/{order_id}/{}", events.len()).as_bytes(),
             );
-            events.push(service.new_event::<Order>(&event, &ctx, id)?);
+            events.push(service.new_event::<Order>(&stream_id, &event, &ctx, id)?);
             state = state.apply(&event);
         }
     }
     Ok(AppendRequest::new(
-        Order::stream_id(order_id),
+        stream_id,
         ExpectedVersion::NoStream,
         events,
     ))

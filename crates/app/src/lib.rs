@@ -7,6 +7,7 @@
 //! - [`service`]: runs commands against aggregates through per-stream lanes (load, handle, append
 //!   with the expected version, retry on conflict, idempotency keys), loads state as of a version
 //!   or an event time, builds audit timelines, keeps snapshots.
+//! - [`identity`]: principals, API keys and the cached key registry requests authenticate with.
 //! - [`runtime`]: what `eventfold serve` runs besides its HTTP listener, started in one place
 //!   ([`runtime::Runtime::start`]) and stopped together (a cancellation token and a task tracker).
 //! - [`shop`]: the shop's workflows: the flash-sale purchase path, the unpaid-order timeout, the
@@ -20,6 +21,7 @@
 
 pub mod backend;
 pub mod corrections;
+pub mod identity;
 pub mod import;
 pub mod integrity;
 pub mod messaging;

@@ -9,6 +9,9 @@
 //! | `real_time_sales` | `store\|YYYY-MM-DDTHH:00:00Z\|currency` | ingest time |
 //! | `payment_deadlines` | creation time and order id | event time (the unpaid-order timer's index) |
 //! | `sagas_in_flight` | order id | – (payment sagas still running) |
+//! | `api_keys` | key id | – (the keys servers authenticate with: [`crate::identity`]) |
+//!
+//! Every key is scoped to its tenant (`{tenant}/{key}`; see [`eventfold_core::tenant`]).
 
 use eventfold_core::ProjectionRunner;
 use eventfold_domain::projections::{
@@ -29,5 +32,6 @@ impl Backend {
             .register(SalesProjection(SalesClock::IngestTimeHourly))
             .register(PaymentDeadlinesProjection)
             .register(SagasInFlightProjection)
+            .register(eventfold_domain::identity::ApiKeysProjection)
     }
 }

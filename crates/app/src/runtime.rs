@@ -8,6 +8,7 @@
 //! | worker | what it does | when |
 //! |---|---|---|
 //! | projections | folds the log into every read model ([`crate::projections`]) | always |
+//! | API keys | reloads the keys requests authenticate with ([`crate::identity`]) | always |
 //! | snapshots | writes account snapshots every 100 events and hourly, off the command path | always |
 //! | stock returns | gives back cancelled sale orders' stock, reconciles pending takes | always |
 //! | sagas | the choreography tail, the payment orchestrator and its sweep | with [`Config::payments`] |
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::identity::KeyRegistry;
 use crate::sagas::{SagaConfig, Sagas};
 use crate::service::{run_snapshots, Service};
 use crate::shop::deadlines::UnpaidOrderTimeout;
@@ -92,6 +94,8 @@ pub struct App {
     pub flash_sale: FlashSale,
     /// The sagas and the callback secret, when a payment provider is configured.
     pub payments: Option<(Sagas, Arc<[u8]>)>,
+    /// The API keys requests authenticate with (reloaded by the runtime).
+    pub keys: Arc<KeyRegistry>,
 }
 
 impl App {
@@ -112,6 +116,7 @@ impl App {
             backend: backend.clone(),
             runner,
             payments: None,
+            keys: Arc::default(),
         }
     }
 
@@ -186,12 +191,30 @@ impl Runtime {
         tasks: &TaskTracker,
     ) -> anyhow::Result<App> {
         let runner = Arc::new(backend.projection_runner());
+        // Caught up once before serving, so the API keys (a read model) are current when the
+        // server decides whether it needs credentials.
+        runner
+            .catch_up(None, &|_, _| {})
+            .await
+            .context("catching the projections up")?;
         tasks.spawn(run_projections(runner.clone(), shutdown.clone()));
         let in_process = config.ledger.is_none();
         let mut app = App::new(&backend, runner, config.ledger);
         if let Some(payments) = config.payments {
             app = app.with_payments(payments);
         }
+        // The keys are loaded before the first request (a server that finds keys in the store
+        // requires them), then kept fresh.
+        app.keys
+            .refresh(backend.read_models.as_ref())
+            .await
+            .context("loading the API keys")?;
+        let (keys, read_models, stop) = (
+            app.keys.clone(),
+            backend.read_models.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { keys.run(read_models, stop.cancelled_owned()).await });
         if in_process {
             // The in-process stock ledger starts empty: rebuild it from the log before serving.
             let (sales, orders) = app

@@ -76,12 +76,15 @@ pub struct CommandContext {
     pub correlation_id: Option<Uuid>,
     /// The message that caused this command.
     pub causation_id: Option<Uuid>,
-    /// The tenant the command acts in (recorded in every event's envelope).
-    pub tenant_id: String,
+    /// Reach only an aggregate this party owns ([`Aggregate::owner`]): any other answers as
+    /// an aggregate that does not exist (the domain's not-found refusal), so a caller cannot
+    /// tell another's from none. `None`: any.
+    pub owner: Option<String>,
 }
 
 impl CommandContext {
-    /// A context for `actor` now, in the default tenant.
+    /// A context for `actor` now. (The tenant is the aggregate id's: see
+    /// [`eventfold_core::tenant`].)
     pub fn new(actor: Actor) -> Self {
         Self {
             actor,
@@ -90,7 +93,7 @@ impl CommandContext {
             idempotency: None,
             correlation_id: None,
             causation_id: None,
-            tenant_id: "default".into(),
+            owner: None,
         }
     }
 }
@@ -266,12 +269,14 @@ impl Service {
         }
     }
 
-    /// Encodes a domain event into a [`NewEvent`] with the context's envelope fields.
+    /// Encodes a domain event of stream `stream_id` into a [`NewEvent`] with the context's
+    /// envelope fields and the stream's tenant.
     ///
     /// # Errors
     /// An event that does not encode (a bug in the domain type).
     pub fn new_event<A: Aggregate>(
         &self,
+        stream_id: &str,
         event: &A::Event,
         ctx: &CommandContext,
         event_id: Uuid,
@@ -288,7 +293,7 @@ impl Service {
                 actor: ctx.actor.clone(),
                 causation_id: ctx.causation_id,
                 correlation_id: ctx.correlation_id,
-                tenant_id: ctx.tenant_id.clone(),
+                tenant_id: eventfold_core::tenant::of(stream_id).to_owned(),
             },
             payload,
         })

@@ -120,6 +120,7 @@ pub(crate) fn bench_account(
     per_account: u64,
 ) -> anyhow::Result<AppendRequest> {
     let base = chrono::DateTime::parse_from_rfc3339("2023-12-01T00:00:00Z")?.to_utc();
+    let stream_id = format!("account-bench{i}");
     let mut events = Vec::with_capacity(per_account as usize);
     for k in 0..per_account {
         let event = if k == 0 {
@@ -148,10 +149,15 @@ pub(crate) fn bench_account(
         ctx.event_time = base
             + chrono::Duration::days(day as i64)
             + chrono::Duration::seconds((i % 86_400) as i64);
-        events.push(service.new_event::<Account>(&event, &ctx, uuid::Uuid::now_v7())?);
+        events.push(service.new_event::<Account>(
+            &stream_id,
+            &event,
+            &ctx,
+            uuid::Uuid::now_v7(),
+        )?);
     }
     Ok(AppendRequest::new(
-        format!("account-bench{i}"),
+        stream_id,
         ExpectedVersion::NoStream,
         events,
     ))

@@ -82,7 +82,7 @@ pub(crate) async fn load_on(
                 };
                 let mut ctx = CommandContext::new(Actor::system("bench"));
                 ctx.event_time = start + chrono::Duration::seconds(v as i64);
-                service.new_event::<Account>(&event, &ctx, uuid::Uuid::now_v7())
+                service.new_event::<Account>("account-bench", &event, &ctx, uuid::Uuid::now_v7())
             })
             .collect::<Result<_, _>>()?;
         let n = batch.len() as u64;

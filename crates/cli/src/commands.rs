@@ -7,6 +7,7 @@ mod consume;
 mod correct;
 mod history;
 mod import;
+mod keys;
 mod migrate;
 mod projections;
 mod relay;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Import data into the store.
     #[command(subcommand)]
     Import(import::Import),
+    /// API keys: create, list, revoke.
+    #[command(subcommand)]
+    Keys(keys::Keys),
     /// Print a stream's audit timeline: who, when, what changed, state before.
     History(history::History),
     /// Print an aggregate's state, now or as of a time or version.
@@ -98,6 +102,7 @@ impl Command {
             Self::Transform(c) => c.exec(global).await,
             Self::Migrate => migrate::exec(global).await,
             Self::Import(c) => c.exec(global).await,
+            Self::Keys(c) => c.exec(global).await,
             Self::History(c) => c.exec(global).await,
             Self::State(c) => c.exec(global).await,
             Self::Projections(c) => c.exec(global).await,

@@ -19,7 +19,8 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
     /// Why a command was refused (a domain refusal, never an infrastructure failure).
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Stream category, e.g. `order`; the stream id is `{CATEGORY}-{id}`.
+    /// Stream category, e.g. `order`; the stream id is `{CATEGORY}-{id}` (see
+    /// [`Aggregate::stream_id`]).
     const CATEGORY: &'static str;
 
     /// Decides which events a command causes, without changing state.
@@ -50,9 +51,28 @@ pub trait Aggregate: Default + Clone + Send + Sync + 'static {
         None
     }
 
-    /// The stream id for an aggregate id.
+    /// The id of the party that owns this aggregate (an account's owner, an order's customer),
+    /// if it has one: commands given an owner (see `CommandContext::owner` in eventfold-app)
+    /// reach only the aggregates it owns. Default: none.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+
+    /// The stream id for an aggregate id: `{CATEGORY}-{id}`, scoped to the id's tenant (see
+    /// [`crate::tenant`]: `acme/42` gives `acme/order-42`).
     fn stream_id(id: &str) -> String {
-        format!("{}-{id}", Self::CATEGORY)
+        let (tenant, id) = crate::tenant::split(id);
+        crate::tenant::scope(tenant, &format!("{}-{id}", Self::CATEGORY))
+    }
+
+    /// The aggregate id of a stream of this category, scoped to its tenant (the inverse of
+    /// [`Aggregate::stream_id`]); `None` for a stream of another category.
+    fn id_of_stream(stream_id: &str) -> Option<String> {
+        let (tenant, stream) = crate::tenant::split(stream_id);
+        let id = stream
+            .strip_prefix(Self::CATEGORY)
+            .and_then(|rest| rest.strip_prefix('-'))?;
+        Some(crate::tenant::scope(tenant, id))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`chain`]: the hash chain: canonical event bytes, links, the verifier and signed anchors.
 //! - [`notification`]: the notification table's rows and the [`notification::NotificationStore`]
 //!   port the stores implement.
+//! - [`tenant`]: tenant-scoped ids (`{tenant}/{id}`; the default tenant's ids unprefixed).
 //! - [`stock`]: the flash-sale stock ledger port ([`stock::StockLedger`]) and its in-process
 //!   implementation.
 //!
@@ -27,6 +28,7 @@ pub mod snapshot;
 pub mod stock;
 pub mod store;
 pub mod subscription;
+pub mod tenant;
 pub mod testkit;
 
 pub use aggregate::{Aggregate, Replayed};

@@ -10,7 +10,7 @@ use crate::store::StoreError;
 /// One row of the notification table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// Who the notification is for (a user id).
+    /// Who the notification is for (a user id, scoped to its tenant: see [`crate::tenant`]).
     pub user_id: String,
     /// What it is about, e.g. `OrderShipped`.
     pub event_type: String,

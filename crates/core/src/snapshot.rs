@@ -406,11 +406,10 @@ pub async fn take_due_with<A: Snapshotting>(
     let Some(to) = batch.last().map(|e| e.global_position) else {
         return Ok(0);
     };
-    let prefix = format!("{}-", A::CATEGORY);
     let mut due: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
     let mut newest: std::collections::BTreeMap<&str, u64> = Default::default();
     for e in &batch {
-        if !e.stream_id.starts_with(&prefix) {
+        if A::id_of_stream(&e.stream_id).is_none() {
             continue;
         }
         if e.stream_version % every == 0 {

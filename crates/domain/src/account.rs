@@ -183,6 +183,10 @@ impl Aggregate for Account {
     type Error = AccountError;
     const CATEGORY: &'static str = "account";
 
+    fn owner(&self) -> Option<&str> {
+        self.currency.map(|_| self.owner.as_str())
+    }
+
     fn upcasters() -> &'static [Upcaster] {
         &UPCASTERS
     }

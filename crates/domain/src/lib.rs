@@ -14,6 +14,7 @@
 //! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
 
 pub mod account;
+pub mod identity;
 pub mod interest;
 pub mod inventory;
 pub mod money;
@@ -61,6 +62,21 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks an id scoped to its tenant (`{tenant}/{id}` or an unscoped id: see
+/// `eventfold_core::tenant`): both parts as [`validate_id`].
+///
+/// # Errors
+/// A message naming `field` and what is wrong.
+pub fn validate_scoped_id(field: &str, scoped: &str) -> Result<(), String> {
+    match scoped.split_once(eventfold_core::tenant::SEPARATOR) {
+        Some((tenant, id)) => {
+            validate_id(&format!("{field} (tenant)"), tenant)?;
+            validate_id(field, id)
+        }
+        None => validate_id(field, scoped),
+    }
 }
 
 /// Checks a free-text reason: at most 500 characters, no control characters.

@@ -337,6 +337,10 @@ impl Aggregate for Order {
     type Error = OrderError;
     const CATEGORY: &'static str = "order";
 
+    fn owner(&self) -> Option<&str> {
+        self.status.map(|_| self.customer_id.as_str())
+    }
+
     fn handle(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
         use OrderStatus::*;
         let event = match command {

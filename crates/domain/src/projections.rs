@@ -1,6 +1,7 @@
 //! The read models: each a keyed fold over the global log (see
 //! `eventfold_core::projection`). Keys are chosen so that the queries the API needs are a point
-//! read or one range scan:
+//! read or one range scan. Every key is scoped to its tenant (`{tenant}/{key}`, unprefixed for the default tenant; see
+//! `eventfold_core::tenant`), and so are the ids in documents:
 //!
 //! | projection | key | document |
 //! |---|---|---|
@@ -35,11 +36,9 @@ pub const DAILY_SALES_BY_STORE: &str = "daily_sales_by_store";
 /// Name of the real-time sales projection (ingest time).
 pub const REAL_TIME_SALES: &str = "real_time_sales";
 
-fn aggregate_id<'a>(event: &'a RecordedEvent, category: &str) -> Option<&'a str> {
-    event
-        .stream_id
-        .strip_prefix(category)
-        .and_then(|rest| rest.strip_prefix('-'))
+/// The aggregate id (scoped to its tenant) of an event of aggregate `A`'s streams.
+fn aggregate_id<A: Aggregate>(event: &RecordedEvent) -> Option<String> {
+    A::id_of_stream(&event.stream_id)
 }
 
 fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, String> {
@@ -89,10 +88,10 @@ impl Projection for OrderSummaryProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, OrderEvent)>, String> {
-        let Some(id) = aggregate_id(event, Order::CATEGORY) else {
+        let Some(id) = aggregate_id::<Order>(event) else {
             return Ok(None);
         };
-        Ok(Some((id.to_owned(), decode::<Order>(event)?)))
+        Ok(Some((id, decode::<Order>(event)?)))
     }
 
     fn apply(
@@ -112,9 +111,7 @@ impl Projection for OrderSummaryProjection {
                     ..
                 },
             ) => OrderSummary {
-                order_id: aggregate_id(event, Order::CATEGORY)
-                    .unwrap_or_default()
-                    .to_owned(),
+                order_id: aggregate_id::<Order>(event).unwrap_or_default().to_owned(),
                 customer_id: customer_id.clone(),
                 store_id: store_id.clone(),
                 status: OrderStatus::Pending,
@@ -201,10 +198,10 @@ impl Projection for BalanceByAccountProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, AccountEvent)>, String> {
-        let Some(id) = aggregate_id(event, Account::CATEGORY) else {
+        let Some(id) = aggregate_id::<Account>(event) else {
             return Ok(None);
         };
-        Ok(Some((id.to_owned(), decode::<Account>(event)?)))
+        Ok(Some((id, decode::<Account>(event)?)))
     }
 
     fn apply(
@@ -215,7 +212,7 @@ impl Projection for BalanceByAccountProjection {
     ) -> Option<AccountBalance> {
         let mut doc = match (doc, &input) {
             (_, AccountEvent::AccountOpened { owner, currency }) => AccountBalance {
-                account_id: aggregate_id(event, Account::CATEGORY)
+                account_id: aggregate_id::<Account>(event)
                     .unwrap_or_default()
                     .to_owned(),
                 owner: owner.clone(),
@@ -279,7 +276,7 @@ pub enum SalesClock {
 /// time, hourly).
 pub struct SalesProjection(pub SalesClock);
 
-/// The bucket key of a sales projection.
+/// The bucket key of a sales projection (the projection scopes it to the order's tenant).
 pub fn sales_key(store: &str, period: &str, currency: Currency) -> String {
     format!("{store}|{period}|{currency}")
 }
@@ -307,7 +304,7 @@ impl Projection for SalesProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String> {
-        if aggregate_id(event, Order::CATEGORY).is_none()
+        if aggregate_id::<Order>(event).is_none()
             || !matches!(
                 event.event_type.as_str(),
                 "OrderPaid" | "OrderCancelled" | "OrderRefunded"
@@ -346,8 +343,9 @@ impl Projection for SalesProjection {
             _ => return Ok(None),
         };
         let period = self.period(event);
+        let tenant = eventfold_core::tenant::of(&event.stream_id);
         Ok(Some((
-            sales_key(&store, &period, amount.currency),
+            eventfold_core::tenant::scope(tenant, &sales_key(&store, &period, amount.currency)),
             (store, amount.currency, delta),
         )))
     }
@@ -517,11 +515,11 @@ impl Projection for PaymentDeadlinesProjection {
         if event.event_type != "OrderCreated" {
             return Ok(None);
         }
-        let Some(id) = aggregate_id(event, Order::CATEGORY) else {
+        let Some(id) = aggregate_id::<Order>(event) else {
             return Ok(None);
         };
         let created_ms = event.event_time.timestamp_millis();
-        Ok(Some((deadline_key(created_ms, id), created_ms)))
+        Ok(Some((deadline_key(created_ms, &id), created_ms)))
     }
 
     fn apply(
@@ -531,9 +529,7 @@ impl Projection for PaymentDeadlinesProjection {
         event: &RecordedEvent,
     ) -> Option<OrderCreatedAt> {
         Some(OrderCreatedAt {
-            order_id: aggregate_id(event, Order::CATEGORY)
-                .unwrap_or_default()
-                .to_owned(),
+            order_id: aggregate_id::<Order>(event).unwrap_or_default(),
             created_ms,
         })
     }
@@ -563,13 +559,10 @@ impl Projection for SagasInFlightProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, bool)>, String> {
-        let Some(id) = aggregate_id(event, crate::payment_saga::PaymentSaga::CATEGORY) else {
+        let Some(id) = aggregate_id::<crate::payment_saga::PaymentSaga>(event) else {
             return Ok(None);
         };
-        Ok(Some((
-            id.to_owned(),
-            event.event_type == "PaymentSagaEnded",
-        )))
+        Ok(Some((id, event.event_type == "PaymentSagaEnded")))
     }
 
     fn apply(
@@ -579,9 +572,7 @@ impl Projection for SagasInFlightProjection {
         event: &RecordedEvent,
     ) -> Option<SagaInFlight> {
         (!ended).then(|| SagaInFlight {
-            order_id: aggregate_id(event, crate::payment_saga::PaymentSaga::CATEGORY)
-                .unwrap_or_default()
-                .to_owned(),
+            order_id: aggregate_id::<crate::payment_saga::PaymentSaga>(event).unwrap_or_default(),
         })
     }
 }

@@ -9,16 +9,31 @@ use chrono::{DateTime, Utc};
 use eventfold_app::service::{load_snapshotted, AsOf};
 use eventfold_core::Replayed;
 use eventfold_domain::account::{Account, AccountCommand};
+use eventfold_domain::identity::Role;
 use eventfold_domain::projections::{AccountBalance, BALANCE_BY_ACCOUNT};
 use eventfold_domain::{Currency, Money};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::command::{currency, id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, parse_rfc3339, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
 use crate::state::AppState;
 use crate::wire;
+
+/// Who may open an account (a customer or service only for itself).
+const OPEN: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
+/// Who may move money (on its own accounts).
+const MOVE: [Role; 2] = [Role::Customer, Role::Service];
+/// Who may read an account (a customer or service only its own).
+const READ: [Role; 5] = [
+    Role::Customer,
+    Role::Service,
+    Role::Support,
+    Role::Finance,
+    Role::Auditor,
+];
 
 /// An account as command responses and `GET /accounts/{id}` show it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -83,22 +98,25 @@ fn account_view(id: &str, a: &Account, v: u64) -> serde_json::Value {
     responses((status = 201, body = AccountView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
 pub async fn open_account(
     State(state): State<AppState>,
+    caller: Caller,
     headers: CommandHeaders,
     body: CommandBody<OpenAccount>,
 ) -> Result<Response, ApiError> {
+    caller.require(&OPEN)?;
     let id = body.body.account_id.clone().unwrap_or_else(new_id);
     check_id("account_id", &id)?;
+    caller.require_owner("owner", &body.body.owner)?;
     let command = AccountCommand::Open {
         owner: body.body.owner,
         currency: currency("currency", &body.body.currency)?,
-        actor: headers.actor.clone(),
+        actor: caller.0.actor.clone(),
     };
     run::<Account>(
         &state,
+        &caller,
         &id,
         command,
-        headers,
-        &body.fingerprint,
+        headers.creation_context(&caller, &body.fingerprint),
         StatusCode::CREATED,
         account_view,
     )
@@ -108,14 +126,14 @@ pub async fn open_account(
 id_command!(
 /// Deposits funds.
 deposit, "/accounts/{id}/deposit", AmountBody -> Account, AccountView via account_view,
-"account id", |b, actor| AccountCommand::Deposit {
+"account id", roles MOVE, |b, actor| AccountCommand::Deposit {
     amount: money("amount", &b.amount, &b.currency)?,
     actor,
 });
 id_command!(
 /// Withdraws funds (no overdraft).
 withdraw, "/accounts/{id}/withdraw", AmountBody -> Account, AccountView via account_view,
-"account id", |b, actor| AccountCommand::Withdraw {
+"account id", roles MOVE, |b, actor| AccountCommand::Withdraw {
     amount: money("amount", &b.amount, &b.currency)?,
     actor,
 });
@@ -146,9 +164,11 @@ pub struct AccountAsOf {
     responses((status = 200, body = AccountAsOf), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
 pub async fn get_account(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
     query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require(&READ)?;
     let Query(query) = query?;
     check_id("account id", &id)?;
     let (as_of, at) = match (&query.as_of, query.version) {
@@ -175,16 +195,18 @@ pub async fn get_account(
     let loaded = load_snapshotted::<Account>(
         state.app.service.store().as_ref(),
         state.app.backend.read_models.as_ref(),
-        &id,
+        &caller.scope(&id),
         as_of,
     )
     .await?;
-    let loaded: Replayed<Account> = loaded.ok_or_else(|| {
-        ApiError::not_found(
-            "account_not_found",
-            format!("account {id} has no events in range"),
-        )
-    })?;
+    let loaded: Replayed<Account> = loaded
+        .filter(|l| caller.may_reach(&l.state.owner))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "account_not_found",
+                format!("account {id} has no events in range"),
+            )
+        })?;
     let body = AccountAsOf {
         account: AccountView::new(&id, &loaded.state, loaded.version),
         as_of: at,
@@ -198,18 +220,22 @@ pub async fn get_account(
     responses((status = 200, body = wire::AccountBalance), (status = 404, body = ApiErrorBody)))]
 pub async fn get_balance(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<wire::AccountBalance>, ApiError> {
+    caller.require(&READ)?;
     check_id("account id", &id)?;
     let docs = state
         .app
         .backend
         .read_models
-        .get_docs(BALANCE_BY_ACCOUNT, std::slice::from_ref(&id))
+        .get_docs(BALANCE_BY_ACCOUNT, &[caller.scope(&id)])
         .await?;
-    let (_, doc) = docs.into_iter().next().ok_or_else(|| {
-        ApiError::not_found("account_not_found", format!("account {id} not found"))
-    })?;
+    let not_found = || ApiError::not_found("account_not_found", format!("account {id} not found"));
+    let (_, doc) = docs.into_iter().next().ok_or_else(not_found)?;
     let balance: AccountBalance = decode_doc(&doc)?;
+    if !caller.may_reach(&balance.owner) {
+        return Err(not_found());
+    }
     Ok(Json(balance.into()))
 }

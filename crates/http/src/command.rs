@@ -4,12 +4,13 @@
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use eventfold_app::service::Executed;
+use eventfold_app::service::{CommandContext, Executed};
 use eventfold_core::Aggregate;
 use eventfold_domain::{Currency, DomainError, Money, MoneyError};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{replayed, stored, versioned, CommandHeaders};
+use crate::extract::{replayed, stored, versioned};
 use crate::state::AppState;
 
 /// A money parse error as a 422 naming `field` (`invalid_currency` or `invalid_amount`).
@@ -33,17 +34,18 @@ pub(crate) fn money(field: &str, amount: &str, code: &str) -> Result<Money, ApiE
     Money::parse(amount, c).map_err(|e| money_error(field, e))
 }
 
-/// Runs `command` on aggregate `id` and answers `status` with `view` of the new state (also the
+/// Runs `caller`'s `command` on aggregate `id` (of the caller's tenant) with `ctx` (see
+/// [`CommandHeaders::context`]) and answers `status` with `view` of the new state (also the
 /// response stored under the idempotency key); a replayed key answers its first response.
 ///
 /// # Errors
 /// The service's refusals and failures, as [`ApiError`].
 pub(crate) async fn run<A>(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     command: A::Command,
-    headers: CommandHeaders,
-    fingerprint: &str,
+    ctx: CommandContext,
     status: StatusCode,
     view: fn(&str, &A, u64) -> serde_json::Value,
 ) -> Result<Response, ApiError>
@@ -52,13 +54,12 @@ where
     A::Command: Clone + Send + 'static,
     A::Error: DomainError,
 {
-    let ctx = headers.context(fingerprint);
     let owned_id = id.to_owned();
     let render = Box::new(move |s: &A, v: u64| stored(status, &view(&owned_id, s, v)));
     match state
         .app
         .service
-        .execute::<A>(id, command, &ctx, render)
+        .execute::<A>(&caller.scope(id), command, &ctx, render)
         .await?
     {
         Executed::Applied { state, version, .. } => {
@@ -74,32 +75,35 @@ pub(crate) fn new_id() -> String {
 }
 
 /// A command endpoint `POST $path` on the aggregate named by the `{id}` path segment: checks the
-/// id (named `$field` in the error), builds the command from the id, the JSON body (`$body`) and
+/// caller's roles (`$roles`), the id (named `$field` in the error), builds the command from the id, the JSON body (`$body`) and
 /// the actor, runs it and answers 200 with `$render` of the new state (`$view` in the OpenAPI
 /// document). The command expression may refuse with `?`.
 macro_rules! id_command {
     ($(#[$doc:meta])* $name:ident, $path:literal, $body:ident -> $aggregate:ident, $view:ident via $render:path,
-     $field:literal, |$b:ident, $actor:ident| $command:expr) => {
+     $field:literal, roles $roles:expr, |$b:ident, $actor:ident| $command:expr) => {
         $(#[$doc])*
         #[utoipa::path(post, path = $path, request_body = $body, params(("id" = String, Path)),
             responses((status = 200, body = $view), (status = 404, body = ApiErrorBody),
                 (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
         pub async fn $name(
             State(state): State<AppState>,
+            caller: Caller,
             IdPath(id): IdPath,
             headers: CommandHeaders,
             body: CommandBody<$body>,
         ) -> Result<Response, ApiError> {
+            caller.require(&$roles)?;
             check_id($field, &id)?;
-            let $actor = headers.actor.clone();
+            let $actor = caller.0.actor.clone();
             let $b = body.body;
             let command = $command;
+            let ctx = headers.context(&caller, &body.fingerprint);
             $crate::command::run::<$aggregate>(
                 &state,
+                &caller,
                 &id,
                 command,
-                headers,
-                &body.fingerprint,
+                ctx,
                 StatusCode::OK,
                 $render,
             )

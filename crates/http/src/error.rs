@@ -74,6 +74,18 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 9110: a 401 names how to authenticate.
+            let challenge = if self.code == "unauthenticated" {
+                "Bearer realm=\"eventfold\""
+            } else {
+                "Eventfold-Signature realm=\"payments\""
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -10,11 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use eventfold_app::service::CommandContext;
-use eventfold_core::{Actor, StoredResponse};
+use eventfold_core::StoredResponse;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::MAX_BODY_BYTES;
 
@@ -92,14 +93,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandBody<T> {
     }
 }
 
-/// The command headers: `X-Actor` (default `user:anonymous`), `If-Match` (expected stream
-/// version), `Idempotency-Key`, `X-Correlation-Id`, `X-Tenant-Id`.
+/// The command headers: `If-Match` (expected stream version), `Idempotency-Key`,
+/// `X-Correlation-Id`. (Who acts, and in which tenant, is the [`Caller`]'s.)
 pub(crate) struct CommandHeaders {
-    pub(crate) actor: Actor,
     pub(crate) expected_version: Option<u64>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) correlation_id: Option<uuid::Uuid>,
-    pub(crate) tenant_id: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CommandHeaders {
@@ -129,11 +128,6 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 /// # Errors
 /// A header that is not visible ASCII or does not parse, named.
 pub(crate) fn parse_command_headers(headers: &HeaderMap) -> Result<CommandHeaders, ApiError> {
-    let actor = match header_str(headers, "x-actor")? {
-        Some(a) => Actor::parse(a)
-            .map_err(|m| ApiError::bad_request("invalid_actor", format!("header X-Actor: {m}")))?,
-        None => Actor::parse("user:anonymous").expect("valid default actor"),
-    };
     let expected_version = header_str(headers, "if-match")?
         .map(|v| {
             v.trim().trim_matches('"').parse::<u64>().map_err(|_| {
@@ -163,31 +157,37 @@ pub(crate) fn parse_command_headers(headers: &HeaderMap) -> Result<CommandHeader
             })
         })
         .transpose()?;
-    let tenant_id = header_str(headers, "x-tenant-id")?
-        .unwrap_or("default")
-        .to_owned();
-    eventfold_domain::validate_id("header X-Tenant-Id", &tenant_id)
-        .map_err(|m| ApiError::bad_request("invalid_header", m))?;
     Ok(CommandHeaders {
-        actor,
         expected_version,
         idempotency_key,
         correlation_id,
-        tenant_id,
     })
 }
 
 impl CommandHeaders {
-    /// The service's context for a command with these headers; the idempotency key is scoped by
-    /// tenant (`{tenant}:{key}`) and paired with the request's fingerprint.
-    pub(crate) fn context(self, fingerprint: &str) -> CommandContext {
-        let mut ctx = CommandContext::new(self.actor);
+    /// The service's context for `caller`'s command with these headers: the caller's actor, the
+    /// idempotency key scoped by tenant (`{tenant}:{key}`) and paired with the request's
+    /// fingerprint, and, for a caller that reaches only its own resources, the owner the
+    /// aggregate must have.
+    pub(crate) fn context(self, caller: &Caller, fingerprint: &str) -> CommandContext {
+        let principal = &caller.0;
+        let mut ctx = CommandContext::new(principal.actor.clone());
         ctx.expected_version = self.expected_version;
         ctx.idempotency = self
             .idempotency_key
-            .map(|k| (format!("{}:{k}", self.tenant_id), fingerprint.to_owned()));
+            .map(|k| (format!("{}:{k}", principal.tenant), fingerprint.to_owned()));
         ctx.correlation_id = self.correlation_id;
-        ctx.tenant_id = self.tenant_id;
+        if caller.own_only() {
+            ctx.owner = Some(caller.owner_id().to_owned());
+        }
+        ctx
+    }
+
+    /// As [`CommandHeaders::context`], for a command that creates its aggregate (which has no
+    /// owner yet: the handler checks the owner the command names).
+    pub(crate) fn creation_context(self, caller: &Caller, fingerprint: &str) -> CommandContext {
+        let mut ctx = self.context(caller, fingerprint);
+        ctx.owner = None;
         ctx
     }
 }

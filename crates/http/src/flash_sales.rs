@@ -7,13 +7,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eventfold_core::stock::StockError;
+use eventfold_domain::identity::Role;
 use serde::{Deserialize, Serialize};
 
 use eventfold_app::service::AsOf;
 use eventfold_app::shop::flash_sale::{Purchase, Sale, SaleError};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiErrorBody};
-use crate::extract::{CommandBody, CommandHeaders};
+use crate::extract::{check_id, CommandBody, CommandHeaders};
 use crate::state::AppState;
 
 /// `POST /flash-sales`.
@@ -73,6 +75,7 @@ impl From<SaleError> for ApiError {
         match e {
             SaleError::Invalid(m) => Self::unprocessable("invalid_purchase", m),
             SaleError::Stock(StockError::UnknownSku(sku)) => {
+                let sku = eventfold_core::tenant::unscoped(&sku);
                 Self::not_found("unknown_sku", format!("no flash sale for sku {sku}"))
             }
             SaleError::Stock(StockError::Invalid(m)) => Self::unprocessable("invalid_purchase", m),
@@ -100,10 +103,13 @@ impl From<SaleError> for ApiError {
         (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
 pub async fn open_flash_sale(
     State(state): State<AppState>,
+    caller: Caller,
     _headers: CommandHeaders,
     body: CommandBody<OpenFlashSale>,
 ) -> Result<Response, ApiError> {
+    caller.require(&[Role::Operator])?;
     let b = body.body;
+    check_id("sku", &b.sku)?;
     let currency = b
         .currency
         .parse()
@@ -111,7 +117,7 @@ pub async fn open_flash_sale(
     let unit_price = eventfold_domain::Money::parse(&b.unit_price, currency)
         .map_err(|e| ApiError::unprocessable("invalid_money", format!("unit_price: {e}")))?;
     let sale = Sale {
-        sku: b.sku,
+        sku: caller.scope(&b.sku),
         unit_price,
         store_id: b.store_id.unwrap_or_else(|| "flash".into()),
     };
@@ -128,7 +134,7 @@ pub async fn open_flash_sale(
         .await
         .map_err(SaleError::from)?;
     let view = FlashSaleView {
-        sku: sale.sku,
+        sku: b.sku,
         stock: levels.initial,
         per_buyer_limit: b.per_buyer_limit,
         remaining: levels.remaining,
@@ -146,13 +152,16 @@ pub async fn open_flash_sale(
     responses((status = 200, body = FlashSaleView), (status = 404, body = ApiErrorBody)))]
 pub async fn get_flash_sale(
     State(state): State<AppState>,
+    caller: Caller,
     Path(sku): Path<String>,
 ) -> Result<Json<FlashSaleView>, ApiError> {
     let unknown = || ApiError::not_found("unknown_sku", format!("no flash sale for sku {sku}"));
+    check_id("sku", &sku)?;
+    let scoped = caller.scope(&sku);
     let terms = state
         .app
         .service
-        .load::<eventfold_domain::sale::Sale>(&sku, AsOf::Latest)
+        .load::<eventfold_domain::sale::Sale>(&scoped, AsOf::Latest)
         .await
         .ok()
         .flatten()
@@ -162,7 +171,7 @@ pub async fn get_flash_sale(
         .app
         .flash_sale
         .ledger()
-        .levels(&sku)
+        .levels(&scoped)
         .await
         .map_err(SaleError::from)?;
     Ok(Json(FlashSaleView {
@@ -182,10 +191,12 @@ pub async fn get_flash_sale(
         (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
 pub async fn purchase(
     State(state): State<AppState>,
+    caller: Caller,
     Path(sku): Path<String>,
     headers: CommandHeaders,
     body: CommandBody<PurchaseBody>,
 ) -> Result<Response, ApiError> {
+    caller.require(&[Role::Customer, Role::Service])?;
     let attempt = headers.idempotency_key.clone().ok_or_else(|| {
         ApiError::bad_request(
             "missing_idempotency_key",
@@ -193,6 +204,7 @@ pub async fn purchase(
         )
     })?;
     let b = body.body;
+    caller.require_owner("buyer", &b.buyer)?;
     let quantity = u64::try_from(b.quantity)
         .ok()
         .filter(|q| *q >= 1)
@@ -202,9 +214,14 @@ pub async fn purchase(
                 format!("quantity must be at least 1, got {}", b.quantity),
             )
         })?;
-    let sale = state.app.flash_sale.sale(&sku).await?.ok_or_else(|| {
-        ApiError::not_found("unknown_sku", format!("no flash sale for sku {sku}"))
-    })?;
+    let sale = state
+        .app
+        .flash_sale
+        .sale(&caller.scope(&sku))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found("unknown_sku", format!("no flash sale for sku {sku}"))
+        })?;
     let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     match state
         .app
@@ -223,7 +240,7 @@ pub async fn purchase(
                 StatusCode::CREATED
             };
             let view = PurchaseView {
-                order_id,
+                order_id: eventfold_core::tenant::unscoped(&order_id).to_owned(),
                 remaining,
                 duplicate,
             };

@@ -8,6 +8,7 @@
 //! unavailable. Database text never reaches a response body.
 
 mod accounts;
+pub mod auth;
 mod command;
 pub mod error;
 mod extract;
@@ -21,6 +22,7 @@ mod state;
 pub mod testing;
 mod wire;
 
+pub use auth::AuthConfig;
 pub use error::{ApiError, ApiErrorBody};
 pub use operations::metrics_handle;
 pub use state::AppState;
@@ -119,20 +121,41 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, with every background worker
-/// `config` asks for running beside it ([`Runtime::start`]); then drains in-flight requests,
-/// stops the workers and waits for them before returning.
+/// `config` asks for running beside it ([`Runtime::start`]), authenticating as `auth` says (see
+/// [`auth`]); then drains in-flight requests, stops the workers and waits for them before
+/// returning.
 ///
 /// # Errors
-/// The runtime cannot start (see [`Runtime::start`]) or the listener fails.
+/// The runtime cannot start (see [`Runtime::start`]), the server would run open on an address
+/// that is not loopback without [`AuthConfig::insecure`], or the listener fails.
 pub async fn serve(
     backend: Backend,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
     config: Config,
+    auth: AuthConfig,
 ) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let runtime = Runtime::start(backend, config, shutdown.clone()).await?;
-    let app = router(AppState::new(runtime.app().clone()));
-    tracing::info!(addr = %listener.local_addr()?, "eventfold serving");
+    let open = !auth.keys_required && runtime.app().keys.is_empty();
+    if open && !addr.ip().is_loopback() && !auth.insecure {
+        runtime.stop().await;
+        anyhow::bail!(
+            "refusing to serve {addr} without credentials: create an API key (eventfold keys create), \
+             listen on a loopback address, or pass --insecure"
+        );
+    }
+    if open {
+        tracing::warn!(
+            %addr,
+            "no credentials configured: serving open, every request acts in tenant default \
+             (or its X-Tenant-Id) with every role; create an API key to require credentials"
+        );
+    } else {
+        tracing::info!(keys = runtime.app().keys.len(), "API keys required");
+    }
+    let app = router(AppState::new(runtime.app().clone()).with_auth(auth));
+    tracing::info!(%addr, "eventfold serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use eventfold_core::ProjectionStatus;
+use eventfold_domain::identity::Role;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -20,7 +22,9 @@ pub(crate) fn decode_doc<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T,
 #[utoipa::path(get, path = "/projections", responses((status = 200, description = "checkpoint, head, lag_events, last_lag_ms, lag_p95_ms per projection")))]
 pub async fn projections(
     State(state): State<AppState>,
+    caller: Caller,
 ) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+    caller.require(&[Role::Operator, Role::Auditor])?;
     Ok(Json(state.app.runner.status().await?))
 }
 
@@ -49,7 +53,10 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
 /// `eventfold_batch_flush_seconds`, `eventfold_batch_retries_total`,
 /// `eventfold_breaker_opened_total`, `eventfold_dead_letter_total`).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
-pub async fn prometheus(State(state): State<AppState>) -> Response {
+pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Response {
+    if let Err(e) = caller.require(&[Role::Operator]) {
+        return e.into_response();
+    }
     let handle = metrics_handle();
     match state.app.runner.status().await {
         Ok(statuses) => {

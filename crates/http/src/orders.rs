@@ -7,16 +7,35 @@ use axum::response::Response;
 use axum::Json;
 use eventfold_app::service::timeline;
 use eventfold_core::{Actor, Aggregate, Projection};
+use eventfold_domain::identity::Role;
 use eventfold_domain::order::{Order, OrderCommand, OrderLine};
 use eventfold_domain::projections::{OrderSummary, OrderSummaryProjection, ORDER_SUMMARY};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::command::{id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
 use crate::state::AppState;
 use crate::wire;
+
+/// Who may place an order (a customer or service only for itself).
+const PLACE: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
+/// Who may pay an order (its own).
+const PAY: [Role; 2] = [Role::Customer, Role::Service];
+/// Who may cancel an order (a customer or service only its own).
+const CANCEL: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
+/// Who fulfils and refunds orders.
+const SUPPORT: [Role; 1] = [Role::Support];
+/// Who may read an order and its history (a customer or service only its own).
+const READ: [Role; 5] = [
+    Role::Customer,
+    Role::Service,
+    Role::Support,
+    Role::Finance,
+    Role::Auditor,
+];
 
 /// An order as command responses show it (the state right after the command).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -123,12 +142,15 @@ fn order_view(id: &str, o: &Order, v: u64) -> serde_json::Value {
     responses((status = 201, body = OrderView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
 pub async fn create_order(
     State(state): State<AppState>,
+    caller: Caller,
     headers: CommandHeaders,
     body: CommandBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
+    caller.require(&PLACE)?;
     let b = body.body;
     let id = b.order_id.clone().unwrap_or_else(new_id);
     check_id("order_id", &id)?;
+    caller.require_owner("customer_id", &b.customer_id)?;
     let lines = b
         .lines
         .into_iter()
@@ -145,14 +167,14 @@ pub async fn create_order(
         customer_id: b.customer_id,
         store_id: b.store_id,
         lines,
-        actor: headers.actor.clone(),
+        actor: caller.0.actor.clone(),
     };
     run::<Order>(
         &state,
+        &caller,
         &id,
         command,
-        headers,
-        &body.fingerprint,
+        headers.creation_context(&caller, &body.fingerprint),
         StatusCode::CREATED,
         order_view,
     )
@@ -162,7 +184,7 @@ pub async fn create_order(
 id_command!(
 /// Pays an order in full (PENDING -> PAID).
 pay_order, "/orders/{id}/pay", PayOrder -> Order, OrderView via order_view,
-"order id", |b, actor| OrderCommand::Pay {
+"order id", roles PAY, |b, actor| OrderCommand::Pay {
     amount: money("amount", &b.amount, &b.currency)?,
     payment_id: b.payment_id.unwrap_or_else(new_id),
     actor,
@@ -170,27 +192,27 @@ pay_order, "/orders/{id}/pay", PayOrder -> Order, OrderView via order_view,
 
 /// A state transition of an order with an optional or required reason.
 macro_rules! transition {
-    ($(#[$doc:meta])* $name:ident, $path:literal, |$actor:ident, $reason:ident| $command:expr) => {
+    ($(#[$doc:meta])* $name:ident, $path:literal, roles $roles:expr, |$actor:ident, $reason:ident| $command:expr) => {
         id_command!($(#[$doc])* $name, $path, ReasonBody -> Order, OrderView via order_view,
-            "order id", |b, $actor| { let $reason = b.reason; $command });
+            "order id", roles $roles, |b, $actor| { let $reason = b.reason; $command });
     };
 }
 
 transition!(
     /// PAID -> CONFIRMED.
-    confirm_order, "/orders/{id}/confirm", |actor, reason| OrderCommand::Confirm { actor, reason });
+    confirm_order, "/orders/{id}/confirm", roles SUPPORT, |actor, reason| OrderCommand::Confirm { actor, reason });
 transition!(
     /// CONFIRMED -> SHIPPED.
-    ship_order, "/orders/{id}/ship", |actor, reason| OrderCommand::Ship { actor, reason });
+    ship_order, "/orders/{id}/ship", roles SUPPORT, |actor, reason| OrderCommand::Ship { actor, reason });
 transition!(
     /// SHIPPED -> COMPLETED.
-    complete_order, "/orders/{id}/complete", |actor, reason| OrderCommand::Complete { actor, reason });
+    complete_order, "/orders/{id}/complete", roles SUPPORT, |actor, reason| OrderCommand::Complete { actor, reason });
 transition!(
     /// PENDING, PAID or CONFIRMED -> CANCELLED (reason required; a payment is refunded).
-    cancel_order, "/orders/{id}/cancel", |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
+    cancel_order, "/orders/{id}/cancel", roles CANCEL, |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
 transition!(
     /// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED (reason required).
-    refund_order, "/orders/{id}/refund", |actor, reason| OrderCommand::Refund { actor, reason: reason.unwrap_or_default() });
+    refund_order, "/orders/{id}/refund", roles SUPPORT, |actor, reason| OrderCommand::Refund { actor, reason: reason.unwrap_or_default() });
 
 /// An order's summary from the `order_summary` read model; when the read model trails the order's
 /// stream, the summary is folded from the stream so a client reads its own writes.
@@ -198,17 +220,20 @@ transition!(
     responses((status = 200, body = wire::OrderSummary), (status = 404, body = ApiErrorBody)))]
 pub async fn get_order(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
+    caller.require(&READ)?;
     check_id("order id", &id)?;
-    let stream_id = Order::stream_id(&id);
+    let scoped = caller.scope(&id);
+    let stream_id = Order::stream_id(&scoped);
     let store = state.app.service.store();
     let (docs, version) = tokio::try_join!(
         state
             .app
             .backend
             .read_models
-            .get_docs(ORDER_SUMMARY, std::slice::from_ref(&id)),
+            .get_docs(ORDER_SUMMARY, std::slice::from_ref(&scoped)),
         store.stream_version(&stream_id)
     )?;
     let summary: Option<OrderSummary> = docs.first().map(|(_, d)| decode_doc(d)).transpose()?;
@@ -229,6 +254,7 @@ pub async fn get_order(
         }
     };
     let summary = summary
+        .filter(|s| caller.may_reach(&s.customer_id))
         .ok_or_else(|| ApiError::not_found("order_not_found", format!("order {id} not found")))?;
     let v = summary.version;
     Ok(versioned(
@@ -244,15 +270,19 @@ pub async fn get_order(
     responses((status = 200, body = Vec<wire::TimelineEntry>), (status = 404, body = ApiErrorBody)))]
 pub async fn order_history(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<Vec<wire::TimelineEntry>>, ApiError> {
+    caller.require(&READ)?;
     check_id("order id", &id)?;
+    let scoped = caller.scope(&id);
     let events = state
         .app
         .service
-        .read_stream(&Order::stream_id(&id))
+        .read_stream(&Order::stream_id(&scoped))
         .await?;
-    if events.is_empty() {
+    let order = eventfold_core::Replayed::<Order>::from_events(&events)?;
+    if events.is_empty() || !caller.may_reach(order.state.owner().unwrap_or_default()) {
         return Err(ApiError::not_found(
             "order_not_found",
             format!("order {id} not found"),
@@ -262,7 +292,9 @@ pub async fn order_history(
     let saga = state
         .app
         .service
-        .read_stream(&eventfold_domain::payment_saga::PaymentSaga::stream_id(&id))
+        .read_stream(&eventfold_domain::payment_saga::PaymentSaga::stream_id(
+            &scoped,
+        ))
         .await?;
     entries.extend(timeline::<eventfold_domain::payment_saga::PaymentSaga>(
         &saga,

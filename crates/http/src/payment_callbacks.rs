@@ -129,7 +129,7 @@ pub async fn payment_callback(
         )
     })?;
     let order_id = callback.order_id().to_owned();
-    eventfold_domain::validate_id("order_id", &order_id)
+    eventfold_domain::validate_scoped_id("order_id", &order_id)
         .map_err(|m| ApiError::unprocessable("invalid_callback", m))?;
     if state
         .app

@@ -5,10 +5,12 @@
 use axum::extract::{Query, State};
 use axum::Json;
 use chrono::NaiveDate;
+use eventfold_domain::identity::Role;
 use eventfold_domain::projections::{SalesBucket, DAILY_SALES_BY_STORE, REAL_TIME_SALES};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, parse_rfc3339};
 use crate::operations::decode_doc;
@@ -17,6 +19,9 @@ use crate::wire;
 
 /// Most buckets one sales query returns.
 const MAX_BUCKETS: usize = 100_000;
+
+/// Who may read the sales views.
+const READ: [Role; 3] = [Role::Finance, Role::Auditor, Role::Operator];
 
 /// `GET /sales/daily` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -85,6 +90,7 @@ fn parse_day(field: &str, s: &str) -> Result<NaiveDate, ApiError> {
 
 async fn buckets(
     state: &AppState,
+    caller: &Caller,
     projection: &str,
     store: &str,
     from: &str,
@@ -96,8 +102,8 @@ async fn buckets(
         .read_models
         .range_docs(
             projection,
-            &format!("{store}|{from}"),
-            &format!("{store}|{to}|~"),
+            &caller.scope(&format!("{store}|{from}")),
+            &caller.scope(&format!("{store}|{to}|~")),
             MAX_BUCKETS,
         )
         .await?;
@@ -109,8 +115,10 @@ async fn buckets(
     responses((status = 200, body = Vec<DailySales>), (status = 400, body = ApiErrorBody)))]
 pub async fn daily_sales(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<DailySales>>, ApiError> {
+    caller.require(&READ)?;
     let Query(q) = query?;
     let store = required_store(q.store)?;
     let from = q
@@ -129,7 +137,7 @@ pub async fn daily_sales(
     }
     let from = from.map_or("0000-00-00".into(), |d| d.to_string());
     let to = to.map_or("9999-99-99".into(), |d| d.to_string());
-    let out = buckets(&state, DAILY_SALES_BY_STORE, &store, &from, &to)
+    let out = buckets(&state, &caller, DAILY_SALES_BY_STORE, &store, &from, &to)
         .await?
         .into_iter()
         .map(|b| DailySales {
@@ -161,8 +169,10 @@ pub struct RealtimeQuery {
     responses((status = 200, body = Vec<HourlySales>), (status = 400, body = ApiErrorBody)))]
 pub async fn realtime_sales(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<RealtimeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<HourlySales>>, ApiError> {
+    caller.require(&READ)?;
     let Query(q) = query?;
     let store = required_store(q.store)?;
     let hour = |field: &str, s: &Option<String>| -> Result<Option<String>, ApiError> {
@@ -172,7 +182,7 @@ pub async fn realtime_sales(
     };
     let from = hour("from", &q.from)?.unwrap_or_else(|| "0000".into());
     let to = hour("to", &q.to)?.unwrap_or_else(|| "9999".into());
-    let out = buckets(&state, REAL_TIME_SALES, &store, &from, &to)
+    let out = buckets(&state, &caller, REAL_TIME_SALES, &store, &from, &to)
         .await?
         .into_iter()
         .map(|b| HourlySales {

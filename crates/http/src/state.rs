@@ -1,18 +1,33 @@
-//! What every handler shares: the application ([`eventfold_app::runtime::App`]).
+//! What every handler shares: the application ([`eventfold_app::runtime::App`]) and how requests
+//! authenticate ([`AuthConfig`]).
 
 use eventfold_app::runtime::App;
+
+use crate::auth::AuthConfig;
 
 /// The handlers' state: the app, cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) app: App,
+    pub(crate) auth: AuthConfig,
 }
 
 impl AppState {
     /// State over `app` (built by [`eventfold_app::runtime::Runtime::start`], or by hand for a
-    /// router without background workers, as tests do).
+    /// router without background workers, as tests do), authenticating as [`AuthConfig`]'s
+    /// default does (open while the store holds no key).
     pub fn new(app: App) -> Self {
-        Self { app }
+        Self {
+            app,
+            auth: AuthConfig::default(),
+        }
+    }
+
+    /// The same state, authenticating as `auth` says.
+    #[must_use]
+    pub fn with_auth(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// The app.

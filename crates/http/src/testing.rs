@@ -15,6 +15,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use crate::{router, AppState};
+use eventfold_domain::identity::Role;
 
 /// An app on its own temp SQLite store.
 pub struct TestApp {
@@ -24,6 +25,8 @@ pub struct TestApp {
     pub backend: Backend,
     /// The projection runner the router reports on.
     pub runner: Arc<ProjectionRunner>,
+    /// The app behind the router (its key registry is the router's).
+    pub app: App,
     _guard: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -56,13 +59,52 @@ impl TestApp {
     pub async fn open(url: &str, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
         let backend = Backend::open(url).await.expect("open store");
         let runner = Arc::new(backend.projection_runner());
-        let router = router(AppState::new(App::new(&backend, runner.clone(), None)));
+        let app = App::new(&backend, runner.clone(), None);
+        let router = router(AppState::new(app.clone()));
         Self {
             router,
             backend,
             runner,
+            app,
             _guard: guard,
         }
+    }
+
+    /// A new API key of `tenant` acting as `actor` with `roles`, usable at once (the key
+    /// projection is caught up and the router's registry reloaded). From the first key on, the
+    /// router requires credentials.
+    pub async fn key(&self, tenant: &str, actor: &str, roles: &[Role]) -> String {
+        let created = eventfold_app::identity::create_key(
+            &self.app.service,
+            tenant,
+            eventfold_core::Actor::parse(actor).expect("actor"),
+            roles.to_vec(),
+            eventfold_core::Actor::parse("admin:test").expect("actor"),
+        )
+        .await
+        .expect("key created");
+        self.project().await;
+        self.app
+            .keys
+            .refresh(self.backend.read_models.as_ref())
+            .await
+            .expect("keys reloaded");
+        created.key
+    }
+
+    /// `send` with `Authorization: Bearer {key}` and `headers`.
+    pub async fn send_as(
+        &self,
+        key: &str,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let bearer = format!("Bearer {key}");
+        let mut all = vec![("authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        self.send(method, uri, &all, body).await
     }
 
     /// Sends a request; `body` is sent as JSON when given.
@@ -176,6 +218,7 @@ impl TestApp {
             listener,
             shutdown.clone(),
             config,
+            crate::AuthConfig::default(),
         ));
         Served {
             base,

@@ -103,7 +103,7 @@ pub struct AccountBalance {
 impl From<eventfold_domain::projections::AccountBalance> for AccountBalance {
     fn from(b: eventfold_domain::projections::AccountBalance) -> Self {
         Self {
-            account_id: b.account_id,
+            account_id: eventfold_core::tenant::unscoped(&b.account_id).to_owned(),
             owner: b.owner,
             balance: b.balance.into(),
             version: b.version,
@@ -146,7 +146,7 @@ pub struct OrderSummary {
 impl From<eventfold_domain::projections::OrderSummary> for OrderSummary {
     fn from(s: eventfold_domain::projections::OrderSummary) -> Self {
         Self {
-            order_id: s.order_id,
+            order_id: eventfold_core::tenant::unscoped(&s.order_id).to_owned(),
             customer_id: s.customer_id,
             store_id: s.store_id,
             status: s.status.into(),
@@ -199,7 +199,7 @@ pub struct TimelineEntry {
 impl From<eventfold_app::service::TimelineEntry> for TimelineEntry {
     fn from(e: eventfold_app::service::TimelineEntry) -> Self {
         Self {
-            stream_id: e.stream_id,
+            stream_id: eventfold_core::tenant::unscoped(&e.stream_id).to_owned(),
             version: e.version,
             global_position: e.global_position,
             event_id: e.event_id,

@@ -80,7 +80,9 @@ pub async fn transform(store: &Arc<dyn EventStore>, topic: &str, m: Inbound) -> 
             "{at}: missing header event_id, event_type or stream_id"
         ));
     };
-    let Some(order_id) = stream_id.strip_prefix("order-") else {
+    let Some(order_id) =
+        <eventfold_domain::order::Order as eventfold_core::Aggregate>::id_of_stream(stream_id)
+    else {
         return Transformed::Poison(format!("{at}: stream_id {stream_id}: not an order stream"));
     };
     let payload = String::from_utf8_lossy(&m.payload);
@@ -88,7 +90,7 @@ pub async fn transform(store: &Arc<dyn EventStore>, topic: &str, m: Inbound) -> 
         Ok(e) => e,
         Err(e) => return Transformed::Poison(format!("{at}: {event_type}: {e}")),
     };
-    let Some((title, body)) = render(order_id, &event) else {
+    let Some((title, body)) = render(eventfold_core::tenant::unscoped(&order_id), &event) else {
         return Transformed::Emit(Vec::new());
     };
     let customer = match &event {
@@ -104,6 +106,8 @@ pub async fn transform(store: &Arc<dyn EventStore>, topic: &str, m: Inbound) -> 
             Err(e) => return Transformed::Poison(format!("{at}: {stream_id}: {e}")),
         },
     };
+    // The recipient is scoped to the order's tenant, as every id inside eventfold.
+    let customer = eventfold_core::tenant::scope(eventfold_core::tenant::of(&order_id), &customer);
     let value = serde_json::json!({
         "user_id": customer,
         "event_type": event_type,

@@ -241,6 +241,14 @@ impl Service {
                     continue;
                 }
             }
+            if let Some(owner) = &pending.ctx.owner {
+                if state.owner() != Some(owner.as_str()) {
+                    let _ = pending
+                        .reply
+                        .send(Err(not_reachable::<A>(&pending.command)));
+                    continue;
+                }
+            }
             let events = match state.handle(pending.command.clone()) {
                 Ok(events) => events,
                 Err(e) => {
@@ -259,7 +267,7 @@ impl Service {
             }
             let new_events = match events
                 .iter()
-                .map(|e| self.new_event::<A>(e, &pending.ctx, Uuid::now_v7()))
+                .map(|e| self.new_event::<A>(stream_id, e, &pending.ctx, Uuid::now_v7()))
                 .collect::<Result<Vec<_>, _>>()
             {
                 Ok(new_events) => new_events,
@@ -404,5 +412,22 @@ fn copy_error(e: &StoreError) -> StoreError {
         StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
         StoreError::Backend(source) => StoreError::Backend(source.to_string().into()),
         other => StoreError::Backend(other.to_string().into()),
+    }
+}
+
+/// The refusal of a command on an aggregate the caller does not own: the domain's own refusal
+/// of the command on an aggregate that does not exist (or a generic not-found).
+fn not_reachable<A: Aggregate>(command: &A::Command) -> ServiceError
+where
+    A::Command: Clone,
+    A::Error: DomainError,
+{
+    match A::default().handle(command.clone()) {
+        Err(e) if e.refusal() == eventfold_domain::Refusal::NotFound => ServiceError::refused(&e),
+        _ => ServiceError::Refused {
+            code: "not_found",
+            refusal: eventfold_domain::Refusal::NotFound,
+            message: format!("no such {}", A::CATEGORY),
+        },
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use eventfold_core::aggregate::decode_event;
 use eventfold_core::stock::{StockError, StockLedger, TakeOutcome, TakeState};
 use eventfold_core::subscription::{catch_up, Subscription};
-use eventfold_core::Actor;
+use eventfold_core::{tenant, Actor, Aggregate};
 use eventfold_domain::order::{Order, OrderCommand, OrderEvent, OrderLine};
 use eventfold_domain::sale::{Sale as SaleAggregate, SaleCommand, SaleEvent, SaleTerms};
 use eventfold_domain::Money;
@@ -31,7 +31,8 @@ use crate::service::{AsOf, CommandContext, Executed, Service, ServiceError};
 /// A sale: what is sold, at what unit price, by which store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sale {
-    /// The SKU (1 to 100 bytes).
+    /// The SKU (1 to 100 bytes), scoped to the sale's tenant (see [`eventfold_core::tenant`]):
+    /// the key of its stream and its stock; orders' lines carry it unscoped.
     pub sku: String,
     /// Price of one unit.
     pub unit_price: Money,
@@ -119,7 +120,7 @@ impl FlashSale {
         if let Some(sale) = self.terms.read().ok().and_then(|t| t.get(sku).cloned()) {
             return Ok(Some(sale));
         }
-        if eventfold_domain::validate_id("sku", sku).is_err() {
+        if eventfold_domain::validate_id("sku", tenant::unscoped(sku)).is_err() {
             return Ok(None);
         }
         let loaded = self
@@ -164,7 +165,8 @@ impl FlashSale {
         stock: u64,
         per_buyer_limit: u64,
     ) -> Result<bool, SaleError> {
-        eventfold_domain::validate_id("sku", &sale.sku).map_err(SaleError::Invalid)?;
+        eventfold_domain::validate_id("sku", tenant::unscoped(&sale.sku))
+            .map_err(SaleError::Invalid)?;
         let actor = Actor::system("flash-sale");
         let command = SaleCommand::Open {
             terms: SaleTerms {
@@ -202,7 +204,8 @@ impl FlashSale {
                 return Ok((opened, orders));
             };
             for e in &batch {
-                if let Some(sku) = e.stream_id.strip_prefix("sale-") {
+                if let Some(sku) = SaleAggregate::id_of_stream(&e.stream_id) {
+                    let sku = sku.as_str();
                     let SaleEvent::SaleOpened { terms, .. } =
                         decode_event::<SaleEvent>(&e.event_type, &e.payload)
                             .map_err(|x| SaleError::Invalid(format!("{}: {x}", e.stream_id)))?;
@@ -223,9 +226,10 @@ impl FlashSale {
                     opened += 1;
                     continue;
                 }
-                let Some(order_id) = e.stream_id.strip_prefix("order-") else {
+                let Some(order_id) = Order::id_of_stream(&e.stream_id) else {
                     continue;
                 };
+                let order_id = order_id.as_str();
                 // Orders before the first sale, or not created or cancelled: nothing to decode.
                 if sales.is_empty()
                     || !matches!(e.event_type.as_str(), "OrderCreated" | "OrderCancelled")
@@ -242,24 +246,19 @@ impl FlashSale {
                         ..
                     } => {
                         for line in lines {
-                            if sales.get(&line.sku) != Some(&store_id) {
+                            let sku = tenant::scope(tenant::of(order_id), &line.sku);
+                            if sales.get(&sku) != Some(&store_id) {
                                 continue;
                             }
                             let at = u64::try_from(e.event_time.timestamp_millis()).unwrap_or(0);
                             self.ledger
-                                .take(
-                                    &line.sku,
-                                    &customer_id,
-                                    u64::from(line.quantity),
-                                    order_id,
-                                    at,
-                                )
+                                .take(&sku, &customer_id, u64::from(line.quantity), order_id, at)
                                 .await?;
-                            self.ledger.confirm(&line.sku, order_id).await?;
+                            self.ledger.confirm(&sku, order_id).await?;
                             sale_orders
                                 .entry(order_id.to_owned())
                                 .or_default()
-                                .push(line.sku);
+                                .push(sku);
                             orders += 1;
                         }
                     }
@@ -350,7 +349,7 @@ impl FlashSale {
             customer_id: buyer.to_owned(),
             store_id: sale.store_id.clone(),
             lines: vec![OrderLine {
-                sku: sale.sku.clone(),
+                sku: tenant::unscoped(&sale.sku).to_owned(),
                 quantity,
                 amount,
             }],
@@ -458,9 +457,10 @@ impl FlashSale {
                 if event.event_type != "OrderCancelled" {
                     continue;
                 }
-                let Some(order_id) = event.stream_id.strip_prefix("order-") else {
+                let Some(order_id) = Order::id_of_stream(&event.stream_id) else {
                     continue;
                 };
+                let order_id = order_id.as_str();
                 let order = self
                     .service
                     .load::<Order>(order_id, AsOf::Latest)
@@ -468,7 +468,8 @@ impl FlashSale {
                     .map_err(ServiceError::from)?;
                 let Some(order) = order else { continue };
                 for line in &order.state.lines {
-                    match self.ledger.give_back(&line.sku, order_id).await {
+                    let sku = tenant::scope(tenant::of(order_id), &line.sku);
+                    match self.ledger.give_back(&sku, order_id).await {
                         Ok(true) => returned += 1,
                         Ok(false) | Err(StockError::UnknownSku(_)) => {}
                         Err(e) => return Err(e.into()),

@@ -35,6 +35,13 @@ pub struct Serve {
     /// How long one call to the provider may take before the saga tries again (ms).
     #[arg(long, default_value_t = 3000)]
     payment_step_timeout_ms: u64,
+    /// Require an API key on every request, even while the store holds none (without it, a
+    /// store with no key serves open: every request in tenant default with every role).
+    #[arg(long)]
+    auth_keys_required: bool,
+    /// Serve open (no credentials) on an address that is not loopback.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl Serve {
@@ -89,6 +96,10 @@ impl Serve {
             payments,
             relay,
         };
-        eventfold_http::serve(backend, listener, shutdown, config).await
+        let auth = eventfold_http::AuthConfig {
+            keys_required: self.auth_keys_required,
+            insecure: self.insecure,
+        };
+        eventfold_http::serve(backend, listener, shutdown, config, auth).await
     }
 }

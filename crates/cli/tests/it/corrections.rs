@@ -46,7 +46,7 @@ async fn account(app: &TestApp, id: &str, currency: Currency, events: &[(&str, &
         ctx.event_time = at(time);
         new.push(
             service
-                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .new_event::<Account>(&format!("account-{id}"), &e, &ctx, uuid::Uuid::now_v7())
                 .unwrap(),
         );
     }

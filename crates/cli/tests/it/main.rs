@@ -8,6 +8,7 @@ mod chain;
 mod cli;
 mod corrections;
 mod durability;
+mod keys;
 mod relay_kill;
 mod shutdown;
 mod simulate;

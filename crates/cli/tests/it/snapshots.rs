@@ -55,7 +55,7 @@ async fn write_account(
             let mut ctx = CommandContext::new(Actor::system("test"));
             ctx.event_time = time(i);
             service
-                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .new_event::<Account>(stream_id, &e, &ctx, uuid::Uuid::now_v7())
                 .unwrap()
         })
         .collect();
@@ -314,7 +314,7 @@ fn cli_rebuilds_every_account_snapshot() {
                 currency: Currency::USD,
             };
             let ev = service
-                .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+                .new_event::<Account>(&format!("account-{id}"), &e, &ctx, uuid::Uuid::now_v7())
                 .unwrap();
             backend
                 .events
@@ -354,7 +354,7 @@ async fn snapshots_are_also_taken_by_age() {
     write_account(&store, "account-aging", 120, |_| 1, |_| chrono::Utc::now()).await;
     let event = |e: AccountEvent| {
         service
-            .new_event::<Account>(&e, &ctx, uuid::Uuid::now_v7())
+            .new_event::<Account>("account-aging", &e, &ctx, uuid::Uuid::now_v7())
             .unwrap()
     };
     let hour = chrono::Duration::hours(1);

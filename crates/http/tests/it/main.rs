@@ -5,6 +5,7 @@
 //! prize inbox, the exactly-once order notifications, and a PostgreSQL outage.
 
 mod accounts;
+mod auth;
 mod deadlines;
 mod flash_sale;
 mod import;

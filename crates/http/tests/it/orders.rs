@@ -307,7 +307,8 @@ async fn sales_views(app: TestApp) {
             "daily_sales_by_store",
             "real_time_sales",
             "payment_deadlines",
-            "sagas_in_flight"
+            "sagas_in_flight",
+            "api_keys"
         ]
     );
     assert!(status

@@ -1,0 +1,63 @@
+//! Tenant-scoped ids (seed case #18: many shops on one store, each blind to the others).
+//!
+//! A tenant's data is told apart by its ids: an aggregate id, a stream id, an idempotency key or a
+//! read-model key of tenant `T` is written `T/{id}` everywhere inside eventfold (order `42` of
+//! tenant `acme` is `acme/42`, its stream `acme/order-42`, its summary's key `acme/42`). The [`DEFAULT`] tenant's ids
+//! carry no prefix, so a store written before tenancy existed opens unchanged as tenant
+//! `default`. Ids from outside may not hold `/` (see `eventfold_domain::validate_id`), so no
+//! caller can name another tenant's id, and a query by a scoped id or key prefix filters by
+//! tenant in the store query itself.
+//!
+//! Every event also records its tenant in its envelope (`tenant_id`), which the PostgreSQL
+//! row-level security policies and the relay's partition key read.
+
+/// The tenant of a store with a single tenant, and of every id without a prefix.
+pub const DEFAULT: &str = "default";
+
+/// The separator between a tenant and an id.
+pub const SEPARATOR: char = '/';
+
+/// `id` scoped to `tenant`: `{tenant}/{id}`, or `id` unchanged for [`DEFAULT`].
+#[must_use]
+pub fn scope(tenant: &str, id: &str) -> String {
+    if tenant == DEFAULT {
+        id.to_owned()
+    } else {
+        format!("{tenant}{SEPARATOR}{id}")
+    }
+}
+
+/// The tenant and the unscoped id of a scoped id (the inverse of [`scope`]): `acme/42` gives
+/// `("acme", "42")`, `42` gives `("default", "42")`.
+#[must_use]
+pub fn split(scoped: &str) -> (&str, &str) {
+    scoped.split_once(SEPARATOR).unwrap_or((DEFAULT, scoped))
+}
+
+/// The tenant of a scoped id (see [`split`]).
+#[must_use]
+pub fn of(scoped: &str) -> &str {
+    split(scoped).0
+}
+
+/// The unscoped id of a scoped id (see [`split`]).
+#[must_use]
+pub fn unscoped(scoped: &str) -> &str {
+    split(scoped).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ids_are_unchanged_and_others_round_trip() {
+        assert_eq!(scope(DEFAULT, "42"), "42");
+        assert_eq!(scope("acme", "42"), "acme/42");
+        assert_eq!(split("acme/42"), ("acme", "42"));
+        assert_eq!(split("42"), (DEFAULT, "42"));
+        assert_eq!(split(&scope("acme", "a|b")), ("acme", "a|b"));
+        assert_eq!(of("tenant-a/order-4/2"), "tenant-a");
+        assert_eq!(unscoped("tenant-a/order-4/2"), "order-4/2");
+    }
+}

@@ -1,0 +1,517 @@
+//! Identity and tenancy over HTTP, on both stores: API keys, tenants that cannot see each other,
+//! actors taken from the credential (a forged `X-Actor` is refused; a service acts on behalf of
+//! a user), customers that reach only their own accounts and orders, every role against every
+//! route, and a revoked key refused by a running server within a second.
+
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use eventfold_domain::identity::Role;
+use serde_json::{json, Value};
+
+use eventfold_http::on_both_stores;
+use eventfold_http::testing::{assert_error, TestApp};
+
+async fn events_of(app: &TestApp, stream: &str) -> Vec<eventfold_core::RecordedEvent> {
+    app.backend
+        .events
+        .read_stream(stream, 1, usize::MAX)
+        .await
+        .unwrap()
+}
+
+/// The cross-tenant withdrawal, forged actor and same-id-in-two-tenants cases.
+async fn tenants_are_apart(app: &TestApp) {
+    let alice = app.key("tenant-a", "user:alice", &[Role::Customer]).await;
+    let mallory = app
+        .key("tenant-b", "user:mallory", &[Role::Customer, Role::Support])
+        .await;
+    let r = app
+        .send_as(
+            &alice,
+            Method::POST,
+            "/accounts",
+            &[],
+            Some(json!({"account_id": "acc-1", "owner": "alice", "currency": "USD"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["account_id"], "acc-1");
+    let r = app
+        .send_as(
+            &alice,
+            Method::POST,
+            "/accounts/acc-1/deposit",
+            &[],
+            Some(json!({"amount": "100.00", "currency": "USD"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let head = app.head().await;
+
+    // Another tenant's id answers 404, as an id that does not exist, and changes nothing.
+    for (uri, body) in [
+        (
+            "/accounts/acc-1/withdraw",
+            Some(json!({"amount": "50.00", "currency": "USD"})),
+        ),
+        ("/accounts/acc-1", None),
+        ("/balances/acc-1", None),
+    ] {
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let r = app
+            .send_as(&mallory, method, uri, &[("x-tenant-id", "tenant-b")], body)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}: {}", r.body);
+        assert_eq!(r.body["code"], "account_not_found", "{uri}");
+    }
+    // Naming the other tenant in X-Tenant-Id is refused, naming an actor not its own too.
+    let r = app
+        .send_as(
+            &mallory,
+            Method::POST,
+            "/accounts/acc-1/withdraw",
+            &[("x-tenant-id", "tenant-a")],
+            Some(json!({"amount": "50.00", "currency": "USD"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "X-Tenant-Id");
+    let r = app
+        .send_as(
+            &mallory,
+            Method::POST,
+            "/accounts",
+            &[("x-actor", "admin:support-001")],
+            Some(json!({"account_id": "m-1", "owner": "mallory", "currency": "USD"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "X-Actor");
+    assert_eq!(app.head().await, head, "refused requests appended nothing");
+    let a = events_of(app, "tenant-a/account-acc-1").await;
+    assert_eq!(a.len(), 2);
+    assert!(a
+        .iter()
+        .all(|e| e.metadata.tenant_id == "tenant-a" && e.metadata.actor.as_str() == "user:alice"));
+
+    // The same id in another tenant is another account.
+    let r = app
+        .send_as(
+            &mallory,
+            Method::POST,
+            "/accounts",
+            &[],
+            Some(json!({"account_id": "acc-1", "owner": "mallory", "currency": "EUR"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    app.project().await;
+    let r = app
+        .send_as(&alice, Method::GET, "/balances/acc-1", &[], None)
+        .await;
+    assert_eq!(
+        (
+            r.body["account_id"].as_str(),
+            r.body["balance"]["amount"].as_str()
+        ),
+        (Some("acc-1"), Some("100.00")),
+        "{}",
+        r.body
+    );
+    let r = app
+        .send_as(&mallory, Method::GET, "/accounts/acc-1", &[], None)
+        .await;
+    assert_eq!(
+        (r.body["owner"].as_str(), r.body["currency"].as_str()),
+        (Some("mallory"), Some("EUR"))
+    );
+    let b = events_of(app, "tenant-b/account-acc-1").await;
+    assert!(b.iter().all(|e| e.metadata.tenant_id == "tenant-b"));
+    // Nothing of either tenant landed in the default tenant.
+    assert!(events_of(app, "account-acc-1").await.is_empty());
+}
+on_both_stores!([] tenants_are_apart_on_sqlite, tenants_are_apart_on_postgres, &tenants_are_apart);
+
+/// Without credentials configured the server runs open, and the tenant header still scopes ids.
+#[tokio::test]
+async fn an_open_server_scopes_ids_by_the_tenant_header() {
+    let app = TestApp::new().await;
+    let open = |tenant: &'static str| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/accounts",
+                &[("x-tenant-id", tenant)],
+                Some(json!({"account_id": "a-1", "owner": "c", "currency": "USD"})),
+            )
+            .await
+        }
+    };
+    assert_eq!(open("tenant-a").await.status, StatusCode::CREATED);
+    let r = app
+        .send(
+            Method::POST,
+            "/accounts/a-1/withdraw",
+            &[("x-tenant-id", "tenant-b"), ("x-actor", "user:mallory")],
+            Some(json!({"amount": "50.00", "currency": "USD"})),
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "account_not_found", "");
+    assert_eq!(open("tenant-b").await.status, StatusCode::CREATED);
+    assert_eq!(app.head().await, 2);
+}
+
+async fn credentials_are_checked(app: &TestApp) {
+    let key = app.key("default", "admin:ops", &[Role::Operator]).await;
+    for (authorization, mentions) in [
+        (None, "needs a credential"),
+        (Some("Basic abc"), "Bearer"),
+        (Some("Bearer efk_0000"), "unknown or revoked"),
+        (Some("Bearer not-a-key"), "not an API key"),
+    ] {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("authorization", a)])
+            .unwrap_or_default();
+        let r = app.send(Method::GET, "/projections", &headers, None).await;
+        assert_error(&r, StatusCode::UNAUTHORIZED, "unauthenticated", mentions);
+        assert_eq!(
+            r.headers["www-authenticate"], "Bearer realm=\"eventfold\"",
+            "{authorization:?}"
+        );
+    }
+    let r = app
+        .send_as(&key, Method::GET, "/projections", &[], None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Liveness, readiness and the API document need no credential.
+    for uri in ["/healthz", "/ready", "/openapi.json"] {
+        assert_eq!(app.get(uri).await.status, StatusCode::OK, "{uri}");
+    }
+}
+on_both_stores!([] credentials_are_checked_on_sqlite, credentials_are_checked_on_postgres, &credentials_are_checked);
+
+async fn customers_reach_only_their_own(app: &TestApp) {
+    let alice = app.key("shop", "user:alice", &[Role::Customer]).await;
+    let bob = app.key("shop", "user:bob", &[Role::Customer]).await;
+    let support = app.key("shop", "admin:s-1", &[Role::Support]).await;
+    let post = |key: &str, uri: &str, body: Value| {
+        let (key, uri) = (key.to_owned(), uri.to_owned());
+        async move { app.send_as(&key, Method::POST, &uri, &[], Some(body)).await }
+    };
+    let r = post(
+        &alice,
+        "/accounts",
+        json!({"account_id": "al", "owner": "alice", "currency": "USD"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = post(
+        &bob,
+        "/accounts",
+        json!({"account_id": "b2", "owner": "alice", "currency": "USD"}),
+    )
+    .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "owner");
+    let r = post(
+        &bob,
+        "/accounts/al/deposit",
+        json!({"amount": "1.00", "currency": "USD"}),
+    )
+    .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "account_not_found", "");
+    let r = app
+        .send_as(&bob, Method::GET, "/accounts/al", &[], None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let order = json!({"order_id": "o-1", "customer_id": "alice", "store_id": "s", "currency": "USD",
+        "lines": [{"sku": "cd", "quantity": 1, "amount": "9.99"}]});
+    let r = post(&bob, "/orders", order.clone()).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "customer_id");
+    assert_eq!(
+        post(&alice, "/orders", order).await.status,
+        StatusCode::CREATED
+    );
+    app.project().await;
+    for uri in ["/orders/o-1", "/orders/o-1/history"] {
+        let r = app.send_as(&bob, Method::GET, uri, &[], None).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "order_not_found", "");
+        let r = app.send_as(&support, Method::GET, uri, &[], None).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
+    }
+    let r = post(&bob, "/orders/o-1/cancel", json!({"reason": "x"})).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "order_not_found", "");
+    let r = post(&support, "/orders/o-1/cancel", json!({"reason": "asked"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["last_actor"], "admin:s-1");
+}
+on_both_stores!([] customers_reach_only_their_own_on_sqlite, customers_reach_only_their_own_on_postgres, &customers_reach_only_their_own);
+
+/// A service acts on behalf of a user: the user is the events' actor.
+#[tokio::test]
+async fn a_service_acts_on_behalf_of_a_user() {
+    let app = TestApp::new().await;
+    let shop = app.key("shop", "service:shop-web", &[Role::Service]).await;
+    let r = app
+        .send_as(
+            &shop,
+            Method::POST,
+            "/accounts",
+            &[("x-actor", "user:789")],
+            Some(json!({"account_id": "u789", "owner": "789", "currency": "USD"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let e = events_of(&app, "shop/account-u789").await;
+    assert_eq!(e[0].metadata.actor.as_str(), "user:789");
+    // On behalf of a user, the service reaches only that user's accounts.
+    let r = app
+        .send_as(
+            &shop,
+            Method::GET,
+            "/accounts/u789",
+            &[("x-actor", "user:790")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app
+        .send_as(
+            &shop,
+            Method::GET,
+            "/accounts/u789",
+            &[("x-actor", "admin:root")],
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "end users");
+}
+
+/// Every route, every role: 403 exactly when the route does not accept the role.
+async fn every_role_against_every_route(app: &TestApp) {
+    let t = "roles";
+    let mut keys = Vec::new();
+    for role in Role::ALL {
+        keys.push((
+            role,
+            app.key(t, &format!("user:{}", role.as_str()), &[role])
+                .await,
+        ));
+    }
+    use Role::{Auditor, Customer, Finance, Operator, Service, Support};
+    let amount = json!({"amount": "1.00", "currency": "USD"});
+    let routes: Vec<(Method, &str, Option<Value>, Vec<Role>)> = vec![
+        (
+            Method::POST,
+            "/accounts",
+            Some(json!({"owner": "nobody", "currency": "USD"})),
+            vec![Customer, Service, Support],
+        ),
+        (
+            Method::POST,
+            "/accounts/x/deposit",
+            Some(amount.clone()),
+            vec![Customer, Service],
+        ),
+        (
+            Method::POST,
+            "/accounts/x/withdraw",
+            Some(amount.clone()),
+            vec![Customer, Service],
+        ),
+        (
+            Method::GET,
+            "/accounts/x",
+            None,
+            vec![Customer, Service, Support, Finance, Auditor],
+        ),
+        (
+            Method::GET,
+            "/balances/x",
+            None,
+            vec![Customer, Service, Support, Finance, Auditor],
+        ),
+        (
+            Method::POST,
+            "/orders",
+            Some(json!({"customer_id": "nobody", "store_id": "s", "currency": "USD", "lines": []})),
+            vec![Customer, Service, Support],
+        ),
+        (
+            Method::POST,
+            "/orders/x/pay",
+            Some(amount),
+            vec![Customer, Service],
+        ),
+        (
+            Method::POST,
+            "/orders/x/confirm",
+            Some(json!({})),
+            vec![Support],
+        ),
+        (
+            Method::POST,
+            "/orders/x/ship",
+            Some(json!({})),
+            vec![Support],
+        ),
+        (
+            Method::POST,
+            "/orders/x/complete",
+            Some(json!({})),
+            vec![Support],
+        ),
+        (
+            Method::POST,
+            "/orders/x/cancel",
+            Some(json!({})),
+            vec![Customer, Service, Support],
+        ),
+        (
+            Method::POST,
+            "/orders/x/refund",
+            Some(json!({})),
+            vec![Support],
+        ),
+        (
+            Method::GET,
+            "/orders/x",
+            None,
+            vec![Customer, Service, Support, Finance, Auditor],
+        ),
+        (
+            Method::GET,
+            "/orders/x/history",
+            None,
+            vec![Customer, Service, Support, Finance, Auditor],
+        ),
+        (
+            Method::POST,
+            "/flash-sales",
+            Some(
+                json!({"sku": "x", "stock": 1, "per_buyer_limit": 1, "unit_price": "1.00", "currency": "USD"}),
+            ),
+            vec![Operator],
+        ),
+        (Method::GET, "/flash-sales/x", None, Role::ALL.to_vec()),
+        (
+            Method::POST,
+            "/flash-sales/x/purchases",
+            Some(json!({"buyer": "nobody", "quantity": 1})),
+            vec![Customer, Service],
+        ),
+        (
+            Method::GET,
+            "/sales/daily?store=s",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
+            Method::GET,
+            "/sales/realtime?store=s",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (Method::GET, "/projections", None, vec![Operator, Auditor]),
+        (Method::GET, "/metrics", None, vec![Operator]),
+    ];
+    for (method, uri, body, allowed) in &routes {
+        for (role, key) in &keys {
+            let r = app
+                .send_as(
+                    key,
+                    method.clone(),
+                    uri,
+                    &[("idempotency-key", "k-1")],
+                    body.clone(),
+                )
+                .await;
+            let message = r.body["message"].as_str().unwrap_or_default();
+            if allowed.contains(role) {
+                // Let in (a customer may still be refused a resource that is not its own).
+                assert!(
+                    r.status != StatusCode::UNAUTHORIZED
+                        && !(r.status == StatusCode::FORBIDDEN
+                            && message.contains("needs the role")),
+                    "{method} {uri} as {role}: {} {}",
+                    r.status,
+                    r.body
+                );
+            } else {
+                assert_eq!(
+                    r.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {uri} as {role}: {}",
+                    r.body
+                );
+                assert!(message.contains("needs the role"), "{message}");
+                for needed in allowed {
+                    assert!(message.contains(needed.as_str()), "{message}");
+                }
+            }
+        }
+    }
+}
+on_both_stores!([] every_role_against_every_route_on_sqlite, every_role_against_every_route_on_postgres, &every_role_against_every_route);
+
+/// A key revoked while a server runs is refused by it within a second.
+async fn a_revoked_key_is_refused_within_a_second(app: &TestApp) {
+    let key = app.key("default", "admin:ops", &[Role::Operator]).await;
+    let served = app.serve(eventfold_app::runtime::Config::default()).await;
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(format!("{}/projections", served.base))
+            .bearer_auth(&key)
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    let id = eventfold_app::identity::list_keys(app.backend.read_models.as_ref())
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .key_id;
+    let revoked_at = Instant::now();
+    eventfold_app::identity::revoke_key(
+        &app.app.service,
+        "default",
+        &id,
+        Some("leaked".into()),
+        eventfold_core::Actor::parse("admin:test").unwrap(),
+    )
+    .await
+    .unwrap();
+    loop {
+        let status = get().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the revoked key still worked after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its lifecycle is on record: who created and who revoked it, never the key.
+    let events = events_of(app, &format!("apikey-{id}")).await;
+    let who: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.metadata.actor.as_str()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("ApiKeyCreated", "admin:test"),
+            ("ApiKeyRevoked", "admin:test")
+        ]
+    );
+    assert!(events.iter().all(|e| !e.payload.contains(&key)));
+    served.stop().await;
+}
+on_both_stores!([] a_revoked_key_is_refused_within_a_second_on_sqlite, a_revoked_key_is_refused_within_a_second_on_postgres, &a_revoked_key_is_refused_within_a_second);
