@@ -1,8 +1,9 @@
 //! Who is asking: principals, API keys and the cached registry that authenticates them.
 //!
 //! A [`Principal`] is a tenant, an actor (`kind:id`) and roles. It comes from a credential: an
-//! API key (`Authorization: Bearer efk_...`), or, on a server started without credentials on a
-//! loopback address, from nothing at all ([`Principal::open`]).
+//! API key (`Authorization: Bearer efk_...`), a JWT from an identity provider ([`jwt`]), or, on
+//! a server started without credentials on a loopback address, from nothing at all
+//! ([`Principal::open`]).
 //!
 //! API keys are random (256 bits from the operating system), shown once when created, and stored
 //! only as their SHA-256 in the key's `ApiKeyCreated` event (see
@@ -22,6 +23,8 @@ use eventfold_domain::identity::{ApiKey, ApiKeyCommand, ApiKeyDoc, KeyGrant, Rol
 use sha2::{Digest, Sha256};
 
 use crate::service::{version_render, CommandContext, Service, ServiceError};
+
+pub mod jwt;
 
 /// How often a server reloads the API keys.
 pub const REFRESH_EVERY: Duration = Duration::from_millis(250);

@@ -1,7 +1,8 @@
 //! Authentication and authorization of every request: the [`Caller`] extractor proves who is
 //! asking, and each route checks the roles it accepts with [`Caller::require`].
 //!
-//! - **Credentials**: `Authorization: Bearer <API key>` (see `eventfold_app::identity`). A
+//! - **Credentials**: `Authorization: Bearer <API key>` (see `eventfold_app::identity`) or
+//!   `Authorization: Bearer <JWT>` from an identity provider, when configured. A
 //!   request without a credential, or with one that is unknown or revoked, is refused with 401
 //!   `unauthenticated` and `WWW-Authenticate: Bearer realm="eventfold"`.
 //! - **Open mode**: a server started without `--auth-keys-required` on a loopback address (or
@@ -21,6 +22,9 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use std::sync::Arc;
+
+use eventfold_app::identity::jwt::JwtVerifier;
 use eventfold_app::identity::{Principal, KEY_PREFIX};
 use eventfold_core::{tenant, Actor};
 use eventfold_domain::identity::Role;
@@ -29,7 +33,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How a server authenticates.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     /// Require a credential even while the store holds no key (otherwise a server with no key
     /// runs open: see the module docs).
@@ -37,6 +41,16 @@ pub struct AuthConfig {
     /// Let [`crate::serve`] run open on an address that is not loopback (without it, a server
     /// that would run open there refuses to start).
     pub insecure: bool,
+    /// Accept JWT bearer tokens verified by this (see `eventfold_app::identity::jwt`).
+    pub jwt: Option<Arc<JwtVerifier>>,
+}
+
+impl AuthConfig {
+    /// Whether requests need no credential: none is required, no JWT verifier is configured,
+    /// and `keys` holds no live key.
+    pub fn is_open(&self, keys: &eventfold_app::identity::KeyRegistry) -> bool {
+        !self.keys_required && self.jwt.is_none() && keys.is_empty()
+    }
 }
 
 /// The roles that see every account and order of their tenant (the others see their own).
@@ -90,7 +104,7 @@ pub(crate) fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Prin
         })
         .transpose()?;
     let Some(authorization) = header_str(headers, "authorization")? else {
-        if state.auth.keys_required || !state.app.keys.is_empty() {
+        if !state.auth.is_open(&state.app.keys) {
             return Err(unauthenticated(
                 "this server needs a credential: send Authorization: Bearer <API key>",
             ));
@@ -111,11 +125,18 @@ pub(crate) fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Prin
             "the Authorization header must be Bearer <API key>",
         ));
     };
-    if !token.starts_with(KEY_PREFIX) {
-        return Err(unauthenticated("the bearer credential is not an API key"));
-    }
-    let Some(mut principal) = state.app.keys.lookup(token) else {
-        return Err(unauthenticated("the API key is unknown or revoked"));
+    let mut principal = if token.starts_with(KEY_PREFIX) {
+        state
+            .app
+            .keys
+            .lookup(token)
+            .ok_or_else(|| unauthenticated("the API key is unknown or revoked"))?
+    } else if let Some(jwt) = &state.auth.jwt {
+        jwt.verify(token).map_err(|m| unauthenticated(&m))?
+    } else {
+        return Err(unauthenticated(
+            "the bearer credential is not an API key (this server accepts no JWT)",
+        ));
     };
     if let Some(t) = tenant_header {
         if t != principal.tenant {

@@ -137,7 +137,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let runtime = Runtime::start(backend, config, shutdown.clone()).await?;
-    let open = !auth.keys_required && runtime.app().keys.is_empty();
+    let open = auth.is_open(&runtime.app().keys);
     if open && !addr.ip().is_loopback() && !auth.insecure {
         runtime.stop().await;
         anyhow::bail!(
@@ -152,7 +152,11 @@ pub async fn serve(
              (or its X-Tenant-Id) with every role; create an API key to require credentials"
         );
     } else {
-        tracing::info!(keys = runtime.app().keys.len(), "API keys required");
+        tracing::info!(
+            keys = runtime.app().keys.len(),
+            jwt = auth.jwt.is_some(),
+            "credentials required"
+        );
     }
     let app = router(AppState::new(runtime.app().clone()).with_auth(auth));
     tracing::info!(%addr, "eventfold serving");

@@ -70,6 +70,13 @@ impl TestApp {
         }
     }
 
+    /// The same app, its router authenticating as `auth` says.
+    #[must_use]
+    pub fn with_auth(mut self, auth: crate::AuthConfig) -> Self {
+        self.router = router(AppState::new(self.app.clone()).with_auth(auth));
+        self
+    }
+
     /// A new API key of `tenant` acting as `actor` with `roles`, usable at once (the key
     /// projection is caught up and the router's registry reloaded). From the first key on, the
     /// router requires credentials.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use eventfold_app::identity::jwt::{JwtConfig, JwtVerifier};
 use eventfold_app::runtime::{Config, Payments};
 use eventfold_app::sagas::SagaConfig;
 use eventfold_app::shop::payments::{HttpProvider, PaymentProvider};
@@ -29,9 +30,17 @@ pub struct Serve {
     /// `eventfold_app::shop::payments` for its API); without it orders are paid through the API.
     #[arg(long, env = "EVENTFOLD_PAYMENT_PROVIDER")]
     payment_provider: Option<String>,
-    /// The HMAC secret the provider signs callbacks with.
+    /// The HMAC secret the provider signs callbacks with (prefer EVENTFOLD_PAYMENT_SECRET or
+    /// --payment-secret-file: an argument shows in `ps`).
     #[arg(long, env = "EVENTFOLD_PAYMENT_SECRET", hide_env_values = true)]
     payment_secret: Option<String>,
+    /// A file holding the payment callbacks' HMAC secret (surrounding whitespace is dropped).
+    #[arg(
+        long,
+        env = "EVENTFOLD_PAYMENT_SECRET_FILE",
+        conflicts_with = "payment_secret"
+    )]
+    payment_secret_file: Option<std::path::PathBuf>,
     /// How long one call to the provider may take before the saga tries again (ms).
     #[arg(long, default_value_t = 3000)]
     payment_step_timeout_ms: u64,
@@ -42,6 +51,63 @@ pub struct Serve {
     /// Serve open (no credentials) on an address that is not loopback.
     #[arg(long)]
     insecure: bool,
+    /// Accept JWT bearer tokens from this issuer (`iss`); needs --jwt-audience and a key.
+    #[arg(long, env = "EVENTFOLD_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// The audience JWTs must name (`aud`).
+    #[arg(long, env = "EVENTFOLD_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// A PEM file with a public key JWTs are signed with (Ed25519 or RSA; repeat for more).
+    #[arg(
+        long = "jwt-public-key",
+        env = "EVENTFOLD_JWT_PUBLIC_KEY",
+        value_delimiter = ','
+    )]
+    jwt_public_keys: Vec<std::path::PathBuf>,
+    /// A JWKS file (RFC 7517) with the keys JWTs are signed with.
+    #[arg(long, env = "EVENTFOLD_JWKS_FILE")]
+    jwks_file: Option<std::path::PathBuf>,
+}
+
+/// The text of `path` (`what` names it in the error).
+fn read_text(what: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+impl Serve {
+    /// The JWT verifier the options ask for, if any.
+    fn jwt(&self) -> anyhow::Result<Option<Arc<JwtVerifier>>> {
+        let any = self.jwt_issuer.is_some()
+            || self.jwt_audience.is_some()
+            || !self.jwt_public_keys.is_empty()
+            || self.jwks_file.is_some();
+        if !any {
+            return Ok(None);
+        }
+        let config = JwtConfig {
+            issuer: self
+                .jwt_issuer
+                .clone()
+                .context("JWT verification needs --jwt-issuer")?,
+            audience: self
+                .jwt_audience
+                .clone()
+                .context("JWT verification needs --jwt-audience")?,
+            public_keys_pem: self
+                .jwt_public_keys
+                .iter()
+                .map(|p| read_text("--jwt-public-key", p))
+                .collect::<anyhow::Result<_>>()?,
+            jwks: self
+                .jwks_file
+                .as_deref()
+                .map(|p| read_text("--jwks-file", p))
+                .transpose()?,
+        };
+        Ok(Some(Arc::new(
+            JwtVerifier::new(&config).context("configuring JWT verification")?,
+        )))
+    }
 }
 
 impl Serve {
@@ -53,6 +119,7 @@ impl Serve {
     pub async fn exec(self, global: &Global) -> anyhow::Result<()> {
         let unpaid_order_timeout = Duration::try_from_secs_f64(self.unpaid_order_timeout_secs)
             .context("--unpaid-order-timeout-secs must be a number of seconds, 0 or more")?;
+        let jwt = self.jwt()?;
         let backend = global.open().await?;
         let listener = tokio::net::TcpListener::bind(self.listen)
             .await
@@ -72,9 +139,14 @@ impl Serve {
         };
         let payments = match self.payment_provider {
             Some(url) => {
-                let secret = self.payment_secret.context(
-                    "--payment-provider needs --payment-secret (or EVENTFOLD_PAYMENT_SECRET) to check callbacks",
-                )?;
+                let secret = match (self.payment_secret, &self.payment_secret_file) {
+                    (Some(s), _) => s,
+                    (None, Some(path)) => read_text("--payment-secret-file", path)?.trim().to_owned(),
+                    (None, None) => anyhow::bail!(
+                        "--payment-provider needs --payment-secret-file, EVENTFOLD_PAYMENT_SECRET or --payment-secret to check callbacks"
+                    ),
+                };
+                anyhow::ensure!(!secret.is_empty(), "the payment secret is empty");
                 let sagas = SagaConfig {
                     step_timeout: Duration::from_millis(self.payment_step_timeout_ms),
                     ..Default::default()
@@ -99,6 +171,7 @@ impl Serve {
         let auth = eventfold_http::AuthConfig {
             keys_required: self.auth_keys_required,
             insecure: self.insecure,
+            jwt,
         };
         eventfold_http::serve(backend, listener, shutdown, config, auth).await
     }

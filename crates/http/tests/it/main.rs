@@ -10,6 +10,7 @@ mod deadlines;
 mod flash_sale;
 mod import;
 mod inbox;
+mod jwt;
 mod order_notifications;
 mod orders;
 mod outage;
