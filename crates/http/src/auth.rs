@@ -30,6 +30,7 @@ use eventfold_core::{tenant, Actor};
 use eventfold_domain::identity::Role;
 
 use crate::error::ApiError;
+use crate::rate_limit::RateLimits;
 use crate::state::AppState;
 
 /// How a server authenticates.
@@ -43,6 +44,8 @@ pub struct AuthConfig {
     pub insecure: bool,
     /// Accept JWT bearer tokens verified by this (see `eventfold_app::identity::jwt`).
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// Per-principal rate limits (none: unlimited).
+    pub limits: Option<Arc<RateLimits>>,
 }
 
 impl AuthConfig {
@@ -72,7 +75,13 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(&parts.headers, state).map(Caller)
+        let principal = authenticate(&parts.headers, state)?;
+        if let Some(limits) = &state.auth.limits {
+            if principal.credential != "open" {
+                limits.request(&principal)?;
+            }
+        }
+        Ok(Caller(principal))
     }
 }
 

@@ -16,6 +16,7 @@ mod flash_sales;
 mod operations;
 mod orders;
 mod payment_callbacks;
+pub mod rate_limit;
 mod sales;
 mod state;
 #[cfg(feature = "testing")]

@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use std::num::NonZeroU32;
+
 use eventfold_app::identity::jwt::{JwtConfig, JwtVerifier};
 use eventfold_app::runtime::{Config, Payments};
 use eventfold_app::sagas::SagaConfig;
 use eventfold_app::shop::payments::{HttpProvider, PaymentProvider};
+use eventfold_domain::identity::Role;
+use eventfold_http::rate_limit::{RateLimitConfig, RateLimits};
 
 use crate::context::{shutdown_on_signal, Global};
 
@@ -67,6 +71,24 @@ pub struct Serve {
     /// A JWKS file (RFC 7517) with the keys JWTs are signed with.
     #[arg(long, env = "EVENTFOLD_JWKS_FILE")]
     jwks_file: Option<std::path::PathBuf>,
+    /// Requests per second one principal with this role may make, `ROLE=N` (repeatable;
+    /// also the burst). A principal is held to its most generous role; roles without a limit
+    /// are unlimited.
+    #[arg(long = "rate-limit", value_parser = parse_role_rate)]
+    rate_limits: Vec<(Role, NonZeroU32)>,
+    /// Flash-sale purchase attempts per second one principal may make.
+    #[arg(long)]
+    purchase_rate_limit: Option<NonZeroU32>,
+}
+
+fn parse_role_rate(s: &str) -> Result<(Role, NonZeroU32), String> {
+    let (role, n) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} must look like ROLE=N, e.g. customer=20"))?;
+    let n = n.parse::<NonZeroU32>().map_err(|_| {
+        format!("{s:?}: the rate must be a whole number of requests per second, at least 1")
+    })?;
+    Ok((role.parse::<Role>()?, n))
 }
 
 /// The text of `path` (`what` names it in the error).
@@ -172,6 +194,14 @@ impl Serve {
             keys_required: self.auth_keys_required,
             insecure: self.insecure,
             jwt,
+            limits: (!self.rate_limits.is_empty() || self.purchase_rate_limit.is_some()).then(
+                || {
+                    Arc::new(RateLimits::new(&RateLimitConfig {
+                        per_role: self.rate_limits.clone(),
+                        purchase: self.purchase_rate_limit,
+                    }))
+                },
+            ),
         };
         eventfold_http::serve(backend, listener, shutdown, config, auth).await
     }

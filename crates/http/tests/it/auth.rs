@@ -515,3 +515,80 @@ async fn a_revoked_key_is_refused_within_a_second(app: &TestApp) {
     served.stop().await;
 }
 on_both_stores!([] a_revoked_key_is_refused_within_a_second_on_sqlite, a_revoked_key_is_refused_within_a_second_on_postgres, &a_revoked_key_is_refused_within_a_second);
+
+/// A principal over its role's rate gets 429 with `Retry-After`; another principal, and a role
+/// without a limit, are not held back; purchases have their own limit.
+async fn rate_limits_hold_each_principal_to_its_role(app: TestApp) {
+    use eventfold_http::rate_limit::{RateLimitConfig, RateLimits};
+    use std::num::NonZeroU32;
+    let alice = app.key("shop", "user:alice", &[Role::Customer]).await;
+    let bob = app.key("shop", "user:bob", &[Role::Customer]).await;
+    let ops = app.key("shop", "admin:ops", &[Role::Operator]).await;
+    let n = |v| NonZeroU32::new(v).unwrap();
+    let app = app.with_auth(eventfold_http::AuthConfig {
+        limits: Some(std::sync::Arc::new(RateLimits::new(&RateLimitConfig {
+            per_role: vec![(Role::Customer, n(3))],
+            purchase: Some(n(1)),
+        }))),
+        ..Default::default()
+    });
+    let get = |key: &str| {
+        let key = key.to_owned();
+        let app = &app;
+        async move {
+            app.send_as(&key, Method::GET, "/accounts/none", &[], None)
+                .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(get(&alice).await.status, StatusCode::NOT_FOUND);
+    }
+    let r = get(&alice).await;
+    assert_error(
+        &r,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "retry after",
+    );
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(
+        get(&bob).await.status,
+        StatusCode::NOT_FOUND,
+        "bob has his own bucket"
+    );
+    for _ in 0..10 {
+        let r = app
+            .send_as(&ops, Method::GET, "/projections", &[], None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "operators have no limit here");
+    }
+    let purchase = |attempt: &'static str| {
+        let app = &app;
+        let bob = bob.clone();
+        async move {
+            app.send_as(
+                &bob,
+                Method::POST,
+                "/flash-sales/none/purchases",
+                &[("idempotency-key", attempt)],
+                Some(json!({"buyer": "bob", "quantity": 1})),
+            )
+            .await
+        }
+    };
+    assert_eq!(purchase("a-1").await.status, StatusCode::NOT_FOUND);
+    let r = purchase("a-2").await;
+    assert_error(
+        &r,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "purchase attempts",
+    );
+    assert_eq!(
+        app.head().await,
+        3,
+        "only the three keys were ever appended"
+    );
+}
+on_both_stores!([] rate_limits_hold_each_principal_to_its_role_on_sqlite, rate_limits_hold_each_principal_to_its_role_on_postgres, rate_limits_hold_each_principal_to_its_role);
