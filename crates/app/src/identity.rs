@@ -32,6 +32,9 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 /// The prefix of every API key eventfold makes (so a leaked key is recognisable).
 pub const KEY_PREFIX: &str = "efk_";
 
+/// [`Principal::credential`] of an open server's principal.
+const OPEN_CREDENTIAL: &str = "open";
+
 /// Who a request is from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -58,8 +61,13 @@ impl Principal {
             actor,
             roles: Role::ALL.to_vec(),
             via: None,
-            credential: "open".into(),
+            credential: OPEN_CREDENTIAL.into(),
         }
+    }
+
+    /// Whether it is the principal of an open server ([`Principal::open`]), proven by nothing.
+    pub fn is_open(&self) -> bool {
+        self.credential == OPEN_CREDENTIAL
     }
 
     /// Whether it holds `role`.

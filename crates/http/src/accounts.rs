@@ -9,31 +9,17 @@ use chrono::{DateTime, Utc};
 use eventfold_app::service::{load_snapshotted, AsOf};
 use eventfold_core::Replayed;
 use eventfold_domain::account::{Account, AccountCommand};
-use eventfold_domain::identity::Role;
 use eventfold_domain::projections::{AccountBalance, BALANCE_BY_ACCOUNT};
 use eventfold_domain::{Currency, Money};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, OWNERS, OWNERS_OR_SUPPORT, READERS};
 use crate::command::{currency, id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, parse_rfc3339, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
 use crate::state::AppState;
 use crate::wire;
-
-/// Who may open an account (a customer or service only for itself).
-const OPEN: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
-/// Who may move money (on its own accounts).
-const MOVE: [Role; 2] = [Role::Customer, Role::Service];
-/// Who may read an account (a customer or service only its own).
-const READ: [Role; 5] = [
-    Role::Customer,
-    Role::Service,
-    Role::Support,
-    Role::Finance,
-    Role::Auditor,
-];
 
 /// An account as command responses and `GET /accounts/{id}` show it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -102,7 +88,7 @@ pub async fn open_account(
     headers: CommandHeaders,
     body: CommandBody<OpenAccount>,
 ) -> Result<Response, ApiError> {
-    caller.require(&OPEN)?;
+    caller.require(&OWNERS_OR_SUPPORT)?;
     let id = body.body.account_id.clone().unwrap_or_else(new_id);
     check_id("account_id", &id)?;
     caller.require_owner("owner", &body.body.owner)?;
@@ -126,14 +112,14 @@ pub async fn open_account(
 id_command!(
 /// Deposits funds.
 deposit, "/accounts/{id}/deposit", AmountBody -> Account, AccountView via account_view,
-"account id", roles MOVE, |b, actor| AccountCommand::Deposit {
+"account id", roles OWNERS, |b, actor| AccountCommand::Deposit {
     amount: money("amount", &b.amount, &b.currency)?,
     actor,
 });
 id_command!(
 /// Withdraws funds (no overdraft).
 withdraw, "/accounts/{id}/withdraw", AmountBody -> Account, AccountView via account_view,
-"account id", roles MOVE, |b, actor| AccountCommand::Withdraw {
+"account id", roles OWNERS, |b, actor| AccountCommand::Withdraw {
     amount: money("amount", &b.amount, &b.currency)?,
     actor,
 });
@@ -168,7 +154,7 @@ pub async fn get_account(
     IdPath(id): IdPath,
     query: Result<Query<AccountQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(&READ)?;
+    caller.require(&READERS)?;
     let Query(query) = query?;
     check_id("account id", &id)?;
     let (as_of, at) = match (&query.as_of, query.version) {
@@ -223,7 +209,7 @@ pub async fn get_balance(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<wire::AccountBalance>, ApiError> {
-    caller.require(&READ)?;
+    caller.require(&READERS)?;
     check_id("account id", &id)?;
     let docs = state
         .app

@@ -30,6 +30,7 @@ use eventfold_core::{tenant, Actor};
 use eventfold_domain::identity::Role;
 
 use crate::error::ApiError;
+use crate::extract::header_str;
 use crate::rate_limit::RateLimits;
 use crate::state::AppState;
 
@@ -59,6 +60,19 @@ impl AuthConfig {
 /// The roles that see every account and order of their tenant (the others see their own).
 const STAFF: [Role; 4] = [Role::Support, Role::Finance, Role::Operator, Role::Auditor];
 
+/// The roles that act on their own accounts and orders only (moving money, paying).
+pub(crate) const OWNERS: [Role; 2] = [Role::Customer, Role::Service];
+/// [`OWNERS`] and `support`, who may act on anyone's (open an account, place or cancel an order).
+pub(crate) const OWNERS_OR_SUPPORT: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
+/// Who may read an account or an order ([`OWNERS`] only their own).
+pub(crate) const READERS: [Role; 5] = [
+    Role::Customer,
+    Role::Service,
+    Role::Support,
+    Role::Finance,
+    Role::Auditor,
+];
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
@@ -77,26 +91,10 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let principal = authenticate(&parts.headers, state)?;
         if let Some(limits) = &state.auth.limits {
-            if principal.credential != "open" {
-                limits.request(&principal)?;
-            }
+            limits.request(&principal)?;
         }
         Ok(Caller(principal))
     }
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str().map_err(|_| {
-                ApiError::bad_request(
-                    "invalid_header",
-                    format!("header {name} is not visible ASCII"),
-                )
-            })
-        })
-        .transpose()
 }
 
 /// The principal of a request with `headers` (see the module docs).

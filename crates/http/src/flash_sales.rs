@@ -198,9 +198,7 @@ pub async fn purchase(
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Customer, Role::Service])?;
     if let Some(limits) = &state.auth.limits {
-        if caller.0.credential != "open" {
-            limits.purchase(&caller.0)?;
-        }
+        limits.purchase(&caller.0)?;
     }
     let attempt = headers.idempotency_key.clone().ok_or_else(|| {
         ApiError::bad_request(

@@ -12,7 +12,7 @@ use eventfold_domain::order::{Order, OrderCommand, OrderLine};
 use eventfold_domain::projections::{OrderSummary, OrderSummaryProjection, ORDER_SUMMARY};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, OWNERS, OWNERS_OR_SUPPORT, READERS};
 use crate::command::{id_command, money, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, versioned, CommandBody, CommandHeaders, IdPath};
@@ -20,22 +20,8 @@ use crate::operations::decode_doc;
 use crate::state::AppState;
 use crate::wire;
 
-/// Who may place an order (a customer or service only for itself).
-const PLACE: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
-/// Who may pay an order (its own).
-const PAY: [Role; 2] = [Role::Customer, Role::Service];
-/// Who may cancel an order (a customer or service only its own).
-const CANCEL: [Role; 3] = [Role::Customer, Role::Service, Role::Support];
 /// Who fulfils and refunds orders.
 const SUPPORT: [Role; 1] = [Role::Support];
-/// Who may read an order and its history (a customer or service only its own).
-const READ: [Role; 5] = [
-    Role::Customer,
-    Role::Service,
-    Role::Support,
-    Role::Finance,
-    Role::Auditor,
-];
 
 /// An order as command responses show it (the state right after the command).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -146,7 +132,7 @@ pub async fn create_order(
     headers: CommandHeaders,
     body: CommandBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
-    caller.require(&PLACE)?;
+    caller.require(&OWNERS_OR_SUPPORT)?;
     let b = body.body;
     let id = b.order_id.clone().unwrap_or_else(new_id);
     check_id("order_id", &id)?;
@@ -184,7 +170,7 @@ pub async fn create_order(
 id_command!(
 /// Pays an order in full (PENDING -> PAID).
 pay_order, "/orders/{id}/pay", PayOrder -> Order, OrderView via order_view,
-"order id", roles PAY, |b, actor| OrderCommand::Pay {
+"order id", roles OWNERS, |b, actor| OrderCommand::Pay {
     amount: money("amount", &b.amount, &b.currency)?,
     payment_id: b.payment_id.unwrap_or_else(new_id),
     actor,
@@ -209,7 +195,7 @@ transition!(
     complete_order, "/orders/{id}/complete", roles SUPPORT, |actor, reason| OrderCommand::Complete { actor, reason });
 transition!(
     /// PENDING, PAID or CONFIRMED -> CANCELLED (reason required; a payment is refunded).
-    cancel_order, "/orders/{id}/cancel", roles CANCEL, |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
+    cancel_order, "/orders/{id}/cancel", roles OWNERS_OR_SUPPORT, |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
 transition!(
     /// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED (reason required).
     refund_order, "/orders/{id}/refund", roles SUPPORT, |actor, reason| OrderCommand::Refund { actor, reason: reason.unwrap_or_default() });
@@ -223,7 +209,7 @@ pub async fn get_order(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    caller.require(&READ)?;
+    caller.require(&READERS)?;
     check_id("order id", &id)?;
     let scoped = caller.scope(&id);
     let stream_id = Order::stream_id(&scoped);
@@ -273,7 +259,7 @@ pub async fn order_history(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<Vec<wire::TimelineEntry>>, ApiError> {
-    caller.require(&READ)?;
+    caller.require(&READERS)?;
     check_id("order id", &id)?;
     let scoped = caller.scope(&id);
     let events = state

@@ -246,7 +246,7 @@ impl FlashSale {
                         ..
                     } => {
                         for line in lines {
-                            let sku = tenant::scope(tenant::of(order_id), &line.sku);
+                            let sku = sale_sku(order_id, &line.sku);
                             if sales.get(&sku) != Some(&store_id) {
                                 continue;
                             }
@@ -468,7 +468,7 @@ impl FlashSale {
                     .map_err(ServiceError::from)?;
                 let Some(order) = order else { continue };
                 for line in &order.state.lines {
-                    let sku = tenant::scope(tenant::of(order_id), &line.sku);
+                    let sku = sale_sku(order_id, &line.sku);
                     match self.ledger.give_back(&sku, order_id).await {
                         Ok(true) => returned += 1,
                         Ok(false) | Err(StockError::UnknownSku(_)) => {}
@@ -509,6 +509,11 @@ impl FlashSale {
             }
         }
     }
+}
+
+/// The stock key of an order line's SKU: the line's SKU in the order's tenant.
+fn sale_sku(order_id: &str, line_sku: &str) -> String {
+    tenant::scope(tenant::of(order_id), line_sku)
 }
 
 /// The checkpoint of [`FlashSale::return_cancelled_stock`].
