@@ -66,6 +66,9 @@ impl ServiceError {
 pub struct CommandContext {
     /// Who (goes into every event's envelope).
     pub actor: Actor,
+    /// The principal that sent the command on the actor's behalf (a `service:` front end acting
+    /// for a user), recorded as every event's `via`; `None` when the actor acted itself.
+    pub via: Option<Actor>,
     /// The version the caller saw; `None` lets the service retry on concurrent changes.
     pub expected_version: Option<u64>,
     /// When it happened (UTC); the service clock unless the source says otherwise.
@@ -88,6 +91,7 @@ impl CommandContext {
     pub fn new(actor: Actor) -> Self {
         Self {
             actor,
+            via: None,
             expected_version: None,
             event_time: Utc::now(),
             idempotency: None,
@@ -294,6 +298,7 @@ impl Service {
                 causation_id: ctx.causation_id,
                 correlation_id: ctx.correlation_id,
                 tenant_id: eventfold_core::tenant::of(stream_id).to_owned(),
+                via: ctx.via.clone(),
             },
             payload,
         })

@@ -300,6 +300,7 @@ pub async fn envelope_round_trips<S: Backend>(store: Arc<S>) {
             causation_id: Some(Uuid::now_v7()),
             correlation_id: Some(Uuid::now_v7()),
             tenant_id: "tenant-a".into(),
+            via: Some(Actor::parse("service:shop-front").unwrap()),
         },
         payload: r#"{"reason":"customer asked \"twice\"","amount":"12.30","ü":"✓"}"#.into(),
     };

@@ -41,7 +41,10 @@ pub const ZERO_HASH: Hash = [0; 32];
 /// Canonical bytes (hashed in this order): every text and byte field is a u32 big-endian length
 /// and the bytes; stream version u64, schema version i64, event and ingest time i64 microseconds
 /// since the Unix epoch (UTC), all big-endian; a missing causation or correlation id is one byte 0,
-/// a present one byte 1 and its 16 bytes.
+/// a present one byte 1 and its 16 bytes. The `via` principal, when there is one, follows the
+/// payload as one more length-prefixed field; when there is none nothing follows, so events stored
+/// before the field existed hash as they always did (and the length prefixes keep the two forms
+/// apart).
 #[derive(Debug, Clone, Copy)]
 pub struct Content<'a> {
     /// Stream id (UTF-8).
@@ -68,6 +71,8 @@ pub struct Content<'a> {
     pub tenant_id: &'a [u8],
     /// Payload, JSON text.
     pub payload: &'a [u8],
+    /// The principal the actor acted through, `kind:id`, if any.
+    pub via: Option<&'a [u8]>,
 }
 
 impl<'a> Content<'a> {
@@ -93,6 +98,7 @@ impl<'a> Content<'a> {
             correlation_id: m.correlation_id.as_ref().map(|u| u.as_bytes().as_slice()),
             tenant_id: m.tenant_id.as_bytes(),
             payload: event.payload.as_bytes(),
+            via: m.via.as_ref().map(|a| a.as_str().as_bytes()),
         }
     }
 
@@ -124,6 +130,9 @@ impl<'a> Content<'a> {
         optional(&mut h, self.correlation_id);
         bytes(&mut h, self.tenant_id);
         bytes(&mut h, self.payload);
+        if let Some(via) = self.via {
+            bytes(&mut h, via);
+        }
         h.finalize().into()
     }
 }
@@ -228,6 +237,8 @@ pub struct ChainRow {
     pub tenant_id: Vec<u8>,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// The `via` principal's bytes, if any.
+    pub via: Option<Vec<u8>>,
     /// Stored `prev_hash`.
     pub prev_hash: Option<Vec<u8>>,
     /// Stored `hash`.
@@ -269,6 +280,7 @@ impl ChainRow {
             correlation_id: self.correlation_id.as_deref(),
             tenant_id: &self.tenant_id,
             payload: &self.payload,
+            via: self.via.as_deref(),
         }
     }
 
@@ -666,6 +678,7 @@ mod tests {
             correlation_id: Some(vec![7; 16]),
             tenant_id: b"default".to_vec(),
             payload: payload.as_bytes().to_vec(),
+            via: None,
             prev_hash: None,
             hash: None,
             archived_digest: None,
@@ -717,6 +730,12 @@ mod tests {
         let cases: Vec<(&str, Change, u64, &str)> = vec![
             ("payload", Box::new(|r| r[2].payload[1] ^= 1), 3, "hash"),
             ("actor", Box::new(|r| r[3].actor[0] ^= 1), 4, "hash"),
+            (
+                "via added",
+                Box::new(|r| r[2].via = Some(b"service:shop".to_vec())),
+                3,
+                "hash",
+            ),
             (
                 "correlation",
                 Box::new(|r| r[1].correlation_id = None),
@@ -770,6 +789,38 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn via_is_hashed_only_when_present() {
+        let plain = row(1, "a-1", 1, "{}");
+        let mut via = plain.clone();
+        via.via = Some(b"service:shop".to_vec());
+        assert_ne!(plain.content().digest(), via.content().digest());
+        // Without via the canonical bytes end with the payload, as before the field existed.
+        let mut h = Sha256::new();
+        let field = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u32).to_be_bytes());
+            h.update(b);
+        };
+        field(&mut h, b"a-1");
+        h.update(1u64.to_be_bytes());
+        field(&mut h, &plain.event_id);
+        field(&mut h, b"Happened");
+        h.update(1i64.to_be_bytes());
+        h.update(plain.event_time_us.to_be_bytes());
+        h.update(plain.ingest_time_us.to_be_bytes());
+        field(&mut h, b"user:1");
+        h.update([0u8]);
+        h.update([1u8]);
+        h.update([7u8; 16]);
+        field(&mut h, b"default");
+        field(&mut h, b"{}");
+        let before: Hash = h.clone().finalize().into();
+        assert_eq!(plain.content().digest(), before);
+        field(&mut h, b"service:shop");
+        let with_via: Hash = h.finalize().into();
+        assert_eq!(via.content().digest(), with_via);
     }
 
     #[test]

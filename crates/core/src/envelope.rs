@@ -3,7 +3,8 @@
 //! Every event eventfold stores carries: event id (UUIDv7), stream id, stream version, global position,
 //! event type, schema version, event time (when it happened, from the source), ingest time (when the
 //! store recorded it), actor (`user:789`, `admin:support-001`, `system:auto-complete`), causation id,
-//! correlation id, tenant id and the payload (JSON text).
+//! correlation id, tenant id, the principal it came via (a service acting on the actor's behalf,
+//! if any) and the payload (JSON text).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,11 @@ pub struct EventMetadata {
     pub correlation_id: Option<Uuid>,
     /// The tenant the events belong to; `default` on a single-tenant install.
     pub tenant_id: String,
+    /// The principal that sent the command on the actor's behalf, if any: a `service:` front end
+    /// acting for `user:789` records the user as [`Self::actor`] and itself here. `None` when the
+    /// actor acted itself (and on every event stored before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Actor>,
 }
 
 impl EventMetadata {
@@ -113,6 +119,7 @@ impl EventMetadata {
             causation_id: None,
             correlation_id: None,
             tenant_id: "default".to_owned(),
+            via: None,
         }
     }
 }
@@ -189,15 +196,18 @@ impl From<RecordedEvent> for ReplayEvent {
 }
 
 impl RecordedEvent {
-    /// The stream's category: the part of the stream id before the first `-` (`order-42` -> `order`).
+    /// The stream's category (see [`stream_category`]): `order-42` and `acme/order-42` -> `order`.
     pub fn category(&self) -> &str {
         stream_category(&self.stream_id)
     }
 }
 
-/// The category of a stream id: the part before the first `-`, or the whole id when it has none.
+/// The category of a stream id: the part of its unscoped id (after any `{tenant}/` prefix, see
+/// [`crate::tenant`]) before the first `-`, or that whole id when it has none: `order-42` and
+/// `acme/order-42` are both `order`.
 pub fn stream_category(stream_id: &str) -> &str {
-    stream_id.split_once('-').map_or(stream_id, |(c, _)| c)
+    let id = crate::tenant::unscoped(stream_id);
+    id.split_once('-').map_or(id, |(c, _)| c)
 }
 
 /// A UUIDv7 whose timestamp is `time` and whose random bits are SHA-256 of `seed`, so that the same
@@ -213,6 +223,14 @@ pub fn deterministic_event_id(time: DateTime<Utc>, seed: &[u8]) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_category_ignores_the_tenant() {
+        assert_eq!(stream_category("order-42"), "order");
+        assert_eq!(stream_category("acme/order-42"), "order");
+        assert_eq!(stream_category("acme/apikey-k-1"), "apikey");
+        assert_eq!(stream_category("acme/loose"), "loose");
+    }
 
     #[test]
     fn actor_parse_accepts_the_seed_forms_and_names_what_is_wrong() {

@@ -168,13 +168,15 @@ pub(crate) fn parse_command_headers(headers: &HeaderMap) -> Result<CommandHeader
 }
 
 impl CommandHeaders {
-    /// The service's context for `caller`'s command with these headers: the caller's actor, the
+    /// The service's context for `caller`'s command with these headers: the caller's actor (and
+    /// the service it came via, for a command sent on a user's behalf), the
     /// idempotency key scoped by tenant (`{tenant}:{key}`) and paired with the request's
     /// fingerprint, and, for a caller that reaches only its own resources, the owner the
     /// aggregate must have.
     pub(crate) fn context(self, caller: &Caller, fingerprint: &str) -> CommandContext {
         let principal = &caller.0;
         let mut ctx = CommandContext::new(principal.actor.clone());
+        ctx.via = principal.via.clone();
         ctx.expected_version = self.expected_version;
         ctx.idempotency = self
             .idempotency_key

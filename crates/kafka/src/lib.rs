@@ -32,8 +32,8 @@
 //! Message format (stable; consumers rely on it): key = aggregate id (the stream id after its
 //! `category-` prefix); value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
 //! `event_type`, `schema_version`, `stream_id`, `stream_version`, `global_position`,
-//! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id`
-//! when present.
+//! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id` /
+//! `via` (the service the actor acted through) when present.
 
 pub mod batch;
 pub mod consumer;
@@ -466,7 +466,7 @@ impl Relay {
             m.causation_id.map(|u| u.to_string()),
             m.correlation_id.map(|u| u.to_string()),
         );
-        let mut headers = OwnedHeaders::new_with_capacity(11)
+        let mut headers = OwnedHeaders::new_with_capacity(12)
             .insert(header("event_id", &id))
             .insert(header("event_type", &event.event_type))
             .insert(header("schema_version", &schema))
@@ -481,6 +481,9 @@ impl Relay {
         }
         if let Some(c) = &correlation {
             headers = headers.insert(header("correlation_id", c));
+        }
+        if let Some(via) = &m.via {
+            headers = headers.insert(header("via", via.as_str()));
         }
         let salts = self
             .config

@@ -64,6 +64,7 @@ struct Row13 {
     correlation_id: Option<Uuid>,
     tenant_id: String,
     payload: String,
+    via: Option<String>,
     /// Chain columns, when the appender computed them (checked path with the chain on).
     links: Option<Links>,
 }
@@ -183,6 +184,7 @@ fn digest(row: &Row13, ingest: DateTime<Utc>) -> Hash {
         correlation_id: row.correlation_id.as_ref().map(|u| u.as_bytes().as_slice()),
         tenant_id: row.tenant_id.as_bytes(),
         payload: row.payload.as_bytes(),
+        via: row.via.as_ref().map(String::as_bytes),
     }
     .digest()
 }
@@ -241,6 +243,7 @@ fn plan(
                     correlation_id: m.correlation_id,
                     tenant_id: m.tenant_id.clone(),
                     payload: e.payload.clone(),
+                    via: m.via.as_ref().map(|a| a.as_str().to_owned()),
                     links: None,
                 });
                 batch_ids.insert(
@@ -341,7 +344,7 @@ async fn commit_assumed(
     let c = Columns::from(std::mem::take(&mut plan.rows));
     let head: i64 = match sqlx::query_scalar(
         "SELECT eventfold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19, $20, $21, $22)",
+         $16, $17, $18, $19, $20, $21, $22, $23)",
     )
     .bind(APPEND_LOCK)
     .bind(check_streams)
@@ -365,6 +368,7 @@ async fn commit_assumed(
     .bind(NOTIFY_CHANNEL)
     .bind(slots)
     .bind(digests)
+    .bind(c.via)
     .fetch_one(&mut *conn)
     .await
     {
@@ -617,6 +621,7 @@ struct Columns {
     correlation_id: Vec<Option<Uuid>>,
     tenant_id: Vec<String>,
     payload: Vec<String>,
+    via: Vec<Option<String>>,
     prev_hash: Vec<Option<Vec<u8>>>,
     hash: Vec<Option<Vec<u8>>>,
 }
@@ -637,6 +642,7 @@ impl From<Vec<Row13>> for Columns {
             c.correlation_id.push(r.correlation_id);
             c.tenant_id.push(r.tenant_id);
             c.payload.push(r.payload);
+            c.via.push(r.via);
             c.prev_hash.push(r.links.map(|l| l.prev_hash.to_vec()));
             c.hash.push(r.links.map(|l| l.hash.to_vec()));
         }
@@ -657,11 +663,11 @@ async fn write_group(
     sqlx::query(
         "WITH ev AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
            schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-           prev_hash, hash) \
-           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl, ph, h FROM UNNEST($1::bigint[], $2::uuid[], \
+           prev_hash, hash, via) \
+           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl, ph, h, vi FROM UNNEST($1::bigint[], $2::uuid[], \
            $3::text[], $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], \
-           $12::text[], $13::text[], $20::bytea[], $21::bytea[]) \
-           AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h) RETURNING 1), \
+           $12::text[], $13::text[], $20::bytea[], $21::bytea[], $22::text[]) \
+           AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h, vi) RETURNING 1), \
          ik AS (INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
            SELECT k, f, st, b, $8 FROM UNNEST($14::text[], $15::text[], $16::int[], $17::text[]) \
            AS t(k, f, st, b) RETURNING 1) \
@@ -688,6 +694,7 @@ async fn write_group(
     .bind(head.to_string())
     .bind(c.prev_hash)
     .bind(c.hash)
+    .bind(c.via)
     .fetch_one(&mut **tx)
     .await
     .map(|_| ())

@@ -265,7 +265,7 @@ impl<'a> ChainFeed<'a> {
     /// A message naming the byte offset where the data stops making sense.
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
         let (rows, filled) = (&mut *self.rows, &mut self.filled);
-        self.copy.feed(chunk, 16, &mut |r| {
+        self.copy.feed(chunk, 17, &mut |r| {
             if *filled == rows.len() {
                 rows.push(ChainRow::default());
             }
@@ -323,13 +323,14 @@ fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u6
 pub(crate) const CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
-     hash, archived_digest";
+     hash, archived_digest, via";
 
-/// [`CHAIN_COLUMNS`] for migration 4's backfill, which runs before the archive's column exists.
+/// [`CHAIN_COLUMNS`] for migration 4's backfill, which runs before the archive's and `via`'s
+/// columns exist.
 pub(crate) const BACKFILL_CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
-     hash, NULL::bytea";
+     hash, NULL::bytea, NULL::text";
 
 /// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] held whole (the tests' view of
 /// [`ChainFeed`]).
@@ -345,7 +346,7 @@ pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
     Ok(rows)
 }
 
-/// Reads one chain tuple's 16 fields (after its field count) into `row`, reusing its buffers.
+/// Reads one chain tuple's 17 fields (after its field count) into `row`, reusing its buffers.
 fn chain_tuple(r: &mut Reader<'_>, row: &mut ChainRow) -> Result<(), String> {
     let int8 = |r: &mut Reader<'_>| -> Result<i64, String> {
         Ok(i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")))
@@ -365,7 +366,8 @@ fn chain_tuple(r: &mut Reader<'_>, row: &mut ChainRow) -> Result<(), String> {
     r.required_into(&mut row.payload)?;
     r.optional_into(&mut row.prev_hash)?;
     r.optional_into(&mut row.hash)?;
-    r.optional_into(&mut row.archived_digest)
+    r.optional_into(&mut row.archived_digest)?;
+    r.optional_into(&mut row.via)
 }
 
 /// A cursor over COPY bytes; errors name the offset.
@@ -542,6 +544,11 @@ mod tests {
 
     /// A chain COPY of rows (position, payload, causation id or NULL).
     fn chain_copy_of(rows: &[(i64, &str, Option<[u8; 16]>)]) -> Vec<u8> {
+        chain_copy_via(rows, None)
+    }
+
+    /// As [`chain_copy_of`], every row with the same `via` (or NULL).
+    fn chain_copy_via(rows: &[(i64, &str, Option<[u8; 16]>)], via: Option<&[u8]>) -> Vec<u8> {
         let mut out = SIGNATURE.to_vec();
         out.extend(0u32.to_be_bytes());
         out.extend(0u32.to_be_bytes());
@@ -553,7 +560,7 @@ mod tests {
             }
         };
         for (position, payload, causation) in rows {
-            out.extend(16i16.to_be_bytes());
+            out.extend(17i16.to_be_bytes());
             field(&mut out, Some(&position.to_be_bytes()));
             field(&mut out, Some(b"account-1"));
             field(&mut out, Some(&position.to_be_bytes()));
@@ -570,6 +577,7 @@ mod tests {
             field(&mut out, Some(&[1; 32]));
             field(&mut out, Some(&[2; 32]));
             field(&mut out, None);
+            field(&mut out, via);
         }
         out.extend((-1i16).to_be_bytes());
         out
@@ -579,11 +587,14 @@ mod tests {
     /// NULLs), the chain feed leaves exactly the rows of the whole.
     #[test]
     fn the_chain_feed_refills_rows_in_any_pieces() {
-        let first = chain_copy_of(&[
-            (1, "{\"a\":1}", Some([3; 16])),
-            (2, "{\"b\":22222222}", None),
-            (3, "{}", Some([4; 16])),
-        ]);
+        let first = chain_copy_via(
+            &[
+                (1, "{\"a\":1}", Some([3; 16])),
+                (2, "{\"b\":22222222}", None),
+                (3, "{}", Some([4; 16])),
+            ],
+            Some(b"service:shop"),
+        );
         let second = chain_copy_of(&[(4, "{\"c\":3}", None), (5, "{\"dddd\":4}", Some([5; 16]))]);
         let whole = parse_chain(&second).unwrap();
         assert_eq!(whole.len(), 2);
@@ -595,6 +606,11 @@ mod tests {
         assert_eq!(whole[1].event_time_us, 0);
         assert_eq!(whole[1].ingest_time_us, 1);
         assert_eq!(whole[1].hash.as_deref(), Some(&[2; 32][..]));
+        assert_eq!(whole[1].via, None);
+        assert_eq!(
+            parse_chain(&first).unwrap()[2].via.as_deref(),
+            Some(&b"service:shop"[..])
+        );
         for size in [1, 3, 17, 64, second.len()] {
             let mut rows = parse_chain(&first).unwrap();
             let mut feed = ChainFeed::new(&mut rows);
@@ -610,10 +626,10 @@ mod tests {
         assert!(feed.finish().unwrap_err().contains("ends early"));
         let mut wrong = second.clone();
         // The first tuple's field count (after signature 11 + flags 4 + extension length 4).
-        wrong[19..21].copy_from_slice(&15i16.to_be_bytes());
+        wrong[19..21].copy_from_slice(&16i16.to_be_bytes());
         let err = parse_chain(&wrong).unwrap_err();
         assert!(
-            err.contains("offset 19 has 15 fields, expected 16"),
+            err.contains("offset 19 has 16 fields, expected 17"),
             "{err}"
         );
     }

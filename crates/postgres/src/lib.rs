@@ -205,7 +205,7 @@ impl PostgresStore {
 const SELECT_EVENTS: &str =
     "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
      event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-     archived_digest IS NOT NULL FROM events ";
+     archived_digest IS NOT NULL, via FROM events ";
 
 fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position = row.try_get::<i64, _>(0).map_err(backend)? as u64;
@@ -217,6 +217,7 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
         });
     }
     let actor: String = row.try_get(8).map_err(backend)?;
+    let via: Option<String> = row.try_get(14).map_err(backend)?;
     Ok(RecordedEvent {
         global_position: position,
         stream_id: row.try_get(1).map_err(backend)?,
@@ -232,6 +233,10 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
             causation_id: row.try_get(9).map_err(backend)?,
             correlation_id: row.try_get(10).map_err(backend)?,
             tenant_id: row.try_get(11).map_err(backend)?,
+            via: via
+                .map(Actor::from_stored)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("position {position}: via {e}")))?,
         },
         payload: row.try_get(12).map_err(backend)?,
     })

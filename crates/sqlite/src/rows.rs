@@ -18,7 +18,7 @@ macro_rules! select_events {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
          event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         archived_digest IS NOT NULL FROM events "
+         archived_digest IS NOT NULL, via FROM events "
     };
 }
 
@@ -39,7 +39,7 @@ macro_rules! select_chain {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
          event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         prev_hash, hash, archived_digest FROM events "
+         prev_hash, hash, archived_digest, via FROM events "
     };
 }
 
@@ -97,7 +97,8 @@ pub(crate) fn row_into_chain(row: &Row<'_>, out: &mut ChainRow) -> Result<(), St
     bytes(12, &mut out.payload)?;
     optional(13, &mut out.prev_hash)?;
     optional(14, &mut out.hash)?;
-    optional(15, &mut out.archived_digest)
+    optional(15, &mut out.archived_digest)?;
+    optional(16, &mut out.via)
 }
 
 /// Runs a chain query into `out`: the rows already there are refilled in place (their buffers
@@ -160,6 +161,7 @@ pub(crate) fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
         });
     }
     let actor: String = row.get(8).map_err(backend)?;
+    let via: Option<String> = row.get(14).map_err(backend)?;
     Ok(RecordedEvent {
         global_position: position,
         stream_id: row.get(1).map_err(backend)?,
@@ -185,6 +187,10 @@ pub(crate) fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
             causation_id: uuid_col(row, 9, position)?,
             correlation_id: uuid_col(row, 10, position)?,
             tenant_id: row.get(11).map_err(backend)?,
+            via: via
+                .map(Actor::from_stored)
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("position {position}: via {e}")))?,
         },
         payload: row.get(12).map_err(backend)?,
     })

@@ -171,11 +171,14 @@ impl Sagas {
                 event.stream_id, event.stream_version
             )))
         };
-        let (category, id) = event
-            .stream_id
-            .split_once('-')
-            .unwrap_or((event.stream_id.as_str(), ""));
-        let id = id.to_owned();
+        // The aggregate id keeps its tenant (`acme/42` for `acme/order-42`), so every reaction
+        // stays in the event's tenant.
+        let category = eventfold_core::envelope::stream_category(&event.stream_id);
+        let (tenant, unscoped) = eventfold_core::tenant::split(&event.stream_id);
+        let id = eventfold_core::tenant::scope(
+            tenant,
+            unscoped.split_once('-').map_or("", |(_, id)| id),
+        );
         let mut out = vec![];
         match (category, event.event_type.as_str()) {
             ("sale", "SaleOpened") => {
@@ -199,13 +202,14 @@ impl Sagas {
                     return Ok(out);
                 };
                 for line in lines {
-                    let sale = self.inner.flash.sale(&line.sku).await.ok().flatten();
+                    let sku = crate::shop::flash_sale::sale_sku(&id, &line.sku);
+                    let sale = self.inner.flash.sale(&sku).await.ok().flatten();
                     if sale.is_some_and(|s| s.store_id == store_id) {
                         out.push((
                             id.clone(),
                             Reaction::Reserve {
                                 order_id: id.clone(),
-                                sku: line.sku,
+                                sku,
                                 quantity: u64::from(line.quantity),
                             },
                         ));

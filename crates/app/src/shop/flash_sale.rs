@@ -512,7 +512,7 @@ impl FlashSale {
 }
 
 /// The stock key of an order line's SKU: the line's SKU in the order's tenant.
-fn sale_sku(order_id: &str, line_sku: &str) -> String {
+pub(crate) fn sale_sku(order_id: &str, line_sku: &str) -> String {
     tenant::scope(tenant::of(order_id), line_sku)
 }
 

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use eventfold_core::subscription::catch_up;
+use eventfold_core::Aggregate;
 use eventfold_domain::account::Account;
 use serde::Serialize;
 
@@ -43,8 +44,8 @@ impl Snapshots {
         let (store, read_models) = (backend.events.clone(), backend.read_models.clone());
         let streams: Vec<String> = match (stream, all) {
             (Some(s), _) => {
-                if !s.starts_with("account-") {
-                    bail!("no snapshots for stream {s}: only account streams are snapshotted (account-ID)");
+                if Account::id_of_stream(&s).is_none() {
+                    bail!("no snapshots for stream {s}: only account streams are snapshotted (account-ID or TENANT/account-ID)");
                 }
                 vec![s]
             }
@@ -53,7 +54,7 @@ impl Snapshots {
                 let mut log = catch_up(store.clone(), 0, 10_000);
                 while let Some(batch) = log.try_next_batch().await? {
                     for e in batch {
-                        if e.stream_id.starts_with("account-") {
+                        if Account::id_of_stream(&e.stream_id).is_some() {
                             seen.insert(e.stream_id);
                         }
                     }

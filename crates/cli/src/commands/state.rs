@@ -54,9 +54,12 @@ impl State {
             (None, None) => AsOf::Latest,
         };
         let service = Service::new(global.open().await?.events);
-        let (category, id) = stream.split_once('-').with_context(|| {
-            format!("stream {stream:?} must look like category-id, e.g. order-42")
+        // `acme/order-42`: tenant `acme`, category `order`, aggregate id `acme/42`.
+        let (tenant, unscoped) = eventfold_core::tenant::split(&stream);
+        let (category, id) = unscoped.split_once('-').with_context(|| {
+            format!("stream {stream:?} must look like category-id, e.g. order-42 or acme/order-42")
         })?;
+        let id = &eventfold_core::tenant::scope(tenant, id);
         let state = match category {
             "order" => state_json::<Order>(&service, id, as_of).await?,
             "account" => state_json::<Account>(&service, id, as_of).await?,

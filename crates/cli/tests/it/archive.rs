@@ -36,6 +36,10 @@ fn event(event_type: &str, time: &str, n: u32) -> NewEvent {
             causation_id: None,
             correlation_id: Some(uuid::Uuid::now_v7()),
             tenant_id: "default".into(),
+            // Some events came through a service, so the archive keeps `via` too.
+            via: n
+                .is_multiple_of(3)
+                .then(|| Actor::parse("service:shop-front").unwrap()),
         },
         payload: format!("{{\"n\":{n},\"text\":\"caf\u{e9} \\\"q\\\"\"}}"),
     }

@@ -319,7 +319,8 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
                 &app,
                 "ALTER TABLE events DROP COLUMN prev_hash; \
                  ALTER TABLE events DROP COLUMN hash; \
-                 ALTER TABLE events DROP COLUMN archived_digest; PRAGMA user_version = 2;",
+                 ALTER TABLE events DROP COLUMN archived_digest; \
+                 ALTER TABLE events DROP COLUMN via; PRAGMA user_version = 2;",
             )
             .await;
             format!("sqlite://{}", path.display())
@@ -328,7 +329,7 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
             tamper(
                 &app,
                 "ALTER TABLE events DROP COLUMN prev_hash, DROP COLUMN hash, \
-                 DROP COLUMN archived_digest; \
+                 DROP COLUMN archived_digest, DROP COLUMN via; \
                  DROP FUNCTION eventfold_append; \
                  DELETE FROM eventfold_schema WHERE version >= 4; \
                  ALTER TABLE events ENABLE TRIGGER events_are_append_only;",
@@ -338,8 +339,8 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
         }
     };
     let reopened = Backend::open(&url).await.unwrap();
-    // The chain, archive and notification-table migrations run again.
-    assert_eq!(reopened.schema.previous + 3, reopened.schema.current);
+    // The chain, archive, notification-table and `via` migrations run again.
+    assert_eq!(reopened.schema.previous + 4, reopened.schema.current);
     let after = reopened.events.read_chain(0, 100).await.unwrap();
     assert_eq!(after, before, "backfilled links equal the appender's");
     // The store appends after the backfill, and the chain holds.

@@ -251,9 +251,7 @@ async fn customers_reach_only_their_own(app: &TestApp) {
 on_both_stores!([] customers_reach_only_their_own_on_sqlite, customers_reach_only_their_own_on_postgres, &customers_reach_only_their_own);
 
 /// A service acts on behalf of a user: the user is the events' actor.
-#[tokio::test]
-async fn a_service_acts_on_behalf_of_a_user() {
-    let app = TestApp::new().await;
+async fn a_service_acts_on_behalf_of_a_user(app: &TestApp) {
     let shop = app.key("shop", "service:shop-web", &[Role::Service]).await;
     let r = app
         .send_as(
@@ -265,8 +263,45 @@ async fn a_service_acts_on_behalf_of_a_user() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let e = events_of(&app, "shop/account-u789").await;
+    let e = events_of(app, "shop/account-u789").await;
     assert_eq!(e[0].metadata.actor.as_str(), "user:789");
+    assert_eq!(
+        e[0].metadata.via.as_ref().map(|a| a.as_str()),
+        Some("service:shop-web"),
+        "the envelope records the service the user acted through"
+    );
+    // A principal acting itself leaves `via` empty.
+    let teller = app.key("shop", "admin:teller", &[Role::Support]).await;
+    let r = app
+        .send_as(
+            &teller,
+            Method::POST,
+            "/accounts",
+            &[],
+            Some(json!({"account_id": "t1", "owner": "1", "currency": "USD"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let t = events_of(app, "shop/account-t1").await;
+    assert_eq!(t[0].metadata.actor.as_str(), "admin:teller");
+    assert_eq!(t[0].metadata.via, None);
+    // `via` is part of the hash chain: the stream verifies, and its stored row carries it.
+    let rows = app
+        .backend
+        .events
+        .read_stream_chain("shop/account-u789", 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows[0].via.as_deref(), Some(&b"service:shop-web"[..]));
+    let report = eventfold_app::integrity::verify::verify(
+        app.backend.events.clone(),
+        &eventfold_app::integrity::verify::Target::All,
+        None,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.ok, "{report:?}");
     // On behalf of a user, the service reaches only that user's accounts.
     let r = app
         .send_as(
@@ -289,6 +324,7 @@ async fn a_service_acts_on_behalf_of_a_user() {
         .await;
     assert_error(&r, StatusCode::FORBIDDEN, "forbidden", "end users");
 }
+on_both_stores!([] a_service_acts_on_behalf_of_a_user_on_sqlite, a_service_acts_on_behalf_of_a_user_on_postgres, &a_service_acts_on_behalf_of_a_user);
 
 /// Every route, every role: 403 exactly when the route does not accept the role.
 async fn every_role_against_every_route(app: &TestApp) {

@@ -23,6 +23,7 @@ fn raw(event_type: &str, schema_version: u32, payload: &str) -> NewEvent {
             causation_id: None,
             correlation_id: None,
             tenant_id: "default".into(),
+            via: None,
         },
         payload: payload.into(),
     }

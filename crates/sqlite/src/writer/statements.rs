@@ -4,7 +4,7 @@
 
 use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
 use eventfold_core::{
-    AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, RestoredPayload, StoreError,
+    Actor, AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, RestoredPayload, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -212,8 +212,8 @@ pub(super) fn write_events(
         .prepare_cached(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, event_time, ingest_time, actor, causation_id, correlation_id, \
-             tenant_id, payload, prev_hash, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             tenant_id, payload, prev_hash, hash, via) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )
         .map_err(backend)?;
     let mut last_hash = stream_hash;
@@ -246,6 +246,7 @@ pub(super) fn write_events(
             e.payload,
             links.as_ref().map(|l| l.prev_hash.as_slice()),
             links.as_ref().map(|l| l.hash.as_slice()),
+            m.via.as_ref().map(Actor::as_str),
         ]);
         if let Err(err) = result {
             if err.to_string().contains("events.event_id") {

@@ -55,6 +55,10 @@ pub struct ArchivedEvent {
     pub tenant_id: String,
     /// Payload (JSON text).
     pub payload: String,
+    /// The principal the actor acted through, if any (absent in archives written before
+    /// events had it, which read as none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// `prev_hash`, hex.
     pub prev_hash: String,
     /// `hash`, hex.
@@ -101,6 +105,7 @@ impl ArchivedEvent {
                     .transpose()?,
                 tenant_id: text("tenant_id", &row.tenant_id)?,
                 payload: text("payload", &row.payload)?,
+                via: row.via.as_deref().map(|b| text("via", b)).transpose()?,
                 prev_hash: hash("prev_hash", &row.prev_hash)?,
                 hash: hash("hash", &row.hash)?,
             })
@@ -130,6 +135,7 @@ impl ArchivedEvent {
             correlation_id: self.correlation_id.map(|u| u.as_bytes().to_vec()),
             tenant_id: self.tenant_id.as_bytes().to_vec(),
             payload: self.payload.as_bytes().to_vec(),
+            via: self.via.as_ref().map(|v| v.as_bytes().to_vec()),
             prev_hash: Some(hash("prev_hash", &self.prev_hash)?),
             hash: Some(hash("hash", &self.hash)?),
             archived_digest: None,
