@@ -10,6 +10,31 @@
 //!
 //! Every event also records its tenant in its envelope (`tenant_id`), which the PostgreSQL
 //! row-level security policies and the relay's partition key read.
+//!
+//! A second fence holds reads made for one tenant: code run inside [`fenced`] (the HTTP server
+//! runs every `GET` so, for its principal's tenant) has [`fence`] set, and a store that can
+//! enforce it does so below the query: the PostgreSQL store then reads as a role that
+//! row-level security policies confine to that tenant's events and read-model rows, so a query
+//! that forgot the tenant filter still returns nothing of another tenant. (The SQLite store,
+//! one file per install, relies on the scoped ids alone.)
+
+use std::future::Future;
+
+tokio::task_local! {
+    static FENCE: String;
+}
+
+/// Runs `f` with reads fenced to `tenant` (see the module docs): every store read `f` awaits,
+/// in the same task, sees only that tenant's rows where the store enforces it.
+pub async fn fenced<F: Future>(tenant: &str, f: F) -> F::Output {
+    FENCE.scope(tenant.to_owned(), f).await
+}
+
+/// The tenant the current task's reads are fenced to, if [`fenced`] set one.
+#[must_use]
+pub fn fence() -> Option<String> {
+    FENCE.try_with(Clone::clone).ok()
+}
 
 /// The tenant of a store with a single tenant, and of every id without a prefix.
 pub const DEFAULT: &str = "default";
@@ -59,5 +84,13 @@ mod tests {
         assert_eq!(split(&scope("acme", "a|b")), ("acme", "a|b"));
         assert_eq!(of("tenant-a/order-4/2"), "tenant-a");
         assert_eq!(unscoped("tenant-a/order-4/2"), "order-4/2");
+    }
+
+    #[tokio::test]
+    async fn the_fence_holds_inside_its_scope_only() {
+        assert_eq!(fence(), None);
+        let inside = fenced("acme", async { fence() }).await;
+        assert_eq!(inside.as_deref(), Some("acme"));
+        assert_eq!(fence(), None);
     }
 }

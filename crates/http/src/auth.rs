@@ -89,11 +89,40 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let principal = authenticate(&parts.headers, state)?;
+        let principal = match parts.extensions.remove::<Authenticated>() {
+            Some(Authenticated(result)) => result?,
+            None => authenticate(&parts.headers, state)?,
+        };
         if let Some(limits) = &state.auth.limits {
             limits.request(&principal)?;
         }
         Ok(Caller(principal))
+    }
+}
+
+/// The outcome of [`authenticate_once`], for the [`Caller`] extractor.
+#[derive(Clone)]
+struct Authenticated(Result<Principal, ApiError>);
+
+/// Middleware: authenticates every request once, before its route runs, and runs each read
+/// (`GET`, `HEAD`) inside the tenant fence of its principal's tenant
+/// ([`eventfold_core::tenant::fenced`]): on PostgreSQL its store reads then pass the row-level
+/// security policies too. A request that fails authentication runs unfenced and its route's
+/// [`Caller`] answers the refusal (routes without a caller, such as `/healthz`, ignore it).
+pub(crate) async fn authenticate_once(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let result = authenticate(request.headers(), &state);
+    let fence = match (&result, request.method()) {
+        (Ok(p), &axum::http::Method::GET | &axum::http::Method::HEAD) => Some(p.tenant.clone()),
+        _ => None,
+    };
+    request.extensions_mut().insert(Authenticated(result));
+    match fence {
+        Some(t) => tenant::fenced(&t, next.run(request)).await,
+        None => next.run(request).await,
     }
 }
 

@@ -22,7 +22,7 @@ pub struct ApiErrorBody {
 }
 
 /// An error response. A 503 carries `Retry-After: 1`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,

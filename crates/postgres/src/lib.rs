@@ -90,6 +90,9 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: PgPool,
+    /// Whether the connecting user may take the [`TENANT_ROLE`], so fenced reads run under the
+    /// row-level security policies (see [`PostgresStore::fenced`]).
+    tenant_role: bool,
     jobs: mpsc::UnboundedSender<Job>,
     head: watch::Receiver<u64>,
     counters: Arc<Counters>,
@@ -137,6 +140,22 @@ impl PostgresStore {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}").into())
             })?;
         let schema = migrate(&pool).await?;
+        let tenant_role: bool = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) \
+             THEN pg_has_role(current_user, $1, 'MEMBER') ELSE false END",
+        )
+        .bind(TENANT_ROLE)
+        .fetch_one(&pool)
+        .await
+        .map_err(backend)?;
+        if !tenant_role {
+            tracing::warn!(
+                role = TENANT_ROLE,
+                "the tenant fence is off: the connecting user may not take the role eventfold_tenant \
+                 (GRANT eventfold_tenant TO the user, or connect once as a user that may create roles); \
+                 reads stay tenant-scoped by their ids"
+            );
+        }
         let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(&pool)
             .await
@@ -159,6 +178,7 @@ impl PostgresStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                tenant_role,
                 jobs: jobs_tx,
                 head: head_rx,
                 counters,
@@ -188,6 +208,48 @@ impl PostgresStore {
         &self.inner.pool
     }
 
+    /// A transaction whose reads see only `tenant`'s events and read-model rows, whatever their
+    /// `WHERE` clause: it sets `eventfold.tenant` and takes the role [`TENANT_ROLE`], to which the
+    /// row-level security policies apply (both for this transaction only). Every read this store
+    /// makes inside [`eventfold_core::tenant::fenced`] runs in one.
+    ///
+    /// # Errors
+    /// The database cannot be reached; [`StoreError::InvalidRequest`] when the connecting user
+    /// may not take the role (the fence is off: see the warning logged on connecting).
+    pub async fn fenced(
+        &self,
+        tenant: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        if !self.inner.tenant_role {
+            return Err(StoreError::InvalidRequest(format!(
+                "the connecting user may not take the role {TENANT_ROLE}: the tenant fence is off"
+            )));
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        sqlx::query(
+            "SELECT set_config('eventfold.tenant', $1, true), set_config('role', $2, true)",
+        )
+        .bind(tenant)
+        .bind(TENANT_ROLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        Ok(tx)
+    }
+
+    /// A connection for one read: inside [`eventfold_core::tenant::fenced`] (and with the role
+    /// available) a [`PostgresStore::fenced`] transaction, otherwise a pooled connection.
+    pub(crate) async fn read_conn(&self) -> Result<ReadConn, StoreError> {
+        match eventfold_core::tenant::fence() {
+            Some(tenant) if self.inner.tenant_role => {
+                Ok(ReadConn::Fenced(self.fenced(&tenant).await?))
+            }
+            _ => Ok(ReadConn::Plain(
+                self.inner.pool.acquire().await.map_err(backend)?,
+            )),
+        }
+    }
+
     async fn submit(
         &self,
         requests: Vec<AppendRequest>,
@@ -199,6 +261,27 @@ impl PostgresStore {
             .map_err(|_| StoreError::Unavailable("postgres appender has stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("postgres appender has stopped".into()))?
+    }
+}
+
+/// The role fenced reads take: the row-level security policies of the events and read-model
+/// tables confine it to the rows of the tenant in the `eventfold.tenant` setting.
+pub const TENANT_ROLE: &str = "eventfold_tenant";
+
+/// A connection for one read (see [`PostgresStore::read_conn`]). A fenced transaction is
+/// dropped, not committed, when the read is done: it wrote nothing, and the rollback travels
+/// with the connection's next use.
+pub(crate) enum ReadConn {
+    Plain(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Fenced(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl ReadConn {
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match self {
+            Self::Plain(c) => c,
+            Self::Fenced(t) => t,
+        }
     }
 }
 
@@ -372,7 +455,7 @@ impl EventStore for PostgresStore {
         .bind(stream_id)
         .bind(version(from_version))
         .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
+        .fetch_all(self.read_conn().await?.conn())
         .await
         .map_err(backend)?;
         rows.iter().map(row_to_event).collect()
@@ -403,9 +486,10 @@ impl EventStore for PostgresStore {
     ) -> Result<(), StoreError> {
         use futures::TryStreamExt;
         let corrupt = |e: String| StoreError::Corrupt(format!("replay of stream {stream_id}: {e}"));
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        let mut read = self.read_conn().await?;
+        let conn = read.conn();
         let sql = stream_copy(
-            &mut conn,
+            conn,
             stream_id,
             copy::REPLAY_COLUMNS,
             from_version,
@@ -447,7 +531,7 @@ impl EventStore for PostgresStore {
             "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1",
         )
         .bind(stream_id)
-        .fetch_one(&self.inner.pool)
+        .fetch_one(self.read_conn().await?.conn())
         .await
         .map_err(backend)?;
         Ok(v as u64)
@@ -463,7 +547,7 @@ impl EventStore for PostgresStore {
         ))
         .bind(version(after_position))
         .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
+        .fetch_all(self.read_conn().await?.conn())
         .await
         .map_err(backend)?;
         rows.iter().map(row_to_event).collect()
@@ -482,8 +566,8 @@ impl EventStore for PostgresStore {
             version(after_position),
             limit(max_count)
         );
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
-        copy_chain(&mut conn, &sql, rows, || {
+        let mut read = self.read_conn().await?;
+        copy_chain(read.conn(), &sql, rows, || {
             format!("chain read after {after_position}")
         })
         .await
@@ -495,9 +579,10 @@ impl EventStore for PostgresStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<ChainRow>, StoreError> {
-        let mut conn = self.inner.pool.acquire().await.map_err(backend)?;
+        let mut read = self.read_conn().await?;
+        let conn = read.conn();
         let sql = stream_copy(
-            &mut conn,
+            conn,
             stream_id,
             copy::CHAIN_COLUMNS,
             from_version,
@@ -505,7 +590,7 @@ impl EventStore for PostgresStore {
         )
         .await?;
         let mut rows = Vec::new();
-        copy_chain(&mut conn, &sql, &mut rows, || {
+        copy_chain(conn, &sql, &mut rows, || {
             format!("chain read of stream {stream_id}")
         })
         .await?;

@@ -19,7 +19,7 @@ impl ReadModelStore for PostgresStore {
             sqlx::query("SELECT key, doc FROM read_models WHERE projection = $1 AND key = ANY($2)")
                 .bind(projection)
                 .bind(keys)
-                .fetch_all(&self.inner.pool)
+                .fetch_all(self.read_conn().await?.conn())
                 .await
                 .map_err(backend)?;
         key_docs(&rows)
@@ -41,7 +41,7 @@ impl ReadModelStore for PostgresStore {
         .bind(from_key)
         .bind(to_key)
         .bind(limit(max_count))
-        .fetch_all(&self.inner.pool)
+        .fetch_all(self.read_conn().await?.conn())
         .await
         .map_err(backend)?;
         key_docs(&rows)

@@ -275,6 +275,43 @@ BEGIN
     RAISE EXCEPTION 'events are append-only (only archive and restore may change a payload)';
 END $$;
 ",
+    // 8: the tenant fence (see eventfold_core::tenant). Reads made for one tenant run as the role
+    // eventfold_tenant with the transaction setting eventfold.tenant; these policies show that
+    // role only the tenant's events and read-model rows. The owner (every other connection of
+    // eventfold's) is not subject to them. A read-model row's tenant is its key's prefix before
+    // `/` (`default` without one), kept in a generated column. The role is shared by every
+    // database of the cluster: creating it races with other databases' migrations (a duplicate is
+    // fine), and a connecting user that may not create roles leaves the fence off (the store
+    // logs a warning) rather than failing.
+    r"
+DO $$
+BEGIN
+    CREATE ROLE eventfold_tenant NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation OR insufficient_privilege THEN NULL;
+END $$;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventfold_tenant')
+       AND NOT pg_has_role(current_user, 'eventfold_tenant', 'MEMBER') THEN
+        EXECUTE format('GRANT eventfold_tenant TO %I', current_user);
+    END IF;
+EXCEPTION WHEN insufficient_privilege OR duplicate_object OR unique_violation THEN NULL;
+END $$;
+ALTER TABLE read_models ADD COLUMN tenant TEXT GENERATED ALWAYS AS
+    (CASE WHEN strpos(key, '/') > 0 THEN split_part(key, '/', 1) ELSE 'default' END) STORED;
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE read_models ENABLE ROW LEVEL SECURITY;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eventfold_tenant') THEN
+        GRANT SELECT ON events, read_models TO eventfold_tenant;
+        CREATE POLICY events_of_the_tenant ON events FOR SELECT TO eventfold_tenant
+            USING (tenant_id = current_setting('eventfold.tenant'));
+        CREATE POLICY read_models_of_the_tenant ON read_models FOR SELECT TO eventfold_tenant
+            USING (tenant = current_setting('eventfold.tenant'));
+    END IF;
+END $$;
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

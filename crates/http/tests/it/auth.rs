@@ -628,3 +628,82 @@ async fn rate_limits_hold_each_principal_to_its_role(app: TestApp) {
     );
 }
 on_both_stores!([] rate_limits_hold_each_principal_to_its_role_on_sqlite, rate_limits_hold_each_principal_to_its_role_on_postgres, rate_limits_hold_each_principal_to_its_role);
+
+/// The second fence on PostgreSQL: inside a tenant's fence, a query that forgets the tenant
+/// filter still sees only that tenant's events and read-model rows, and the store's own reads
+/// of another tenant's stream or documents find nothing.
+#[tokio::test]
+async fn postgres_row_level_security_fences_a_query_that_forgets_the_tenant() {
+    use eventfold_app::backend::StoreUrl;
+    use eventfold_core::{tenant, EventStore, ReadModelStore};
+    let app = TestApp::postgres().await;
+    let a = app.key("tenant-a", "admin:a", &[Role::Support]).await;
+    let b = app.key("tenant-b", "admin:b", &[Role::Support]).await;
+    for key in [&a, &b] {
+        let r = app
+            .send_as(
+                key,
+                Method::POST,
+                "/accounts",
+                &[],
+                Some(json!({"account_id": "same", "owner": "o", "currency": "USD"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    app.project().await;
+    let StoreUrl::Postgres(url) = &app.backend.url else {
+        panic!("a postgres app")
+    };
+    let store = eventfold_postgres::PostgresStore::connect(url)
+        .await
+        .unwrap();
+
+    let mut tx = store.fenced("tenant-a").await.unwrap();
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM events ORDER BY 1")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(tenants, ["tenant-a"]);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM read_models ORDER BY key")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| k.starts_with("tenant-a/")), "{keys:?}");
+    drop(tx);
+    // Unfenced, the same query sees both tenants (and the fence was what hid one).
+    let all: Vec<String> = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM events ORDER BY 1")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(all, ["tenant-a", "tenant-b"]);
+
+    let read = |stream: &'static str| {
+        let store = store.clone();
+        async move {
+            tenant::fenced("tenant-a", async move {
+                store.read_stream(stream, 1, 100).await.unwrap().len()
+            })
+            .await
+        }
+    };
+    assert_eq!(read("tenant-a/account-same").await, 1);
+    assert_eq!(
+        read("tenant-b/account-same").await,
+        0,
+        "another tenant's stream"
+    );
+    let docs = tenant::fenced(
+        "tenant-a",
+        store.range_docs("api_keys", "", "\u{10FFFF}", 100),
+    )
+    .await
+    .unwrap();
+    assert!(!docs.is_empty());
+    assert!(
+        docs.iter().all(|(k, _)| k.starts_with("tenant-a/")),
+        "{docs:?}"
+    );
+}
