@@ -59,6 +59,24 @@ pub fn split(scoped: &str) -> (&str, &str) {
     scoped.split_once(SEPARATOR).unwrap_or((DEFAULT, scoped))
 }
 
+/// How many partition buckets each tenant's streams are hashed into (seed case #18).
+pub const PARTITION_BUCKETS: u32 = 128;
+
+/// The partition key of a stream (seed case #18): `{tenant}:{bucket}`, the bucket being a stable
+/// hash (the first 8 bytes of SHA-256, big-endian) of the stream's unscoped id modulo
+/// [`PARTITION_BUCKETS`]: `acme/order-42` -> `acme:17`. Every event of a stream has the same
+/// key, so whatever is ordered by the key (a Kafka partition, a relay shard) keeps the stream's
+/// order; a hot stream fills one bucket of its tenant, never the tenant's others or another
+/// tenant's. Keys of different tenants never collide.
+#[must_use]
+pub fn partition_key(stream_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let (tenant, stream) = split(stream_id);
+    let digest = Sha256::digest(stream.as_bytes());
+    let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    format!("{tenant}:{}", n % u64::from(PARTITION_BUCKETS))
+}
+
 /// The tenant of a scoped id (see [`split`]).
 #[must_use]
 pub fn of(scoped: &str) -> &str {
@@ -84,6 +102,26 @@ mod tests {
         assert_eq!(split(&scope("acme", "a|b")), ("acme", "a|b"));
         assert_eq!(of("tenant-a/order-4/2"), "tenant-a");
         assert_eq!(unscoped("tenant-a/order-4/2"), "order-4/2");
+    }
+
+    #[test]
+    fn partition_keys_are_the_tenant_and_a_stable_bucket() {
+        let a = partition_key("acme/order-42");
+        let (tenant, bucket) = a.split_once(':').unwrap();
+        assert_eq!(tenant, "acme");
+        assert!(bucket.parse::<u32>().unwrap() < PARTITION_BUCKETS);
+        assert_eq!(a, partition_key("acme/order-42"), "stable");
+        // The same stream in another tenant: the same bucket, another key.
+        assert_eq!(
+            partition_key("order-42"),
+            format!("default:{bucket}"),
+            "the bucket hashes the unscoped id"
+        );
+        // Streams spread over the buckets.
+        let buckets: std::collections::HashSet<String> = (0..2_000)
+            .map(|i| partition_key(&format!("acme/order-{i}")))
+            .collect();
+        assert!(buckets.len() > 120, "{} buckets used", buckets.len());
     }
 
     #[tokio::test]

@@ -29,8 +29,11 @@
 //! checkpoint. A relay checks its assignment between batches and stops publishing a shard it no
 //! longer owns; the overlap is at most one batch (duplicates, never a loss).
 //!
-//! Message format (stable; consumers rely on it): key = aggregate id (the stream id after its
-//! `category-` prefix); value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
+//! Message format (stable; consumers rely on it): key = the stream's partition key
+//! `{tenant}:{bucket}` ([`eventfold_core::tenant::partition_key`]: a stable hash of the stream id
+//! into 128 buckets per tenant), so Kafka's partitioner keeps each stream, and each bucket, in
+//! one partition, in log order, and a hot stream cannot crowd another tenant's out of theirs;
+//! there is no order across buckets or streams of different keys. Value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
 //! `event_type`, `schema_version`, `stream_id`, `stream_version`, `global_position`,
 //! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id` /
 //! `via` (the service the actor acted through) when present.
@@ -93,14 +96,14 @@ pub struct RelayConfig {
 }
 
 /// The message key of event `stream_version` of a stream salted over `salts` keys:
-/// `{aggregate id}#{(stream_version - 1) % salts}`. Consecutive events go to consecutive
+/// `{partition key}#{(stream_version - 1) % salts}`. Consecutive events go to consecutive
 /// salts, so one hot aggregate's load spreads over up to `salts` partitions. The trade-off: order
 /// holds per salt (each salt is one key, hence one partition, in stream order), not across salts;
 /// a consumer that needs the stream's order merges the salts by the `stream_version` header
 /// ([`consumer::VersionMerge`]). The messages carry `salt` and `salts` headers.
 pub fn salted_key(stream_id: &str, stream_version: u64, salts: u32) -> String {
     let salt = stream_version.saturating_sub(1) % u64::from(salts.max(1));
-    format!("{}#{salt}", aggregate_id(stream_id))
+    format!("{}#{salt}", partition_key(stream_id))
 }
 
 impl RelayConfig {
@@ -166,17 +169,16 @@ pub struct Relay {
     topics: tokio::sync::Mutex<HashSet<String>>,
 }
 
-/// The work partition of a stream: a stable hash (SHA-256) of its id modulo `shards`.
+/// The work partition of a stream: a stable hash (SHA-256) of its partition key
+/// ([`partition_key`]) modulo `shards`, so a stream's events, and its bucket's, stay in one
+/// shard in log order.
 pub fn shard_of(stream_id: &str, shards: u32) -> u32 {
-    let digest = Sha256::digest(stream_id.as_bytes());
+    let digest = Sha256::digest(partition_key(stream_id).as_bytes());
     let n = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
     (n % u64::from(shards.max(1))) as u32
 }
 
-/// The message key of a stream: its aggregate id (the part after `category-`).
-pub fn aggregate_id(stream_id: &str) -> &str {
-    stream_id.split_once('-').map_or(stream_id, |(_, id)| id)
-}
+pub use eventfold_core::tenant::partition_key;
 
 impl Relay {
     /// A relay over `store` with its own idempotent producer.
@@ -323,7 +325,24 @@ impl Relay {
 
     /// The checkpoint name of a shard.
     pub fn checkpoint_name(&self, shard: u32) -> String {
-        format!("relay:{}:{shard}", self.config.topic_prefix)
+        format!("relay:{}:pk:{shard}", self.config.topic_prefix)
+    }
+
+    /// The checkpoint a shard starts from when it has none: the lowest of the checkpoints
+    /// relays kept before shards were mapped by partition key (`relay:{prefix}:{shard}`), since
+    /// the streams a shard covers then and now differ. Republishing from there repeats events
+    /// (consumers dedupe by `event_id`) and loses none.
+    async fn legacy_checkpoint(&self) -> Result<u64, RelayError> {
+        let mut lowest: Option<u64> = None;
+        for shard in 0..self.config.shards.max(1) {
+            let name = format!("relay:{}:{shard}", self.config.topic_prefix);
+            let cp = self.store.load_checkpoint(&name).await?;
+            lowest = Some(lowest.map_or(cp.unwrap_or(0), |l| l.min(cp.unwrap_or(0))));
+            if lowest == Some(0) {
+                break;
+            }
+        }
+        Ok(lowest.unwrap_or(0))
     }
 
     /// The topic of a stream.
@@ -352,12 +371,19 @@ impl Relay {
             });
         }
         let mut checkpoints: HashMap<u32, u64> = HashMap::new();
+        let mut legacy = None;
         for shard in &owned {
-            let cp = self
+            let cp = match self
                 .store
                 .load_checkpoint(&self.checkpoint_name(*shard))
                 .await?
-                .unwrap_or(0);
+            {
+                Some(cp) => cp,
+                None => match legacy {
+                    Some(l) => l,
+                    None => *legacy.insert(self.legacy_checkpoint().await?),
+                },
+            };
             checkpoints.insert(*shard, cp);
         }
         let mut from = checkpoints.values().copied().min().unwrap_or(0);
@@ -499,7 +525,7 @@ impl Relay {
                     .insert(header("salts", &n.to_string()));
                 salted_key(&event.stream_id, event.stream_version, n)
             }
-            None => aggregate_id(&event.stream_id).to_owned(),
+            None => partition_key(&event.stream_id),
         };
         let mut record = FutureRecord::to(&topic)
             .key(&key)

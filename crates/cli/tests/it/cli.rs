@@ -349,10 +349,11 @@ fn relay_once_publishes_the_log_to_kafka() {
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len() as u64, published, "{text}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("cdnow-00001-19970101-1 ")
-                && l.contains("event_type=OrderCreated")),
+        lines.iter().any(|l| l.starts_with(&format!(
+            "{} ",
+            eventfold_core::tenant::partition_key("order-cdnow-00001-19970101-1")
+        )) && l.contains("stream_id=order-cdnow-00001-19970101-1,")
+            && l.contains("event_type=OrderCreated")),
         "{text}"
     );
 

@@ -161,7 +161,7 @@ async fn relay_killed_20_times_loses_nothing_and_the_inbox_applies_each_effect_o
     // The killed relays made progress (the kills hit working relays, not just starting ones).
     let mut progressed = 0;
     for shard in 0..16 {
-        let name = format!("relay:{prefix}:{shard}");
+        let name = format!("relay:{prefix}:pk:{shard}");
         progressed += store.load_checkpoint(&name).await.unwrap().unwrap_or(0);
     }
     assert!(
@@ -300,7 +300,7 @@ async fn caught_up(store: &Arc<dyn EventStore>, prefix: &str, within: Duration) 
         let mut behind = Vec::new();
         for shard in 0..16 {
             let cp = store
-                .load_checkpoint(&format!("relay:{prefix}:{shard}"))
+                .load_checkpoint(&format!("relay:{prefix}:pk:{shard}"))
                 .await
                 .unwrap()
                 .unwrap_or(0);

@@ -127,7 +127,13 @@ async fn a_crowd_on_postgres_redis_and_kafka_with_the_server_killed_half_way() {
         created = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| l.contains("event_type=OrderCreated"))
-            .filter_map(|l| l.split('\t').next().map(str::to_owned))
+            .filter_map(|l| {
+                let headers = l.split_once('\t')?.1;
+                headers
+                    .split(',')
+                    .find_map(|h| h.strip_prefix("stream_id="))
+                    .map(str::to_owned)
+            })
             .collect();
         if created.len() >= accepted {
             break;
