@@ -2,7 +2,8 @@
 //! `eventfold_http::testing::TestApp`) and over a real socket with the runtime's workers: accounts,
 //! orders and their audit timelines, the sales views after the real CDNOW import, flash sales,
 //! payment callbacks and sagas, the unpaid-order timeout, projections and metrics, upcasting, the
-//! prize inbox, the exactly-once order notifications, and a PostgreSQL outage.
+//! prize inbox, the exactly-once order notifications, a PostgreSQL outage, and tenants that never
+//! see each other (a property over random command sequences).
 
 mod accounts;
 mod auth;
@@ -16,4 +17,5 @@ mod orders;
 mod outage;
 mod projections;
 mod sagas;
+mod tenant_property;
 mod upcasting;
