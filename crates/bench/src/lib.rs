@@ -11,11 +11,13 @@
 //! - [`load`]: loading one long stream with and without a snapshot, and as of its middle.
 //! - [`read`]: a read-all from position 0.
 //! - [`correct`]: `correct interest` on many accounts, twice.
+//! - [`http`]: HTTP commands against an open server and one that requires a key.
 //! - [`notifications`], [`relay`]: the Kafka paths against a bare client on the same broker.
 //! - [`simulate`]: a flash-sale crowd against a real server and a sandbox payment provider.
 
 mod append;
 mod correct;
+mod http;
 mod kafka;
 mod load;
 mod read;
@@ -24,6 +26,7 @@ pub mod simulate;
 
 pub use append::{append, AppendBench, AppendReport, HashChain};
 pub use correct::{correct, CorrectBench};
+pub use http::{http, HttpBench, HttpReport};
 pub use kafka::{notifications, relay, NotificationsReport, RelayBenchReport};
 pub use load::{load, LoadReport};
 pub use read::{read, ReadReport};

@@ -72,6 +72,19 @@ pub enum Bench {
         #[arg(long, default_value_t = 50)]
         events_per_account: u64,
     },
+    /// HTTP deposits against two `eventfold serve` children on scratch stores, one open and one
+    /// requiring an API key, in alternating rounds: what authentication costs.
+    Http {
+        /// Concurrent clients, each depositing into its own account.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds per side (each server is driven this long in total).
+        #[arg(long, default_value_t = 6.0)]
+        duration: f64,
+        /// Alternating rounds the time is split into.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+    },
     /// Time to load one stream of N events without a snapshot, and as of its middle.
     Load {
         /// Events in the stream.
@@ -233,6 +246,40 @@ impl Bench {
                          {:.0} events/s, {} corrections; second run {:.0} ms, {} appended",
                         r.accounts, r.events_per_account, r.populate_ms, r.correction_ms, r.replay_ms, r.append_ms,
                         r.events_per_sec, r.corrections_appended, r.second_run_ms, r.second_run_appended
+                    )
+                })
+            }
+            Self::Http {
+                clients,
+                duration,
+                rounds,
+            } => {
+                if clients == 0 || rounds == 0 || duration <= 0.0 || !duration.is_finite() {
+                    bail!("--clients and --rounds must be at least 1 and --duration positive");
+                }
+                let config = eventfold_bench::HttpBench {
+                    exe: std::env::current_exe()?,
+                    clients,
+                    duration: Duration::from_secs_f64(duration),
+                    rounds,
+                };
+                let r = eventfold_bench::http(&target, &config).await?;
+                output.print(&r, || {
+                    format!(
+                        "{} clients on {}: open {:.0} commands/s (p50 {:.2} ms, p99 {:.2} ms), \
+                         with an API key {:.0} commands/s (p50 {:.2} ms, p99 {:.2} ms); \
+                         keyed / open {:.3} (median of rounds {:.3}); {} errors",
+                        r.clients,
+                        r.store,
+                        r.open_commands_per_sec,
+                        r.open_p50_ms,
+                        r.open_p99_ms,
+                        r.keyed_commands_per_sec,
+                        r.keyed_p50_ms,
+                        r.keyed_p99_ms,
+                        r.ratio,
+                        r.ratio_median,
+                        r.errors
                     )
                 })
             }

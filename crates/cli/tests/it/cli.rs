@@ -271,6 +271,25 @@ fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
         ],
     ));
     assert_eq!(load["events"], 300);
+    let http = ok_json(&eventfold(
+        &admin,
+        &[
+            "bench",
+            "http",
+            "--clients",
+            "2",
+            "--duration",
+            "1",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+    ));
+    assert_eq!(http["store"], "postgres");
+    assert_eq!(http["errors"], 0, "{http}");
+    for side in ["open_commands_per_sec", "keyed_commands_per_sec", "ratio"] {
+        assert!(http[side].as_f64().is_some_and(|v| v > 0.0), "{http}");
+    }
 }
 
 /// `eventfold migrate` on PostgreSQL: migrates an empty database, is a no-op the second time, and
