@@ -45,6 +45,11 @@ const KNOWN: &[(&str, u32)] = &[
     ("CHF", 2),
 ];
 
+/// The codes of every currency eventfold knows (see [`Currency`]), in a fixed order.
+pub fn known_currencies() -> impl Iterator<Item = &'static str> {
+    KNOWN.iter().map(|(c, _)| *c)
+}
+
 impl Currency {
     /// US dollars.
     pub const USD: Currency = Currency(*b"USD");

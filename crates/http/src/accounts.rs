@@ -126,6 +126,7 @@ withdraw, "/accounts/{id}/withdraw", AmountBody -> Account, AccountView via acco
 
 /// `GET /accounts/{id}` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AccountQuery {
     /// RFC 3339 instant: the state from every event whose event time is at or before it.
@@ -159,7 +160,7 @@ pub async fn get_account(
     check_id("account id", &id)?;
     let (as_of, at) = match (&query.as_of, query.version) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "invalid_query",
                 "give asOf or version, not both",
             ))
@@ -167,6 +168,12 @@ pub async fn get_account(
         (Some(t), None) => {
             let t = parse_rfc3339("asOf", t)?;
             (AsOf::Time(t), Some(t))
+        }
+        (None, Some(v)) if v > i64::MAX as u64 => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("version must be at most {}", i64::MAX),
+            ))
         }
         (None, Some(0)) => {
             return Err(ApiError::bad_request(

@@ -28,10 +28,25 @@ pub(crate) fn currency(field: &str, code: &str) -> Result<Currency, ApiError> {
     code.parse().map_err(|e| money_error(field, e))
 }
 
-/// `amount` of currency `code` (`field` names the amount in the error).
+/// `amount` of currency `code` (`field` names the amount in the error): above zero and written
+/// as [`crate::contract::POSITIVE_AMOUNT`] says.
 pub(crate) fn money(field: &str, amount: &str, code: &str) -> Result<Money, ApiError> {
+    money_as(field, amount, code, crate::contract::POSITIVE_AMOUNT)
+}
+
+/// As [`money`], for an amount written as `pattern` (one of [`crate::contract`]'s amounts).
+pub(crate) fn money_as(
+    field: &str,
+    amount: &str,
+    code: &str,
+    pattern: &'static str,
+) -> Result<Money, ApiError> {
     let c = currency("currency", code)?;
-    Money::parse(amount, c).map_err(|e| money_error(field, e))
+    // The parser's errors first (not a decimal, too many decimal places, too large): they say
+    // the most; then the written form the pattern requires (no sign, spaces or exponent).
+    let money = Money::parse(amount, c).map_err(|e| money_error(field, e))?;
+    crate::contract::check(field, amount, pattern)?;
+    Ok(money)
 }
 
 /// Runs `caller`'s `command` on aggregate `id` (of the caller's tenant) with `ctx` (see

@@ -42,6 +42,13 @@ impl ApiError {
         }
     }
 
+    /// The same error with another stable code.
+    #[must_use]
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     /// 429 `rate_limited`, to be retried after `retry_after_secs` (at least 1).
     pub(crate) fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self {

@@ -143,10 +143,12 @@ pub(crate) fn parse_command_headers(headers: &HeaderMap) -> Result<CommandHeader
         .transpose()?;
     let idempotency_key = header_str(headers, "idempotency-key")?
         .map(|k| {
-            if k.is_empty() || k.len() > 255 {
+            if crate::contract::check("Idempotency-Key", k, crate::contract::IDEMPOTENCY_KEY)
+                .is_err()
+            {
                 Err(ApiError::bad_request(
                     "invalid_header",
-                    "header Idempotency-Key must be 1 to 255 characters",
+                    "header Idempotency-Key must be 1 to 255 visible ASCII characters, no spaces",
                 ))
             } else {
                 Ok(k.to_owned())

@@ -25,8 +25,10 @@ pub struct OpenFlashSale {
     /// The SKU (1 to 100 of `[A-Za-z0-9._-]`).
     pub sku: String,
     /// Units for sale, at least 1.
+    #[serde(deserialize_with = "crate::contract::integral")]
     pub stock: u64,
     /// Units one buyer may hold at most, at least 1.
+    #[serde(deserialize_with = "crate::contract::integral")]
     pub per_buyer_limit: u64,
     /// Price of one unit, a decimal string.
     pub unit_price: String,
@@ -56,6 +58,7 @@ pub struct PurchaseBody {
     /// The buyer (1 to 128 of `[A-Za-z0-9._@-]`).
     pub buyer: String,
     /// Units, at least 1.
+    #[serde(deserialize_with = "crate::contract::integral")]
     pub quantity: i64,
 }
 
@@ -110,6 +113,12 @@ pub async fn open_flash_sale(
     caller.require(&[Role::Operator])?;
     let b = body.body;
     check_id("sku", &b.sku)?;
+    crate::contract::check_units("stock", b.stock)?;
+    crate::contract::check_units("per_buyer_limit", b.per_buyer_limit)?;
+    crate::contract::check("unit_price", &b.unit_price, crate::contract::AMOUNT)?;
+    if let Some(store) = &b.store_id {
+        crate::contract::check("store_id", store, crate::contract::ID)?;
+    }
     let currency = b
         .currency
         .parse()
@@ -207,14 +216,27 @@ pub async fn purchase(
         )
     })?;
     let b = body.body;
+    crate::contract::check("buyer", &b.buyer, crate::contract::BUYER).map_err(|_| {
+        ApiError::unprocessable(
+            "invalid_purchase",
+            format!(
+                "buyer {:?} is not an actor id (1 to 128 of A-Z a-z 0-9 . _ @ -)",
+                b.buyer
+            ),
+        )
+    })?;
     caller.require_owner("buyer", &b.buyer)?;
     let quantity = u64::try_from(b.quantity)
         .ok()
-        .filter(|q| *q >= 1)
+        .filter(|q| (1..=crate::contract::MAX_UNITS).contains(q))
         .ok_or_else(|| {
             ApiError::unprocessable(
                 "invalid_purchase",
-                format!("quantity must be at least 1, got {}", b.quantity),
+                format!(
+                    "quantity must be 1 to {}, got {}",
+                    crate::contract::MAX_UNITS,
+                    b.quantity
+                ),
             )
         })?;
     let sale = state

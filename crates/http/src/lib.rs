@@ -10,6 +10,7 @@
 mod accounts;
 pub mod auth;
 mod command;
+pub mod contract;
 pub mod error;
 mod extract;
 mod flash_sales;
@@ -32,6 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use contract::Contract;
 use eventfold_app::backend::Backend;
 use eventfold_app::runtime::{Config, Runtime};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +75,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         operations::prometheus,
         operations::ready
     ),
-    components(schemas(ApiErrorBody))
+    components(schemas(ApiErrorBody)),
+    modifiers(&Contract)
 )]
 pub struct ApiDoc;
 

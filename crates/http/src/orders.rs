@@ -13,7 +13,7 @@ use eventfold_domain::projections::{OrderSummary, OrderSummaryProjection, ORDER_
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, OWNERS, OWNERS_OR_SUPPORT, READERS};
-use crate::command::{id_command, money, new_id, run};
+use crate::command::{id_command, money_as, new_id, run};
 use crate::error::{ApiError, ApiErrorBody};
 use crate::extract::{check_id, versioned, CommandBody, CommandHeaders, IdPath};
 use crate::operations::decode_doc;
@@ -78,6 +78,7 @@ pub struct LineBody {
     /// Stock-keeping unit, e.g. `cd` (1 to 100 of `[A-Za-z0-9._-]`).
     pub sku: String,
     /// Units, at least 1.
+    #[serde(deserialize_with = "crate::contract::integral")]
     pub quantity: u32,
     /// The line's total, a decimal string.
     pub amount: String,
@@ -111,12 +112,32 @@ pub struct PayOrder {
     pub payment_id: Option<String>,
 }
 
-/// Body of confirm / ship / complete (reason optional) and cancel / refund (reason required).
+/// Body of confirm / ship / complete: an optional reason.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonBody {
-    /// Why: required to cancel or refund, optional otherwise (at most 500 characters).
+    /// Why (at most 500 characters, no control characters).
     pub reason: Option<String>,
+}
+
+/// Body of cancel / refund: the reason is required. (Read as optional, so that a caller without
+/// the route's role is refused for that first; a missing reason is then 422.)
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredReasonBody {
+    /// Why (1 to 500 characters, not only white space, no control characters).
+    #[schema(value_type = String, required = true)]
+    pub reason: Option<String>,
+}
+
+/// The reason a cancel or refund needs.
+fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
+    let reason = reason.ok_or_else(|| {
+        ApiError::unprocessable("invalid_order", "reason is required to cancel or refund")
+    })?;
+    crate::contract::check("reason", &reason, crate::contract::REQUIRED_REASON)
+        .map_err(|e| e.with_code("invalid_order"))?;
+    Ok(reason)
 }
 
 fn order_view(id: &str, o: &Order, v: u64) -> serde_json::Value {
@@ -142,10 +163,16 @@ pub async fn create_order(
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
+            crate::contract::check_units(&format!("lines[{i}].quantity"), u64::from(l.quantity))?;
             Ok(OrderLine {
                 sku: l.sku,
                 quantity: l.quantity,
-                amount: money(&format!("lines[{i}].amount"), &l.amount, &b.currency)?,
+                amount: money_as(
+                    &format!("lines[{i}].amount"),
+                    &l.amount,
+                    &b.currency,
+                    crate::contract::AMOUNT,
+                )?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -171,7 +198,7 @@ id_command!(
 /// Pays an order in full (PENDING -> PAID).
 pay_order, "/orders/{id}/pay", PayOrder -> Order, OrderView via order_view,
 "order id", roles OWNERS, |b, actor| OrderCommand::Pay {
-    amount: money("amount", &b.amount, &b.currency)?,
+    amount: money_as("amount", &b.amount, &b.currency, crate::contract::AMOUNT)?,
     payment_id: b.payment_id.unwrap_or_else(new_id),
     actor,
 });
@@ -193,12 +220,14 @@ transition!(
 transition!(
     /// SHIPPED -> COMPLETED.
     complete_order, "/orders/{id}/complete", roles SUPPORT, |actor, reason| OrderCommand::Complete { actor, reason });
-transition!(
-    /// PENDING, PAID or CONFIRMED -> CANCELLED (reason required; a payment is refunded).
-    cancel_order, "/orders/{id}/cancel", roles OWNERS_OR_SUPPORT, |actor, reason| OrderCommand::Cancel { actor, reason: reason.unwrap_or_default() });
-transition!(
-    /// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED (reason required).
-    refund_order, "/orders/{id}/refund", roles SUPPORT, |actor, reason| OrderCommand::Refund { actor, reason: reason.unwrap_or_default() });
+id_command!(
+/// PENDING, PAID or CONFIRMED -> CANCELLED (reason required; a payment is refunded).
+cancel_order, "/orders/{id}/cancel", RequiredReasonBody -> Order, OrderView via order_view,
+"order id", roles OWNERS_OR_SUPPORT, |b, actor| OrderCommand::Cancel { actor, reason: required_reason(b.reason)? });
+id_command!(
+/// PAID, CONFIRMED, SHIPPED or COMPLETED -> REFUNDED (reason required).
+refund_order, "/orders/{id}/refund", RequiredReasonBody -> Order, OrderView via order_view,
+"order id", roles SUPPORT, |b, actor| OrderCommand::Refund { actor, reason: required_reason(b.reason)? });
 
 /// An order's summary from the `order_summary` read model; when the read model trails the order's
 /// stream, the summary is folded from the stream so a client reads its own writes.

@@ -25,6 +25,7 @@ const READ: [Role; 3] = [Role::Finance, Role::Auditor, Role::Operator];
 
 /// `GET /sales/daily` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DailyQuery {
     /// Store id (required).
@@ -80,12 +81,16 @@ fn required_store(store: Option<String>) -> Result<String, ApiError> {
 }
 
 fn parse_day(field: &str, s: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-        ApiError::bad_request(
-            "invalid_query",
-            format!("{field} must be a date like 1997-01-01, got {s:?}"),
-        )
-    })
+    let well_formed = crate::contract::check(field, s, crate::contract::DAY).is_ok();
+    well_formed
+        .then(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{field} must be a date like 1997-01-01, got {s:?}"),
+            )
+        })
 }
 
 async fn buckets(
@@ -129,7 +134,7 @@ pub async fn daily_sales(
     let to = q.to.as_deref().map(|s| parse_day("to", s)).transpose()?;
     if let (Some(f), Some(t)) = (from, to) {
         if f > t {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::unprocessable(
                 "invalid_query",
                 format!("from {f} is after to {t}"),
             ));
@@ -154,6 +159,7 @@ pub async fn daily_sales(
 
 /// `GET /sales/realtime` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RealtimeQuery {
     /// Store id (required).

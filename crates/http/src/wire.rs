@@ -189,7 +189,7 @@ pub struct TimelineEntry {
     #[schema(value_type = Object)]
     pub change: serde_json::Value,
     /// The state before this event (`null` before the first).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub state_before: serde_json::Value,
     /// Correlation id, if any.
     #[schema(value_type = Option<String>)]

@@ -440,7 +440,7 @@ async fn state_as_of_a_time_or_version() {
     assert_error(
         &app.get("/accounts/a-1?asOf=2020-01-01T00:00:00Z&version=1")
             .await,
-        StatusCode::BAD_REQUEST,
+        StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_query",
         "not both",
     );

@@ -490,6 +490,52 @@ async fn every_role_against_every_route(app: &TestApp) {
             }
         }
     }
+    // The OpenAPI document names exactly these roles for every route, and lists every route.
+    let doc = app.get("/openapi.json").await.body;
+    let mut documented = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if let Some(roles) = op.get("x-eventfold-roles") {
+                documented += 1;
+                let (m, _, _, allowed) = routes
+                    .iter()
+                    .find(|(m, uri, _, _)| {
+                        m.as_str().eq_ignore_ascii_case(method) && template(uri) == *path
+                    })
+                    .unwrap_or_else(|| panic!("{method} {path} is not in this test's table"));
+                let mut want: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+                let mut got: Vec<&str> = roles
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap())
+                    .collect();
+                want.sort_unstable();
+                got.sort_unstable();
+                assert_eq!(got, want, "{m} {path}");
+                assert!(op["security"][0].get("bearer").is_some(), "{m} {path}");
+            }
+        }
+    }
+    assert_eq!(
+        documented,
+        routes.len(),
+        "every route of the table is documented with roles"
+    );
+}
+
+/// `/accounts/x/deposit?store=s` -> `/accounts/{id}/deposit` (`{sku}` under `/flash-sales`).
+fn template(uri: &str) -> String {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let param = if path.starts_with("/flash-sales") {
+        "{sku}"
+    } else {
+        "{id}"
+    };
+    path.split('/')
+        .map(|s| if s == "x" { param } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 on_both_stores!([] every_role_against_every_route_on_sqlite, every_role_against_every_route_on_postgres, &every_role_against_every_route);
 

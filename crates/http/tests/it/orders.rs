@@ -277,11 +277,6 @@ async fn sales_views(app: TestApp) {
             "invalid_query",
             "from",
         ),
-        (
-            "/sales/daily?store=web&from=1998-01-02&to=1998-01-01",
-            "invalid_query",
-            "after",
-        ),
         ("/sales/daily?store=web&bogus=1", "invalid_query", "bogus"),
         (
             "/sales/realtime?store=web&from=now",
@@ -291,6 +286,14 @@ async fn sales_views(app: TestApp) {
     ] {
         assert_error(&app.get(uri).await, StatusCode::BAD_REQUEST, code, mentions);
     }
+    // Well formed but contradictory: 422.
+    assert_error(
+        &app.get("/sales/daily?store=web&from=1998-01-02&to=1998-01-01")
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_query",
+        "after",
+    );
     let status = app.get("/projections").await;
     let names: Vec<&str> = status
         .body
