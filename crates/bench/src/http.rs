@@ -260,51 +260,41 @@ pub async fn http(target: &BenchTarget, config: &HttpBench) -> anyhow::Result<Ht
         }
         let rounds = config.rounds.max(1);
         let slice = config.duration / rounds as u32;
-        let mut h_open = Histogram::<u64>::new(3)?;
-        let mut h_keyed = Histogram::<u64>::new(3)?;
-        let (mut n_open, mut n_keyed, mut errors) = (0u64, 0u64, 0u64);
+        // Per side: its server, latencies and deposits done ([0] open, [1] keyed).
+        let sides = [&open, &keyed];
+        let mut latencies = [Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?];
+        let mut done = [0u64; 2];
+        let mut errors = 0u64;
         let mut ratios = Vec::with_capacity(rounds);
         // A short warm-up on each side, not counted.
         let mut scratch = Histogram::<u64>::new(3)?;
-        drive(
-            &open,
-            &client,
-            config.clients,
-            Duration::from_millis(300),
-            &mut scratch,
-        )
-        .await;
-        drive(
-            &keyed,
-            &client,
-            config.clients,
-            Duration::from_millis(300),
-            &mut scratch,
-        )
-        .await;
+        for server in sides {
+            let warm_up = Duration::from_millis(300);
+            drive(server, &client, config.clients, warm_up, &mut scratch).await;
+        }
         for round in 0..rounds {
             // Alternate which side goes first, so a drift in the machine hits both.
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            let (mut o, mut k) = (0, 0);
-            for is_open in order {
-                if is_open {
-                    let (d, e) = drive(&open, &client, config.clients, slice, &mut h_open).await;
-                    (o, errors) = (d, errors + e);
-                    n_open += d;
-                } else {
-                    let (d, e) = drive(&keyed, &client, config.clients, slice, &mut h_keyed).await;
-                    (k, errors) = (d, errors + e);
-                    n_keyed += d;
-                }
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let mut this_round = [0u64; 2];
+            for side in order {
+                let (d, e) = drive(
+                    sides[side],
+                    &client,
+                    config.clients,
+                    slice,
+                    &mut latencies[side],
+                )
+                .await;
+                this_round[side] = d;
+                done[side] += d;
+                errors += e;
             }
-            if o > 0 {
-                ratios.push(k as f64 / o as f64);
+            if this_round[0] > 0 {
+                ratios.push(this_round[1] as f64 / this_round[0] as f64);
             }
         }
+        let [n_open, n_keyed] = done;
+        let [h_open, h_keyed] = latencies;
         let secs = config.duration.as_secs_f64();
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Ok(HttpReport {
