@@ -75,6 +75,8 @@ pub struct AmountBody {
     pub currency: String,
 }
 
+impl crate::command::Occurred for AmountBody {}
+
 fn account_view(id: &str, a: &Account, v: u64) -> serde_json::Value {
     serde_json::to_value(AccountView::new(id, a, v)).unwrap_or_default()
 }

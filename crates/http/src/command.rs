@@ -23,6 +23,49 @@ pub(crate) fn money_error(field: &str, e: MoneyError) -> ApiError {
     ApiError::unprocessable(code, format!("{field}: {e}"))
 }
 
+/// How far ahead of the server's clock a source's event time may be.
+pub(crate) const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// A command body that may carry the source's event time (`occurred_at`).
+pub(crate) trait Occurred {
+    /// The `occurred_at` text, if the body has one.
+    fn occurred_at(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The event time a body names, checked: RFC 3339, not before 1970, at most
+/// [`MAX_CLOCK_SKEW`] ahead of now (UTC). `None`: the server's clock decides.
+///
+/// # Errors
+/// 422 `invalid_event_time` naming `occurred_at` and what is wrong.
+pub(crate) fn occurred_at(
+    body: &impl Occurred,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    let Some(text) = body.occurred_at() else {
+        return Ok(None);
+    };
+    let refuse = |why: String| ApiError::unprocessable("invalid_event_time", why);
+    let t = chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| {
+            refuse(format!(
+                "occurred_at {text:?} is not an RFC 3339 time such as 1997-03-01T10:00:00Z: {e}"
+            ))
+        })?
+        .with_timezone(&chrono::Utc);
+    if t < chrono::DateTime::UNIX_EPOCH {
+        return Err(refuse(format!("occurred_at {text} is before 1970")));
+    }
+    let latest = chrono::Utc::now() + MAX_CLOCK_SKEW;
+    if t > latest {
+        return Err(refuse(format!(
+            "occurred_at {text} is in the future (more than {} minutes ahead of the server's clock)",
+            MAX_CLOCK_SKEW.num_minutes()
+        )));
+    }
+    Ok(Some(t))
+}
+
 /// The currency `code` (`field` names it in the error).
 pub(crate) fn currency(field: &str, code: &str) -> Result<Currency, ApiError> {
     code.parse().map_err(|e| money_error(field, e))
@@ -109,10 +152,14 @@ macro_rules! id_command {
         ) -> Result<Response, ApiError> {
             caller.require(&$roles)?;
             check_id($field, &id)?;
+            let occurred = $crate::command::occurred_at(&body.body)?;
             let $actor = caller.0.actor.clone();
             let $b = body.body;
             let command = $command;
-            let ctx = headers.context(&caller, &body.fingerprint);
+            let mut ctx = headers.context(&caller, &body.fingerprint);
+            if let Some(t) = occurred {
+                ctx.event_time = t;
+            }
             $crate::command::run::<$aggregate>(
                 &state,
                 &caller,

@@ -239,6 +239,7 @@ enum Rule {
     Units,
     Currency,
     Items(usize, usize),
+    DateTime,
 }
 
 const FIELDS: &[(&str, &str, Rule)] = &[
@@ -270,6 +271,10 @@ const FIELDS: &[(&str, &str, Rule)] = &[
     ("OpenFlashSale", "unit_price", Rule::Pattern(AMOUNT)),
     ("OpenFlashSale", "currency", Rule::Currency),
     ("OpenFlashSale", "store_id", Rule::Pattern(ID)),
+    ("CreateOrder", "occurred_at", Rule::DateTime),
+    ("PayOrder", "occurred_at", Rule::DateTime),
+    ("ReasonBody", "occurred_at", Rule::DateTime),
+    ("RequiredReasonBody", "occurred_at", Rule::DateTime),
     ("PurchaseBody", "buyer", Rule::Pattern(BUYER)),
     ("PurchaseBody", "quantity", Rule::Units),
 ];
@@ -330,6 +335,9 @@ fn apply(schema: &mut Schema, rule: &Rule) {
                     .map(|c| json!(c))
                     .collect(),
             );
+        }
+        (Schema::Object(o), Rule::DateTime) => {
+            o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
         }
         (Schema::Array(a), Rule::Items(min, max)) => {
             a.min_items = Some(*min);

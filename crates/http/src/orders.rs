@@ -98,6 +98,10 @@ pub struct CreateOrder {
     pub currency: String,
     /// At least one line.
     pub lines: Vec<LineBody>,
+    /// When it happened at the source (RFC 3339; default: when the server receives it). Not
+    /// before 1970 nor more than 5 minutes ahead of the server's clock. Sales views date the
+    /// order by it.
+    pub occurred_at: Option<String>,
 }
 
 /// `POST /orders/{id}/pay`.
@@ -110,6 +114,10 @@ pub struct PayOrder {
     pub currency: String,
     /// Payment reference; generated when absent.
     pub payment_id: Option<String>,
+    /// When it happened at the source (RFC 3339; default: when the server receives it). Not
+    /// before 1970 nor more than 5 minutes ahead of the server's clock. Sales views date the
+    /// order by it.
+    pub occurred_at: Option<String>,
 }
 
 /// Body of confirm / ship / complete: an optional reason.
@@ -118,6 +126,10 @@ pub struct PayOrder {
 pub struct ReasonBody {
     /// Why (at most 500 characters, no control characters).
     pub reason: Option<String>,
+    /// When it happened at the source (RFC 3339; default: when the server receives it). Not
+    /// before 1970 nor more than 5 minutes ahead of the server's clock. Sales views date the
+    /// order by it.
+    pub occurred_at: Option<String>,
 }
 
 /// Body of cancel / refund: the reason is required. (Read as optional, so that a caller without
@@ -128,6 +140,10 @@ pub struct RequiredReasonBody {
     /// Why (1 to 500 characters, not only white space, no control characters).
     #[schema(value_type = String, required = true)]
     pub reason: Option<String>,
+    /// When it happened at the source (RFC 3339; default: when the server receives it). Not
+    /// before 1970 nor more than 5 minutes ahead of the server's clock. Sales views date the
+    /// order by it.
+    pub occurred_at: Option<String>,
 }
 
 /// The reason a cancel or refund needs.
@@ -154,6 +170,7 @@ pub async fn create_order(
     body: CommandBody<CreateOrder>,
 ) -> Result<Response, ApiError> {
     caller.require(&OWNERS_OR_SUPPORT)?;
+    let occurred = crate::command::occurred_at(&body.body)?;
     let b = body.body;
     let id = b.order_id.clone().unwrap_or_else(new_id);
     check_id("order_id", &id)?;
@@ -182,12 +199,16 @@ pub async fn create_order(
         lines,
         actor: caller.0.actor.clone(),
     };
+    let mut ctx = headers.creation_context(&caller, &body.fingerprint);
+    if let Some(t) = occurred {
+        ctx.event_time = t;
+    }
     run::<Order>(
         &state,
         &caller,
         &id,
         command,
-        headers.creation_context(&caller, &body.fingerprint),
+        ctx,
         StatusCode::CREATED,
         order_view,
     )
@@ -317,3 +338,14 @@ pub async fn order_history(
     entries.sort_by_key(|e| e.global_position);
     Ok(Json(entries.into_iter().map(Into::into).collect()))
 }
+
+macro_rules! occurred_from_body {
+    ($($body:ty),*) => {
+        $(impl crate::command::Occurred for $body {
+            fn occurred_at(&self) -> Option<&str> {
+                self.occurred_at.as_deref()
+            }
+        })*
+    };
+}
+occurred_from_body!(CreateOrder, PayOrder, ReasonBody, RequiredReasonBody);

@@ -399,3 +399,73 @@ async fn serves_over_a_real_socket_with_projections_running() {
     assert!(lag[0]["last_lag_ms"].as_f64().is_some(), "{lag}");
     served.stop().await;
 }
+
+eventfold_http::on_both_stores!(
+    []
+    an_order_dated_by_its_source_lands_on_that_day,
+    on_postgres_an_order_dated_by_its_source_lands_on_that_day,
+    occurred_at_dates_the_order
+);
+
+/// `occurred_at` is the event time: a sale made on 1997-03-01 and sent now is counted on
+/// 1997-03-01 by the daily view and in this hour by the real-time one; a time before 1970, in
+/// the future or malformed is refused and appends nothing.
+async fn occurred_at_dates_the_order(app: TestApp) {
+    let mut body = order("late-1", "shop-7", "12.50");
+    body["occurred_at"] = json!("1997-03-01T10:00:00Z");
+    let r = app.post("/orders", body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    step(
+        &app,
+        "late-1",
+        "pay",
+        "user:c-1",
+        json!({"amount": "12.50", "currency": "USD", "occurred_at": "1997-03-01T10:05:00+01:00"}),
+    )
+    .await;
+    let events = app
+        .backend
+        .events
+        .read_stream("order-late-1", 1, 10)
+        .await
+        .unwrap();
+    let times: Vec<String> = events.iter().map(|e| e.event_time.to_rfc3339()).collect();
+    assert_eq!(
+        times,
+        ["1997-03-01T10:00:00+00:00", "1997-03-01T09:05:00+00:00"]
+    );
+    assert!(events.iter().all(|e| e.ingest_time > e.event_time));
+    app.project().await;
+    let daily = app.get("/sales/daily?store=shop-7").await;
+    assert_eq!(daily.status, StatusCode::OK, "{}", daily.body);
+    let days: Vec<(&str, &str)> = daily
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["date"].as_str().unwrap(), d["total"].as_str().unwrap()))
+        .collect();
+    assert_eq!(days, [("1997-03-01", "12.50")]);
+    let hours = app.get("/sales/realtime?store=shop-7").await;
+    let this_hour = chrono::Utc::now().format("%Y-%m-%dT%H").to_string();
+    let hours = hours.body.as_array().unwrap();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    assert!(hours[0]["hour"].as_str().unwrap().starts_with(&this_hour));
+    let head = app.head().await;
+    let future = (chrono::Utc::now() + chrono::Duration::minutes(10)).to_rfc3339();
+    for (at, mentions) in [
+        ("1969-12-31T23:59:59Z", "before 1970"),
+        (future.as_str(), "future"),
+        ("1997-03-01", "RFC 3339"),
+    ] {
+        let mut body = order("late-2", "shop-7", "1.00");
+        body["occurred_at"] = json!(at);
+        assert_error(
+            &app.post("/orders", body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_event_time",
+            mentions,
+        );
+    }
+    assert_eq!(app.head().await, head, "refusals append nothing");
+}
