@@ -1,13 +1,18 @@
-//! The CDNOW purchase-log import.
+//! Sales into the store: the CDNOW purchase-log import and store uploads ([`upload`]).
 //!
 //! The file (`CDNOW_master.txt`, 69,659 purchases from 1997-01-01 to 1998-06-30) has a header line,
 //! CRLF line ends and space-aligned columns `customer_id date number_of_cds dollar_value`, e.g.
-//! ` 00001 19970101  1   11.77`. Each row becomes one order of store `cdnow` for that customer on
-//! that date (event time = the date, 00:00 UTC): created, paid, confirmed, shipped and completed by
-//! `system:import-cdnow`. Zero-value rows are real orders and count. One customer can buy several
-//! times a day, so the order id is `cdnow-{customer}-{yyyymmdd}-{n}` with `n` the row's rank among
-//! that customer's rows of that day. Event ids are derived from the order id, so re-importing the
-//! same file appends nothing.
+//! ` 00001 19970101  1   11.77`. Each row becomes one order of store `cdnow` (or `--store-id`) for
+//! that customer on that date (event time = the date, 00:00 UTC): created, paid, confirmed, shipped
+//! and completed by `system:import-cdnow`. Zero-value rows are real orders and count. One customer
+//! can buy several times a day, so the order id is `{store}-{customer}-{yyyymmdd}-{n}` with `n` the
+//! row's rank among that customer's rows of that day. Event ids are derived from the order id, so
+//! re-importing the same file appends nothing.
+//!
+//! An import with `backfill` records its events as **history** (`EventMetadata::backfill`): they
+//! count on their business date and are never late, so they raise no correction notice. Without
+//! it, a row of a day already reported is a late arrival and noticed as one (see
+//! [`crate::reporting`]).
 
 use std::time::Instant;
 
@@ -23,7 +28,10 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::reporting::CorrectionNotifier;
 use crate::service::{CommandContext, Service};
+
+pub mod upload;
 
 /// The store id every CDNOW order gets.
 pub const CDNOW_STORE: &str = "cdnow";
@@ -51,6 +59,28 @@ impl CdnowRow {
             .expect("midnight exists")
             .and_utc()
     }
+}
+
+/// One sale from a source (a CDNOW row, an upload line): an order of one line, created and paid
+/// at its event time, then confirmed, shipped and completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaleRecord {
+    /// 1-based line number in the source.
+    pub line: usize,
+    /// Order id, scoped to its tenant (see `eventfold_core::tenant`).
+    pub order_id: String,
+    /// Customer id (unscoped).
+    pub customer_id: String,
+    /// Store id (unscoped).
+    pub store_id: String,
+    /// When the sale happened (UTC).
+    pub event_time: DateTime<Utc>,
+    /// The line's SKU.
+    pub sku: String,
+    /// Units, at least 1.
+    pub quantity: u32,
+    /// Amount paid (zero allowed).
+    pub amount: Money,
 }
 
 /// A row that could not be read, with why.
@@ -134,6 +164,10 @@ fn parse_row(line: usize, text: &str) -> Result<CdnowRow, String> {
 pub struct ImportOptions {
     /// Skip malformed rows (and report them) instead of refusing the whole file.
     pub skip_bad: bool,
+    /// The store the orders belong to; `None`: [`CDNOW_STORE`].
+    pub store_id: Option<String>,
+    /// Record the events as history (see the module docs): no correction notices.
+    pub backfill: bool,
 }
 
 /// Progress `(phase, done, of)`: `("appending", orders, orders)` while appending, then
@@ -151,6 +185,11 @@ pub struct ImportSummary {
     pub orders_already_present: usize,
     /// Events appended now.
     pub events_appended: u64,
+    /// Correction notices appended now (late rows of days already reported; none for a
+    /// backfill).
+    pub corrections_noticed: u64,
+    /// Whether the events were recorded as history.
+    pub backfill: bool,
     /// Rows skipped with `--skip-bad`.
     pub skipped: Vec<BadRow>,
     /// Seconds spent appending.
@@ -167,37 +206,69 @@ pub struct ImportSummary {
     pub events_per_sec: f64,
 }
 
-/// Builds the five events of one CDNOW order, as an append that expects a new stream.
+/// Where a batch of sales comes from: how its events are made and attributed.
+#[derive(Debug, Clone)]
+pub struct SaleSource {
+    /// Prefix of the event-id seeds (`{source}/{order id}/{n}`), e.g. `cdnow` or `upload`.
+    pub source: String,
+    /// Who records the sales.
+    pub actor: Actor,
+    /// The principal that sent them on the actor's behalf, if any.
+    pub via: Option<Actor>,
+    /// The reason on the confirm, ship and complete steps.
+    pub reason: String,
+    /// Record the events as history (no correction notices).
+    pub backfill: bool,
+}
+
+impl SaleSource {
+    /// The CDNOW import's source (`system:import-cdnow`).
+    pub fn cdnow(backfill: bool) -> Self {
+        Self {
+            source: "cdnow".into(),
+            actor: Actor::system("import-cdnow"),
+            via: None,
+            reason: "imported from the CDNOW purchase log".into(),
+            backfill,
+        }
+    }
+}
+
+/// Builds the five events of one sale's order, as an append that expects a new stream.
 ///
 /// # Errors
-/// The domain refused a step (cannot happen for a valid row) or an event does not encode.
+/// The domain refused a step (an id or amount it does not accept; the message names the line)
+/// or an event does not encode.
 pub fn order_append(
     service: &Service,
-    row: &CdnowRow,
-    order_id: &str,
+    source: &SaleSource,
+    sale: &SaleRecord,
 ) -> anyhow::Result<AppendRequest> {
-    let actor = Actor::system("import-cdnow");
+    let order_id = sale.order_id.as_str();
+    let actor = source.actor.clone();
     let mut ctx = CommandContext::new(actor.clone());
-    ctx.event_time = row.event_time();
+    ctx.via = source.via.clone();
+    ctx.backfill = source.backfill;
+    ctx.event_time = sale.event_time;
     ctx.correlation_id = Some(deterministic_event_id(
         ctx.event_time,
-        format!("cdnow/{order_id}/correlation").as_bytes(),
+        format!("{}/{order_id}/correlation", source.source).as_bytes(),
     ));
-    let reason = Some("imported from the CDNOW purchase log".to_owned());
+    let reason = Some(source.reason.clone());
     let commands = [
         OrderCommand::Create {
-            customer_id: format!("cdnow-{}", row.customer_id),
-            store_id: CDNOW_STORE.into(),
+            customer_id: sale.customer_id.clone(),
+            store_id: sale.store_id.clone(),
             lines: vec![OrderLine {
-                sku: "cd".into(),
-                quantity: row.cds,
-                amount: row.value,
+                sku: sale.sku.clone(),
+                quantity: sale.quantity,
+                amount: sale.amount,
             }],
             actor: actor.clone(),
         },
         OrderCommand::Pay {
-            amount: row.value,
-            payment_id: format!("cdnow-line-{}", row.line),
+            amount: sale.amount,
+            payment_id: format!("{}-line-{}", source.source, sale.line),
             actor: actor.clone(),
         },
         OrderCommand::Confirm {
@@ -216,11 +287,11 @@ pub fn order_append(
     for command in commands {
         for event in state
             .handle(command)
-            .with_context(|| format!("line {}: order {order_id}", row.line))?
+            .with_context(|| format!("line {}: order {order_id}", sale.line))?
         {
             let id = deterministic_event_id(
                 ctx.event_time,
-                format!("cdnow/{order_id}/{}", events.len()).as_bytes(),
+                format!("{}/{order_id}/{}", source.source, events.len()).as_bytes(),
             );
             events.push(service.new_event::<Order>(&stream_id, &event, &ctx, id)?);
             state = state.apply(&event);
@@ -233,15 +304,25 @@ pub fn order_append(
     ))
 }
 
-/// The order id of each row: `cdnow-{customer}-{yyyymmdd}-{n}`, `n` counting that customer's rows
-/// on that day in file order.
-pub fn order_ids(rows: &[CdnowRow]) -> Vec<String> {
+/// The sales of CDNOW rows for `store`: order id `{store}-{customer}-{yyyymmdd}-{n}`, `n`
+/// counting that customer's rows on that day in file order; customer `cdnow-{customer}`, SKU
+/// `cd`.
+pub fn cdnow_sales(rows: &[CdnowRow], store: &str) -> Vec<SaleRecord> {
     let mut seen = std::collections::HashMap::new();
     rows.iter()
         .map(|r| {
             let n = seen.entry((r.customer_id.as_str(), r.date)).or_insert(0u32);
             *n += 1;
-            format!("cdnow-{}-{}-{n}", r.customer_id, r.date.format("%Y%m%d"))
+            SaleRecord {
+                line: r.line,
+                order_id: format!("{store}-{}-{}-{n}", r.customer_id, r.date.format("%Y%m%d")),
+                customer_id: format!("cdnow-{}", r.customer_id),
+                store_id: store.to_owned(),
+                event_time: r.event_time(),
+                sku: "cd".into(),
+                quantity: r.cds,
+                amount: r.value,
+            }
         })
         .collect()
 }
@@ -249,35 +330,38 @@ pub fn order_ids(rows: &[CdnowRow]) -> Vec<String> {
 /// Orders per append batch (five events each).
 const ORDERS_PER_BATCH: usize = 500;
 
-/// Imports a CDNOW file into `backend` and brings the projections up to date.
+/// What appending sales did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AppendCounts {
+    /// Orders appended now.
+    pub orders_appended: usize,
+    /// Orders already stored with these very events (nothing appended for them).
+    pub orders_already_present: usize,
+    /// Events appended now.
+    pub events_appended: u64,
+    /// Sales whose order id already holds other events: `(line, order id)`; nothing appended
+    /// for them.
+    pub conflicts: Vec<(usize, String)>,
+}
+
+/// Appends the orders of `sales` in batches of [`ORDERS_PER_BATCH`] (each order atomic on its
+/// own), calling `progress("appending", done, of)`.
 ///
 /// # Errors
-/// A malformed row without `skip_bad` (nothing is appended; the message lists up to 10 bad rows
-/// with their line numbers), an order id taken by other events, or a store failure.
-pub async fn import_cdnow(
+/// A sale the domain refuses (before anything is appended) or a store failure (orders before
+/// it are kept; appending again resumes).
+pub async fn append_sales(
     backend: &Backend,
-    runner: &ProjectionRunner,
-    bytes: &[u8],
-    options: &ImportOptions,
+    source: &SaleSource,
+    sales: &[SaleRecord],
     progress: Progress<'_>,
-) -> anyhow::Result<ImportSummary> {
-    let started = Instant::now();
-    let (rows, bad) = parse_cdnow(bytes);
-    if !bad.is_empty() && !options.skip_bad {
-        let listed: Vec<String> = bad.iter().take(10).map(ToString::to_string).collect();
-        bail!(
-            "{} malformed row(s); nothing was imported (use --skip-bad to import the rest):\n{}",
-            bad.len(),
-            listed.join("\n")
-        );
-    }
+) -> anyhow::Result<AppendCounts> {
     let service = Service::new(backend.events.clone());
-    let ids = order_ids(&rows);
-    let orders = rows.len() as u64;
+    let orders = sales.len() as u64;
     progress("appending", 0, orders);
-    let mut requests = Vec::with_capacity(rows.len());
-    for (row, id) in rows.iter().zip(&ids) {
-        requests.push(order_append(&service, row, id)?);
+    let mut requests = Vec::with_capacity(sales.len());
+    for sale in sales {
+        requests.push((sale.line, order_append(&service, source, sale)?));
     }
     let mut batches = Vec::new();
     while !requests.is_empty() {
@@ -287,24 +371,26 @@ pub async fn import_cdnow(
     let mut results = futures::stream::iter(batches.into_iter().map(|batch| {
         let events = backend.events.clone();
         async move {
+            let (lines, batch): (Vec<usize>, Vec<AppendRequest>) = batch.into_iter().unzip();
             let streams: Vec<String> = batch.iter().map(|r| r.stream_id.clone()).collect();
-            events.append_many(batch).await.map(|r| (streams, r))
+            events.append_many(batch).await.map(|r| (lines, streams, r))
         }
     }))
     .buffered(4);
-    let (mut appended, mut present, mut events_appended) = (0, 0, 0u64);
+    let mut counts = AppendCounts::default();
     let mut done = 0;
     while let Some(result) = results.next().await {
-        let (streams, outcomes) = result.context("appending CDNOW orders")?;
-        for (stream, outcome) in streams.iter().zip(outcomes) {
+        let (lines, streams, outcomes) = result.context("appending orders")?;
+        for ((line, stream), outcome) in lines.iter().zip(&streams).zip(outcomes) {
             match outcome {
-                Ok(o) if o.duplicate => present += 1,
+                Ok(o) if o.duplicate => counts.orders_already_present += 1,
                 Ok(o) => {
-                    appended += 1;
-                    events_appended += o.last_position - o.first_position + 1;
+                    counts.orders_appended += 1;
+                    counts.events_appended += o.last_position - o.first_position + 1;
                 }
                 Err(StoreError::EventIdReused { .. } | StoreError::VersionConflict { .. }) => {
-                    bail!("stream {stream} already holds other events; the import stopped (orders before it are kept, re-run to resume)")
+                    let order = Order::id_of_stream(stream).unwrap_or_else(|| stream.clone());
+                    counts.conflicts.push((*line, order));
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("appending {stream}"))),
             }
@@ -312,9 +398,48 @@ pub async fn import_cdnow(
         done += streams.len() as u64;
         progress("appending", done, orders);
     }
+    Ok(counts)
+}
+
+/// Imports a CDNOW file into `backend`, notices what came late (unless `backfill`) and brings
+/// the projections up to date.
+///
+/// # Errors
+/// A malformed row without `skip_bad` (nothing is appended; the message lists up to 10 bad rows
+/// with their line numbers), a bad `store_id`, an order id taken by other events (orders before
+/// it are kept), or a store failure.
+pub async fn import_cdnow(
+    backend: &Backend,
+    runner: &ProjectionRunner,
+    bytes: &[u8],
+    options: &ImportOptions,
+    progress: Progress<'_>,
+) -> anyhow::Result<ImportSummary> {
+    let started = Instant::now();
+    let store = options.store_id.as_deref().unwrap_or(CDNOW_STORE);
+    eventfold_domain::validate_id("--store-id", store).map_err(anyhow::Error::msg)?;
+    let (rows, bad) = parse_cdnow(bytes);
+    if !bad.is_empty() && !options.skip_bad {
+        let listed: Vec<String> = bad.iter().take(10).map(ToString::to_string).collect();
+        bail!(
+            "{} malformed row(s); nothing was imported (use --skip-bad to import the rest):\n{}",
+            bad.len(),
+            listed.join("\n")
+        );
+    }
+    let source = SaleSource::cdnow(options.backfill);
+    let counts = append_sales(backend, &source, &cdnow_sales(&rows, store), progress).await?;
+    if let Some((line, order)) = counts.conflicts.first() {
+        bail!("line {line}: order {order} already holds other events; the import stopped there (the other orders are kept, re-run to resume)");
+    }
     let append_seconds = started.elapsed().as_secs_f64();
 
     let projecting = Instant::now();
+    let corrections_noticed =
+        CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone())
+            .catch_up()
+            .await
+            .context("noticing late rows")?;
     let head = backend.events.head_position().await?;
     let start = runner
         .status()
@@ -334,11 +459,14 @@ pub async fn import_cdnow(
     let projection_seconds = projecting.elapsed().as_secs_f64();
     let total_seconds = started.elapsed().as_secs_f64();
     let projected = head.saturating_sub(start);
+    let events_appended = counts.events_appended;
     Ok(ImportSummary {
         rows: rows.len(),
-        orders_appended: appended,
-        orders_already_present: present,
+        orders_appended: counts.orders_appended,
+        orders_already_present: counts.orders_already_present,
         events_appended,
+        corrections_noticed,
+        backfill: options.backfill,
         skipped: bad,
         append_seconds,
         append_events_per_sec: events_appended as f64 / append_seconds.max(1e-9),
@@ -381,8 +509,12 @@ mod tests {
         let (rows, _) = parse_cdnow(
             b"1 19970101 1 1.00\n1 19970101 2 2.00\n2 19970101 1 1.00\n1 19970102 1 1.00\n",
         );
+        let ids: Vec<String> = cdnow_sales(&rows, CDNOW_STORE)
+            .into_iter()
+            .map(|s| s.order_id)
+            .collect();
         assert_eq!(
-            order_ids(&rows),
+            ids,
             vec![
                 "cdnow-1-19970101-1",
                 "cdnow-1-19970101-2",

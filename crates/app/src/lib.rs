@@ -15,7 +15,8 @@
 //! - [`sagas`]: the order saga by choreography and the payment saga by orchestration.
 //! - [`integrity`]: the hash-chain walk (`verify`), signed anchors, and the cold archive.
 //! - [`corrections`]: corrections by replay (`correct interest`).
-//! - [`import`]: the CDNOW purchase-log import.
+//! - [`import`]: the CDNOW purchase-log import and store uploads.
+//! - [`reporting`]: the correction notifier (a durable notice for every late sale or refund).
 //! - [`messaging`]: the handlers behind the Kafka consumers (the prize inbox, the notification
 //!   sink, the exactly-once order-notification transform).
 
@@ -26,6 +27,7 @@ pub mod import;
 pub mod integrity;
 pub mod messaging;
 pub mod projections;
+pub mod reporting;
 pub mod runtime;
 pub mod sagas;
 pub mod service;

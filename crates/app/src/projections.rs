@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `order_summary` | order id | – |
 //! | `balance_by_account` | account id | – |
-//! | `daily_sales_by_store` | `store\|YYYY-MM-DD\|currency` | event time |
+//! | `daily_sales_by_store` | `store\|YYYY-MM-DD\|currency` | event time (business date), with what came late |
+//! | `sales_corrections` | `store\|YYYY-MM-DD\|cause event id` | business date (correction notices: [`crate::reporting`]) |
 //! | `real_time_sales` | `store\|YYYY-MM-DDTHH:00:00Z\|currency` | ingest time |
 //! | `payment_deadlines` | creation time and order id | event time (the unpaid-order timer's index) |
 //! | `sagas_in_flight` | order id | – (payment sagas still running) |
@@ -30,6 +31,7 @@ impl Backend {
             .register(BalanceByAccountProjection)
             .register(SalesProjection(SalesClock::EventTimeDaily))
             .register(SalesProjection(SalesClock::IngestTimeHourly))
+            .register(eventfold_domain::reporting::SalesCorrectionsProjection)
             .register(PaymentDeadlinesProjection)
             .register(SagasInFlightProjection)
             .register(eventfold_domain::identity::ApiKeysProjection)

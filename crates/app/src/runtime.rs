@@ -8,6 +8,7 @@
 //! | worker | what it does | when |
 //! |---|---|---|
 //! | projections | folds the log into every read model ([`crate::projections`]) | always |
+//! | correction notices | a durable notice for every late sale or refund ([`crate::reporting`]) | always |
 //! | API keys | reloads the keys requests authenticate with ([`crate::identity`]) | always |
 //! | snapshots | writes account snapshots every 100 events and hourly, off the command path | always |
 //! | stock returns | gives back cancelled sale orders' stock, reconciles pending takes | always |
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
 use crate::identity::KeyRegistry;
+use crate::reporting::CorrectionNotifier;
 use crate::sagas::{SagaConfig, Sagas};
 use crate::service::{run_snapshots, Service};
 use crate::shop::deadlines::UnpaidOrderTimeout;
@@ -198,6 +200,9 @@ impl Runtime {
             .await
             .context("catching the projections up")?;
         tasks.spawn(run_projections(runner.clone(), shutdown.clone()));
+        let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move { notifier.run(stop.cancelled_owned()).await });
         let in_process = config.ledger.is_none();
         let mut app = App::new(&backend, runner, config.ledger);
         if let Some(payments) = config.payments {

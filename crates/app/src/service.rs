@@ -69,6 +69,9 @@ pub struct CommandContext {
     /// The principal that sent the command on the actor's behalf (a `service:` front end acting
     /// for a user), recorded as every event's `via`; `None` when the actor acted itself.
     pub via: Option<Actor>,
+    /// Whether the events are history loaded by a backfill (recorded in every event's envelope
+    /// as `backfill`): reports count them on their business date without calling them late.
+    pub backfill: bool,
     /// The version the caller saw; `None` lets the service retry on concurrent changes.
     pub expected_version: Option<u64>,
     /// When it happened (UTC); the service clock unless the source says otherwise.
@@ -92,6 +95,7 @@ impl CommandContext {
         Self {
             actor,
             via: None,
+            backfill: false,
             expected_version: None,
             event_time: Utc::now(),
             idempotency: None,
@@ -299,6 +303,7 @@ impl Service {
                 correlation_id: ctx.correlation_id,
                 tenant_id: eventfold_core::tenant::of(stream_id).to_owned(),
                 via: ctx.via.clone(),
+                backfill: ctx.backfill,
             },
             payload,
         })

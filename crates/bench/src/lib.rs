@@ -13,6 +13,7 @@
 //! - [`correct`]: `correct interest` on many accounts, twice.
 //! - [`http`]: HTTP commands against an open server and one that requires a key.
 //! - [`notifications`], [`relay`]: the Kafka paths against a bare client on the same broker.
+//! - [`upload`]: a store upload of late sales with their correction notices, against a backfill.
 //! - [`simulate`]: a flash-sale crowd against a real server and a sandbox payment provider.
 
 mod append;
@@ -23,6 +24,7 @@ mod load;
 mod read;
 mod scratch;
 pub mod simulate;
+mod upload;
 
 pub use append::{append, AppendBench, AppendReport, HashChain};
 pub use correct::{correct, CorrectBench};
@@ -30,6 +32,7 @@ pub use http::{http, HttpBench, HttpReport};
 pub use kafka::{notifications, relay, NotificationsReport, RelayBenchReport};
 pub use load::{load, LoadReport};
 pub use read::{read, ReadReport};
+pub use upload::{upload, UploadReport};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -301,6 +301,7 @@ pub async fn envelope_round_trips<S: Backend>(store: Arc<S>) {
             correlation_id: Some(Uuid::now_v7()),
             tenant_id: "tenant-a".into(),
             via: Some(Actor::parse("service:shop-front").unwrap()),
+            backfill: true,
         },
         payload: r#"{"reason":"customer asked \"twice\"","amount":"12.30","ü":"✓"}"#.into(),
     };

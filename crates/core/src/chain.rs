@@ -44,7 +44,8 @@ pub const ZERO_HASH: Hash = [0; 32];
 /// a present one byte 1 and its 16 bytes. The `via` principal, when there is one, follows the
 /// payload as one more length-prefixed field; when there is none nothing follows, so events stored
 /// before the field existed hash as they always did (and the length prefixes keep the two forms
-/// apart).
+/// apart). A backfilled event (history loaded after the fact) ends with one more length-prefixed
+/// field, the 8 bytes `backfill`; it cannot be taken for a `via`, which always holds a `:`.
 #[derive(Debug, Clone, Copy)]
 pub struct Content<'a> {
     /// Stream id (UTF-8).
@@ -73,6 +74,9 @@ pub struct Content<'a> {
     pub payload: &'a [u8],
     /// The principal the actor acted through, `kind:id`, if any.
     pub via: Option<&'a [u8]>,
+    /// Whether the event was recorded as history by a backfill (see
+    /// [`crate::EventMetadata::backfill`]).
+    pub backfill: bool,
 }
 
 impl<'a> Content<'a> {
@@ -99,6 +103,7 @@ impl<'a> Content<'a> {
             tenant_id: m.tenant_id.as_bytes(),
             payload: event.payload.as_bytes(),
             via: m.via.as_ref().map(|a| a.as_str().as_bytes()),
+            backfill: m.backfill,
         }
     }
 
@@ -132,6 +137,9 @@ impl<'a> Content<'a> {
         bytes(&mut h, self.payload);
         if let Some(via) = self.via {
             bytes(&mut h, via);
+        }
+        if self.backfill {
+            bytes(&mut h, b"backfill");
         }
         h.finalize().into()
     }
@@ -239,6 +247,8 @@ pub struct ChainRow {
     pub payload: Vec<u8>,
     /// The `via` principal's bytes, if any.
     pub via: Option<Vec<u8>>,
+    /// Whether the event is backfilled history (the column is set).
+    pub backfill: bool,
     /// Stored `prev_hash`.
     pub prev_hash: Option<Vec<u8>>,
     /// Stored `hash`.
@@ -281,6 +291,7 @@ impl ChainRow {
             tenant_id: &self.tenant_id,
             payload: &self.payload,
             via: self.via.as_deref(),
+            backfill: self.backfill,
         }
     }
 
@@ -679,6 +690,7 @@ mod tests {
             tenant_id: b"default".to_vec(),
             payload: payload.as_bytes().to_vec(),
             via: None,
+            backfill: false,
             prev_hash: None,
             hash: None,
             archived_digest: None,
@@ -819,8 +831,14 @@ mod tests {
         let before: Hash = h.clone().finalize().into();
         assert_eq!(plain.content().digest(), before);
         field(&mut h, b"service:shop");
-        let with_via: Hash = h.finalize().into();
+        let with_via: Hash = h.clone().finalize().into();
         assert_eq!(via.content().digest(), with_via);
+        let mut backfilled = via.clone();
+        backfilled.backfill = true;
+        field(&mut h, b"backfill");
+        let with_backfill: Hash = h.finalize().into();
+        assert_eq!(backfilled.content().digest(), with_backfill);
+        assert_ne!(backfilled.content().digest(), with_via);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! event type, schema version, event time (when it happened, from the source), ingest time (when the
 //! store recorded it), actor (`user:789`, `admin:support-001`, `system:auto-complete`), causation id,
 //! correlation id, tenant id, the principal it came via (a service acting on the actor's behalf,
-//! if any) and the payload (JSON text).
+//! if any), whether it is backfilled history, and the payload (JSON text).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,12 @@ pub struct EventMetadata {
     /// actor acted itself (and on every event stored before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Actor>,
+    /// Whether the event was recorded as **history** by a backfill (`eventfold import ...
+    /// --backfill`): it happened long before it was stored, on purpose, so reports count it on
+    /// its business date without calling it late and without a correction notice. `false` for
+    /// everything a live source sends (and for every event stored before this field existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
 }
 
 impl EventMetadata {
@@ -120,6 +126,7 @@ impl EventMetadata {
             correlation_id: None,
             tenant_id: "default".to_owned(),
             via: None,
+            backfill: false,
         }
     }
 }

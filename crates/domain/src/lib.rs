@@ -10,6 +10,7 @@
 //! - [`payment_saga`]: the payment saga's state and the orchestrator's decision.
 //! - [`projections`]: order summary, balance by account, daily sales by store (event time),
 //!   real-time sales (ingest time).
+//! - [`reporting`]: business days and their cutoff, late sales, correction notices.
 //!
 //! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
 
@@ -22,6 +23,7 @@ pub mod order;
 pub mod payment;
 pub mod payment_saga;
 pub mod projections;
+pub mod reporting;
 pub mod sale;
 
 pub use money::{Currency, Money, MoneyError};

@@ -7,12 +7,15 @@
 //! |---|---|---|
 //! | `order_summary` | order id | [`OrderSummary`] |
 //! | `balance_by_account` | account id | [`AccountBalance`] |
-//! | `daily_sales_by_store` | `store|YYYY-MM-DD|currency`, date of the event time (UTC) | [`SalesBucket`] |
+//! | `daily_sales_by_store` | `store|YYYY-MM-DD|currency`, business date of the event time (see [`crate::reporting`]) | [`SalesBucket`] |
 //! | `real_time_sales` | `store|YYYY-MM-DDTHH|currency`, hour of the ingest time (UTC) | [`SalesBucket`] |
+//! | `sales_corrections` | `store|YYYY-MM-DD|cause event id` ([`crate::reporting::SalesCorrectionsProjection`]) | [`crate::reporting::SalesCorrectionNotice`] |
 //! | `payment_deadlines` | `{created ms, 16 digits}:{order id}` (event time of creation) | [`OrderCreatedAt`] |
 //!
 //! Sales count an order when it is paid (+amount, +1 order) and subtract refunds (a cancelled paid
-//! order or a refund: -amount, +1 refund) on the day the refund happened.
+//! order or a refund: -amount, +1 refund) on the day the refund happened. The daily view also
+//! counts what arrived after its day's cutoff (`late_total`, `late_orders`, `adjusted`); the hourly
+//! view counts everything in the hour it arrived and is never rewritten.
 
 use chrono::{DateTime, Utc};
 use eventfold_core::aggregate::decode_recorded;
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::{Account, AccountEvent};
 use crate::money::{Currency, Money};
 use crate::order::{Order, OrderEvent, OrderStatus};
+use crate::reporting::{sale_effect, BusinessCalendar, SaleEffect};
 
 /// Name of the due-time index of orders (the unpaid-order timeout's delay queue).
 pub const PAYMENT_DEADLINES: &str = "payment_deadlines";
@@ -238,12 +242,13 @@ impl Projection for BalanceByAccountProjection {
     }
 }
 
-/// Sales of one store in one currency over one period (a day or an hour).
+/// Sales of one store in one currency over one period (a business day or an hour).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SalesBucket {
     /// Store id.
     pub store: String,
-    /// `YYYY-MM-DD` (daily) or `YYYY-MM-DDTHH:00:00Z` (hourly), UTC.
+    /// `YYYY-MM-DD` (daily: the business date) or `YYYY-MM-DDTHH:00:00Z` (hourly: the ingest
+    /// hour), UTC.
     pub period: String,
     /// ISO 4217 code.
     pub currency: Currency,
@@ -253,27 +258,33 @@ pub struct SalesBucket {
     pub orders: u64,
     /// Refunds (including cancellations of paid orders) in the period.
     pub refunds: u64,
-}
-
-/// What a sale or refund adds to a bucket.
-#[derive(Debug, Clone, Copy)]
-pub struct SalesDelta {
-    amount: Decimal,
-    orders: u64,
-    refunds: u64,
+    /// Daily view: the part of `total` that arrived after the day's cutoff (late sales minus
+    /// late refunds), decimal; zero in the hourly view, which is never rewritten.
+    #[serde(default)]
+    pub late_total: Decimal,
+    /// Daily view: paid orders that arrived after the day's cutoff.
+    #[serde(default)]
+    pub late_orders: u64,
+    /// Daily view: whether anything arrived after the day's cutoff (the day changed after it
+    /// was reported; `sales_corrections` lists each change).
+    #[serde(default)]
+    pub adjusted: bool,
+    /// Daily view: ingest time (UTC) of the latest late arrival, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_adjusted_at: Option<DateTime<Utc>>,
 }
 
 /// Which clock a sales projection buckets by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SalesClock {
-    /// Day of the event time: late data lands in the day it happened.
+    /// Business day of the event time: late data lands in the day it happened, counted as late.
     EventTimeDaily,
     /// Hour of the ingest time: what came in, when it came in; never rewritten.
     IngestTimeHourly,
 }
 
-/// A sales projection: `daily_sales_by_store` (event time, daily) or `real_time_sales` (ingest
-/// time, hourly).
+/// A sales projection: `daily_sales_by_store` (event time, by business day of the store's
+/// [`BusinessCalendar`]) or `real_time_sales` (ingest time, hourly).
 pub struct SalesProjection(pub SalesClock);
 
 /// The bucket key of a sales projection (the projection scopes it to the order's tenant).
@@ -284,7 +295,10 @@ pub fn sales_key(store: &str, period: &str, currency: Currency) -> String {
 impl SalesProjection {
     fn period(&self, event: &RecordedEvent) -> String {
         match self.0 {
-            SalesClock::EventTimeDaily => event.event_time.format("%Y-%m-%d").to_string(),
+            SalesClock::EventTimeDaily => BusinessCalendar::default()
+                .business_date(event.event_time)
+                .format("%Y-%m-%d")
+                .to_string(),
             SalesClock::IngestTimeHourly => {
                 event.ingest_time.format("%Y-%m-%dT%H:00:00Z").to_string()
             }
@@ -294,7 +308,7 @@ impl SalesProjection {
 
 impl Projection for SalesProjection {
     type Doc = SalesBucket;
-    type Input = (String, Currency, SalesDelta);
+    type Input = SaleEffect;
 
     fn name(&self) -> &'static str {
         match self.0 {
@@ -304,69 +318,54 @@ impl Projection for SalesProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String> {
-        if aggregate_id::<Order>(event).is_none()
-            || !matches!(
-                event.event_type.as_str(),
-                "OrderPaid" | "OrderCancelled" | "OrderRefunded"
-            )
-        {
+        let Some(effect) = sale_effect(event)? else {
             return Ok(None);
-        }
-        let (store, amount, delta) = match decode::<Order>(event)? {
-            OrderEvent::OrderPaid {
-                amount, store_id, ..
-            } => (
-                store_id,
-                amount,
-                SalesDelta {
-                    amount: amount.amount,
-                    orders: 1,
-                    refunds: 0,
-                },
-            ),
-            OrderEvent::OrderCancelled {
-                refund: Some(amount),
-                store_id,
-                ..
-            }
-            | OrderEvent::OrderRefunded {
-                amount, store_id, ..
-            } => (
-                store_id,
-                amount,
-                SalesDelta {
-                    amount: -amount.amount,
-                    orders: 0,
-                    refunds: 1,
-                },
-            ),
-            _ => return Ok(None),
         };
         let period = self.period(event);
         let tenant = eventfold_core::tenant::of(&event.stream_id);
         Ok(Some((
-            eventfold_core::tenant::scope(tenant, &sales_key(&store, &period, amount.currency)),
-            (store, amount.currency, delta),
+            eventfold_core::tenant::scope(
+                tenant,
+                &sales_key(&effect.store, &period, effect.currency),
+            ),
+            effect,
         )))
     }
 
     fn apply(
         &self,
         doc: Option<SalesBucket>,
-        (store, currency, delta): Self::Input,
+        effect: SaleEffect,
         event: &RecordedEvent,
     ) -> Option<SalesBucket> {
         let mut doc = doc.unwrap_or_else(|| SalesBucket {
-            store,
+            store: effect.store.clone(),
             period: self.period(event),
-            currency,
-            total: Money::zero(currency).amount,
+            currency: effect.currency,
+            total: Money::zero(effect.currency).amount,
             orders: 0,
             refunds: 0,
+            late_total: Money::zero(effect.currency).amount,
+            late_orders: 0,
+            adjusted: false,
+            last_adjusted_at: None,
         });
-        doc.total += delta.amount;
-        doc.orders += delta.orders;
-        doc.refunds += delta.refunds;
+        doc.total += effect.amount;
+        doc.orders += effect.orders();
+        doc.refunds += effect.refunds();
+        if self.0 == SalesClock::EventTimeDaily
+            && BusinessCalendar::default()
+                .lateness_seconds(event)
+                .is_some()
+        {
+            doc.late_total += effect.amount;
+            doc.late_orders += effect.orders();
+            doc.adjusted = true;
+            doc.last_adjusted_at = Some(
+                doc.last_adjusted_at
+                    .map_or(event.ingest_time, |t| t.max(event.ingest_time)),
+            );
+        }
         Some(doc)
     }
 }
@@ -467,6 +466,30 @@ mod tests {
         let daily = fold(&SalesProjection(SalesClock::EventTimeDaily), &events);
         let jan1 = &daily["s|1997-01-01|USD"];
         assert_eq!((jan1.total.to_string().as_str(), jan1.orders), ("10.50", 2));
+        // Ingested in 2026, long after each day's cutoff: all of it is late.
+        assert_eq!(
+            (jan1.late_total.to_string().as_str(), jan1.late_orders),
+            ("10.50", 2)
+        );
+        assert!(jan1.adjusted);
+        assert_eq!(
+            jan1.last_adjusted_at.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-11-21T05:30:00+00:00")
+        );
+        // The same events recorded as history by a backfill are counted, not late.
+        let history: Vec<RecordedEvent> = events
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.metadata.backfill = true;
+                e
+            })
+            .collect();
+        let backfilled = fold(&SalesProjection(SalesClock::EventTimeDaily), &history);
+        let jan1 = &backfilled["s|1997-01-01|USD"];
+        assert_eq!(jan1.total.to_string(), "10.50");
+        assert_eq!((jan1.late_orders, jan1.adjusted), (0, false));
+        assert!(jan1.late_total.is_zero());
         let jan3 = &daily["s|1997-01-03|USD"];
         assert_eq!(
             (jan3.total.to_string().as_str(), jan3.orders, jan3.refunds),

@@ -23,9 +23,6 @@ pub(crate) fn money_error(field: &str, e: MoneyError) -> ApiError {
     ApiError::unprocessable(code, format!("{field}: {e}"))
 }
 
-/// How far ahead of the server's clock a source's event time may be.
-pub(crate) const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
-
 /// A command body that may carry the source's event time (`occurred_at`).
 pub(crate) trait Occurred {
     /// The `occurred_at` text, if the body has one.
@@ -35,7 +32,7 @@ pub(crate) trait Occurred {
 }
 
 /// The event time a body names, checked: RFC 3339, not before 1970, at most
-/// [`MAX_CLOCK_SKEW`] ahead of now (UTC). `None`: the server's clock decides.
+/// [`eventfold_domain::reporting::MAX_CLOCK_SKEW`] ahead of now (UTC). `None`: the server's clock decides.
 ///
 /// # Errors
 /// 422 `invalid_event_time` naming `occurred_at` and what is wrong.
@@ -45,25 +42,9 @@ pub(crate) fn occurred_at(
     let Some(text) = body.occurred_at() else {
         return Ok(None);
     };
-    let refuse = |why: String| ApiError::unprocessable("invalid_event_time", why);
-    let t = chrono::DateTime::parse_from_rfc3339(text)
-        .map_err(|e| {
-            refuse(format!(
-                "occurred_at {text:?} is not an RFC 3339 time such as 1997-03-01T10:00:00Z: {e}"
-            ))
-        })?
-        .with_timezone(&chrono::Utc);
-    if t < chrono::DateTime::UNIX_EPOCH {
-        return Err(refuse(format!("occurred_at {text} is before 1970")));
-    }
-    let latest = chrono::Utc::now() + MAX_CLOCK_SKEW;
-    if t > latest {
-        return Err(refuse(format!(
-            "occurred_at {text} is in the future (more than {} minutes ahead of the server's clock)",
-            MAX_CLOCK_SKEW.num_minutes()
-        )));
-    }
-    Ok(Some(t))
+    eventfold_domain::reporting::parse_event_time("occurred_at", text, chrono::Utc::now())
+        .map(Some)
+        .map_err(|why| ApiError::unprocessable("invalid_event_time", why))
 }
 
 /// The currency `code` (`field` names it in the error).

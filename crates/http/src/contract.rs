@@ -212,6 +212,16 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ),
     (
         "get",
+        "/sales/corrections",
+        Access::Roles(&[Role::Finance, Role::Auditor, Role::Operator]),
+    ),
+    (
+        "post",
+        "/stores/{store}/uploads",
+        Access::Roles(&crate::uploads::UPLOADERS),
+    ),
+    (
+        "get",
         "/projections",
         Access::Roles(&[Role::Operator, Role::Auditor]),
     ),
@@ -354,10 +364,12 @@ fn parameter_rules(op: &mut Operation, path: &str) {
             continue;
         };
         match (p.parameter_in.clone(), p.name.as_str()) {
-            (ParameterIn::Path, "id" | "sku") | (ParameterIn::Query, "store") => {
+            (ParameterIn::Path, "id" | "sku" | "store") | (ParameterIn::Query, "store") => {
                 o.pattern = Some(ID.to_owned());
             }
-            (ParameterIn::Query, "from" | "to") if path == "/sales/daily" => {
+            (ParameterIn::Query, "from" | "to")
+                if path == "/sales/daily" || path == "/sales/corrections" =>
+            {
                 o.pattern = Some(DAY.to_owned());
                 o.format = Some(SchemaFormat::KnownFormat(KnownFormat::Date));
             }

@@ -22,6 +22,7 @@ mod sales;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod uploads;
 mod wire;
 
 pub use auth::AuthConfig;
@@ -70,6 +71,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         orders::order_history,
         sales::daily_sales,
         sales::realtime_sales,
+        sales::sales_corrections,
+        uploads::upload_sales,
         operations::projections,
         operations::healthz,
         operations::prometheus,
@@ -107,6 +110,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sales/daily", get(sales::daily_sales))
         .route("/sales/realtime", get(sales::realtime_sales))
+        .route("/sales/corrections", get(sales::sales_corrections))
+        .route(
+            "/stores/{store}/uploads",
+            post(uploads::upload_sales).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
+        )
         .route("/projections", get(operations::projections))
         .route("/healthz", get(operations::healthz))
         .route("/metrics", get(operations::prometheus))

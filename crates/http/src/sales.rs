@@ -1,12 +1,19 @@
-//! The sales views: a store's sales per day of the event time (`daily_sales_by_store`: late data
-//! lands on the day it happened) and per hour of the ingest time (`real_time_sales`: what arrived
-//! when, never rewritten).
+//! The three sales views, each on its own clock:
+//!
+//! - `GET /sales/daily` (`daily_sales_by_store`): per **business date** of the event time (UTC,
+//!   each day reported at 02:00 the next day). Late data lands on the day it happened and is
+//!   counted there as late (`late_total`, `late_orders`, `adjusted`, `last_adjusted_at`).
+//! - `GET /sales/realtime` (`real_time_sales`): per hour of the **ingest time**: what arrived when,
+//!   never rewritten; a late sale counts in the hour it arrived.
+//! - `GET /sales/corrections` (`sales_corrections`): one notice per late effect on a business day,
+//!   with the day's total before and after it.
 
 use axum::extract::{Query, State};
 use axum::Json;
 use chrono::NaiveDate;
 use eventfold_domain::identity::Role;
 use eventfold_domain::projections::{SalesBucket, DAILY_SALES_BY_STORE, REAL_TIME_SALES};
+use eventfold_domain::reporting::{SalesCorrectionNotice, SALES_CORRECTIONS};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +43,10 @@ pub struct DailyQuery {
     pub to: Option<String>,
 }
 
-/// One day of a store's sales in one currency.
+/// One business day of a store's sales in one currency.
 #[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DailySales {
-    /// `YYYY-MM-DD` (UTC day of the event time).
+    /// `YYYY-MM-DD`: the business date (UTC date of the event time).
     pub date: String,
     /// Store id.
     pub store: String,
@@ -52,6 +59,15 @@ pub struct DailySales {
     pub orders: u64,
     /// Refunds that day.
     pub refunds: u64,
+    /// The part of `total` that arrived after the day's cutoff (D+1 02:00 UTC), decimal string.
+    #[schema(value_type = String, example = "12.30")]
+    pub late_total: Decimal,
+    /// Paid orders that arrived after the day's cutoff.
+    pub late_orders: u64,
+    /// Whether the day changed after it was reported (`/sales/corrections` lists each change).
+    pub adjusted: bool,
+    /// Ingest time of the latest late arrival, RFC 3339 UTC; `null` when none.
+    pub last_adjusted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One hour of a store's sales in one currency, by ingest time.
@@ -115,7 +131,8 @@ async fn buckets(
     docs.iter().map(|(_, d)| decode_doc(d)).collect()
 }
 
-/// A store's sales per day of the event time: late data lands on the day it happened.
+/// A store's sales per business date of the event time (UTC; each day reported at 02:00 the
+/// next day): late data lands on the day it happened and is counted there as late.
 #[utoipa::path(get, path = "/sales/daily", params(DailyQuery),
     responses((status = 200, body = Vec<DailySales>), (status = 400, body = ApiErrorBody)))]
 pub async fn daily_sales(
@@ -125,6 +142,28 @@ pub async fn daily_sales(
 ) -> Result<Json<Vec<DailySales>>, ApiError> {
     caller.require(&READ)?;
     let Query(q) = query?;
+    let (store, from, to) = day_range(q)?;
+    let out = buckets(&state, &caller, DAILY_SALES_BY_STORE, &store, &from, &to)
+        .await?
+        .into_iter()
+        .map(|b| DailySales {
+            date: b.period,
+            store: b.store,
+            total: b.total,
+            currency: wire::Currency(b.currency),
+            orders: b.orders,
+            refunds: b.refunds,
+            late_total: b.late_total,
+            late_orders: b.late_orders,
+            adjusted: b.adjusted,
+            last_adjusted_at: b.last_adjusted_at,
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// The store and the first and last day (as key bounds) of a daily query.
+fn day_range(q: DailyQuery) -> Result<(String, String, String), ApiError> {
     let store = required_store(q.store)?;
     let from = q
         .from
@@ -142,18 +181,84 @@ pub async fn daily_sales(
     }
     let from = from.map_or("0000-00-00".into(), |d| d.to_string());
     let to = to.map_or("9999-99-99".into(), |d| d.to_string());
-    let out = buckets(&state, &caller, DAILY_SALES_BY_STORE, &store, &from, &to)
-        .await?
-        .into_iter()
-        .map(|b| DailySales {
-            date: b.period,
-            store: b.store,
-            total: b.total,
-            currency: wire::Currency(b.currency),
-            orders: b.orders,
-            refunds: b.refunds,
+    Ok((store, from, to))
+}
+
+/// One late effect on a business day's sales.
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct CorrectionNotice {
+    /// `YYYY-MM-DD`: the business date the effect belongs to.
+    pub date: String,
+    /// Store id.
+    pub store: String,
+    /// ISO 4217 code of the amounts.
+    pub currency: wire::Currency,
+    /// What the effect added to the day's total (negative for a refund), decimal string.
+    #[schema(value_type = String, example = "11.77")]
+    pub delta: Decimal,
+    /// What it added to the day's paid orders (1 for a sale, 0 for a refund).
+    pub orders_delta: i64,
+    /// The day's total before the effect, decimal string.
+    #[schema(value_type = String, example = "100.00")]
+    pub before: Decimal,
+    /// The day's total after it, decimal string.
+    #[schema(value_type = String, example = "111.77")]
+    pub after: Decimal,
+    /// `late-arrival` (a sale), `refund`, `correction` or `exception-approved`.
+    #[schema(example = "late-arrival")]
+    pub reason: String,
+    /// The event that changed the day.
+    pub cause_event_id: uuid::Uuid,
+    /// When that event was ingested, RFC 3339 UTC.
+    pub ingested_at: chrono::DateTime<chrono::Utc>,
+    /// Seconds from the day's cutoff (D+1 02:00 UTC) to that ingest.
+    pub lateness_seconds: i64,
+}
+
+/// Most notices one query returns.
+const MAX_NOTICES: usize = 100_000;
+
+/// Every change to a store's business days after they were reported (late sales and refunds),
+/// by business date, then cause; each is also a `SalesCorrectionNoticed` event in the log.
+#[utoipa::path(get, path = "/sales/corrections", params(DailyQuery),
+    responses((status = 200, body = Vec<CorrectionNotice>), (status = 400, body = ApiErrorBody)))]
+pub async fn sales_corrections(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<DailyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<CorrectionNotice>>, ApiError> {
+    caller.require(&READ)?;
+    let Query(q) = query?;
+    let (store, from, to) = day_range(q)?;
+    let docs = state
+        .app
+        .backend
+        .read_models
+        .range_docs(
+            SALES_CORRECTIONS,
+            &caller.scope(&format!("{store}|{from}")),
+            &caller.scope(&format!("{store}|{to}|~")),
+            MAX_NOTICES,
+        )
+        .await?;
+    let out = docs
+        .iter()
+        .map(|(_, d)| {
+            decode_doc::<SalesCorrectionNotice>(d).map(|n| CorrectionNotice {
+                date: n.date.format("%Y-%m-%d").to_string(),
+                store: n.store,
+                currency: wire::Currency(n.currency),
+                delta: n.delta,
+                orders_delta: n.orders_delta,
+                before: n.before,
+                after: n.after,
+                reason: n.reason.as_str().to_owned(),
+                cause_event_id: n.cause_event_id,
+                ingested_at: n.ingested_at,
+                lateness_seconds: n.lateness_seconds,
+            })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(Json(out))
 }
 

@@ -180,6 +180,19 @@ impl TestApp {
         self.backend.events.head_position().await.expect("head")
     }
 
+    /// Runs the correction notifier (a worker of `serve`) until it has seen the whole log: a
+    /// notice for every late sale or refund; then [`TestApp::project`] shows them. The notices
+    /// appended now.
+    pub async fn notice_corrections(&self) -> u64 {
+        eventfold_app::reporting::CorrectionNotifier::new(
+            self.backend.events.clone(),
+            self.backend.read_models.clone(),
+        )
+        .catch_up()
+        .await
+        .expect("the correction notifier catches up")
+    }
+
     /// Brings every projection up to date.
     pub async fn project(&self) {
         self.runner

@@ -36,7 +36,8 @@
 //! there is no order across buckets or streams of different keys. Value = the event's JSON payload; headers (UTF-8 strings) `event_id`,
 //! `event_type`, `schema_version`, `stream_id`, `stream_version`, `global_position`,
 //! `event_time` (RFC 3339, UTC), `tenant_id`, `actor`, and `causation_id` / `correlation_id` /
-//! `via` (the service the actor acted through) when present.
+//! `via` (the service the actor acted through) when present, and `backfill` = `true` on an event
+//! recorded as history by a backfill.
 
 pub mod batch;
 pub mod consumer;
@@ -492,7 +493,7 @@ impl Relay {
             m.causation_id.map(|u| u.to_string()),
             m.correlation_id.map(|u| u.to_string()),
         );
-        let mut headers = OwnedHeaders::new_with_capacity(12)
+        let mut headers = OwnedHeaders::new_with_capacity(13)
             .insert(header("event_id", &id))
             .insert(header("event_type", &event.event_type))
             .insert(header("schema_version", &schema))
@@ -510,6 +511,9 @@ impl Relay {
         }
         if let Some(via) = &m.via {
             headers = headers.insert(header("via", via.as_str()));
+        }
+        if m.backfill {
+            headers = headers.insert(header("backfill", "true"));
         }
         let salts = self
             .config

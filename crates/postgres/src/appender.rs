@@ -65,6 +65,8 @@ struct Row13 {
     tenant_id: String,
     payload: String,
     via: Option<String>,
+    /// `Some(true)` for a backfilled event, `None` (NULL) for a live one.
+    backfill: Option<bool>,
     /// Chain columns, when the appender computed them (checked path with the chain on).
     links: Option<Links>,
 }
@@ -185,6 +187,7 @@ fn digest(row: &Row13, ingest: DateTime<Utc>) -> Hash {
         tenant_id: row.tenant_id.as_bytes(),
         payload: row.payload.as_bytes(),
         via: row.via.as_ref().map(String::as_bytes),
+        backfill: row.backfill.is_some(),
     }
     .digest()
 }
@@ -244,6 +247,7 @@ fn plan(
                     tenant_id: m.tenant_id.clone(),
                     payload: e.payload.clone(),
                     via: m.via.as_ref().map(|a| a.as_str().to_owned()),
+                    backfill: m.backfill.then_some(true),
                     links: None,
                 });
                 batch_ids.insert(
@@ -344,7 +348,7 @@ async fn commit_assumed(
     let c = Columns::from(std::mem::take(&mut plan.rows));
     let head: i64 = match sqlx::query_scalar(
         "SELECT eventfold_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-         $16, $17, $18, $19, $20, $21, $22, $23)",
+         $16, $17, $18, $19, $20, $21, $22, $23, $24)",
     )
     .bind(APPEND_LOCK)
     .bind(check_streams)
@@ -369,6 +373,7 @@ async fn commit_assumed(
     .bind(slots)
     .bind(digests)
     .bind(c.via)
+    .bind(c.backfill)
     .fetch_one(&mut *conn)
     .await
     {
@@ -622,6 +627,7 @@ struct Columns {
     tenant_id: Vec<String>,
     payload: Vec<String>,
     via: Vec<Option<String>>,
+    backfill: Vec<Option<bool>>,
     prev_hash: Vec<Option<Vec<u8>>>,
     hash: Vec<Option<Vec<u8>>>,
 }
@@ -643,6 +649,7 @@ impl From<Vec<Row13>> for Columns {
             c.tenant_id.push(r.tenant_id);
             c.payload.push(r.payload);
             c.via.push(r.via);
+            c.backfill.push(r.backfill);
             c.prev_hash.push(r.links.map(|l| l.prev_hash.to_vec()));
             c.hash.push(r.links.map(|l| l.hash.to_vec()));
         }
@@ -663,11 +670,11 @@ async fn write_group(
     sqlx::query(
         "WITH ev AS (INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
            schema_version, event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-           prev_hash, hash, via) \
-           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl, ph, h, vi FROM UNNEST($1::bigint[], $2::uuid[], \
+           prev_hash, hash, via, backfill) \
+           SELECT p, i, s, v, t, sv, et, $8, a, ca, co, tn, pl, ph, h, vi, bf FROM UNNEST($1::bigint[], $2::uuid[], \
            $3::text[], $4::bigint[], $5::text[], $6::int[], $7::timestamptz[], $9::text[], $10::uuid[], $11::uuid[], \
-           $12::text[], $13::text[], $20::bytea[], $21::bytea[], $22::text[]) \
-           AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h, vi) RETURNING 1), \
+           $12::text[], $13::text[], $20::bytea[], $21::bytea[], $22::text[], $23::boolean[]) \
+           AS u(p, i, s, v, t, sv, et, a, ca, co, tn, pl, ph, h, vi, bf) RETURNING 1), \
          ik AS (INSERT INTO idempotency_keys (key, fingerprint, status, body, created_at) \
            SELECT k, f, st, b, $8 FROM UNNEST($14::text[], $15::text[], $16::int[], $17::text[]) \
            AS t(k, f, st, b) RETURNING 1) \
@@ -695,6 +702,7 @@ async fn write_group(
     .bind(c.prev_hash)
     .bind(c.hash)
     .bind(c.via)
+    .bind(c.backfill)
     .fetch_one(&mut **tx)
     .await
     .map(|_| ())

@@ -265,7 +265,7 @@ impl<'a> ChainFeed<'a> {
     /// A message naming the byte offset where the data stops making sense.
     pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), String> {
         let (rows, filled) = (&mut *self.rows, &mut self.filled);
-        self.copy.feed(chunk, 17, &mut |r| {
+        self.copy.feed(chunk, 18, &mut |r| {
             if *filled == rows.len() {
                 rows.push(ChainRow::default());
             }
@@ -323,14 +323,14 @@ fn replay_tuple(r: &mut Reader<'_>, event: &mut ReplayEvent) -> Result<Option<u6
 pub(crate) const CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
-     hash, archived_digest, via";
+     hash, archived_digest, via, backfill IS NOT NULL";
 
-/// [`CHAIN_COLUMNS`] for migration 4's backfill, which runs before the archive's and `via`'s
-/// columns exist.
+/// [`CHAIN_COLUMNS`] for migration 4's backfill, which runs before the archive's, `via`'s and
+/// `backfill`'s columns exist.
 pub(crate) const BACKFILL_CHAIN_COLUMNS: &str =
     "position, stream_id, stream_version, event_id, event_type, schema_version, event_time, \
      ingest_time, actor, causation_id, correlation_id, tenant_id, payload, prev_hash, \
-     hash, NULL::bytea, NULL::text";
+     hash, NULL::bytea, NULL::text, false";
 
 /// Parses the binary COPY of `SELECT` [`CHAIN_COLUMNS`] held whole (the tests' view of
 /// [`ChainFeed`]).
@@ -346,7 +346,7 @@ pub(crate) fn parse_chain(data: &[u8]) -> Result<Vec<ChainRow>, String> {
     Ok(rows)
 }
 
-/// Reads one chain tuple's 17 fields (after its field count) into `row`, reusing its buffers.
+/// Reads one chain tuple's 18 fields (after its field count) into `row`, reusing its buffers.
 fn chain_tuple(r: &mut Reader<'_>, row: &mut ChainRow) -> Result<(), String> {
     let int8 = |r: &mut Reader<'_>| -> Result<i64, String> {
         Ok(i64::from_be_bytes(r.field(8)?.try_into().expect("8 bytes")))
@@ -367,7 +367,9 @@ fn chain_tuple(r: &mut Reader<'_>, row: &mut ChainRow) -> Result<(), String> {
     r.optional_into(&mut row.prev_hash)?;
     r.optional_into(&mut row.hash)?;
     r.optional_into(&mut row.archived_digest)?;
-    r.optional_into(&mut row.via)
+    r.optional_into(&mut row.via)?;
+    row.backfill = r.field(1)? != [0];
+    Ok(())
 }
 
 /// A cursor over COPY bytes; errors name the offset.
@@ -560,7 +562,7 @@ mod tests {
             }
         };
         for (position, payload, causation) in rows {
-            out.extend(17i16.to_be_bytes());
+            out.extend(18i16.to_be_bytes());
             field(&mut out, Some(&position.to_be_bytes()));
             field(&mut out, Some(b"account-1"));
             field(&mut out, Some(&position.to_be_bytes()));
@@ -578,6 +580,7 @@ mod tests {
             field(&mut out, Some(&[2; 32]));
             field(&mut out, None);
             field(&mut out, via);
+            field(&mut out, Some(&[0]));
         }
         out.extend((-1i16).to_be_bytes());
         out
@@ -626,10 +629,10 @@ mod tests {
         assert!(feed.finish().unwrap_err().contains("ends early"));
         let mut wrong = second.clone();
         // The first tuple's field count (after signature 11 + flags 4 + extension length 4).
-        wrong[19..21].copy_from_slice(&16i16.to_be_bytes());
+        wrong[19..21].copy_from_slice(&17i16.to_be_bytes());
         let err = parse_chain(&wrong).unwrap_err();
         assert!(
-            err.contains("offset 19 has 16 fields, expected 17"),
+            err.contains("offset 19 has 17 fields, expected 18"),
             "{err}"
         );
     }

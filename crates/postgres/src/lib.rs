@@ -288,7 +288,7 @@ impl ReadConn {
 const SELECT_EVENTS: &str =
     "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
      event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-     archived_digest IS NOT NULL, via FROM events ";
+     archived_digest IS NOT NULL, via, backfill IS NOT NULL FROM events ";
 
 fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     let position = row.try_get::<i64, _>(0).map_err(backend)? as u64;
@@ -320,6 +320,7 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
                 .map(Actor::from_stored)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("position {position}: via {e}")))?,
+            backfill: row.try_get(15).map_err(backend)?,
         },
         payload: row.try_get(12).map_err(backend)?,
     })

@@ -76,9 +76,9 @@ pub(crate) fn backfill_chain(conn: &Connection) -> Result<(), StoreError> {
     .map_err(backend)
 }
 
-/// [`READ_CHAIN_SQL`] for migration 3's backfill, which runs before the archive's and `via`'s
+/// [`READ_CHAIN_SQL`] for migration 3's backfill, which runs before the archive's, `via`'s and `backfill`'s
 /// columns exist.
 pub(crate) const BACKFILL_CHAIN_SQL: &str =
     "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
      event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-     prev_hash, hash, NULL, NULL FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";
+     prev_hash, hash, NULL, NULL, 0 FROM events WHERE position > ?1 ORDER BY position LIMIT ?2";

@@ -18,7 +18,7 @@ macro_rules! select_events {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
          event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         archived_digest IS NOT NULL, via FROM events "
+         archived_digest IS NOT NULL, via, backfill IS NOT NULL FROM events "
     };
 }
 
@@ -39,7 +39,7 @@ macro_rules! select_chain {
     () => {
         "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
          event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         prev_hash, hash, archived_digest, via FROM events "
+         prev_hash, hash, archived_digest, via, backfill IS NOT NULL FROM events "
     };
 }
 
@@ -98,7 +98,9 @@ pub(crate) fn row_into_chain(row: &Row<'_>, out: &mut ChainRow) -> Result<(), St
     optional(13, &mut out.prev_hash)?;
     optional(14, &mut out.hash)?;
     optional(15, &mut out.archived_digest)?;
-    optional(16, &mut out.via)
+    optional(16, &mut out.via)?;
+    out.backfill = row.get(17).map_err(backend)?;
+    Ok(())
 }
 
 /// Runs a chain query into `out`: the rows already there are refilled in place (their buffers
@@ -191,6 +193,7 @@ pub(crate) fn row_to_event(row: &Row<'_>) -> Result<RecordedEvent, StoreError> {
                 .map(Actor::from_stored)
                 .transpose()
                 .map_err(|e| StoreError::Corrupt(format!("position {position}: via {e}")))?,
+            backfill: row.get(15).map_err(backend)?,
         },
         payload: row.get(12).map_err(backend)?,
     })

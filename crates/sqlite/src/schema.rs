@@ -110,6 +110,27 @@ WHEN NOT (
 )
 BEGIN SELECT RAISE(ABORT, 'events are append-only (only archive and restore may change a payload)'); END;
 ",
+    // 7: `backfill`, set (1) on events recorded as history by a backfill, NULL on live ones. The
+    // update trigger guards it like every other column.
+    r"
+ALTER TABLE events ADD COLUMN backfill INTEGER;
+DROP TRIGGER IF EXISTS events_are_append_only_update;
+CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
+WHEN NOT (
+    NEW.position IS OLD.position AND NEW.event_id IS OLD.event_id
+    AND NEW.stream_id IS OLD.stream_id AND NEW.stream_version IS OLD.stream_version
+    AND NEW.event_type IS OLD.event_type AND NEW.schema_version IS OLD.schema_version
+    AND NEW.event_time IS OLD.event_time AND NEW.ingest_time IS OLD.ingest_time
+    AND NEW.actor IS OLD.actor AND NEW.causation_id IS OLD.causation_id
+    AND NEW.correlation_id IS OLD.correlation_id AND NEW.tenant_id IS OLD.tenant_id
+    AND NEW.via IS OLD.via AND NEW.backfill IS OLD.backfill
+    AND NEW.prev_hash IS OLD.prev_hash AND NEW.hash IS OLD.hash
+    AND ((OLD.archived_digest IS NULL AND length(NEW.archived_digest) IS 32 AND NEW.payload = '')
+      OR (OLD.archived_digest IS NOT NULL AND NEW.archived_digest IS NULL AND OLD.payload = ''
+             AND NEW.payload <> ''))
+)
+BEGIN SELECT RAISE(ABORT, 'events are append-only (only archive and restore may change a payload)'); END;
+",
 ];
 
 /// The migration (1-based) that adds the hash chain.

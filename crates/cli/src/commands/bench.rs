@@ -85,6 +85,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 6)]
         rounds: usize,
     },
+    /// A store upload of N late sales (CSV) applied with a correction notice each, against N
+    /// other sales appended as history in the same run; then the upload again.
+    Upload {
+        /// Sales in the upload.
+        #[arg(long, default_value_t = 20_000)]
+        sales: u64,
+    },
     /// Time to load one stream of N events without a snapshot, and as of its middle.
     Load {
         /// Events in the stream.
@@ -229,6 +236,19 @@ impl Bench {
                          {} order violations, {} lost",
                         r.events, r.messages_per_sec, r.broker_baseline_messages_per_sec, r.ratio_to_baseline,
                         r.order_violations, r.lost
+                    )
+                })
+            }
+            Self::Upload { sales } => {
+                if sales == 0 {
+                    bail!("--sales must be at least 1");
+                }
+                let r = eventfold_bench::upload(&target, sales).await?;
+                output.print(&r, || {
+                    format!(
+                        "upload of {} late sales ({} bytes) applied with {} notices in {:.0} ms                          (parse {:.0} ms, append {:.0} ms, notices {:.0} ms); the same number as history: {:.0} ms                          (ratio {:.2}); projections afterwards {:.0} ms; the upload again {:.0} ms, {} appended",
+                        r.sales, r.upload_bytes, r.notices, r.applied_ms, r.parse_ms, r.append_ms, r.notice_ms,
+                        r.history_ms, r.ratio_to_history, r.projection_ms, r.second_upload_ms, r.second_upload_appended
                     )
                 })
             }

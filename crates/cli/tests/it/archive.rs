@@ -40,6 +40,8 @@ fn event(event_type: &str, time: &str, n: u32) -> NewEvent {
             via: n
                 .is_multiple_of(3)
                 .then(|| Actor::parse("service:shop-front").unwrap()),
+            // And some are backfilled history.
+            backfill: n.is_multiple_of(4),
         },
         payload: format!("{{\"n\":{n},\"text\":\"caf\u{e9} \\\"q\\\"\"}}"),
     }
@@ -644,7 +646,13 @@ fn the_cli_archives_verifies_and_restores_imported_orders() {
     .unwrap();
     ok_json(&eventfold(
         &store,
-        &["import", "cdnow", file.to_str().unwrap(), "--json"],
+        &[
+            "import",
+            "cdnow",
+            file.to_str().unwrap(),
+            "--backfill",
+            "--json",
+        ],
     ));
     let cold = dir.path().join("cold");
     let cold = cold.to_str().unwrap();

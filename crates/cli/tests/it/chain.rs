@@ -320,7 +320,8 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
                 "ALTER TABLE events DROP COLUMN prev_hash; \
                  ALTER TABLE events DROP COLUMN hash; \
                  ALTER TABLE events DROP COLUMN archived_digest; \
-                 ALTER TABLE events DROP COLUMN via; PRAGMA user_version = 2;",
+                 ALTER TABLE events DROP COLUMN via; \
+                 ALTER TABLE events DROP COLUMN backfill; PRAGMA user_version = 2;",
             )
             .await;
             format!("sqlite://{}", path.display())
@@ -329,7 +330,7 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
             tamper(
                 &app,
                 "ALTER TABLE events DROP COLUMN prev_hash, DROP COLUMN hash, \
-                 DROP COLUMN archived_digest, DROP COLUMN via; \
+                 DROP COLUMN archived_digest, DROP COLUMN via, DROP COLUMN backfill; \
                  DROP FUNCTION eventfold_append; \
                  DROP POLICY events_of_the_tenant ON events; \
                  DROP POLICY read_models_of_the_tenant ON read_models; \
@@ -342,11 +343,11 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
         }
     };
     let reopened = Backend::open(&url).await.unwrap();
-    // The chain, archive, notification-table and `via` migrations run again (and, on
-    // PostgreSQL, the tenant fence's).
+    // The chain, archive, notification-table, `via` and `backfill` migrations run again (and,
+    // on PostgreSQL, the tenant fence's).
     let rerun = match &app.backend.url {
-        StoreUrl::Sqlite(_) => 4,
-        StoreUrl::Postgres(_) => 5,
+        StoreUrl::Sqlite(_) => 5,
+        StoreUrl::Postgres(_) => 6,
     };
     assert_eq!(reopened.schema.previous + rerun, reopened.schema.current);
     let after = reopened.events.read_chain(0, 100).await.unwrap();
@@ -422,9 +423,11 @@ fn the_cli_verifies_signs_and_refuses_bad_keys_and_anchors() {
         " 00001 19970101  1   11.77\n 00002 19970102  2   20.00\n",
     )
     .unwrap();
-    assert!(run(&["import", "cdnow", file.to_str().unwrap()])
-        .status
-        .success());
+    assert!(
+        run(&["import", "cdnow", file.to_str().unwrap(), "--backfill"])
+            .status
+            .success()
+    );
 
     let out = run(&["verify", "--all", "--json"]);
     assert!(out.status.success());

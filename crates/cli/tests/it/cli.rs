@@ -49,7 +49,14 @@ fn import_history_state_and_projections() {
 
     let summary = ok_json(&eventfold(
         &store,
-        &["import", "cdnow", file, "--skip-bad", "--json"],
+        &[
+            "import",
+            "cdnow",
+            file,
+            "--skip-bad",
+            "--backfill",
+            "--json",
+        ],
     ));
     assert_eq!(
         (
@@ -339,7 +346,13 @@ fn relay_once_publishes_the_log_to_kafka() {
     .unwrap();
     ok_json(&eventfold(
         &store,
-        &["import", "cdnow", file.to_str().unwrap(), "--json"],
+        &[
+            "import",
+            "cdnow",
+            file.to_str().unwrap(),
+            "--backfill",
+            "--json",
+        ],
     ));
     let prefix = format!("cli{}", uuid::Uuid::now_v7().simple());
     let relay = |extra: &[&str]| {

@@ -451,6 +451,18 @@ async fn every_role_against_every_route(app: &TestApp) {
             None,
             vec![Finance, Auditor, Operator],
         ),
+        (
+            Method::GET,
+            "/sales/corrections?store=s",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
+            Method::POST,
+            "/stores/x/uploads",
+            None,
+            vec![Service, Operator],
+        ),
         (Method::GET, "/projections", None, vec![Operator, Auditor]),
         (Method::GET, "/metrics", None, vec![Operator]),
     ];
@@ -529,6 +541,8 @@ fn template(uri: &str) -> String {
     let path = uri.split('?').next().unwrap_or(uri);
     let param = if path.starts_with("/flash-sales") {
         "{sku}"
+    } else if path.starts_with("/stores") {
+        "{store}"
     } else {
         "{id}"
     };

@@ -12,6 +12,7 @@ mod flash_sale;
 mod import;
 mod inbox;
 mod jwt;
+mod late_sales;
 mod order_notifications;
 mod orders;
 mod outage;

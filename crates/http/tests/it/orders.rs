@@ -256,7 +256,8 @@ async fn sales_views(app: TestApp) {
     assert_eq!(daily.status, StatusCode::OK);
     assert_eq!(
         daily.body,
-        json!([{"date": today, "store": "web", "total": "10.10", "currency": "USD", "orders": 3, "refunds": 1}])
+        json!([{"date": today, "store": "web", "total": "10.10", "currency": "USD", "orders": 3, "refunds": 1,
+            "late_total": "0.00", "late_orders": 0, "adjusted": false, "last_adjusted_at": null}])
     );
     assert_eq!(
         app.get("/sales/daily?store=web&to=1990-01-01").await.body,
@@ -309,6 +310,7 @@ async fn sales_views(app: TestApp) {
             "balance_by_account",
             "daily_sales_by_store",
             "real_time_sales",
+            "sales_corrections",
             "payment_deadlines",
             "sagas_in_flight",
             "api_keys"

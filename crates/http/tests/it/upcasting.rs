@@ -24,6 +24,7 @@ fn raw(event_type: &str, schema_version: u32, payload: &str) -> NewEvent {
             correlation_id: None,
             tenant_id: "default".into(),
             via: None,
+            backfill: false,
         },
         payload: payload.into(),
     }

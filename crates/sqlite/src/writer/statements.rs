@@ -212,8 +212,8 @@ pub(super) fn write_events(
         .prepare_cached(
             "INSERT INTO events (position, event_id, stream_id, stream_version, event_type, \
              schema_version, event_time, ingest_time, actor, causation_id, correlation_id, \
-             tenant_id, payload, prev_hash, hash, via) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             tenant_id, payload, prev_hash, hash, via, backfill) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )
         .map_err(backend)?;
     let mut last_hash = stream_hash;
@@ -247,6 +247,7 @@ pub(super) fn write_events(
             links.as_ref().map(|l| l.prev_hash.as_slice()),
             links.as_ref().map(|l| l.hash.as_slice()),
             m.via.as_ref().map(Actor::as_str),
+            m.backfill.then_some(1),
         ]);
         if let Err(err) = result {
             if err.to_string().contains("events.event_id") {

@@ -59,6 +59,10 @@ pub struct ArchivedEvent {
     /// events had it, which read as none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Whether the event is backfilled history (absent, read as false, in archives written
+    /// before events had it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfill: bool,
     /// `prev_hash`, hex.
     pub prev_hash: String,
     /// `hash`, hex.
@@ -106,6 +110,7 @@ impl ArchivedEvent {
                 tenant_id: text("tenant_id", &row.tenant_id)?,
                 payload: text("payload", &row.payload)?,
                 via: row.via.as_deref().map(|b| text("via", b)).transpose()?,
+                backfill: row.backfill,
                 prev_hash: hash("prev_hash", &row.prev_hash)?,
                 hash: hash("hash", &row.hash)?,
             })
@@ -136,6 +141,7 @@ impl ArchivedEvent {
             tenant_id: self.tenant_id.as_bytes().to_vec(),
             payload: self.payload.as_bytes().to_vec(),
             via: self.via.as_ref().map(|v| v.as_bytes().to_vec()),
+            backfill: self.backfill,
             prev_hash: Some(hash("prev_hash", &self.prev_hash)?),
             hash: Some(hash("hash", &self.hash)?),
             archived_digest: None,
