@@ -42,7 +42,7 @@ use crate::service::{CommandContext, Service};
 pub const NOTIFIER_STATE: &str = "sales_correction_state";
 
 /// Events the notifier reads per batch.
-const BATCH: usize = 2_000;
+const BATCH: usize = 10_000;
 
 /// A business day's running total as the notifier has seen it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

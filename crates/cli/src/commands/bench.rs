@@ -246,7 +246,9 @@ impl Bench {
                 let r = eventfold_bench::upload(&target, sales).await?;
                 output.print(&r, || {
                     format!(
-                        "upload of {} late sales ({} bytes) applied with {} notices in {:.0} ms                          (parse {:.0} ms, append {:.0} ms, notices {:.0} ms); the same number as history: {:.0} ms                          (ratio {:.2}); projections afterwards {:.0} ms; the upload again {:.0} ms, {} appended",
+                        "upload of {} late sales ({} bytes) applied with {} notices in {:.0} ms \
+                         (parse {:.0} ms, append {:.0} ms, notices {:.0} ms); the same number as history: {:.0} ms \
+                         (ratio {:.2}); projections afterwards {:.0} ms; the upload again {:.0} ms, {} appended",
                         r.sales, r.upload_bytes, r.notices, r.applied_ms, r.parse_ms, r.append_ms, r.notice_ms,
                         r.history_ms, r.ratio_to_history, r.projection_ms, r.second_upload_ms, r.second_upload_appended
                     )

@@ -321,3 +321,113 @@ async fn an_upload_speaks_ndjson_and_refuses_other_types() {
         "no sales",
     );
 }
+
+/// Through a running server (the notifier is one of its workers): a sale of two days ago sent
+/// now is a late arrival, its refund (dated that day too) a late refund that takes the day back
+/// to zero; a sale of today is on time and raises nothing.
+#[tokio::test]
+async fn a_running_server_notices_a_late_sale_and_its_late_refund() {
+    let app = TestApp::new().await;
+    let served = app.serve(eventfold_app::runtime::Config::default()).await;
+    let client = reqwest::Client::new();
+    let day = chrono::Utc::now().date_naive() - chrono::Days::new(2);
+    let at = format!("{day}T12:00:00Z");
+    let post = |path: String, body: Value| {
+        let client = client.clone();
+        let url = format!("{}{path}", served.base);
+        async move {
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{path}: {status} {body}");
+        }
+    };
+    for (id, when) in [("late-1", Some(at.as_str())), ("now-1", None)] {
+        let mut order = serde_json::json!({"order_id": id, "customer_id": "c-1", "store_id": "s-9",
+            "currency": "USD", "lines": [{"sku": "cd", "quantity": 1, "amount": "12.50"}]});
+        let mut pay = serde_json::json!({"amount": "12.50", "currency": "USD"});
+        if let Some(t) = when {
+            order["occurred_at"] = t.into();
+            pay["occurred_at"] = t.into();
+        }
+        post("/orders".into(), order).await;
+        post(format!("/orders/{id}/pay"), pay).await;
+    }
+    post(
+        "/orders/late-1/refund".into(),
+        serde_json::json!({"reason": "returned", "occurred_at": at}),
+    )
+    .await;
+    let url = format!("{}/sales/corrections?store=s-9", served.base);
+    let mut notices = Value::Null;
+    for _ in 0..200 {
+        notices = client.get(&url).send().await.unwrap().json().await.unwrap();
+        if notices.as_array().is_some_and(|a| a.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let notices = notices.as_array().unwrap();
+    let mut seen: Vec<(&str, &str, &str, &str, i64)> = notices
+        .iter()
+        .map(|n| {
+            assert_eq!(n["date"], day.to_string());
+            (
+                n["reason"].as_str().unwrap(),
+                n["delta"].as_str().unwrap(),
+                n["before"].as_str().unwrap(),
+                n["after"].as_str().unwrap(),
+                n["orders_delta"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [
+            ("late-arrival", "12.50", "0.00", "12.50", 1),
+            ("refund", "-12.50", "12.50", "0.00", 0)
+        ]
+    );
+    let daily: Value = client
+        .get(format!("{}/sales/daily?store=s-9", served.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let late_day = daily
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["date"] == day.to_string())
+        .expect("the late day");
+    assert_eq!(
+        (
+            &late_day["total"],
+            &late_day["late_total"],
+            &late_day["late_orders"],
+            &late_day["refunds"],
+            &late_day["adjusted"]
+        ),
+        (
+            &Value::from("0.00"),
+            &Value::from("0.00"),
+            &Value::from(1),
+            &Value::from(1),
+            &Value::Bool(true)
+        )
+    );
+    let today = daily
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["date"] != day.to_string())
+        .expect("today");
+    assert_eq!(
+        (&today["adjusted"], &today["total"]),
+        (&Value::Bool(false), &Value::from("12.50"))
+    );
+    served.stop().await;
+}
