@@ -14,6 +14,7 @@
 //! - [`http`]: HTTP commands against an open server and one that requires a key.
 //! - [`notifications`], [`relay`]: the Kafka paths against a bare client on the same broker.
 //! - [`upload`]: a store upload of late sales with their correction notices, against a backfill.
+//! - [`windows`]: the event-time window aggregator against a plain count of the same records.
 //! - [`simulate`]: a flash-sale crowd against a real server and a sandbox payment provider.
 
 mod append;
@@ -25,6 +26,7 @@ mod read;
 mod scratch;
 pub mod simulate;
 mod upload;
+mod windows;
 
 pub use append::{append, AppendBench, AppendReport, HashChain};
 pub use correct::{correct, CorrectBench};
@@ -33,6 +35,7 @@ pub use kafka::{notifications, relay, NotificationsReport, RelayBenchReport};
 pub use load::{load, LoadReport};
 pub use read::{read, ReadReport};
 pub use upload::{upload, UploadReport};
+pub use windows::{windows, WindowsReport};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! - [`payment_saga`]: the payment saga's state and the orchestrator's decision.
 //! - [`projections`]: order summary, balance by account, daily sales by store (event time),
 //!   real-time sales (ingest time).
+//! - [`windows`]: tumbling and hopping windows by event time with a grace period (pure).
 //! - [`reporting`]: business days and their cutoff, late sales, correction notices.
 //!
 //! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
@@ -25,6 +26,7 @@ pub mod payment_saga;
 pub mod projections;
 pub mod reporting;
 pub mod sale;
+pub mod windows;
 
 pub use money::{Currency, Money, MoneyError};
 

@@ -92,6 +92,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 20_000)]
         sales: u64,
     },
+    /// The event-time window aggregator (hopping 5 min / 1 min, 30 s grace) over N out-of-order
+    /// sales, against a plain count of the same records in the same run; and what a window of a
+    /// million live SKUs holds in memory. Needs no store.
+    Windows {
+        /// Records to aggregate.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Distinct SKUs.
+        #[arg(long, default_value_t = 10_000)]
+        skus: u64,
+        /// Alternating rounds (the rates are medians).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Time to load one stream of N events without a snapshot, and as of its middle.
     Load {
         /// Events in the stream.
@@ -236,6 +250,22 @@ impl Bench {
                          {} order violations, {} lost",
                         r.events, r.messages_per_sec, r.broker_baseline_messages_per_sec, r.ratio_to_baseline,
                         r.order_violations, r.lost
+                    )
+                })
+            }
+            Self::Windows {
+                events,
+                skus,
+                rounds,
+            } => {
+                let r = eventfold_bench::windows(events, skus, rounds)?;
+                output.print(&r, || {
+                    format!(
+                        "window aggregator: {:.0} events/s (plain count of the same windows {:.0} events/s, ratio {:.2}); \
+                         {} finals, {} late corrections (none dropped), at most {} live windows; \
+                         a window of a million live SKUs: {:.0} MB",
+                        r.events_per_sec, r.baseline_events_per_sec, r.ratio_to_baseline, r.finals,
+                        r.late_corrections, r.max_live_windows, r.million_skus_mb
                     )
                 })
             }

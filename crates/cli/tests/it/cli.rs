@@ -190,6 +190,23 @@ fn bench_commands_print_their_figures() {
     assert!(load["load_without_snapshot_ms"]
         .as_f64()
         .is_some_and(|v| v > 0.0));
+    let upload = ok_json(&eventfold(
+        &store,
+        &["bench", "upload", "--sales", "300", "--json"],
+    ));
+    assert_eq!(
+        (&upload["notices"], &upload["second_upload_appended"]),
+        (&serde_json::json!(300), &serde_json::json!(0))
+    );
+    assert!(upload["applied_ms"].as_f64().is_some_and(|v| v > 0.0));
+    let windows = ok_json(&eventfold(
+        &store,
+        &[
+            "bench", "windows", "--events", "20000", "--skus", "50", "--rounds", "1", "--json",
+        ],
+    ));
+    assert!(windows["events_per_sec"].as_f64().is_some_and(|v| v > 0.0));
+    assert!(windows["late_corrections"].as_u64().is_some_and(|v| v > 0));
     // Benchmarks use their own temporary files and leave the store alone.
     assert!(!dir.path().join("bench.db").exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
