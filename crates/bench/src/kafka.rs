@@ -169,13 +169,18 @@ pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-/// VmHWM of process `pid` (`self` for this one), MB; 0 when unknown.
+/// VmHWM (peak resident memory) of process `pid` (`self` for this one), MB; 0 when unknown.
 pub(crate) fn max_rss_mb(pid: &str) -> f64 {
+    proc_status_mb(pid, "VmHWM:")
+}
+
+/// A memory line (`VmHWM:`, `VmRSS:`) of `/proc/{pid}/status`, MB; 0 when unknown.
+pub(crate) fn proc_status_mb(pid: &str, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -56,15 +56,7 @@ fn record(i: u64, skus: u64) -> (String, u64, Decimal, i64) {
 }
 
 fn resident_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::kafka::proc_status_mb("self", "VmRSS:")
 }
 
 /// Runs `bench windows` over `events` records of `skus` SKUs, alternating the aggregator and

@@ -91,7 +91,8 @@ impl BusinessCalendar {
             .and_hms_opt(0, 0, 0)
             .expect("midnight exists")
             .and_utc();
-        end + self.cutoff
+        end.checked_add_signed(self.cutoff)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// How many whole seconds after its business day's cutoff `event` was ingested, or `None`
