@@ -15,6 +15,7 @@
 //!    whose starting checkpoint moved: two servers running the notifier never both advance it).
 //!
 //! A notice is an event like any other: the relay publishes it, `sales_corrections` folds it.
+//! Each one appended counts in `eventfold_sales_correction_notices_total{reason}`.
 //! Events recorded as history by a backfill count in the totals and are never noticed.
 
 use std::collections::HashMap;
@@ -170,14 +171,22 @@ impl CorrectionNotifier {
                 ingested_at: event.ingest_time,
                 lateness_seconds,
             };
-            appends.push(self.notice_append(event, notice)?);
+            let reason = notice.reason;
+            appends.push((reason, self.notice_append(event, notice)?));
         }
         let mut appended = 0;
         if !appends.is_empty() {
+            let (reasons, appends): (Vec<CorrectionReason>, Vec<AppendRequest>) =
+                appends.into_iter().unzip();
             let streams: Vec<String> = appends.iter().map(|r| r.stream_id.clone()).collect();
-            for (request, outcome) in streams.iter().zip(self.events.append_many(appends).await?) {
+            let outcomes = self.events.append_many(appends).await?;
+            for ((request, reason), outcome) in streams.iter().zip(reasons).zip(outcomes) {
                 match outcome {
-                    Ok(o) if !o.duplicate => appended += 1,
+                    Ok(o) if !o.duplicate => {
+                        appended += 1;
+                        metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str())
+                            .increment(1);
+                    }
                     Ok(_) => {}
                     // The stream exists with other events: only a notice of the same cause can
                     // be there, so the cause is noticed already.

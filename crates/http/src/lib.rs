@@ -152,6 +152,9 @@ pub async fn serve(
     auth: AuthConfig,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    // The recorder goes in before any worker counts anything: a counter bumped before the first
+    // scrape would otherwise be lost.
+    operations::metrics_handle();
     let runtime = Runtime::start(backend, config, shutdown.clone()).await?;
     let open = auth.is_open(&runtime.app().keys);
     if open && !addr.ip().is_loopback() && !auth.insecure {

@@ -28,8 +28,9 @@ pub async fn projections(
     Ok(Json(state.app.runner.status().await?))
 }
 
-/// The process's Prometheus recorder (installed on first use; every `metrics::` call in the
-/// process, including the Kafka relay and consumers, lands in it).
+/// The process's Prometheus recorder (installed on first use, which [`crate::serve`] makes before
+/// it starts any worker; every `metrics::` call in the process, including the Kafka relay and
+/// consumers, lands in it).
 pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
@@ -51,7 +52,8 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
 /// (`eventfold_consumer_lag{group,topic,partition}`, `eventfold_consumer_messages_total`,
 /// `eventfold_consumer_retries_total`) and the notification batches (`eventfold_batch_size`,
 /// `eventfold_batch_flush_seconds`, `eventfold_batch_retries_total`,
-/// `eventfold_breaker_opened_total`, `eventfold_dead_letter_total`).
+/// `eventfold_breaker_opened_total`, `eventfold_dead_letter_total`), and the correction notices
+/// appended (`eventfold_sales_correction_notices_total{reason}`).
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Response {
     if let Err(e) = caller.require(&[Role::Operator]) {

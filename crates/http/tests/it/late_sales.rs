@@ -429,5 +429,17 @@ async fn a_running_server_notices_a_late_sale_and_its_late_refund() {
         (&today["adjusted"], &today["total"]),
         (&Value::Bool(false), &Value::from("12.50"))
     );
+    let metrics = client
+        .get(format!("{}/metrics", served.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["late-arrival", "refund"] {
+        let line = format!("eventfold_sales_correction_notices_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     served.stop().await;
 }
