@@ -348,8 +348,9 @@ fn migrate_twice_is_a_no_op_and_a_newer_schema_is_refused() {
     );
 }
 
-/// `eventfold relay --once` publishes the imported log to Kafka (Tansu), checked with kcat; a
-/// second run publishes nothing; bad arguments are refused with a message naming them.
+/// `eventfold relay --once` publishes the imported log to Kafka (Tansu), checked with kcat, the
+/// correction notices of the (late) rows included; a second run publishes nothing; bad
+/// arguments are refused with a message naming them.
 #[test]
 fn relay_once_publishes_the_log_to_kafka() {
     let brokers = eventfold_kafka::testing::broker();
@@ -361,16 +362,12 @@ fn relay_once_publishes_the_log_to_kafka() {
         " 00001 19970101  1   11.77\n 00002 19970102  2   20.00\n",
     )
     .unwrap();
-    ok_json(&eventfold(
+    // Not a backfill: both rows are late arrivals, each with a correction notice.
+    let imported = ok_json(&eventfold(
         &store,
-        &[
-            "import",
-            "cdnow",
-            file.to_str().unwrap(),
-            "--backfill",
-            "--json",
-        ],
+        &["import", "cdnow", file.to_str().unwrap(), "--json"],
     ));
+    assert_eq!(imported["corrections_noticed"], 2, "{imported}");
     let prefix = format!("cli{}", uuid::Uuid::now_v7().simple());
     let relay = |extra: &[&str]| {
         let mut args = vec![
@@ -386,17 +383,30 @@ fn relay_once_publishes_the_log_to_kafka() {
     };
     let first = ok_json(&relay(&["--json"]));
     let published = first["published"].as_u64().unwrap();
-    assert!(published >= 2, "{first}");
+    assert_eq!(published, 12, "{first}");
     assert_eq!(ok_json(&relay(&["--json"]))["published"], 0);
 
-    let out = Command::new("kcat")
-        .args(["-b", &brokers, "-C", "-t", &format!("{prefix}.order")])
-        .args(["-o", "beginning", "-e", "-q", "-f", "%k %h\n"])
-        .output()
-        .expect("kcat runs (scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let topic = |category: &str| -> String {
+        let out = Command::new("kcat")
+            .args(["-b", &brokers, "-C", "-t", &format!("{prefix}.{category}")])
+            .args(["-o", "beginning", "-e", "-q", "-f", "%k %h\n"])
+            .output()
+            .expect("kcat runs (scripts/test installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = topic("order");
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len() as u64, published, "{text}");
+    assert_eq!(lines.len(), 10, "{text}");
+    let notices = topic("salescorrection");
+    let notice_lines: Vec<&str> = notices.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(notice_lines.len(), 2, "{notices}");
+    assert!(
+        notice_lines
+            .iter()
+            .all(|l| l.contains("event_type=SalesCorrectionNoticed")
+                && l.contains("actor=system:sales-corrections")),
+        "{notices}"
+    );
     assert!(
         lines.iter().any(|l| l.starts_with(&format!(
             "{} ",
