@@ -27,7 +27,7 @@ use eventfold_core::{
     deterministic_event_id, Actor, Aggregate, AppendRequest, EventStore, ExpectedVersion,
     RecordedEvent, StoreError,
 };
-use eventfold_domain::projections::sales_key;
+use eventfold_domain::projections::daily_sales_key;
 use eventfold_domain::reporting::{
     sale_effect, BusinessCalendar, CorrectionReason, SaleKind, SalesCorrection,
     SalesCorrectionEvent, SalesCorrectionNotice,
@@ -106,7 +106,11 @@ impl CorrectionNotifier {
     /// A store failure (nothing is lost: the batch is handled again on the next call) or a
     /// poison event.
     pub async fn step(&self) -> Result<(usize, u64), NotifierError> {
-        let from = self.checkpoint().await?;
+        self.step_from(self.checkpoint().await?).await
+    }
+
+    /// [`CorrectionNotifier::step`] from checkpoint `from` (as read just before).
+    async fn step_from(&self, from: u64) -> Result<(usize, u64), NotifierError> {
         let batch = self.events.read_all(from, BATCH).await?;
         let Some(last) = batch.last().map(|e| e.global_position) else {
             return Ok((0, 0));
@@ -120,16 +124,7 @@ impl CorrectionNotifier {
             })?;
             if let Some(effect) = effect {
                 let date = self.calendar.business_date(event.event_time);
-                let tenant = eventfold_core::tenant::of(&event.stream_id);
-                let key = eventfold_core::tenant::scope(
-                    tenant,
-                    &sales_key(
-                        &effect.store,
-                        &date.format("%Y-%m-%d").to_string(),
-                        effect.currency,
-                    ),
-                );
-                effects.push((key, date, effect, event));
+                effects.push((daily_sales_key(event, &effect), date, effect, event));
             }
         }
         let mut keys: Vec<String> = effects.iter().map(|(k, ..)| k.clone()).collect();
@@ -269,8 +264,11 @@ impl CorrectionNotifier {
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
         loop {
-            let waited_from = self.checkpoint().await.unwrap_or(0);
-            let pause = match self.step().await {
+            let (waited_from, stepped) = match self.checkpoint().await {
+                Ok(from) => (from, self.step_from(from).await),
+                Err(e) => (0, Err(e.into())),
+            };
+            let pause = match stepped {
                 Ok((0, _)) => None,
                 Ok(_) => continue,
                 Err(e) => {

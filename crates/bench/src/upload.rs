@@ -80,17 +80,21 @@ pub async fn upload(target: &BenchTarget, sales: u64) -> anyhow::Result<UploadRe
     };
     let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
 
+    let parse = |body: &str| {
+        parse_upload(
+            body.as_bytes(),
+            UploadFormat::Csv,
+            "default",
+            "bench",
+            chrono::Utc::now(),
+        )
+        .map_err(|bad| anyhow::anyhow!("the bench's own sales are refused: {}", bad[0]))
+    };
+
     // Baseline: as many other sales, as history.
     let history = csv(sales, "h");
     let t = Instant::now();
-    let records = parse_upload(
-        history.as_bytes(),
-        UploadFormat::Csv,
-        "default",
-        "bench",
-        chrono::Utc::now(),
-    )
-    .map_err(|bad| anyhow::anyhow!("the bench's own history is refused: {}", bad[0]))?;
+    let records = parse(&history)?;
     append_sales(&backend, &source(true), &records, &|_, _, _| {}).await?;
     let history_ms = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(notifier.catch_up().await? == 0, "history raised notices");
@@ -98,14 +102,7 @@ pub async fn upload(target: &BenchTarget, sales: u64) -> anyhow::Result<UploadRe
     let body = csv(sales, "u");
     let apply = || async {
         let t = Instant::now();
-        let records = parse_upload(
-            body.as_bytes(),
-            UploadFormat::Csv,
-            "default",
-            "bench",
-            chrono::Utc::now(),
-        )
-        .map_err(|bad| anyhow::anyhow!("the bench's own upload is refused: {}", bad[0]))?;
+        let records = parse(&body)?;
         let parse_ms = t.elapsed().as_secs_f64() * 1000.0;
         let counts = append_sales(&backend, &source(false), &records, &|_, _, _| {}).await?;
         let append_ms = t.elapsed().as_secs_f64() * 1000.0 - parse_ms;

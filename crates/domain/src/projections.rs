@@ -292,7 +292,22 @@ pub fn sales_key(store: &str, period: &str, currency: Currency) -> String {
     format!("{store}|{period}|{currency}")
 }
 
+/// The `daily_sales_by_store` key of an event's sales effect, scoped to the event's tenant: the
+/// one both the daily view and the correction notifier's running totals use.
+pub fn daily_sales_key(event: &RecordedEvent, effect: &SaleEffect) -> String {
+    SalesProjection(SalesClock::EventTimeDaily).bucket_key(event, effect)
+}
+
 impl SalesProjection {
+    /// The bucket key of an event's sales effect, scoped to the event's tenant.
+    fn bucket_key(&self, event: &RecordedEvent, effect: &SaleEffect) -> String {
+        let tenant = eventfold_core::tenant::of(&event.stream_id);
+        eventfold_core::tenant::scope(
+            tenant,
+            &sales_key(&effect.store, &self.period(event), effect.currency),
+        )
+    }
+
     fn period(&self, event: &RecordedEvent) -> String {
         match self.0 {
             SalesClock::EventTimeDaily => BusinessCalendar::default()
@@ -321,15 +336,7 @@ impl Projection for SalesProjection {
         let Some(effect) = sale_effect(event)? else {
             return Ok(None);
         };
-        let period = self.period(event);
-        let tenant = eventfold_core::tenant::of(&event.stream_id);
-        Ok(Some((
-            eventfold_core::tenant::scope(
-                tenant,
-                &sales_key(&effect.store, &period, effect.currency),
-            ),
-            effect,
-        )))
+        Ok(Some((self.bucket_key(event, &effect), effect)))
     }
 
     fn apply(

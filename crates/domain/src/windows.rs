@@ -113,9 +113,9 @@ pub enum WindowOutput {
 }
 
 /// The window state: live windows by start, and the watermark.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowAggregator {
-    spec: Option<WindowSpec>,
+    spec: WindowSpec,
     /// Highest event time seen, Unix seconds.
     max_event_secs: Option<i64>,
     /// Live (not yet final) windows by start.
@@ -128,24 +128,18 @@ impl WindowAggregator {
     /// An empty aggregator for `spec`.
     pub fn new(spec: WindowSpec) -> Self {
         Self {
-            spec: Some(spec),
-            ..Self::default()
+            spec,
+            max_event_secs: None,
+            live: BTreeMap::new(),
+            final_before: None,
         }
-    }
-
-    fn spec(&self) -> WindowSpec {
-        self.spec.unwrap_or(WindowSpec {
-            size_secs: 60,
-            advance_secs: 60,
-            grace_secs: 0,
-        })
     }
 
     /// The watermark: the highest event time seen minus the grace period (`None` before the
     /// first record).
     pub fn watermark(&self) -> Option<DateTime<Utc>> {
         self.max_event_secs
-            .and_then(|t| DateTime::from_timestamp(t - self.spec().grace_secs, 0))
+            .and_then(|t| DateTime::from_timestamp(t - self.spec.grace_secs, 0))
     }
 
     /// Live windows, by start: the ones not yet final.
@@ -162,7 +156,7 @@ impl WindowAggregator {
         revenue: Decimal,
         event_time: DateTime<Utc>,
     ) -> Vec<WindowOutput> {
-        let spec = self.spec();
+        let spec = self.spec;
         let mut out = Vec::new();
         let t = event_time.timestamp();
         let watermark = self.max_event_secs.map(|m| m - spec.grace_secs);
@@ -193,15 +187,11 @@ impl WindowAggregator {
 
     /// Finalizes every live window that ends at or before `watermark` (Unix seconds).
     fn close_up_to(&mut self, watermark: i64) -> Vec<WindowOutput> {
-        let spec = self.spec();
-        // Windows with start + size <= watermark are final.
-        let first_open = watermark - spec.size_secs + 1;
-        let boundary = first_open.div_euclid(spec.advance_secs) * spec.advance_secs
-            + if first_open.rem_euclid(spec.advance_secs) == 0 {
-                0
-            } else {
-                spec.advance_secs
-            };
+        let spec = self.spec;
+        // Windows with start + size <= watermark are final: the first open one starts at the
+        // first window start above watermark - size.
+        let a = spec.advance_secs;
+        let boundary = (watermark - spec.size_secs + a).div_euclid(a) * a;
         if self.final_before.is_some_and(|f| f >= boundary) {
             return Vec::new();
         }
