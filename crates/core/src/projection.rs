@@ -42,6 +42,27 @@ pub trait Projection: Send + Sync + 'static {
         input: Self::Input,
         event: &RecordedEvent,
     ) -> Option<Self::Doc>;
+
+    /// The key of a second document this event's fold reads and may change: state shared by
+    /// many keys (a store's period control for its daily buckets, say), or `None` (the
+    /// default). It is loaded with the batch's other documents and folded in log order, so
+    /// the fold of each event sees the context as of that event's position.
+    fn context_key(&self, _event: &RecordedEvent, _input: &Self::Input) -> Option<String> {
+        None
+    }
+
+    /// Folds the input into the document with its [`Projection::context_key`] document
+    /// (`None` = absent; set it to `None` to delete it). The default ignores the context and
+    /// calls [`Projection::apply`].
+    fn apply_in_context(
+        &self,
+        doc: Option<Self::Doc>,
+        _context: &mut Option<Self::Doc>,
+        input: Self::Input,
+        event: &RecordedEvent,
+    ) -> Option<Self::Doc> {
+        self.apply(doc, input, event)
+    }
 }
 
 /// Why the runner stopped.
@@ -133,7 +154,11 @@ impl<P: Projection> DynProjection for Erased<P> {
             match self.0.select(event) {
                 Ok(Some((key, input))) => {
                     keys.insert(key.clone());
-                    selected.push((key, input, event));
+                    let context = self.0.context_key(event, &input);
+                    if let Some(c) = &context {
+                        keys.insert(c.clone());
+                    }
+                    selected.push((key, context, input, event));
                 }
                 Ok(None) => {}
                 Err(message) => return Err(poison(name, event, message)),
@@ -150,9 +175,18 @@ impl<P: Projection> DynProjection for Erased<P> {
             })?;
             docs.insert(key, Some(doc));
         }
-        for (key, input, event) in selected {
-            let slot = docs.entry(key).or_insert(None);
-            *slot = self.0.apply(slot.take(), input, event);
+        for (key, context, input, event) in selected {
+            let doc = docs.entry(key.clone()).or_insert(None).take();
+            let doc = match context.filter(|c| *c != key) {
+                None => self.0.apply(doc, input, event),
+                Some(c) => {
+                    let mut context = docs.entry(c.clone()).or_insert(None).take();
+                    let doc = self.0.apply_in_context(doc, &mut context, input, event);
+                    docs.insert(c, context);
+                    doc
+                }
+            };
+            docs.insert(key, doc);
         }
         docs.into_iter()
             .map(|(key, doc)| {

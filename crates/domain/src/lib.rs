@@ -11,6 +11,7 @@
 //! - [`projections`]: order summary, balance by account, daily sales by store (event time),
 //!   real-time sales (ingest time).
 //! - [`windows`]: tumbling and hopping windows by event time with a grace period (pure).
+//! - [`periods`]: period close per store and the exception queue of held postings.
 //! - [`reporting`]: business days and their cutoff, late sales, correction notices.
 //!
 //! Nothing here does I/O or reads a clock: commands carry the time and actor they need.
@@ -23,6 +24,7 @@ pub mod money;
 pub mod order;
 pub mod payment;
 pub mod payment_saga;
+pub mod periods;
 pub mod projections;
 pub mod reporting;
 pub mod sale;

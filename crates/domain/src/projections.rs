@@ -9,13 +9,16 @@
 //! | `balance_by_account` | account id | [`AccountBalance`] |
 //! | `daily_sales_by_store` | `store|YYYY-MM-DD|currency`, business date of the event time (see [`crate::reporting`]) | [`SalesBucket`] |
 //! | `real_time_sales` | `store|YYYY-MM-DDTHH|currency`, hour of the ingest time (UTC) | [`SalesBucket`] |
+//! | `daily_sales_by_store` | `store|~periods`: the store's period control, when it has one | [`crate::periods::PeriodControl`] |
 //! | `sales_corrections` | `store|YYYY-MM-DD|cause event id` ([`crate::reporting::SalesCorrectionsProjection`]) | [`crate::reporting::SalesCorrectionNotice`] |
 //! | `payment_deadlines` | `{created ms, 16 digits}:{order id}` (event time of creation) | [`OrderCreatedAt`] |
 //!
 //! Sales count an order when it is paid (+amount, +1 order) and subtract refunds (a cancelled paid
 //! order or a refund: -amount, +1 refund) on the day the refund happened. The daily view also
 //! counts what arrived after its day's cutoff (`late_total`, `late_orders`, `adjusted`); the hourly
-//! view counts everything in the hour it arrived and is never rewritten.
+//! view counts everything in the hour it arrived and is never rewritten. For a store with period
+//! control, the daily view leaves out what a closed period holds as an exception and counts an
+//! approved exception on the day it was approved (see [`crate::periods`]).
 
 use chrono::{DateTime, Utc};
 use eventfold_core::aggregate::decode_recorded;
@@ -26,6 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::account::{Account, AccountEvent};
 use crate::money::{Currency, Money};
 use crate::order::{Order, OrderEvent, OrderStatus};
+use crate::periods::{
+    approved_booking, period_control_event, period_control_key, Booking, PeriodControl,
+    PeriodControlEvent,
+};
 use crate::reporting::{sale_effect, BusinessCalendar, SaleEffect};
 
 /// Name of the due-time index of orders (the unpaid-order timeout's delay queue).
@@ -321,9 +328,41 @@ impl SalesProjection {
     }
 }
 
+/// A document of a sales projection: a bucket, or (daily view only) the period control of a
+/// store, kept under [`period_control_key`] to decide each posting of its days (see
+/// [`crate::periods`]). Both serialize as themselves (a bucket reads as a [`SalesBucket`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SalesDoc {
+    /// The sales of one store, period and currency.
+    Bucket(SalesBucket),
+    /// A store's period control.
+    Periods(PeriodControl),
+}
+
+impl SalesDoc {
+    /// The bucket, if this is one.
+    pub fn bucket(&self) -> Option<&SalesBucket> {
+        match self {
+            Self::Bucket(b) => Some(b),
+            Self::Periods(_) => None,
+        }
+    }
+}
+
+/// What a sales projection folds.
+pub enum SalesInput {
+    /// A sale or refund (an order's event).
+    Effect(SaleEffect),
+    /// An approved exception, booked on the day of the approval (daily view only).
+    Booked(SaleEffect),
+    /// A change to a store's periods (daily view only).
+    Periods(PeriodControlEvent),
+}
+
 impl Projection for SalesProjection {
-    type Doc = SalesBucket;
-    type Input = SaleEffect;
+    type Doc = SalesDoc;
+    type Input = SalesInput;
 
     fn name(&self) -> &'static str {
         match self.0 {
@@ -333,38 +372,94 @@ impl Projection for SalesProjection {
     }
 
     fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String> {
-        let Some(effect) = sale_effect(event)? else {
+        if let Some(effect) = sale_effect(event)? {
+            return Ok(Some((
+                self.bucket_key(event, &effect),
+                SalesInput::Effect(effect),
+            )));
+        }
+        if self.0 == SalesClock::IngestTimeHourly {
             return Ok(None);
-        };
-        Ok(Some((self.bucket_key(event, &effect), effect)))
+        }
+        if let Some(effect) = approved_booking(event)? {
+            return Ok(Some((
+                self.bucket_key(event, &effect),
+                SalesInput::Booked(effect),
+            )));
+        }
+        Ok(period_control_event(event)?.map(|(store, e)| {
+            let (tenant, store) = eventfold_core::tenant::split(&store);
+            (period_control_key(tenant, store), SalesInput::Periods(e))
+        }))
+    }
+
+    fn context_key(&self, event: &RecordedEvent, input: &Self::Input) -> Option<String> {
+        match (self.0, input) {
+            (SalesClock::EventTimeDaily, SalesInput::Effect(effect)) => Some(period_control_key(
+                eventfold_core::tenant::of(&event.stream_id),
+                &effect.store,
+            )),
+            _ => None,
+        }
     }
 
     fn apply(
         &self,
-        doc: Option<SalesBucket>,
-        effect: SaleEffect,
+        doc: Option<SalesDoc>,
+        input: SalesInput,
         event: &RecordedEvent,
-    ) -> Option<SalesBucket> {
-        let mut doc = doc.unwrap_or_else(|| SalesBucket {
-            store: effect.store.clone(),
-            period: self.period(event),
-            currency: effect.currency,
-            total: Money::zero(effect.currency).amount,
-            orders: 0,
-            refunds: 0,
-            late_total: Money::zero(effect.currency).amount,
-            late_orders: 0,
-            adjusted: false,
-            last_adjusted_at: None,
-        });
+    ) -> Option<SalesDoc> {
+        self.apply_in_context(doc, &mut None, input, event)
+    }
+
+    fn apply_in_context(
+        &self,
+        doc: Option<SalesDoc>,
+        periods: &mut Option<SalesDoc>,
+        input: SalesInput,
+        event: &RecordedEvent,
+    ) -> Option<SalesDoc> {
+        let (effect, booked) = match input {
+            SalesInput::Periods(e) => {
+                let control = match doc {
+                    Some(SalesDoc::Periods(c)) => c,
+                    _ => PeriodControl::default(),
+                };
+                return Some(SalesDoc::Periods(control.apply(&e)));
+            }
+            SalesInput::Effect(effect) => (effect, false),
+            SalesInput::Booked(effect) => (effect, true),
+        };
+        if let Some(SalesDoc::Periods(control)) = periods {
+            if let Booking::Held(_) = control.booking_of(event) {
+                // Not applied to its period: raised as an exception instead.
+                return doc;
+            }
+        }
+        let mut doc = match doc {
+            Some(SalesDoc::Bucket(b)) => b,
+            _ => SalesBucket {
+                store: effect.store.clone(),
+                period: self.period(event),
+                currency: effect.currency,
+                total: Money::zero(effect.currency).amount,
+                orders: 0,
+                refunds: 0,
+                late_total: Money::zero(effect.currency).amount,
+                late_orders: 0,
+                adjusted: false,
+                last_adjusted_at: None,
+            },
+        };
         doc.total += effect.amount;
         doc.orders += effect.orders();
         doc.refunds += effect.refunds();
-        if self.0 == SalesClock::EventTimeDaily
+        let late = self.0 == SalesClock::EventTimeDaily
+            && !booked
             && BusinessCalendar::default()
                 .lateness_seconds(event)
-                .is_some()
-        {
+                .is_some();
+        if late {
             doc.late_total += effect.amount;
             doc.late_orders += effect.orders();
             doc.adjusted = true;
@@ -373,7 +468,7 @@ impl Projection for SalesProjection {
                     .map_or(event.ingest_time, |t| t.max(event.ingest_time)),
             );
         }
-        Some(doc)
+        Some(SalesDoc::Bucket(doc))
     }
 }
 
@@ -412,12 +507,31 @@ mod tests {
         for e in events {
             if let Some((key, input)) = p.select(e).unwrap() {
                 let doc = docs.remove(&key);
-                if let Some(d) = p.apply(doc, input, e) {
+                let doc = match p.context_key(e, &input) {
+                    Some(c) => {
+                        let mut context = docs.remove(&c);
+                        let doc = p.apply_in_context(doc, &mut context, input, e);
+                        if let Some(c2) = context {
+                            docs.insert(c, c2);
+                        }
+                        doc
+                    }
+                    None => p.apply(doc, input, e),
+                };
+                if let Some(d) = doc {
                     docs.insert(key, d);
                 }
             }
         }
         docs
+    }
+
+    fn buckets(
+        docs: std::collections::BTreeMap<String, SalesDoc>,
+    ) -> std::collections::BTreeMap<String, SalesBucket> {
+        docs.into_iter()
+            .filter_map(|(k, d)| d.bucket().cloned().map(|b| (k, b)))
+            .collect()
     }
 
     #[test]
@@ -470,7 +584,7 @@ mod tests {
                 "1997-01-03",
             ),
         ];
-        let daily = fold(&SalesProjection(SalesClock::EventTimeDaily), &events);
+        let daily = buckets(fold(&SalesProjection(SalesClock::EventTimeDaily), &events));
         let jan1 = &daily["s|1997-01-01|USD"];
         assert_eq!((jan1.total.to_string().as_str(), jan1.orders), ("10.50", 2));
         // Ingested in 2026, long after each day's cutoff: all of it is late.
@@ -492,7 +606,7 @@ mod tests {
                 e
             })
             .collect();
-        let backfilled = fold(&SalesProjection(SalesClock::EventTimeDaily), &history);
+        let backfilled = buckets(fold(&SalesProjection(SalesClock::EventTimeDaily), &history));
         let jan1 = &backfilled["s|1997-01-01|USD"];
         assert_eq!(jan1.total.to_string(), "10.50");
         assert_eq!((jan1.late_orders, jan1.adjusted), (0, false));
@@ -503,7 +617,10 @@ mod tests {
             ("-10.50", 0, 1)
         );
         assert_eq!(daily.len(), 2);
-        let realtime = fold(&SalesProjection(SalesClock::IngestTimeHourly), &events);
+        let realtime = buckets(fold(
+            &SalesProjection(SalesClock::IngestTimeHourly),
+            &events,
+        ));
         let hour = &realtime["s|2026-11-21T05:00:00Z|USD"];
         assert_eq!(
             (hour.total.to_string().as_str(), hour.orders, hour.refunds),
