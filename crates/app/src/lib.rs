@@ -16,6 +16,8 @@
 //! - [`integrity`]: the hash-chain walk (`verify`), signed anchors, and the cold archive.
 //! - [`corrections`]: corrections by replay (`correct interest`).
 //! - [`import`]: the CDNOW purchase-log import and store uploads.
+//! - [`periods`]: period close per store (the clock's worker, seals, `verify --period`) and
+//!   the exception queue's decisions.
 //! - [`reporting`]: the correction notifier (a durable notice for every late sale or refund).
 //! - [`messaging`]: the handlers behind the Kafka consumers (the prize inbox, the notification
 //!   sink, the exactly-once order-notification transform).
@@ -26,6 +28,7 @@ pub mod identity;
 pub mod import;
 pub mod integrity;
 pub mod messaging;
+pub mod periods;
 pub mod projections;
 pub mod reporting;
 pub mod runtime;

@@ -32,6 +32,8 @@ impl Backend {
             .register(SalesProjection(SalesClock::EventTimeDaily))
             .register(SalesProjection(SalesClock::IngestTimeHourly))
             .register(eventfold_domain::reporting::SalesCorrectionsProjection)
+            .register(eventfold_domain::periods::SalesExceptionsProjection)
+            .register(eventfold_domain::periods::SalesPeriodsProjection)
             .register(PaymentDeadlinesProjection)
             .register(SagasInFlightProjection)
             .register(eventfold_domain::identity::ApiKeysProjection)

@@ -17,19 +17,32 @@
 //! A notice is an event like any other: the relay publishes it, `sales_corrections` folds it.
 //! Each one appended counts in `eventfold_sales_correction_notices_total{reason}`.
 //! Events recorded as history by a backfill count in the totals and are never noticed.
+//!
+//! For a store with period control it also keeps the store's [`PeriodControl`] (key
+//! `store|~periods`) and decides each posting as the daily view does
+//! ([`PeriodControl::booking_of`]): a posting its closed period holds is raised as an exception
+//! (stream `salesexception-{cause event id}`, counted in `eventfold_sales_exceptions_raised_total`)
+//! instead of being counted; a late one in a soft-closed period is noticed with `soft_closed`;
+//! an approved exception is counted on the day it was booked and noticed as
+//! `exception-approved`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use eventfold_core::aggregate::decode_recorded;
 use eventfold_core::read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 use eventfold_core::{
     deterministic_event_id, Actor, Aggregate, AppendRequest, EventStore, ExpectedVersion,
     RecordedEvent, StoreError,
 };
+use eventfold_domain::periods::{
+    approved_booking, period_control_event, period_control_key, Booking, HeldPosting,
+    PeriodControl, PeriodControlEvent, SalesException, SalesExceptionEvent,
+};
 use eventfold_domain::projections::daily_sales_key;
 use eventfold_domain::reporting::{
-    sale_effect, BusinessCalendar, CorrectionReason, SaleKind, SalesCorrection,
+    sale_effect, BusinessCalendar, CorrectionReason, SaleEffect, SaleKind, SalesCorrection,
     SalesCorrectionEvent, SalesCorrectionNotice,
 };
 use eventfold_domain::Money;
@@ -49,6 +62,117 @@ const BATCH: usize = 10_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DayTotal {
     total: Decimal,
+}
+
+/// What a notifier append is, for its counter.
+enum Derived {
+    Notice(CorrectionReason),
+    Exception,
+}
+
+/// An event the notifier folds.
+enum Posting<'a> {
+    /// A sale or refund of an order.
+    Sale {
+        day_key: String,
+        periods_key: String,
+        effect: SaleEffect,
+        event: &'a RecordedEvent,
+    },
+    /// An approved exception, booked on the day of its approval.
+    Booked {
+        day_key: String,
+        effect: SaleEffect,
+        event: &'a RecordedEvent,
+        held: HeldPosting,
+    },
+    /// A change to a store's periods.
+    Periods {
+        key: String,
+        event: PeriodControlEvent,
+    },
+}
+
+impl<'a> Posting<'a> {
+    fn of(event: &'a RecordedEvent) -> Result<Option<Self>, String> {
+        let tenant = eventfold_core::tenant::of(&event.stream_id);
+        if let Some(effect) = sale_effect(event)? {
+            return Ok(Some(Self::Sale {
+                day_key: daily_sales_key(event, &effect),
+                periods_key: period_control_key(tenant, &effect.store),
+                effect,
+                event,
+            }));
+        }
+        if let Some(effect) = approved_booking(event)? {
+            let Ok(SalesExceptionEvent::ExceptionApproved { held, .. }) =
+                decode_recorded::<SalesException>(event)
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Self::Booked {
+                day_key: daily_sales_key(event, &effect),
+                effect,
+                event,
+                held,
+            }));
+        }
+        Ok(period_control_event(event)?.map(|(store, event)| {
+            let (tenant, store) = eventfold_core::tenant::split(&store);
+            Self::Periods {
+                key: period_control_key(tenant, store),
+                event,
+            }
+        }))
+    }
+
+    /// The state documents its fold reads.
+    fn keys(&self) -> Vec<String> {
+        match self {
+            Self::Sale {
+                day_key,
+                periods_key,
+                ..
+            } => vec![day_key.clone(), periods_key.clone()],
+            Self::Booked { day_key, .. } => vec![day_key.clone()],
+            Self::Periods { key, .. } => vec![key.clone()],
+        }
+    }
+}
+
+/// The notifier's running state for a batch: day totals and the period control of stores.
+#[derive(Default)]
+struct State {
+    days: HashMap<String, DayTotal>,
+    periods: HashMap<String, PeriodControl>,
+}
+
+impl State {
+    fn load(&mut self, key: String, doc: &str) -> Result<(), String> {
+        let bad = |e: serde_json::Error| {
+            format!("{NOTIFIER_STATE} document {key:?} does not decode: {e}")
+        };
+        if key.ends_with("|~periods") {
+            let control = serde_json::from_str(doc).map_err(bad)?;
+            self.periods.insert(key, control);
+        } else {
+            let total = serde_json::from_str(doc).map_err(bad)?;
+            self.days.insert(key, total);
+        }
+        Ok(())
+    }
+
+    fn writes(self) -> Vec<DocWrite> {
+        let days = self.days.into_iter().map(|(key, total)| DocWrite {
+            key,
+            doc: Some(serde_json::to_string(&total).expect("a decimal encodes")),
+        });
+        let periods = self.periods.into_iter().map(|(key, control)| DocWrite {
+            key,
+            doc: Some(serde_json::to_string(&control).expect("period control encodes")),
+        });
+        days.chain(periods).collect()
+    }
 }
 
 /// Why the notifier stopped at an event.
@@ -115,95 +239,43 @@ impl CorrectionNotifier {
         let Some(last) = batch.last().map(|e| e.global_position) else {
             return Ok((0, 0));
         };
-        let mut effects = Vec::new();
+        let mut items = Vec::new();
+        let mut keys = Vec::new();
         for event in &batch {
-            let effect = sale_effect(event).map_err(|message| NotifierError::Poison {
+            let item = Posting::of(event).map_err(|message| NotifierError::Poison {
                 position: event.global_position,
                 stream_id: event.stream_id.clone(),
                 message,
             })?;
-            if let Some(effect) = effect {
-                let date = self.calendar.business_date(event.event_time);
-                effects.push((daily_sales_key(event, &effect), date, effect, event));
+            if let Some(item) = item {
+                keys.extend(item.keys());
+                items.push(item);
             }
         }
-        let mut keys: Vec<String> = effects.iter().map(|(k, ..)| k.clone()).collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut totals: HashMap<String, DayTotal> = HashMap::new();
+        let mut state = State::default();
         for (key, doc) in self.read_models.get_docs(NOTIFIER_STATE, &keys).await? {
-            let total = serde_json::from_str(&doc).map_err(|e| NotifierError::Poison {
-                position: from,
-                stream_id: String::new(),
-                message: format!("{NOTIFIER_STATE} document {key:?} does not decode: {e}"),
-            })?;
-            totals.insert(key, total);
+            state
+                .load(key, &doc)
+                .map_err(|message| NotifierError::Poison {
+                    position: from,
+                    stream_id: String::new(),
+                    message,
+                })?;
         }
         let mut appends = Vec::new();
-        for (key, date, effect, event) in effects {
-            let day = totals.entry(key).or_insert_with(|| DayTotal {
-                total: Money::zero(effect.currency).amount,
-            });
-            let before = day.total;
-            day.total += effect.amount;
-            let Some(lateness_seconds) = self.calendar.lateness_seconds(event) else {
-                continue;
-            };
-            let notice = SalesCorrectionNotice {
-                date,
-                store: effect.store.clone(),
-                currency: effect.currency,
-                delta: effect.amount,
-                orders_delta: i64::from(effect.kind == SaleKind::Sale),
-                before,
-                after: day.total,
-                reason: match effect.kind {
-                    SaleKind::Sale => CorrectionReason::LateArrival,
-                    SaleKind::Refund => CorrectionReason::Refund,
-                },
-                cause_event_id: event.event_id,
-                cause_stream: event.stream_id.clone(),
-                ingested_at: event.ingest_time,
-                lateness_seconds,
-            };
-            let reason = notice.reason;
-            appends.push((reason, self.notice_append(event, notice)?));
-        }
-        let mut appended = 0;
-        if !appends.is_empty() {
-            let (reasons, appends): (Vec<CorrectionReason>, Vec<AppendRequest>) =
-                appends.into_iter().unzip();
-            let streams: Vec<String> = appends.iter().map(|r| r.stream_id.clone()).collect();
-            let outcomes = self.events.append_many(appends).await?;
-            for ((request, reason), outcome) in streams.iter().zip(reasons).zip(outcomes) {
-                match outcome {
-                    Ok(o) if !o.duplicate => {
-                        appended += 1;
-                        metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str())
-                            .increment(1);
-                    }
-                    Ok(_) => {}
-                    // The stream exists with other events: only a notice of the same cause can
-                    // be there, so the cause is noticed already.
-                    Err(StoreError::VersionConflict { .. } | StoreError::EventIdReused { .. }) => {
-                        tracing::warn!(stream = %request, "a correction notice stream holds another event; kept as it is");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        for item in items {
+            if let Some(append) = self.decide(&mut state, item)? {
+                appends.push(append);
             }
         }
-        let writes = totals
-            .into_iter()
-            .map(|(key, total)| DocWrite {
-                key,
-                doc: Some(serde_json::to_string(&total).expect("a decimal encodes")),
-            })
-            .collect();
+        let appended = self.append(appends).await?;
         match self
             .read_models
             .commit_projections(vec![ProjectionCommit {
                 projection: NOTIFIER_STATE.to_owned(),
-                writes,
+                writes: state.writes(),
                 from_checkpoint: from,
                 to_checkpoint: last,
             }])
@@ -215,13 +287,140 @@ impl CorrectionNotifier {
         }
     }
 
-    fn notice_append(
+    /// Folds one posting into the running state; the notice or exception it calls for.
+    fn decide(
+        &self,
+        state: &mut State,
+        item: Posting<'_>,
+    ) -> Result<Option<(Derived, AppendRequest)>, StoreError> {
+        let (day_key, periods_key, effect, event, original) = match item {
+            Posting::Periods { key, event } => {
+                let control = state.periods.remove(&key).unwrap_or_default();
+                state.periods.insert(key, control.apply(&event));
+                return Ok(None);
+            }
+            Posting::Sale {
+                day_key,
+                periods_key,
+                effect,
+                event,
+            } => (day_key, Some(periods_key), effect, event, None),
+            Posting::Booked {
+                day_key,
+                effect,
+                event,
+                held,
+            } => (day_key, None, effect, event, Some(held)),
+        };
+        let date = self.calendar.business_date(event.event_time);
+        let control = periods_key.and_then(|k| state.periods.get(&k));
+        let booking = control.map_or(Booking::Uncontrolled, |c| c.booking_of(event));
+        if let Booking::Held(hold) = booking {
+            let period = control
+                .and_then(|c| c.settings.as_ref())
+                .and_then(|s| s.period_of(date))
+                .map_or_else(|| date.to_string(), |p| p.to_string());
+            let held = HeldPosting {
+                store: effect.store.clone(),
+                date,
+                period,
+                currency: effect.currency,
+                amount: effect.amount,
+                kind: effect.kind,
+                hold,
+                cause_event_id: event.event_id,
+                cause_stream: event.stream_id.clone(),
+                ingested_at: event.ingest_time,
+            };
+            let append = self.derived_append::<SalesException>(
+                event,
+                "salesexception",
+                &SalesExceptionEvent::ExceptionRaised(held),
+            )?;
+            return Ok(Some((Derived::Exception, append)));
+        }
+        let day = state.days.entry(day_key).or_insert_with(|| DayTotal {
+            total: Money::zero(effect.currency).amount,
+        });
+        let before = day.total;
+        day.total += effect.amount;
+        let (reason, lateness_seconds) = match &original {
+            Some(held) => (
+                CorrectionReason::ExceptionApproved,
+                (event.ingest_time - self.calendar.reported_at(held.date)).num_seconds(),
+            ),
+            None => match self.calendar.lateness_seconds(event) {
+                None => return Ok(None),
+                Some(s) if effect.kind == SaleKind::Sale => (CorrectionReason::LateArrival, s),
+                Some(s) => (CorrectionReason::Refund, s),
+            },
+        };
+        let notice = SalesCorrectionNotice {
+            date,
+            store: effect.store.clone(),
+            currency: effect.currency,
+            delta: effect.amount,
+            orders_delta: i64::from(effect.kind == SaleKind::Sale),
+            before,
+            after: day.total,
+            reason,
+            cause_event_id: event.event_id,
+            cause_stream: event.stream_id.clone(),
+            ingested_at: event.ingest_time,
+            lateness_seconds,
+            soft_closed: booking == Booking::SoftClosed,
+            original_date: original.map(|h| h.date),
+        };
+        let append = self.derived_append::<SalesCorrection>(
+            event,
+            "salescorrection",
+            &SalesCorrectionEvent::SalesCorrectionNoticed(notice),
+        )?;
+        Ok(Some((Derived::Notice(reason), append)))
+    }
+
+    /// Appends the batch's notices and exceptions; the number new now (a replayed batch finds
+    /// its own earlier appends and adds nothing).
+    async fn append(&self, appends: Vec<(Derived, AppendRequest)>) -> Result<u64, StoreError> {
+        if appends.is_empty() {
+            return Ok(0);
+        }
+        let (kinds, appends): (Vec<Derived>, Vec<AppendRequest>) = appends.into_iter().unzip();
+        let streams: Vec<String> = appends.iter().map(|r| r.stream_id.clone()).collect();
+        let outcomes = self.events.append_many(appends).await?;
+        let mut appended = 0;
+        for ((stream, kind), outcome) in streams.iter().zip(kinds).zip(outcomes) {
+            match outcome {
+                Ok(o) if !o.duplicate => {
+                    appended += 1;
+                    match kind {
+                        Derived::Notice(reason) => metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str()).increment(1),
+                        Derived::Exception => metrics::counter!("eventfold_sales_exceptions_raised_total").increment(1),
+                    }
+                }
+                Ok(_) => {}
+                // The stream exists with other events: only an earlier append for the same
+                // cause can have made it (a raised exception may since have been decided).
+                Err(StoreError::VersionConflict { .. } | StoreError::EventIdReused { .. }) => {
+                    tracing::debug!(stream = %stream, "a derived stream exists already; kept as it is");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(appended)
+    }
+
+    /// The append of `event` to the stream of category `A` named by its cause
+    /// (`{category}-{cause event id}`, scoped to the cause's tenant), expecting no stream, with
+    /// an event id derived from the cause: appended once however often the cause is seen.
+    fn derived_append<A: Aggregate>(
         &self,
         cause: &RecordedEvent,
-        notice: SalesCorrectionNotice,
+        tag: &str,
+        event: &A::Event,
     ) -> Result<AppendRequest, StoreError> {
         let tenant = eventfold_core::tenant::of(&cause.stream_id);
-        let stream = SalesCorrection::stream_id(&eventfold_core::tenant::scope(
+        let stream = A::stream_id(&eventfold_core::tenant::scope(
             tenant,
             &cause.event_id.to_string(),
         ));
@@ -231,12 +430,9 @@ impl CorrectionNotifier {
         ctx.correlation_id = cause.metadata.correlation_id;
         let id = deterministic_event_id(
             cause.ingest_time,
-            format!("salescorrection/{}", cause.event_id).as_bytes(),
+            format!("{tag}/{}", cause.event_id).as_bytes(),
         );
-        let event = SalesCorrectionEvent::SalesCorrectionNoticed(notice);
-        let event = self
-            .service
-            .new_event::<SalesCorrection>(&stream, &event, &ctx, id)?;
+        let event = self.service.new_event::<A>(&stream, event, &ctx, id)?;
         Ok(AppendRequest::new(
             stream,
             ExpectedVersion::NoStream,

@@ -8,7 +8,8 @@
 //! | worker | what it does | when |
 //! |---|---|---|
 //! | projections | folds the log into every read model ([`crate::projections`]) | always |
-//! | correction notices | a durable notice for every late sale or refund ([`crate::reporting`]) | always |
+//! | correction notices | a durable notice for every late sale or refund, an exception for every posting a closed period holds ([`crate::reporting`]) | always |
+//! | period clock | soft-closes, closes and seals periods whose time has come ([`crate::periods`]) | every minute |
 //! | API keys | reloads the keys requests authenticate with ([`crate::identity`]) | always |
 //! | snapshots | writes account snapshots every 100 events and hourly, off the command path | always |
 //! | stock returns | gives back cancelled sale orders' stock, reconciles pending takes | always |
@@ -43,6 +44,9 @@ use crate::shop::payments::PaymentProvider;
 
 /// The unpaid-order timeout `serve` uses unless told otherwise: 30 minutes.
 pub const DEFAULT_UNPAID_ORDER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How often the period clock soft-closes, closes and seals periods whose time has come.
+const PERIOD_CLOCK_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a snapshot may get before the snapshot tail writes a fresh one: an hour.
 const SNAPSHOT_MAX_AGE_HOURS: i64 = 1;
@@ -203,6 +207,12 @@ impl Runtime {
         let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move { notifier.run(stop.cancelled_owned()).await });
+        tasks.spawn(crate::periods::run_period_clock(
+            crate::periods::PeriodDesk::new(Service::new(backend.events.clone())),
+            backend.read_models.clone(),
+            PERIOD_CLOCK_EVERY,
+            shutdown.clone().cancelled_owned(),
+        ));
         let in_process = config.ledger.is_none();
         let mut app = App::new(&backend, runner, config.ledger);
         if let Some(payments) = config.payments {

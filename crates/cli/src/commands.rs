@@ -9,6 +9,7 @@ mod history;
 mod import;
 mod keys;
 mod migrate;
+mod periods;
 mod projections;
 mod relay;
 mod serve;
@@ -51,6 +52,12 @@ pub enum Command {
     History(history::History),
     /// Print an aggregate's state, now or as of a time or version.
     State(state::State),
+    /// Period close per store: enable, list, soft-close, reopen, close (sealed), tick.
+    #[command(subcommand)]
+    Periods(periods::Periods),
+    /// The exception queue: postings a closed period holds; list, approve, reject.
+    #[command(subcommand)]
+    Exceptions(periods::Exceptions),
     /// Projection maintenance.
     #[command(subcommand)]
     Projections(projections::Projections),
@@ -105,6 +112,8 @@ impl Command {
             Self::Keys(c) => c.exec(global).await,
             Self::History(c) => c.exec(global).await,
             Self::State(c) => c.exec(global).await,
+            Self::Periods(c) => c.exec(global).await,
+            Self::Exceptions(c) => c.exec(global).await,
             Self::Projections(c) => c.exec(global).await,
             Self::Snapshots(c) => c.exec(global).await,
             Self::Verify(c) => c.exec(global).await,

@@ -46,6 +46,30 @@ pub const SALES_EXCEPTIONS: &str = "sales_exceptions";
 /// The maximum delay when `periods enable` is not told one: 72 hours.
 pub const DEFAULT_MAX_DELAY: TimeDelta = TimeDelta::hours(72);
 
+/// Reads a maximum delay such as `72h`, `5d` or `90m` (a whole number and a unit: `m`
+/// minutes, `h` hours, `d` days), at most 366 days.
+///
+/// # Errors
+/// A message naming the text and what is wrong.
+pub fn parse_max_delay(text: &str) -> Result<TimeDelta, String> {
+    let bad = || {
+        format!(
+            "max delay {text:?} is not a whole number of minutes, hours or days such as 72h or 5d"
+        )
+    };
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let delay = match unit {
+        "m" => TimeDelta::try_minutes(n),
+        "h" => TimeDelta::try_hours(n),
+        "d" => TimeDelta::try_days(n),
+        _ => None,
+    }
+    .filter(|d| *d > TimeDelta::zero() && *d <= TimeDelta::days(366))
+    .ok_or_else(bad)?;
+    Ok(delay)
+}
+
 /// How long a store's periods are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -646,6 +670,35 @@ pub fn period_control_event(
 /// range of days never reads it.
 pub fn period_control_key(tenant: &str, store: &str) -> String {
     eventfold_core::tenant::scope(tenant, &format!("{store}|~periods"))
+}
+
+/// Name of the read model listing every store's period control.
+pub const SALES_PERIODS: &str = "sales_periods";
+
+/// The `sales_periods` read model: each store's [`PeriodControl`] by its scoped store id (what
+/// the period worker walks to close periods by the clock).
+pub struct SalesPeriodsProjection;
+
+impl Projection for SalesPeriodsProjection {
+    type Doc = PeriodControl;
+    type Input = PeriodControlEvent;
+
+    fn name(&self) -> &'static str {
+        SALES_PERIODS
+    }
+
+    fn select(&self, event: &RecordedEvent) -> Result<Option<(String, Self::Input)>, String> {
+        period_control_event(event)
+    }
+
+    fn apply(
+        &self,
+        doc: Option<Self::Doc>,
+        input: Self::Input,
+        _event: &RecordedEvent,
+    ) -> Option<Self::Doc> {
+        Some(doc.unwrap_or_default().apply(&input))
+    }
 }
 
 /// A posting held because its period was closed, as raised.

@@ -234,8 +234,15 @@ pub struct SalesCorrectionNotice {
     pub cause_stream: String,
     /// When that event was ingested (UTC).
     pub ingested_at: DateTime<Utc>,
-    /// Seconds between the day's cutoff and that ingest.
+    /// Seconds between the day's cutoff and that ingest (for an approved exception: between
+    /// the original day's cutoff and the approval).
     pub lateness_seconds: i64,
+    /// The day lies in a soft-closed period of the store (see [`crate::periods`]).
+    #[serde(default)]
+    pub soft_closed: bool,
+    /// For an approved exception: the business date of the held posting, booked on `date`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_date: Option<NaiveDate>,
 }
 
 /// A correction notice's stream: one per cause (`salescorrection-{cause event id}`, scoped to

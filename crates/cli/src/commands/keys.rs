@@ -81,7 +81,7 @@ struct Listed {
 }
 
 /// The actor recorded for a key change: `--by`, else `admin:{$USER}`.
-fn by(given: Option<String>) -> anyhow::Result<Actor> {
+pub(crate) fn by(given: Option<String>) -> anyhow::Result<Actor> {
     let text = given.unwrap_or_else(|| {
         let user = std::env::var("USER").unwrap_or_default();
         let user: String = user

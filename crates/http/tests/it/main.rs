@@ -16,6 +16,7 @@ mod late_sales;
 mod order_notifications;
 mod orders;
 mod outage;
+mod periods;
 mod projections;
 mod sagas;
 mod tenant_property;
