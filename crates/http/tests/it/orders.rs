@@ -311,6 +311,8 @@ async fn sales_views(app: TestApp) {
             "daily_sales_by_store",
             "real_time_sales",
             "sales_corrections",
+            "sales_exceptions",
+            "sales_periods",
             "payment_deadlines",
             "sagas_in_flight",
             "api_keys"
