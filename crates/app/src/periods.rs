@@ -218,14 +218,7 @@ impl PeriodDesk {
             .load::<PeriodControl>(store, AsOf::Latest)
             .await?
             .and_then(|r| r.state.settings.map(|s| s.length))
-            .ok_or_else(|| {
-                let e = PeriodError::NotEnabled;
-                ServiceError::Refused {
-                    code: eventfold_domain::DomainError::code(&e),
-                    refusal: eventfold_domain::DomainError::refusal(&e),
-                    message: e.to_string(),
-                }
-            })
+            .ok_or_else(|| ServiceError::refused(&PeriodError::NotEnabled))
     }
 
     /// `store`'s periods as of `now`; `None` without period control.

@@ -37,8 +37,8 @@ use eventfold_core::{
     RecordedEvent, StoreError,
 };
 use eventfold_domain::periods::{
-    approved_booking, period_control_event, period_control_key, Booking, HeldPosting,
-    PeriodControl, PeriodControlEvent, SalesException, SalesExceptionEvent,
+    period_control_event, period_control_key, Booking, HeldPosting, PeriodControl,
+    PeriodControlEvent, SalesException, SalesExceptionEvent,
 };
 use eventfold_domain::projections::daily_sales_key;
 use eventfold_domain::reporting::{
@@ -104,18 +104,20 @@ impl<'a> Posting<'a> {
                 event,
             }));
         }
-        if let Some(effect) = approved_booking(event)? {
-            let Ok(SalesExceptionEvent::ExceptionApproved { held, .. }) =
-                decode_recorded::<SalesException>(event)
-            else {
-                return Ok(None);
-            };
-            return Ok(Some(Self::Booked {
-                day_key: daily_sales_key(event, &effect),
-                effect,
-                event,
-                held,
-            }));
+        if event.event_type == "ExceptionApproved"
+            && SalesException::id_of_stream(&event.stream_id).is_some()
+        {
+            if let SalesExceptionEvent::ExceptionApproved { held, .. } =
+                decode_recorded::<SalesException>(event).map_err(|e| e.to_string())?
+            {
+                let effect = held.booked_effect();
+                return Ok(Some(Self::Booked {
+                    day_key: daily_sales_key(event, &effect),
+                    effect,
+                    event,
+                    held,
+                }));
+            }
         }
         Ok(period_control_event(event)?.map(|(store, event)| {
             let (tenant, store) = eventfold_core::tenant::split(&store);
@@ -334,7 +336,6 @@ impl CorrectionNotifier {
             };
             let append = self.derived_append::<SalesException>(
                 event,
-                "salesexception",
                 &SalesExceptionEvent::ExceptionRaised(held),
             )?;
             return Ok(Some((Derived::Exception, append)));
@@ -373,7 +374,6 @@ impl CorrectionNotifier {
         };
         let append = self.derived_append::<SalesCorrection>(
             event,
-            "salescorrection",
             &SalesCorrectionEvent::SalesCorrectionNoticed(notice),
         )?;
         Ok(Some((Derived::Notice(reason), append)))
@@ -416,7 +416,6 @@ impl CorrectionNotifier {
     fn derived_append<A: Aggregate>(
         &self,
         cause: &RecordedEvent,
-        tag: &str,
         event: &A::Event,
     ) -> Result<AppendRequest, StoreError> {
         let tenant = eventfold_core::tenant::of(&cause.stream_id);
@@ -430,7 +429,7 @@ impl CorrectionNotifier {
         ctx.correlation_id = cause.metadata.correlation_id;
         let id = deterministic_event_id(
             cause.ingest_time,
-            format!("{tag}/{}", cause.event_id).as_bytes(),
+            format!("{}/{}", A::CATEGORY, cause.event_id).as_bytes(),
         );
         let event = self.service.new_event::<A>(&stream, event, &ctx, id)?;
         Ok(AppendRequest::new(

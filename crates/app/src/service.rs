@@ -52,7 +52,8 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    fn refused<E: DomainError>(e: &E) -> Self {
+    /// A domain refusal with its code, how it maps to the caller, and its message.
+    pub fn refused<E: DomainError>(e: &E) -> Self {
         Self::Refused {
             code: e.code(),
             refusal: e.refusal(),

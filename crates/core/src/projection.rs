@@ -175,6 +175,9 @@ impl<P: Projection> DynProjection for Erased<P> {
             })?;
             docs.insert(key, Some(doc));
         }
+        // A key absent before and after the batch (a store without period control, as the
+        // context of its days) needs no write.
+        let stored: HashSet<String> = docs.keys().cloned().collect();
         for (key, context, input, event) in selected {
             let doc = docs.entry(key.clone()).or_insert(None).take();
             let doc = match context.filter(|c| *c != key) {
@@ -189,6 +192,7 @@ impl<P: Projection> DynProjection for Erased<P> {
             docs.insert(key, doc);
         }
         docs.into_iter()
+            .filter(|(key, doc)| doc.is_some() || stored.contains(key))
             .map(|(key, doc)| {
                 let doc = doc
                     .map(|d| serde_json::to_string(&d))

@@ -726,6 +726,18 @@ pub struct HeldPosting {
     pub ingested_at: DateTime<Utc>,
 }
 
+impl HeldPosting {
+    /// What the posting does to sales once an approval books it.
+    pub fn booked_effect(&self) -> SaleEffect {
+        SaleEffect {
+            store: self.store.clone(),
+            currency: self.currency,
+            amount: self.amount,
+            kind: self.kind,
+        }
+    }
+}
+
 /// A held posting and finance's decision (stream `salesexception-{cause event id}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SalesException {
@@ -909,12 +921,7 @@ pub fn approved_booking(event: &RecordedEvent) -> Result<Option<SaleEffect>, Str
         return Ok(None);
     }
     match decode_recorded::<SalesException>(event).map_err(|e| e.to_string())? {
-        SalesExceptionEvent::ExceptionApproved { held, .. } => Ok(Some(SaleEffect {
-            store: held.store,
-            currency: held.currency,
-            amount: held.amount,
-            kind: held.kind,
-        })),
+        SalesExceptionEvent::ExceptionApproved { held, .. } => Ok(Some(held.booked_effect())),
         _ => Ok(None),
     }
 }
