@@ -19,6 +19,8 @@
 //! - [`periods`]: period close per store (the clock's worker, seals, `verify --period`) and
 //!   the exception queue's decisions.
 //! - [`reporting`]: the correction notifier (a durable notice for every late sale or refund).
+//! - [`sales_windows`]: the windows worker (demand per SKU in event-time windows with a grace
+//!   period, and a durable correction for every record after it) and the trending query.
 //! - [`messaging`]: the handlers behind the Kafka consumers (the prize inbox, the notification
 //!   sink, the exactly-once order-notification transform).
 
@@ -33,6 +35,7 @@ pub mod projections;
 pub mod reporting;
 pub mod runtime;
 pub mod sagas;
+pub mod sales_windows;
 pub mod service;
 pub mod shop;
 

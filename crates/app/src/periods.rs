@@ -35,6 +35,10 @@ use crate::service::{version_render, AsOf, CommandContext, Executed, Service, Se
 /// Events read per batch by a replay.
 const BATCH: usize = 10_000;
 
+/// The most periods period control may reach back from today when it is switched on: the
+/// clock closes and seals every ended one at once, and a view lists them all.
+pub const MAX_PAST_PERIODS: usize = 1_000;
+
 /// A change to one period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeriodChange {
@@ -92,8 +96,9 @@ impl PeriodDesk {
     /// Switches period control on for `store` (scoped to its tenant) from period `from`.
     ///
     /// # Errors
-    /// [`ServiceError::Refused`] when it is on already or `max_delay` is shorter than the
-    /// upload window; store failures.
+    /// [`ServiceError::Refused`] when it is on already, `max_delay` is shorter than the upload
+    /// window, or `from` lies more than [`MAX_PAST_PERIODS`] periods before today (the clock
+    /// would close and seal each of them at once); store failures.
     pub async fn enable(
         &self,
         store: &str,
@@ -101,6 +106,17 @@ impl PeriodDesk {
         max_delay: TimeDelta,
         ctx: &CommandContext,
     ) -> Result<PeriodsView, ServiceError> {
+        let today = BusinessCalendar::default().business_date(ctx.event_time);
+        let past = std::iter::successors(Some(from), |p| Some(p.next()))
+            .take_while(|p| p.start <= today)
+            .take(MAX_PAST_PERIODS + 1)
+            .count();
+        if past > MAX_PAST_PERIODS {
+            return Err(ServiceError::refused(&PeriodError::Invalid(format!(
+                "period control from {from} would start {past}+ periods before today; at most \
+                 {MAX_PAST_PERIODS} (monthly periods reach back about 83 years, daily ones about 2.7)"
+            ))));
+        }
         let (_, unscoped) = eventfold_core::tenant::split(store);
         let command = PeriodCommand::Enable {
             store: unscoped.to_owned(),

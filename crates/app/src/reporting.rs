@@ -382,61 +382,19 @@ impl CorrectionNotifier {
     /// Appends the batch's notices and exceptions; the number new now (a replayed batch finds
     /// its own earlier appends and adds nothing).
     async fn append(&self, appends: Vec<(Derived, AppendRequest)>) -> Result<u64, StoreError> {
-        if appends.is_empty() {
-            return Ok(0);
-        }
-        let (kinds, appends): (Vec<Derived>, Vec<AppendRequest>) = appends.into_iter().unzip();
-        let streams: Vec<String> = appends.iter().map(|r| r.stream_id.clone()).collect();
-        let outcomes = self.events.append_many(appends).await?;
-        let mut appended = 0;
-        for ((stream, kind), outcome) in streams.iter().zip(kinds).zip(outcomes) {
-            match outcome {
-                Ok(o) if !o.duplicate => {
-                    appended += 1;
-                    match kind {
-                        Derived::Notice(reason) => metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str()).increment(1),
-                        Derived::Exception => metrics::counter!("eventfold_sales_exceptions_raised_total").increment(1),
-                    }
-                }
-                Ok(_) => {}
-                // The stream exists with other events: only an earlier append for the same
-                // cause can have made it (a raised exception may since have been decided).
-                Err(StoreError::VersionConflict { .. } | StoreError::EventIdReused { .. }) => {
-                    tracing::debug!(stream = %stream, "a derived stream exists already; kept as it is");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(appended)
+        append_derived(self.events.as_ref(), appends, |kind| match kind {
+            Derived::Notice(reason) => metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str()).increment(1),
+            Derived::Exception => metrics::counter!("eventfold_sales_exceptions_raised_total").increment(1),
+        })
+        .await
     }
 
-    /// The append of `event` to the stream of category `A` named by its cause
-    /// (`{category}-{cause event id}`, scoped to the cause's tenant), expecting no stream, with
-    /// an event id derived from the cause: appended once however often the cause is seen.
     fn derived_append<A: Aggregate>(
         &self,
         cause: &RecordedEvent,
         event: &A::Event,
     ) -> Result<AppendRequest, StoreError> {
-        let tenant = eventfold_core::tenant::of(&cause.stream_id);
-        let stream = A::stream_id(&eventfold_core::tenant::scope(
-            tenant,
-            &cause.event_id.to_string(),
-        ));
-        let mut ctx = CommandContext::new(Actor::system("sales-corrections"));
-        ctx.event_time = cause.ingest_time;
-        ctx.causation_id = Some(cause.event_id);
-        ctx.correlation_id = cause.metadata.correlation_id;
-        let id = deterministic_event_id(
-            cause.ingest_time,
-            format!("{}/{}", A::CATEGORY, cause.event_id).as_bytes(),
-        );
-        let event = self.service.new_event::<A>(&stream, event, &ctx, id)?;
-        Ok(AppendRequest::new(
-            stream,
-            ExpectedVersion::NoStream,
-            vec![event],
-        ))
+        derived_append::<A>(&self.service, "sales-corrections", cause, event)
     }
 
     /// Handles batches until caught up with the log's head: the notices appended now.
@@ -457,34 +415,129 @@ impl CorrectionNotifier {
     /// Keeps up with the log until `stop` completes; a failed batch is logged and tried again
     /// after a second.
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
-        let mut stop = std::pin::pin!(stop);
-        loop {
-            let (waited_from, stepped) = match self.checkpoint().await {
-                Ok(from) => (from, self.step_from(from).await),
-                Err(e) => (0, Err(e.into())),
-            };
-            let pause = match stepped {
-                Ok((0, _)) => None,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "correction notifier batch failed; again in 1 s");
-                    Some(Duration::from_secs(1))
-                }
-            };
-            tokio::select! {
-                () = async {
-                    match pause {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => {
-                            tokio::select! {
-                                () = self.events.wait_for_append(waited_from) => {}
-                                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            }
+        run_tail(
+            "correction notifier",
+            &self.events,
+            || self.checkpoint(),
+            |from| self.step_from(from),
+            stop,
+        )
+        .await;
+    }
+}
+
+/// Appends events derived from other events (notices, exceptions, window corrections), each to
+/// its own stream expecting no stream; `on_new(kind)` for each appended now. The number appended
+/// now: a batch replayed after a crash finds its own earlier appends and adds nothing.
+///
+/// # Errors
+/// Store failures other than finding a derived stream that exists already.
+pub(crate) async fn append_derived<K>(
+    events: &dyn EventStore,
+    appends: Vec<(K, AppendRequest)>,
+    on_new: impl Fn(K),
+) -> Result<u64, StoreError> {
+    if appends.is_empty() {
+        return Ok(0);
+    }
+    let (kinds, appends): (Vec<K>, Vec<AppendRequest>) = appends.into_iter().unzip();
+    let streams: Vec<String> = appends.iter().map(|r| r.stream_id.clone()).collect();
+    let outcomes = events.append_many(appends).await?;
+    let mut appended = 0;
+    for ((stream, kind), outcome) in streams.iter().zip(kinds).zip(outcomes) {
+        match outcome {
+            Ok(o) if !o.duplicate => {
+                appended += 1;
+                on_new(kind);
+            }
+            Ok(_) => {}
+            // The stream exists with other events: only an earlier append for the same cause
+            // can have made it (a raised exception may since have been decided).
+            Err(StoreError::VersionConflict { .. } | StoreError::EventIdReused { .. }) => {
+                tracing::debug!(stream = %stream, "a derived stream exists already; kept as it is");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(appended)
+}
+
+/// The append of `event` to the stream of category `A` named by its cause
+/// (`{category}-{cause event id}`, scoped to the cause's tenant), expecting no stream, with an
+/// event id derived from the cause and actor `system:{actor}`: appended once however often the
+/// cause is seen.
+///
+/// # Errors
+/// The event does not encode.
+pub(crate) fn derived_append<A: Aggregate>(
+    service: &Service,
+    actor: &str,
+    cause: &RecordedEvent,
+    event: &A::Event,
+) -> Result<AppendRequest, StoreError> {
+    let tenant = eventfold_core::tenant::of(&cause.stream_id);
+    let stream = A::stream_id(&eventfold_core::tenant::scope(
+        tenant,
+        &cause.event_id.to_string(),
+    ));
+    let mut ctx = CommandContext::new(Actor::system(actor));
+    ctx.event_time = cause.ingest_time;
+    ctx.causation_id = Some(cause.event_id);
+    ctx.correlation_id = cause.metadata.correlation_id;
+    let id = deterministic_event_id(
+        cause.ingest_time,
+        format!("{}/{}", A::CATEGORY, cause.event_id).as_bytes(),
+    );
+    let event = service.new_event::<A>(&stream, event, &ctx, id)?;
+    Ok(AppendRequest::new(
+        stream,
+        ExpectedVersion::NoStream,
+        vec![event],
+    ))
+}
+
+/// Runs a worker that tails the log from its own checkpoint until `stop` completes: reads the
+/// checkpoint, takes a step from it (`(events read, _)`), and when a step read nothing waits for
+/// an append after that checkpoint (at most 500 ms); a failed step is logged (as `name`) and
+/// tried again after a second.
+pub(crate) async fn run_tail<C, S, E>(
+    name: &'static str,
+    events: &Arc<dyn EventStore>,
+    checkpoint: impl Fn() -> C,
+    step_from: impl Fn(u64) -> S,
+    stop: impl std::future::Future<Output = ()>,
+) where
+    C: std::future::Future<Output = Result<u64, StoreError>>,
+    S: std::future::Future<Output = Result<(usize, u64), E>>,
+    E: std::error::Error + From<StoreError>,
+{
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (waited_from, stepped) = match checkpoint().await {
+            Ok(from) => (from, step_from(from).await),
+            Err(e) => (0, Err(e.into())),
+        };
+        let pause = match stepped {
+            Ok((0, _)) => None,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(worker = name, error = %crate::error_chain(&e), "batch failed; again in 1 s");
+                Some(Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            () = async {
+                match pause {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => {
+                        tokio::select! {
+                            () = events.wait_for_append(waited_from) => {}
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
                         }
                     }
-                } => {}
-                () = &mut stop => return,
-            }
+                }
+            } => {}
+            () = &mut stop => return,
         }
     }
 }

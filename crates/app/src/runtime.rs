@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | projections | folds the log into every read model ([`crate::projections`]) | always |
 //! | correction notices | a durable notice for every late sale or refund, an exception for every posting a closed period holds ([`crate::reporting`]) | always |
+//! | windows | demand per SKU in event-time windows with a grace period, a durable correction for every record after it ([`crate::sales_windows`]) | always |
 //! | period clock | soft-closes, closes and seals periods whose time has come ([`crate::periods`]) | every minute |
 //! | API keys | reloads the keys requests authenticate with ([`crate::identity`]) | always |
 //! | snapshots | writes account snapshots every 100 events and hourly, off the command path | always |
@@ -37,6 +38,7 @@ use crate::backend::Backend;
 use crate::identity::KeyRegistry;
 use crate::reporting::CorrectionNotifier;
 use crate::sagas::{SagaConfig, Sagas};
+use crate::sales_windows::WindowWorker;
 use crate::service::{run_snapshots, Service};
 use crate::shop::deadlines::UnpaidOrderTimeout;
 use crate::shop::flash_sale::FlashSale;
@@ -64,6 +66,9 @@ pub struct Config {
     pub payments: Option<Payments>,
     /// Publish the log to Kafka through the outbox relay.
     pub relay: Option<RelayConfig>,
+    /// The windows' grace period, seconds (see [`crate::sales_windows`]). Default
+    /// [`crate::sales_windows::DEFAULT_GRACE_SECS`].
+    pub window_grace_secs: i64,
 }
 
 impl Default for Config {
@@ -73,6 +78,7 @@ impl Default for Config {
             ledger: None,
             payments: None,
             relay: None,
+            window_grace_secs: crate::sales_windows::DEFAULT_GRACE_SECS,
         }
     }
 }
@@ -207,6 +213,14 @@ impl Runtime {
         let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move { notifier.run(stop.cancelled_owned()).await });
+        let windows = WindowWorker::new(
+            backend.events.clone(),
+            backend.read_models.clone(),
+            config.window_grace_secs,
+        )
+        .map_err(|m| anyhow::anyhow!("the windows' grace period: {m}"))?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move { windows.run(stop.cancelled_owned()).await });
         tasks.spawn(crate::periods::run_period_clock(
             crate::periods::PeriodDesk::new(Service::new(backend.events.clone())),
             backend.read_models.clone(),

@@ -22,8 +22,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use eventfold_core::aggregate::decode_recorded;
+use eventfold_core::{Aggregate, RecordedEvent};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::money::Currency;
+use crate::order::{Order, OrderEvent};
+use crate::{DomainError, Refusal};
 
 /// Window size, advance and grace period, in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +77,31 @@ impl WindowSpec {
         let count = self.size_secs / advance;
         (0..count).rev().map(move |k| last - k * advance)
     }
+}
+
+/// Reads a window duration such as `30s`, `5m` or `1h` (a whole number and a unit: `s`
+/// seconds, `m` minutes, `h` hours), at most 7 days: seconds.
+///
+/// # Errors
+/// A message naming the text and what is wrong.
+pub fn parse_window_duration(text: &str) -> Result<i64, String> {
+    let bad = || {
+        format!("duration {text:?} is not a whole number of seconds, minutes or hours such as 30s, 5m or 1h (at most 7 days)")
+    };
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        _ => None,
+    }
+    .filter(|s| *s <= 7 * 24 * 3600)
+    .ok_or_else(bad)?;
+    Ok(secs)
 }
 
 /// Units and revenue of one SKU in one window.
@@ -147,6 +179,23 @@ impl WindowAggregator {
         &self.live
     }
 
+    /// The spec the aggregator runs.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+
+    /// The highest event time seen (`None` before the first record).
+    pub fn newest_event_time(&self) -> Option<DateTime<Utc>> {
+        self.max_event_secs
+            .and_then(|t| DateTime::from_timestamp(t, 0))
+    }
+
+    /// Whether the window starting at `start` (Unix seconds) is final: the watermark has
+    /// passed its end, so a record for it now is a [`WindowOutput::LateCorrection`].
+    pub fn is_final(&self, start: i64) -> bool {
+        self.final_before.is_some_and(|f| start < f)
+    }
+
     /// Folds one record (a sale of `units` of `sku` for `revenue` at `event_time`) and returns
     /// what it finalizes or corrects, in window order.
     pub fn add(
@@ -201,6 +250,164 @@ impl WindowAggregator {
         done.into_iter()
             .map(|(start, skus)| WindowOutput::Final { start, skus })
             .collect()
+    }
+}
+
+/// One line of a placed order, as the windows count it: units and revenue of a SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedLine {
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub units: u64,
+    /// The line's total.
+    pub revenue: Decimal,
+}
+
+/// An order placed at a store, as the windows count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedOrder {
+    /// Store id (unscoped; the event's stream carries the tenant).
+    pub store: String,
+    /// The order's currency.
+    pub currency: Currency,
+    /// Its lines.
+    pub lines: Vec<PlacedLine>,
+}
+
+/// The order an `OrderCreated` event of an order stream places (`None` for every other event).
+/// Windows count demand as it happens: the lines of orders placed, at the order's event time.
+///
+/// # Errors
+/// The event is an order's `OrderCreated` but does not decode (a poison event).
+pub fn placed_order(event: &RecordedEvent) -> Result<Option<PlacedOrder>, String> {
+    if event.event_type != "OrderCreated" || Order::id_of_stream(&event.stream_id).is_none() {
+        return Ok(None);
+    }
+    match decode_recorded::<Order>(event).map_err(|e| e.to_string())? {
+        OrderEvent::OrderCreated {
+            store_id,
+            lines,
+            total,
+            ..
+        } => Ok(Some(PlacedOrder {
+            store: store_id,
+            currency: total.currency,
+            lines: lines
+                .into_iter()
+                .map(|l| PlacedLine {
+                    sku: l.sku,
+                    units: u64::from(l.quantity),
+                    revenue: l.amount.amount,
+                })
+                .collect(),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// The key a SKU's figures have in a window of a store that sells in several currencies:
+/// `{sku}|{currency}` (SKU ids hold no `|`).
+pub fn sku_key(sku: &str, currency: Currency) -> String {
+    format!("{sku}|{currency}")
+}
+
+/// The SKU and currency of a [`sku_key`].
+pub fn split_sku_key(key: &str) -> (&str, &str) {
+    key.rsplit_once('|').unwrap_or((key, ""))
+}
+
+/// What one late record added to a window that was final already (reason `late-after-grace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCorrectionLine {
+    /// The SKU.
+    pub sku: String,
+    /// ISO 4217 code of the revenue.
+    pub currency: Currency,
+    /// Units added.
+    pub units: u64,
+    /// Revenue added, decimal.
+    pub revenue: Decimal,
+}
+
+/// A correction of a final window by a record that came after the grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCorrectionNotice {
+    /// Store id (unscoped).
+    pub store: String,
+    /// Start of the corrected window (UTC).
+    pub window_start: DateTime<Utc>,
+    /// Its end (UTC, exclusive).
+    pub window_end: DateTime<Utc>,
+    /// Always `late-after-grace`.
+    pub reason: String,
+    /// What the record added, per SKU.
+    pub lines: Vec<WindowCorrectionLine>,
+    /// The record (event) that corrected it.
+    pub cause_event_id: Uuid,
+    /// Its stream (scoped to its tenant).
+    pub cause_stream: String,
+    /// Its event time.
+    pub event_time: DateTime<Utc>,
+    /// When it was ingested.
+    pub ingested_at: DateTime<Utc>,
+    /// Seconds its event time was behind the store's watermark when it arrived.
+    pub behind_watermark_secs: i64,
+}
+
+/// The reason of every [`WindowCorrectionNotice`].
+pub const LATE_AFTER_GRACE: &str = "late-after-grace";
+
+/// A window correction's stream: one per cause (`windowcorrection-{cause event id}`, scoped to
+/// the cause's tenant), so a correction is recorded once however often its cause is seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowCorrection {
+    /// Set once noticed.
+    pub notice: Option<WindowCorrectionNotice>,
+}
+
+/// What happened to a window correction's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowCorrectionEvent {
+    /// A final window was corrected by a record after the grace period.
+    WindowCorrectionNoticed(WindowCorrectionNotice),
+}
+
+/// Why a window correction was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WindowCorrectionError {
+    /// This cause has its correction already.
+    #[error("the window correction of this event was noticed already")]
+    Noticed,
+}
+
+impl DomainError for WindowCorrectionError {
+    fn code(&self) -> &'static str {
+        "window_correction_noticed"
+    }
+    fn refusal(&self) -> Refusal {
+        Refusal::Conflict
+    }
+}
+
+impl Aggregate for WindowCorrection {
+    type Command = WindowCorrectionNotice;
+    type Event = WindowCorrectionEvent;
+    type Error = WindowCorrectionError;
+    const CATEGORY: &'static str = "windowcorrection";
+
+    fn handle(&self, notice: Self::Command) -> Result<Vec<Self::Event>, Self::Error> {
+        if self.notice.is_some() {
+            return Err(WindowCorrectionError::Noticed);
+        }
+        Ok(vec![WindowCorrectionEvent::WindowCorrectionNoticed(notice)])
+    }
+
+    fn apply(mut self, event: &Self::Event) -> Self {
+        let WindowCorrectionEvent::WindowCorrectionNoticed(notice) = event;
+        self.notice = Some(notice.clone());
+        self
     }
 }
 

@@ -48,6 +48,15 @@ pub const REQUIRED_REASON: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-
 pub const REASON: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]{0,500}$";
 /// A calendar day, `YYYY-MM-DD` (and a real date).
 pub const DAY: &str = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$";
+/// A period: a month `YYYY-MM` or a day `YYYY-MM-DD` (and a real one).
+pub const PERIOD: &str = "^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$";
+/// A period's maximum delay: a whole number of minutes, hours or days (`90m`, `72h`, `5d`); at
+/// most 366 days and at least the upload window (2 hours), else 422.
+pub const MAX_DELAY: &str = "^[1-9][0-9]{0,5}[mhd]$";
+/// A window's size or advance: whole minutes or hours (`5m`, `1h`), at most 7 days (else 422).
+pub const WINDOW_DURATION: &str = "^[1-9][0-9]{0,4}[mh]$";
+/// A `Last-Event-ID` header: a global position, 1 to 18 digits.
+pub const LAST_EVENT_ID: &str = "^[0-9]{1,18}$";
 /// The most characters of a reason.
 pub const MAX_REASON: usize = 500;
 /// The most units a flash sale holds, a buyer may hold, or one purchase takes.
@@ -63,6 +72,10 @@ static COMPILED: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
         REQUIRED_REASON,
         REASON,
         DAY,
+        PERIOD,
+        MAX_DELAY,
+        WINDOW_DURATION,
+        LAST_EVENT_ID,
         IDEMPOTENCY_KEY,
     ]
     .into_iter()
@@ -216,6 +229,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
         Access::Roles(&[Role::Finance, Role::Auditor, Role::Operator]),
     ),
     (
+        "get",
+        "/sales/corrections/stream",
+        Access::Roles(&[Role::Finance, Role::Auditor, Role::Operator]),
+    ),
+    (
         "post",
         "/stores/{store}/uploads",
         Access::Roles(&crate::uploads::UPLOADERS),
@@ -225,6 +243,47 @@ const ROUTES: &[(&str, &str, Access)] = &[
         "/projections",
         Access::Roles(&[Role::Operator, Role::Auditor]),
     ),
+    (
+        "get",
+        "/stores/{store}/periods",
+        Access::Roles(&crate::periods::PERIOD_READERS),
+    ),
+    (
+        "post",
+        "/stores/{store}/periods",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    (
+        "post",
+        "/stores/{store}/periods/{period}/soft-close",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    (
+        "post",
+        "/stores/{store}/periods/{period}/reopen",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    (
+        "post",
+        "/stores/{store}/periods/{period}/close",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    (
+        "get",
+        "/exceptions",
+        Access::Roles(&crate::periods::EXCEPTION_READERS),
+    ),
+    (
+        "post",
+        "/exceptions/{id}/approve",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    (
+        "post",
+        "/exceptions/{id}/reject",
+        Access::Roles(&crate::periods::FINANCE),
+    ),
+    ("get", "/trending", Access::Roles(&crate::trending::READ)),
     ("get", "/metrics", Access::Roles(&[Role::Operator])),
     ("get", "/healthz", Access::Public),
     ("get", "/ready", Access::Public),
@@ -250,6 +309,7 @@ enum Rule {
     Currency,
     Items(usize, usize),
     DateTime,
+    Enum(&'static [&'static str]),
 }
 
 const FIELDS: &[(&str, &str, Rule)] = &[
@@ -287,6 +347,14 @@ const FIELDS: &[(&str, &str, Rule)] = &[
     ("RequiredReasonBody", "occurred_at", Rule::DateTime),
     ("PurchaseBody", "buyer", Rule::Pattern(BUYER)),
     ("PurchaseBody", "quantity", Rule::Units),
+    ("EnablePeriods", "from", Rule::Pattern(PERIOD)),
+    ("EnablePeriods", "period", Rule::Enum(&["month", "day"])),
+    ("EnablePeriods", "max_delay", Rule::Pattern(MAX_DELAY)),
+    (
+        "DecisionBody",
+        "reason",
+        Rule::PatternMax(REQUIRED_REASON, MAX_REASON),
+    ),
 ];
 
 /// Writes the contract into the generated document (see the module docs).
@@ -349,6 +417,9 @@ fn apply(schema: &mut Schema, rule: &Rule) {
         (Schema::Object(o), Rule::DateTime) => {
             o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
         }
+        (Schema::Object(o), Rule::Enum(values)) => {
+            o.enum_values = Some(values.iter().map(|v| json!(v)).collect());
+        }
         (Schema::Array(a), Rule::Items(min, max)) => {
             a.min_items = Some(*min);
             a.max_items = Some(*max);
@@ -376,6 +447,30 @@ fn parameter_rules(op: &mut Operation, path: &str) {
             (ParameterIn::Query, "from" | "to" | "asOf") => {
                 o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
             }
+            (ParameterIn::Path, "period") => o.pattern = Some(PERIOD.to_owned()),
+            (ParameterIn::Query, "size" | "advance") => {
+                o.pattern = Some(WINDOW_DURATION.to_owned());
+            }
+            (ParameterIn::Query, "after") => {
+                o.minimum = Some(utoipa::Number::UInt(0));
+                o.maximum = Some(utoipa::Number::UInt(i64::MAX as usize));
+            }
+            (ParameterIn::Query, "top" | "windows") => {
+                o.minimum = Some(utoipa::Number::UInt(1));
+                o.maximum = Some(utoipa::Number::UInt(crate::trending::MAX_COUNT as usize));
+            }
+            (ParameterIn::Query, "state") => {
+                o.enum_values = Some(
+                    ["open", "approved", "rejected"]
+                        .iter()
+                        .map(|v| json!(v))
+                        .collect(),
+                );
+            }
+            (ParameterIn::Header, "Last-Event-ID") => {
+                o.schema_type = utoipa::openapi::schema::SchemaType::Type(Type::String);
+                o.pattern = Some(LAST_EVENT_ID.to_owned());
+            }
             (ParameterIn::Header, "Idempotency-Key") => {
                 o.pattern = Some(IDEMPOTENCY_KEY.to_owned());
             }
@@ -385,7 +480,10 @@ fn parameter_rules(op: &mut Operation, path: &str) {
             }
             _ => {}
         }
-        if matches!(p.parameter_in, ParameterIn::Query) && p.name == "store" {
+        if matches!(p.parameter_in, ParameterIn::Query)
+            && p.name == "store"
+            && (path.starts_with("/sales") || path == "/trending")
+        {
             p.required = Required::True;
         }
     }

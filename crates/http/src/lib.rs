@@ -17,11 +17,13 @@ mod flash_sales;
 mod operations;
 mod orders;
 mod payment_callbacks;
+mod periods;
 pub mod rate_limit;
 mod sales;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trending;
 mod uploads;
 mod wire;
 
@@ -48,7 +50,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 #[openapi(
     info(
         title = "eventfold",
-        description = "Event-sourced shop backend: accounts, orders, sales views, flash sales."
+        description = "Event-sourced shop backend: accounts, orders, sales views (with late data, period close and the exception queue), flash sales."
     ),
     paths(
         accounts::open_account,
@@ -72,7 +74,17 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         sales::daily_sales,
         sales::realtime_sales,
         sales::sales_corrections,
+        sales::correction_stream,
+        trending::get_trending,
         uploads::upload_sales,
+        periods::get_periods,
+        periods::enable_periods,
+        periods::soft_close_period,
+        periods::reopen_period,
+        periods::close_period,
+        periods::get_exceptions,
+        periods::approve_exception,
+        periods::reject_exception,
         operations::projections,
         operations::healthz,
         operations::prometheus,
@@ -111,10 +123,31 @@ pub fn router(state: AppState) -> Router {
         .route("/sales/daily", get(sales::daily_sales))
         .route("/sales/realtime", get(sales::realtime_sales))
         .route("/sales/corrections", get(sales::sales_corrections))
+        .route("/sales/corrections/stream", get(sales::correction_stream))
+        .route("/trending", get(trending::get_trending))
         .route(
             "/stores/{store}/uploads",
             post(uploads::upload_sales).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
         )
+        .route(
+            "/stores/{store}/periods",
+            get(periods::get_periods).post(periods::enable_periods),
+        )
+        .route(
+            "/stores/{store}/periods/{period}/soft-close",
+            post(periods::soft_close_period),
+        )
+        .route(
+            "/stores/{store}/periods/{period}/reopen",
+            post(periods::reopen_period),
+        )
+        .route(
+            "/stores/{store}/periods/{period}/close",
+            post(periods::close_period),
+        )
+        .route("/exceptions", get(periods::get_exceptions))
+        .route("/exceptions/{id}/approve", post(periods::approve_exception))
+        .route("/exceptions/{id}/reject", post(periods::reject_exception))
         .route("/projections", get(operations::projections))
         .route("/healthz", get(operations::healthz))
         .route("/metrics", get(operations::prometheus))
@@ -177,7 +210,11 @@ pub async fn serve(
             "credentials required"
         );
     }
-    let app = router(AppState::new(runtime.app().clone()).with_auth(auth));
+    let app = router(
+        AppState::new(runtime.app().clone())
+            .with_auth(auth)
+            .with_shutdown(shutdown.clone()),
+    );
     tracing::info!(%addr, "eventfold serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

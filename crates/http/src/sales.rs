@@ -6,11 +6,13 @@
 //! - `GET /sales/realtime` (`real_time_sales`): per hour of the **ingest time**: what arrived when,
 //!   never rewritten; a late sale counts in the hour it arrived.
 //! - `GET /sales/corrections` (`sales_corrections`): one notice per late effect on a business day,
-//!   with the day's total before and after it.
+//!   with the day's total before and after it; `GET /sales/corrections/stream` follows them live
+//!   as server-sent events, resumable with `Last-Event-ID`.
 
 use axum::extract::{Query, State};
 use axum::Json;
 use chrono::NaiveDate;
+use eventfold_core::tenant;
 use eventfold_domain::identity::Role;
 use eventfold_domain::projections::{SalesBucket, DAILY_SALES_BY_STORE, REAL_TIME_SALES};
 use eventfold_domain::reporting::{SalesCorrectionNotice, SALES_CORRECTIONS};
@@ -250,23 +252,184 @@ pub async fn sales_corrections(
         MAX_NOTICES,
     )
     .await?;
-    let out = notices
-        .into_iter()
-        .map(|n| CorrectionNotice {
-            date: n.date.format("%Y-%m-%d").to_string(),
-            store: n.store,
-            currency: wire::Currency(n.currency),
-            delta: n.delta,
-            orders_delta: n.orders_delta,
-            before: n.before,
-            after: n.after,
-            reason: n.reason.as_str().to_owned(),
-            cause_event_id: n.cause_event_id,
-            ingested_at: n.ingested_at,
-            lateness_seconds: n.lateness_seconds,
+    Ok(Json(notices.into_iter().map(correction_body).collect()))
+}
+
+fn correction_body(n: SalesCorrectionNotice) -> CorrectionNotice {
+    CorrectionNotice {
+        date: n.date.format("%Y-%m-%d").to_string(),
+        store: n.store,
+        currency: wire::Currency(n.currency),
+        delta: n.delta,
+        orders_delta: n.orders_delta,
+        before: n.before,
+        after: n.after,
+        reason: n.reason.as_str().to_owned(),
+        cause_event_id: n.cause_event_id,
+        ingested_at: n.ingested_at,
+        lateness_seconds: n.lateness_seconds,
+    }
+}
+
+/// `GET /sales/corrections/stream` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionStreamQuery {
+    /// Store id (required).
+    pub store: Option<String>,
+    /// Start after this global position (0: every notice from the beginning of the log).
+    /// Default: the `Last-Event-ID` header when a client reconnects, else the log's head when
+    /// the stream opens (only notices from now on).
+    pub after: Option<u64>,
+    /// Keep the stream open and send notices as they are appended (default `true`); `false`
+    /// ends it once it has caught up with the log.
+    pub follow: Option<bool>,
+}
+
+/// Events the stream reads from the log per batch.
+const STREAM_BATCH: usize = 1_000;
+
+/// One event of the corrections stream: `id` (its global position, for `Last-Event-ID`),
+/// `event: correction` and the notice as JSON data.
+fn sse_event(position: u64, notice: SalesCorrectionNotice) -> axum::response::sse::Event {
+    let body = correction_body(notice);
+    axum::response::sse::Event::default()
+        .id(position.to_string())
+        .event("correction")
+        .json_data(body)
+        .unwrap_or_default()
+}
+
+/// The notice of `event` when it is a correction notice of `store` in `tenant`.
+fn notice_of(
+    event: &eventfold_core::RecordedEvent,
+    tenant: &str,
+    store: &str,
+) -> Option<SalesCorrectionNotice> {
+    use eventfold_core::Aggregate;
+    use eventfold_domain::reporting::{SalesCorrection, SalesCorrectionEvent};
+    if eventfold_core::tenant::of(&event.stream_id) != tenant
+        || SalesCorrection::id_of_stream(&event.stream_id).is_none()
+    {
+        return None;
+    }
+    match eventfold_core::aggregate::decode_recorded::<SalesCorrection>(event) {
+        Ok(SalesCorrectionEvent::SalesCorrectionNoticed(n)) if n.store == store => Some(n),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(position = event.global_position, error = %e, "a correction notice does not decode; skipped by the stream");
+            None
+        }
+    }
+}
+
+/// A store's correction notices as server-sent events (`text/event-stream`), in log order:
+/// each `event: correction` with `id` = the notice's global position and the notice as JSON
+/// (the fields of `GET /sales/corrections`). Resumable: a client that reconnects with
+/// `Last-Event-ID` gets every notice after it. Comments keep an idle stream alive every 15 s.
+#[utoipa::path(get, path = "/sales/corrections/stream",
+    params(CorrectionStreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (a global position)")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "Server-sent events: `id: POSITION`, `event: correction`, `data: {notice as in GET /sales/corrections}`"),
+        (status = 400, body = ApiErrorBody)))]
+pub async fn correction_stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    query: Result<Query<CorrectionStreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::sse::{KeepAlive, Sse};
+    use axum::response::IntoResponse;
+    caller.require(&READ)?;
+    let Query(q) = query?;
+    let store = required_store(q.store)?;
+    let last_event_id = crate::extract::header_str(&headers, "last-event-id")?
+        .map(|v| {
+            let v = v.trim();
+            crate::contract::check("Last-Event-ID", v, crate::contract::LAST_EVENT_ID)
+                .ok()
+                .and_then(|()| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        format!(
+                            "header Last-Event-ID must be a global position such as 42, got {v:?}"
+                        ),
+                    )
+                })
         })
-        .collect();
-    Ok(Json(out))
+        .transpose()?;
+    if q.after.is_some_and(|a| a > i64::MAX as u64) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("after must be a global position up to {}", i64::MAX),
+        ));
+    }
+    let events = state.app.backend.events.clone();
+    let tenant = caller.0.tenant.clone();
+    let start = match q.after.or(last_event_id) {
+        Some(p) => p,
+        None => tenant::fenced(&tenant, events.head_position()).await?,
+    };
+    let follow = q.follow.unwrap_or(true);
+    struct Tail {
+        events: std::sync::Arc<dyn eventfold_core::EventStore>,
+        tenant: String,
+        store: String,
+        position: u64,
+        ready: std::collections::VecDeque<axum::response::sse::Event>,
+        follow: bool,
+        shutdown: tokio_util::sync::CancellationToken,
+    }
+    let tail = Tail {
+        events,
+        tenant,
+        store,
+        position: start,
+        ready: std::collections::VecDeque::new(),
+        follow,
+        shutdown: state.shutdown.clone(),
+    };
+    let stream = futures::stream::unfold(tail, |mut t| async move {
+        loop {
+            if let Some(e) = t.ready.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(e), t));
+            }
+            let batch = match tenant::fenced(&t.tenant, t.events.read_all(t.position, STREAM_BATCH))
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    // The client reconnects with Last-Event-ID and resumes where it stopped.
+                    tracing::warn!(error = %e, "corrections stream: the store failed; closing the stream");
+                    return None;
+                }
+            };
+            let Some(last) = batch.last().map(|e| e.global_position) else {
+                if !t.follow {
+                    return None;
+                }
+                // The server is stopping: end the stream (the client resumes elsewhere with
+                // Last-Event-ID) so the shutdown need not wait for it.
+                tokio::select! {
+                    () = t.events.wait_for_append(t.position) => {}
+                    () = t.shutdown.cancelled() => return None,
+                }
+                continue;
+            };
+            for e in &batch {
+                if let Some(n) = notice_of(e, &t.tenant, &t.store) {
+                    t.ready.push_back(sse_event(e.global_position, n));
+                }
+            }
+            t.position = last;
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response())
 }
 
 /// `GET /sales/realtime` query.

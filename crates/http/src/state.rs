@@ -10,6 +10,9 @@ use crate::auth::AuthConfig;
 pub struct AppState {
     pub(crate) app: App,
     pub(crate) auth: AuthConfig,
+    /// Cancelled when the server shuts down: long-lived responses (server-sent events) end then,
+    /// so a graceful shutdown does not wait for them.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -20,6 +23,7 @@ impl AppState {
         Self {
             app,
             auth: AuthConfig::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -27,6 +31,13 @@ impl AppState {
     #[must_use]
     pub fn with_auth(mut self, auth: AuthConfig) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// The same state, ending long-lived responses when `shutdown` is cancelled.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: tokio_util::sync::CancellationToken) -> Self {
+        self.shutdown = shutdown;
         self
     }
 

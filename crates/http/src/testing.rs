@@ -193,6 +193,20 @@ impl TestApp {
         .expect("the correction notifier catches up")
     }
 
+    /// Runs the windows worker (a worker of `serve`) with the default grace period until it has
+    /// seen the whole log; the late-after-grace corrections noticed now.
+    pub async fn fold_windows(&self) -> u64 {
+        eventfold_app::sales_windows::WindowWorker::new(
+            self.backend.events.clone(),
+            self.backend.read_models.clone(),
+            eventfold_app::sales_windows::DEFAULT_GRACE_SECS,
+        )
+        .expect("the default grace period is valid")
+        .catch_up()
+        .await
+        .expect("the windows worker catches up")
+    }
+
     /// Brings every projection up to date.
     pub async fn project(&self) {
         self.runner

@@ -79,6 +79,15 @@ pub struct Serve {
     /// Flash-sale purchase attempts per second one principal may make.
     #[arg(long)]
     purchase_rate_limit: Option<NonZeroU32>,
+    /// The windows' grace period (`GET /trending`): how far an order may be behind a store's
+    /// newest event time and still count before its window is final (`30s`, `2m`, `1h`); a
+    /// later one corrects the final window with a notice.
+    #[arg(long, default_value = "60s", value_parser = parse_grace)]
+    window_grace: i64,
+}
+
+fn parse_grace(s: &str) -> Result<i64, String> {
+    eventfold_domain::windows::parse_window_duration(s)
 }
 
 fn parse_role_rate(s: &str) -> Result<(Role, NonZeroU32), String> {
@@ -189,6 +198,7 @@ impl Serve {
             ledger,
             payments,
             relay,
+            window_grace_secs: self.window_grace,
         };
         let auth = eventfold_http::AuthConfig {
             keys_required: self.auth_keys_required,

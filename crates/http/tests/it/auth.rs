@@ -458,6 +458,12 @@ async fn every_role_against_every_route(app: &TestApp) {
             vec![Finance, Auditor, Operator],
         ),
         (
+            Method::GET,
+            "/sales/corrections/stream?store=s&follow=false",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
             Method::POST,
             "/stores/x/uploads",
             None,
@@ -465,6 +471,55 @@ async fn every_role_against_every_route(app: &TestApp) {
         ),
         (Method::GET, "/projections", None, vec![Operator, Auditor]),
         (Method::GET, "/metrics", None, vec![Operator]),
+        (
+            Method::GET,
+            "/stores/x/periods",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
+            Method::POST,
+            "/stores/x/periods",
+            Some(json!({"from": "2020-01"})),
+            vec![Finance],
+        ),
+        (
+            Method::POST,
+            "/stores/x/periods/2020-01/soft-close",
+            Some(json!({"reason": "month end"})),
+            vec![Finance],
+        ),
+        (
+            Method::POST,
+            "/stores/x/periods/2020-01/reopen",
+            Some(json!({"reason": "late invoices"})),
+            vec![Finance],
+        ),
+        (
+            Method::POST,
+            "/stores/x/periods/2020-01/close",
+            Some(json!({"reason": "month end"})),
+            vec![Finance],
+        ),
+        (Method::GET, "/exceptions", None, vec![Finance, Auditor]),
+        (
+            Method::GET,
+            "/trending?store=s",
+            None,
+            vec![Finance, Auditor, Operator, Support],
+        ),
+        (
+            Method::POST,
+            "/exceptions/x/approve",
+            Some(json!({"reason": "paid"})),
+            vec![Finance],
+        ),
+        (
+            Method::POST,
+            "/exceptions/x/reject",
+            Some(json!({"reason": "duplicate"})),
+            vec![Finance],
+        ),
     ];
     for (method, uri, body, allowed) in &routes {
         for (role, key) in &keys {
@@ -536,7 +591,8 @@ async fn every_role_against_every_route(app: &TestApp) {
     );
 }
 
-/// `/accounts/x/deposit?store=s` -> `/accounts/{id}/deposit` (`{sku}` under `/flash-sales`).
+/// `/accounts/x/deposit?store=s` -> `/accounts/{id}/deposit` (`{sku}` under `/flash-sales`,
+/// `{store}` under `/stores`, and a month segment such as `2020-01` -> `{period}`).
 fn template(uri: &str) -> String {
     let path = uri.split('?').next().unwrap_or(uri);
     let param = if path.starts_with("/flash-sales") {
@@ -547,7 +603,11 @@ fn template(uri: &str) -> String {
         "{id}"
     };
     path.split('/')
-        .map(|s| if s == "x" { param } else { s })
+        .map(|s| match s {
+            "x" => param,
+            s if s.len() == 7 && s.as_bytes()[4] == b'-' => "{period}",
+            s => s,
+        })
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -330,6 +330,20 @@ async fn a_running_server_notices_a_late_sale_and_its_late_refund() {
     let app = TestApp::new().await;
     let served = app.serve(eventfold_app::runtime::Config::default()).await;
     let client = reqwest::Client::new();
+    // A dashboard follows the store's corrections live before anything happens.
+    let mut live = client
+        .get(format!(
+            "{}/sales/corrections/stream?store=s-9",
+            served.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(live.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let day = chrono::Utc::now().date_naive() - chrono::Days::new(2);
     let at = format!("{day}T12:00:00Z");
     let post = |path: String, body: Value| {
@@ -429,6 +443,75 @@ async fn a_running_server_notices_a_late_sale_and_its_late_refund() {
         (&today["adjusted"], &today["total"]),
         (&Value::Bool(false), &Value::from("12.50"))
     );
+    // The live stream delivered both notices, in log order, each with its position as id.
+    let streamed = read_events(&mut live, 2).await;
+    drop(live);
+    let reasons: Vec<&str> = streamed
+        .iter()
+        .map(|(_, n)| n["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["late-arrival", "refund"]);
+    assert!(streamed[0].0 < streamed[1].0);
+    for (_, n) in &streamed {
+        assert!(notices.contains(n), "{n} is one of GET /sales/corrections");
+    }
+    // Resumed after the first: only the second; from the beginning: both.
+    let mut resumed = client
+        .get(format!(
+            "{}/sales/corrections/stream?store=s-9&follow=false",
+            served.base
+        ))
+        .header("last-event-id", streamed[0].0.to_string())
+        .send()
+        .await
+        .unwrap();
+    let again = read_events(&mut resumed, usize::MAX).await;
+    assert_eq!(again, streamed[1..]);
+    let mut all = client
+        .get(format!(
+            "{}/sales/corrections/stream?store=s-9&follow=false&after=0",
+            served.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_events(&mut all, usize::MAX).await, streamed);
+    let mut other = client
+        .get(format!(
+            "{}/sales/corrections/stream?store=s-8&follow=false&after=0",
+            served.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(read_events(&mut other, usize::MAX).await.is_empty());
+
+    // An order placed now for two days ago is after the windows' grace period: it corrects its
+    // final window (with a durable notice) and is counted.
+    let late_order = serde_json::json!({"order_id": "late-2", "customer_id": "c-1",
+        "store_id": "s-9", "currency": "USD", "occurred_at": at,
+        "lines": [{"sku": "cd", "quantity": 1, "amount": "12.50"}]});
+    post("/orders".into(), late_order).await;
+    let metrics_url = format!("{}/metrics", served.base);
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("eventfold_window_late_corrections_total 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        metrics.contains("eventfold_window_late_corrections_total 1"),
+        "{metrics}"
+    );
     let metrics = client
         .get(format!("{}/metrics", served.base))
         .send()
@@ -442,4 +525,38 @@ async fn a_running_server_notices_a_late_sale_and_its_late_refund() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     served.stop().await;
+}
+
+/// Reads server-sent events from `response` until `n` `correction` events came or the stream
+/// ended: (id, data) of each.
+async fn read_events(response: &mut reqwest::Response, n: usize) -> Vec<(u64, Value)> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = None;
+            let mut kind = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().parse::<u64>().unwrap());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    kind = Some(v.trim().to_owned());
+                }
+            }
+            if let (Some(id), Some(data), Some("correction")) = (id, data, kind.as_deref()) {
+                events.push((id, data));
+            }
+        }
+    }
+    events
 }

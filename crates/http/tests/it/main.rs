@@ -20,4 +20,5 @@ mod periods;
 mod projections;
 mod sagas;
 mod tenant_property;
+mod trending;
 mod upcasting;

@@ -12,12 +12,13 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use chrono::Utc;
 use eventfold_app::import::{import_cdnow, ImportOptions};
-use eventfold_app::periods::{list_exceptions, verify_period, PeriodChange, PeriodDesk};
-use eventfold_app::service::{CommandContext, Service};
-use eventfold_core::Actor;
-use eventfold_domain::periods::{ExceptionState, HoldReason, Period, PeriodState};
-use eventfold_http::testing::{cdnow_path, TestApp};
+use eventfold_app::periods::{list_exceptions, verify_period, PeriodDesk};
+use eventfold_app::service::Service;
+use eventfold_domain::identity::Role;
+use eventfold_domain::periods::{ExceptionState, PeriodState};
+use eventfold_http::testing::{assert_error, cdnow_path, TestApp};
 use rust_decimal::Decimal;
+use serde_json::json;
 
 /// (customer, yyyymmdd, cds, dollars).
 type Row = (String, String, String, String);
@@ -52,11 +53,9 @@ fn per_month(rows: &[Row]) -> BTreeMap<String, (Decimal, u64)> {
 }
 
 /// The daily view of 1997-98 summed per month.
-async fn daily_per_month(app: &TestApp) -> BTreeMap<String, (Decimal, u64)> {
-    let days = app
-        .get("/sales/daily?store=cdnow&from=1997-01-01&to=1998-12-31")
-        .await
-        .body;
+async fn daily_per_month(app: &TestApp, key: &str) -> BTreeMap<String, (Decimal, u64)> {
+    let uri = "/sales/daily?store=cdnow&from=1997-01-01&to=1998-12-31";
+    let days = app.send_as(key, Method::GET, uri, &[], None).await.body;
     let mut sums = BTreeMap::new();
     for d in days.as_array().unwrap() {
         let e = sums
@@ -68,17 +67,13 @@ async fn daily_per_month(app: &TestApp) -> BTreeMap<String, (Decimal, u64)> {
     sums
 }
 
-async fn day_total(app: &TestApp, day: &str) -> Decimal {
+async fn day_total(app: &TestApp, key: &str, day: &str) -> Decimal {
     let uri = format!("/sales/daily?store=cdnow&from={day}&to={day}");
-    app.get(&uri).await.body[0]["total"]
+    app.send_as(key, Method::GET, &uri, &[], None).await.body[0]["total"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn finance() -> CommandContext {
-    CommandContext::new(Actor::parse("user:fin-1").unwrap())
 }
 
 eventfold_http::on_both_stores!(
@@ -116,39 +111,123 @@ async fn closed_months_scenario(app: TestApp) {
     .await
     .unwrap();
     app.project().await;
+    // From the first key on, every request needs a credential.
+    let fin = app.key("default", "user:fin-1", &[Role::Finance]).await;
+    let auditor = app.key("default", "user:aud-1", &[Role::Auditor]).await;
+    let uploader = app.key("default", "service:pos", &[Role::Service]).await;
     let expected = per_month(&history);
-    assert_eq!(daily_per_month(&app).await, expected);
+    assert_eq!(daily_per_month(&app, &auditor).await, expected);
 
-    // Finance switches period control on and closes two months; the clock closes the rest.
+    // Finance switches period control on and closes two months over HTTP; the clock closes the
+    // rest.
+    let as_fin = |method: Method, uri: String, body: Option<serde_json::Value>| {
+        let fin = fin.clone();
+        let app = &app;
+        async move { app.send_as(&fin, method, &uri, &[], body).await }
+    };
     let desk = PeriodDesk::new(Service::new(app.backend.events.clone()));
     let store = "cdnow";
-    desk.enable(
-        store,
-        Period::parse("1997-01").unwrap(),
-        chrono::TimeDelta::hours(72),
-        &finance(),
+    let missing = as_fin(Method::GET, "/stores/cdnow/periods".into(), None).await;
+    assert_error(
+        &missing,
+        StatusCode::NOT_FOUND,
+        "no_period_control",
+        "cdnow",
+    );
+    let enabled = as_fin(
+        Method::POST,
+        "/stores/cdnow/periods".into(),
+        Some(json!({"from": "1997-01", "period": "month", "max_delay": "72h"})),
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(enabled.status, StatusCode::CREATED, "{}", enabled.body);
+    assert_eq!(enabled.body["max_delay_seconds"], 72 * 3600);
+    assert_eq!(enabled.body["periods"][0]["period"], "1997-01");
+    let again = as_fin(
+        Method::POST,
+        "/stores/cdnow/periods".into(),
+        Some(json!({"from": "1997-01"})),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    let no_reason = as_fin(
+        Method::POST,
+        "/stores/cdnow/periods/1997-01/close".into(),
+        Some(json!({})),
+    )
+    .await;
+    assert_error(
+        &no_reason,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_reason",
+        "reason",
+    );
     for m in ["1997-01", "1997-02"] {
-        let view = desk
-            .change(store, m, PeriodChange::Close, "month-end close", &finance())
-            .await
-            .unwrap();
-        let p = view.periods.iter().find(|p| p.period == m).unwrap();
-        assert_eq!(p.state, PeriodState::Closed);
-        let seal = p.seal.as_ref().expect("a close is sealed");
+        let closed = as_fin(
+            Method::POST,
+            format!("/stores/cdnow/periods/{m}/close"),
+            Some(json!({"reason": "month-end close"})),
+        )
+        .await;
+        assert_eq!(closed.status, StatusCode::OK, "{}", closed.body);
+        let p = closed.body["periods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["period"] == m)
+            .unwrap()
+            .clone();
+        assert_eq!(p["state"], "closed");
+        let seal = &p["seal"];
         let (total, orders) = expected[m];
         assert_eq!(
-            (seal.totals[0].total, seal.totals[0].orders),
+            (
+                seal["totals"][0]["total"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Decimal>()
+                    .unwrap(),
+                seal["totals"][0]["orders"].as_u64().unwrap()
+            ),
             (total, orders),
             "seal of {m}"
         );
     }
-    let refused = desk
-        .change(store, "1997-01", PeriodChange::Reopen, "oops", &finance())
+    let close_events = app
+        .backend
+        .events
+        .read_stream("periodcontrol-cdnow", 1, 100)
+        .await
+        .unwrap();
+    assert!(
+        close_events
+            .iter()
+            .filter(|e| e.event_type == "PeriodClosed")
+            .all(|e| e.metadata.actor.as_str() == "user:fin-1"),
+        "the closes are recorded as finance's"
+    );
+    let reopen = as_fin(
+        Method::POST,
+        "/stores/cdnow/periods/1997-01/reopen".into(),
+        Some(json!({"reason": "oops"})),
+    )
+    .await;
+    assert_eq!(
+        reopen.status,
+        StatusCode::CONFLICT,
+        "a closed period is final: {}",
+        reopen.body
+    );
+    let auditor_close = app
+        .send_as(
+            &auditor,
+            Method::POST,
+            "/stores/cdnow/periods/1997-03/close",
+            &[],
+            Some(json!({"reason": "x"})),
+        )
         .await;
-    assert!(refused.is_err(), "a closed period is final");
+    assert_eq!(auditor_close.status, StatusCode::FORBIDDEN);
     app.project().await;
     let ticked = desk
         .tick(app.backend.read_models.as_ref(), Utc::now())
@@ -158,11 +237,24 @@ async fn closed_months_scenario(app: TestApp) {
         ticked > 2 * 300,
         "the clock closes and seals every month since 1997: {ticked}"
     );
-    let view = desk.view(store, Utc::now()).await.unwrap().unwrap();
-    let may = view.periods.iter().find(|p| p.period == "1997-05").unwrap();
-    assert_eq!(may.state, PeriodState::Closed);
+    let view = app
+        .send_as(&auditor, Method::GET, "/stores/cdnow/periods", &[], None)
+        .await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    let may = view.body["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["period"] == "1997-05")
+        .unwrap()
+        .clone();
+    assert_eq!(may["state"], PeriodState::Closed.as_str());
     assert_eq!(
-        may.seal.as_ref().unwrap().totals[0].total,
+        may["seal"]["totals"][0]["total"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
         expected["1997-05"].0
     );
     assert_eq!(
@@ -191,6 +283,7 @@ async fn closed_months_scenario(app: TestApp) {
                 .method(Method::POST)
                 .uri("/stores/cdnow/uploads")
                 .header("content-type", "text/csv")
+                .header("authorization", format!("Bearer {uploader}"))
                 .body(Body::from(csv))
                 .unwrap(),
         )
@@ -200,60 +293,90 @@ async fn closed_months_scenario(app: TestApp) {
     app.project().await;
 
     // Every late row is an open exception; no closed month moved.
-    let open = list_exceptions(
-        app.backend.read_models.as_ref(),
-        "default",
-        Some(store),
-        Some(ExceptionState::Open),
-    )
-    .await
-    .unwrap();
+    let listed = app
+        .send_as(
+            &auditor,
+            Method::GET,
+            "/exceptions?store=cdnow&state=open",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let open = listed.body.as_array().unwrap().clone();
     assert_eq!(open.len(), late.len());
-    let mut held: Vec<Decimal> = open.iter().map(|e| e.held.amount).collect();
+    let amount = |e: &serde_json::Value| e["amount"].as_str().unwrap().parse::<Decimal>().unwrap();
+    let mut held: Vec<Decimal> = open.iter().map(amount).collect();
     let mut raw: Vec<Decimal> = late.iter().map(|r| r.3.parse().unwrap()).collect();
     held.sort();
     raw.sort();
     assert_eq!(held, raw);
-    assert!(open.iter().all(|e| e.held.hold == HoldReason::PeriodClosed
-        && (e.held.period == "1997-02" || e.held.period == "1997-05")));
-    assert_eq!(daily_per_month(&app).await, expected);
+    assert!(open.iter().all(|e| e["hold"] == "period-closed"
+        && e["state"] == "open"
+        && (e["period"] == "1997-02" || e["period"] == "1997-05")));
+    assert_eq!(daily_per_month(&app, &auditor).await, expected);
     let today = now.date_naive().to_string();
-    assert_eq!(day_total(&app, &today).await, Decimal::new(1550, 2));
+    assert_eq!(
+        day_total(&app, &auditor, &today).await,
+        Decimal::new(1550, 2)
+    );
 
     // Finance approves five (booked today) and rejects the rest, each with a reason.
     let (approve, reject) = open.split_at(5);
     for e in approve {
-        desk.decide(&e.id.to_string(), true, "customer paid in full", &finance())
-            .await
-            .unwrap();
+        let id = e["id"].as_str().unwrap();
+        let r = as_fin(
+            Method::POST,
+            format!("/exceptions/{id}/approve"),
+            Some(json!({"reason": "customer paid in full"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["booked_date"], today);
     }
     for e in reject {
-        desk.decide(
-            &e.id.to_string(),
-            false,
-            "duplicate of a booked sale",
-            &finance(),
+        let id = e["id"].as_str().unwrap();
+        let r = as_fin(
+            Method::POST,
+            format!("/exceptions/{id}/reject"),
+            Some(json!({"reason": "duplicate of a booked sale"})),
         )
-        .await
-        .unwrap();
-    }
-    let again = desk
-        .decide(&approve[0].id.to_string(), false, "x", &finance())
         .await;
-    assert!(again.is_err(), "an exception is decided once");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let id = approve[0]["id"].as_str().unwrap();
+    let twice = as_fin(
+        Method::POST,
+        format!("/exceptions/{id}/reject"),
+        Some(json!({"reason": "x"})),
+    )
+    .await;
+    assert_eq!(
+        twice.status,
+        StatusCode::CONFLICT,
+        "an exception is decided once: {}",
+        twice.body
+    );
+    let unknown = as_fin(
+        Method::POST,
+        format!("/exceptions/{}/approve", uuid::Uuid::nil()),
+        Some(json!({"reason": "x"})),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.body);
     let notices_before = app.notice_corrections().await;
     assert_eq!(
         notices_before, 5,
         "one exception-approved notice per approval"
     );
     app.project().await;
-    let approved: Decimal = approve.iter().map(|e| e.held.amount).sum();
+    let approved: Decimal = approve.iter().map(amount).sum();
     assert_eq!(
-        day_total(&app, &today).await,
+        day_total(&app, &auditor, &today).await,
         Decimal::new(1550, 2) + approved
     );
     assert_eq!(
-        daily_per_month(&app).await,
+        daily_per_month(&app, &auditor).await,
         expected,
         "closed months never move"
     );
@@ -265,17 +388,18 @@ async fn closed_months_scenario(app: TestApp) {
             .len(),
         5
     );
-    assert_eq!(
-        list_exceptions(rm, "default", Some(store), Some(ExceptionState::Rejected))
-            .await
-            .unwrap()
-            .len(),
-        15
-    );
+    let rejected = as_fin(Method::GET, "/exceptions?state=rejected".into(), None).await;
+    assert_eq!(rejected.body.as_array().unwrap().len(), 15);
+    assert!(rejected
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["decided_by"] == "user:fin-1"
+            && e["decision_reason"] == "duplicate of a booked sale"));
+    let uri = format!("/sales/corrections?store=cdnow&from={today}&to={today}");
     let notices = app
-        .get(&format!(
-            "/sales/corrections?store=cdnow&from={today}&to={today}"
-        ))
+        .send_as(&auditor, Method::GET, &uri, &[], None)
         .await
         .body;
     let booked: Vec<_> = notices
