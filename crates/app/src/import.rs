@@ -219,6 +219,8 @@ pub struct SaleSource {
     pub reason: String,
     /// Record the events as history (no correction notices).
     pub backfill: bool,
+    /// The store's business calendar, recorded with each order (`None`: the default).
+    pub calendar: Option<eventfold_domain::reporting::BusinessCalendar>,
 }
 
 impl SaleSource {
@@ -230,6 +232,7 @@ impl SaleSource {
             via: None,
             reason: "imported from the CDNOW purchase log".into(),
             backfill,
+            calendar: None,
         }
     }
 }
@@ -265,6 +268,7 @@ pub fn order_append(
                 amount: sale.amount,
             }],
             actor: actor.clone(),
+            calendar: source.calendar,
         },
         OrderCommand::Pay {
             amount: sale.amount,
@@ -427,7 +431,10 @@ pub async fn import_cdnow(
             listed.join("\n")
         );
     }
-    let source = SaleSource::cdnow(options.backfill);
+    let mut source = SaleSource::cdnow(options.backfill);
+    source.calendar = crate::calendars::StoreCalendars::new(Service::new(backend.events.clone()))
+        .of(store)
+        .await?;
     let counts = append_sales(backend, &source, &cdnow_sales(&rows, store), progress).await?;
     if let Some((line, order)) = counts.conflicts.first() {
         bail!("line {line}: order {order} already holds other events; the import stopped there (the other orders are kept, re-run to resume)");

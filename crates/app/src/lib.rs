@@ -25,6 +25,7 @@
 //!   sink, the exactly-once order-notification transform).
 
 pub mod backend;
+pub mod calendars;
 pub mod corrections;
 pub mod identity;
 pub mod import;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use eventfold_core::{Actor, Aggregate, EventStore, ReadModelStore, RecordedEvent, StoreError};
 use eventfold_domain::periods::{
     approved_booking, period_control_event, Booking, ExceptionCommand, ExceptionState,
@@ -25,11 +25,12 @@ use eventfold_domain::periods::{
     PeriodLength, PeriodSeal, PeriodSettings, PeriodState, PeriodTotal, SalesException,
     SALES_EXCEPTIONS, SALES_PERIODS,
 };
-use eventfold_domain::reporting::{sale_effect, BusinessCalendar};
+use eventfold_domain::reporting::sale_effect;
 use eventfold_domain::Currency;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::calendars::StoreCalendars;
 use crate::service::{version_render, AsOf, CommandContext, Executed, Service, ServiceError};
 
 /// Events read per batch by a replay.
@@ -106,7 +107,10 @@ impl PeriodDesk {
         max_delay: TimeDelta,
         ctx: &CommandContext,
     ) -> Result<PeriodsView, ServiceError> {
-        let today = BusinessCalendar::default().business_date(ctx.event_time);
+        let calendar = StoreCalendars::new(self.service.clone())
+            .effective(store)
+            .await?;
+        let today = calendar.business_date(ctx.event_time);
         let past = std::iter::successors(Some(from), |p| Some(p.next()))
             .take_while(|p| p.start <= today)
             .take(MAX_PAST_PERIODS + 1)
@@ -122,6 +126,7 @@ impl PeriodDesk {
             store: unscoped.to_owned(),
             from,
             max_delay,
+            calendar,
         };
         self.run(store, command, ctx).await?;
         self.view(store, ctx.event_time).await?.ok_or_else(|| {
@@ -350,9 +355,10 @@ impl PeriodDesk {
         Ok(sealed)
     }
 
-    /// Approves (`approve`: booked on the business date of `ctx.event_time`, which must lie in
-    /// an open period of the store) or rejects exception `id` (the held event's id, scoped to
-    /// the tenant) with `reason`.
+    /// Approves (`approve`: booked on the business date of `ctx.event_time` in the calendar the
+    /// held order was placed in, which must lie in an open period of the store) or rejects
+    /// exception `id` (the held event's id, scoped to the tenant) with `reason`; the date an
+    /// approval booked on.
     ///
     /// # Errors
     /// Refused: no such exception, decided already, no reason, or today's period is not open;
@@ -363,14 +369,22 @@ impl PeriodDesk {
         approve: bool,
         reason: &str,
         ctx: &CommandContext,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<NaiveDate>, ServiceError> {
+        let mut booked = None;
         let command = if approve {
-            let booked_date = BusinessCalendar::default().business_date(ctx.event_time);
             let exception = self
                 .service
                 .load::<SalesException>(id, AsOf::Latest)
                 .await?
                 .and_then(|r| r.state.held);
+            // Booked on today's date in the calendar the held order was placed in: the date the
+            // sales views count the approval on.
+            let calendar = exception
+                .as_ref()
+                .and_then(|h| h.calendar)
+                .unwrap_or_default();
+            let booked_date = calendar.business_date(ctx.event_time);
+            booked = Some(booked_date);
             if let Some(held) = exception {
                 let (tenant, _) = eventfold_core::tenant::split(id);
                 let store = eventfold_core::tenant::scope(tenant, &held.store);
@@ -404,14 +418,14 @@ impl PeriodDesk {
         self.service
             .execute::<SalesException>(id, command, ctx, version_render(200))
             .await?;
-        Ok(())
+        Ok(booked)
     }
 }
 
 /// The periods of `control` up to the one holding `now`'s business date.
 fn periods_view(control: &PeriodControl, now: DateTime<Utc>) -> Option<PeriodsView> {
     let settings = control.settings.clone()?;
-    let today = BusinessCalendar::default().business_date(now);
+    let today = settings.calendar.unwrap_or_default().business_date(now);
     let mut periods = Vec::new();
     let mut p = Period::of(settings.from, settings.length);
     while p.start <= today {
@@ -454,7 +468,6 @@ pub async fn replay_store(
     through: u64,
 ) -> Result<StoreReplay, StoreError> {
     let (tenant, unscoped) = eventfold_core::tenant::split(store);
-    let calendar = BusinessCalendar::default();
     let mut control = PeriodControl::default();
     let mut totals: BTreeMap<String, BTreeMap<Currency, PeriodTotal>> = BTreeMap::new();
     let mut at_close = BTreeMap::new();
@@ -498,9 +511,9 @@ pub async fn replay_store(
             };
             // Postings from before period control was switched on count in their period too
             // (the daily view counted them).
-            let period = Period::of(calendar.business_date(e.event_time), length);
+            let period = Period::of(effect.business_date(e), length);
             if effect.store != unscoped
-                || (!booked && matches!(control.booking_of(e), Booking::Held(_)))
+                || (!booked && matches!(control.booking_of(e, &effect), Booking::Held(_)))
             {
                 continue;
             }

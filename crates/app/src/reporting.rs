@@ -202,18 +202,16 @@ pub struct CorrectionNotifier {
     events: Arc<dyn EventStore>,
     read_models: Arc<dyn ReadModelStore>,
     service: Service,
-    calendar: BusinessCalendar,
 }
 
 impl CorrectionNotifier {
-    /// A notifier over `events`, keeping its state in `read_models`, with the default business
-    /// calendar (UTC days reported at 02:00 the next day).
+    /// A notifier over `events`, keeping its state in `read_models`. Each sale is dated and
+    /// judged late in the calendar its order was placed in.
     pub fn new(events: Arc<dyn EventStore>, read_models: Arc<dyn ReadModelStore>) -> Self {
         Self {
             service: Service::new(events.clone()),
             events,
             read_models,
-            calendar: BusinessCalendar::default(),
         }
     }
 
@@ -314,9 +312,10 @@ impl CorrectionNotifier {
                 held,
             } => (day_key, None, effect, event, Some(held)),
         };
-        let date = self.calendar.business_date(event.event_time);
+        let calendar = effect.calendar;
+        let date = effect.business_date(event);
         let control = periods_key.and_then(|k| state.periods.get(&k));
-        let booking = control.map_or(Booking::Uncontrolled, |c| c.booking_of(event));
+        let booking = control.map_or(Booking::Uncontrolled, |c| c.booking_of(event, &effect));
         if let Booking::Held(hold) = booking {
             let period = control
                 .and_then(|c| c.settings.as_ref())
@@ -333,6 +332,7 @@ impl CorrectionNotifier {
                 cause_event_id: event.event_id,
                 cause_stream: event.stream_id.clone(),
                 ingested_at: event.ingest_time,
+                calendar: (calendar != BusinessCalendar::default()).then_some(calendar),
             };
             let append = self.derived_append::<SalesException>(
                 event,
@@ -348,9 +348,9 @@ impl CorrectionNotifier {
         let (reason, lateness_seconds) = match &original {
             Some(held) => (
                 CorrectionReason::ExceptionApproved,
-                (event.ingest_time - self.calendar.reported_at(held.date)).num_seconds(),
+                (event.ingest_time - calendar.reported_at(held.date)).num_seconds(),
             ),
-            None => match self.calendar.lateness_seconds(event) {
+            None => match calendar.lateness_seconds(event) {
                 None => return Ok(None),
                 Some(s) if effect.kind == SaleKind::Sale => (CorrectionReason::LateArrival, s),
                 Some(s) => (CorrectionReason::Refund, s),

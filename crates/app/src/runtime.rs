@@ -108,6 +108,8 @@ pub struct App {
     pub payments: Option<(Sagas, Arc<[u8]>)>,
     /// The API keys requests authenticate with (reloaded by the runtime).
     pub keys: Arc<KeyRegistry>,
+    /// Stores' business calendars (time zone and cutoff), cached.
+    pub calendars: crate::calendars::StoreCalendars,
 }
 
 impl App {
@@ -124,6 +126,7 @@ impl App {
             Service::new(backend.events.clone()).with_snapshots(backend.read_models.clone());
         Self {
             flash_sale: FlashSale::new(service.clone(), ledger),
+            calendars: crate::calendars::StoreCalendars::new(service.clone()),
             service,
             backend: backend.clone(),
             runner,

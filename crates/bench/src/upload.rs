@@ -77,6 +77,7 @@ pub async fn upload(target: &BenchTarget, sales: u64) -> anyhow::Result<UploadRe
         via: None,
         reason: "bench upload".into(),
         backfill,
+        calendar: None,
     };
     let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
 

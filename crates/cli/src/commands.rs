@@ -3,6 +3,7 @@
 mod anchor;
 mod archive;
 mod bench;
+mod calendar;
 mod consume;
 mod correct;
 mod history;
@@ -52,6 +53,9 @@ pub enum Command {
     History(history::History),
     /// Print an aggregate's state, now or as of a time or version.
     State(state::State),
+    /// A store's business calendar (time zone, cutoff): show, set.
+    #[command(subcommand)]
+    Calendar(calendar::Calendar),
     /// Period close per store: enable, list, soft-close, reopen, close (sealed), tick.
     #[command(subcommand)]
     Periods(periods::Periods),
@@ -112,6 +116,7 @@ impl Command {
             Self::Keys(c) => c.exec(global).await,
             Self::History(c) => c.exec(global).await,
             Self::State(c) => c.exec(global).await,
+            Self::Calendar(c) => c.exec(global).await,
             Self::Periods(c) => c.exec(global).await,
             Self::Exceptions(c) => c.exec(global).await,
             Self::Projections(c) => c.exec(global).await,

@@ -6,6 +6,7 @@ use eventfold_core::{Actor, Aggregate};
 use serde::{Deserialize, Serialize};
 
 use crate::money::{Currency, Money, MoneyError};
+use crate::reporting::BusinessCalendar;
 use crate::{validate_id, validate_reason, DomainError, Refusal};
 
 /// Where an order is in its life.
@@ -82,6 +83,8 @@ pub struct Order {
     pub last_actor: Option<Actor>,
     /// Why, if given.
     pub last_reason: Option<String>,
+    /// The store's business calendar when the order was placed (`None`: the default).
+    pub calendar: Option<BusinessCalendar>,
 }
 
 /// What a caller asks of an order. Every command names its actor.
@@ -97,6 +100,9 @@ pub enum OrderCommand {
         lines: Vec<OrderLine>,
         /// Who acts (recorded as the event's actor).
         actor: Actor,
+        /// The store's business calendar (`None`: the default); recorded with the order and
+        /// carried by each of its sales events.
+        calendar: Option<BusinessCalendar>,
     },
     /// Records full payment (PENDING -> PAID).
     Pay {
@@ -159,6 +165,10 @@ pub enum OrderEvent {
         total: Money,
         /// Who acts (recorded as the event's actor).
         actor: Actor,
+        /// The store's business calendar when the order was placed (`None`: the default, UTC
+        /// days reported at D+1 02:00); the sales views date the order's sales by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<BusinessCalendar>,
     },
     /// Paid in full.
     OrderPaid {
@@ -170,6 +180,10 @@ pub enum OrderEvent {
         store_id: String,
         /// Who acts (recorded as the event's actor).
         actor: Actor,
+        /// The store's business calendar when the order was placed (`None`: the default, UTC
+        /// days reported at D+1 02:00); the sales views date the order's sales by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<BusinessCalendar>,
     },
     /// Accepted by the shop.
     OrderConfirmed {
@@ -202,6 +216,10 @@ pub enum OrderEvent {
         refund: Option<Money>,
         /// Store id (carried for the sales projections).
         store_id: String,
+        /// The store's business calendar when the order was placed (`None`: the default, UTC
+        /// days reported at D+1 02:00); the sales views date the order's sales by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<BusinessCalendar>,
     },
     /// Refunded after payment.
     OrderRefunded {
@@ -213,6 +231,10 @@ pub enum OrderEvent {
         amount: Money,
         /// Store id (carried for the sales projections).
         store_id: String,
+        /// The store's business calendar when the order was placed (`None`: the default, UTC
+        /// days reported at D+1 02:00); the sales views date the order's sales by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<BusinessCalendar>,
     },
 }
 
@@ -349,6 +371,7 @@ impl Aggregate for Order {
                 store_id,
                 lines,
                 actor,
+                calendar,
             } => {
                 if self.status.is_some() {
                     return Err(OrderError::AlreadyExists);
@@ -371,6 +394,7 @@ impl Aggregate for Order {
                     lines,
                     total,
                     actor,
+                    calendar,
                 }
             }
             OrderCommand::Pay {
@@ -393,6 +417,7 @@ impl Aggregate for Order {
                     payment_id,
                     store_id: self.store_id.clone(),
                     actor,
+                    calendar: self.calendar,
                 }
             }
             OrderCommand::Confirm { actor, reason } => {
@@ -418,6 +443,7 @@ impl Aggregate for Order {
                     reason,
                     refund: self.paid,
                     store_id: self.store_id.clone(),
+                    calendar: self.calendar,
                 }
             }
             OrderCommand::Refund { actor, reason } => {
@@ -428,6 +454,7 @@ impl Aggregate for Order {
                     reason,
                     amount: self.paid.expect("paid order has a payment"),
                     store_id: self.store_id.clone(),
+                    calendar: self.calendar,
                 }
             }
         };
@@ -442,7 +469,9 @@ impl Aggregate for Order {
                 lines,
                 total,
                 actor,
+                calendar,
             } => {
+                self.calendar = *calendar;
                 self.customer_id.clone_from(customer_id);
                 self.store_id.clone_from(store_id);
                 self.lines.clone_from(lines);
@@ -511,6 +540,7 @@ mod tests {
     }
     fn created() -> OrderEvent {
         OrderEvent::OrderCreated {
+            calendar: None,
             customer_id: "c-1".into(),
             store_id: "s-1".into(),
             lines: vec![OrderLine {
@@ -524,6 +554,7 @@ mod tests {
     }
     fn paid() -> OrderEvent {
         OrderEvent::OrderPaid {
+            calendar: None,
             amount: usd("20"),
             payment_id: "pay-1".into(),
             store_id: "s-1".into(),
@@ -636,12 +667,14 @@ mod tests {
                 };
                 match status {
                     Cancelled => given.push(OrderEvent::OrderCancelled {
+                        calendar: None,
                         actor: user(),
                         reason: "x".into(),
                         refund: None,
                         store_id: "s-1".into(),
                     }),
                     Refunded => given.push(OrderEvent::OrderRefunded {
+                        calendar: None,
                         actor: user(),
                         reason: "x".into(),
                         amount: usd("20"),
@@ -682,6 +715,7 @@ mod tests {
     fn shipping_a_cancelled_order_is_refused_with_a_clear_message() {
         let mut given = history_to(Pending);
         given.push(OrderEvent::OrderCancelled {
+            calendar: None,
             actor: admin(),
             reason: "fraud".into(),
             refund: None,
@@ -697,6 +731,7 @@ mod tests {
         AggregateTest::<Order>::given(history_to(Paid))
             .when(command("cancel"))
             .then_expect_events(vec![OrderEvent::OrderCancelled {
+                calendar: None,
                 actor: admin(),
                 reason: "customer asked".into(),
                 refund: Some(usd("20")),
@@ -707,6 +742,7 @@ mod tests {
     #[test]
     fn bad_commands_are_refused() {
         let create = |lines: Vec<OrderLine>| OrderCommand::Create {
+            calendar: None,
             customer_id: "c-1".into(),
             store_id: "s".into(),
             lines,
@@ -760,6 +796,7 @@ mod tests {
     #[test]
     fn zero_value_orders_can_be_paid() {
         let create = OrderCommand::Create {
+            calendar: None,
             customer_id: "c".into(),
             store_id: "s".into(),
             lines: vec![OrderLine {
@@ -772,6 +809,7 @@ mod tests {
         let state = AggregateTest::<Order>::given_no_previous_events()
             .when(create)
             .then_expect_events(vec![OrderEvent::OrderCreated {
+                calendar: None,
                 customer_id: "c".into(),
                 store_id: "s".into(),
                 lines: vec![OrderLine {

@@ -226,6 +226,10 @@ pub struct PeriodSettings {
     pub max_delay_seconds: i64,
     /// Seconds after a period's end at which it soft-closes by itself (the upload window).
     pub upload_window_seconds: i64,
+    /// The store's business calendar when period control was switched on: periods end at its
+    /// local midnight (`None`: the default, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<BusinessCalendar>,
 }
 
 impl PeriodSettings {
@@ -234,18 +238,24 @@ impl PeriodSettings {
         (date >= self.from).then(|| Period::of(date, self.length))
     }
 
+    /// The instant `period` ends: the local midnight of its last day's end in the store's
+    /// calendar.
+    pub fn ends_at(&self, period: &Period) -> DateTime<Utc> {
+        self.calendar
+            .unwrap_or_default()
+            .day_starts_at(period.end())
+    }
+
     /// When `period` closes by itself.
     pub fn closes_at(&self, period: &Period) -> DateTime<Utc> {
-        period
-            .ends_at()
+        self.ends_at(period)
             .checked_add_signed(TimeDelta::seconds(self.max_delay_seconds))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// When `period` soft-closes by itself (unless reopened).
     pub fn soft_closes_at(&self, period: &Period) -> DateTime<Utc> {
-        period
-            .ends_at()
+        self.ends_at(period)
             .checked_add_signed(TimeDelta::seconds(self.upload_window_seconds))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
@@ -332,9 +342,9 @@ impl PeriodControl {
     }
 
     /// What a recorded event's sales effect does to its period (its business date in the
-    /// default calendar).
-    pub fn booking_of(&self, event: &RecordedEvent) -> Booking {
-        let date = BusinessCalendar::default().business_date(event.event_time);
+    /// order's calendar).
+    pub fn booking_of(&self, event: &RecordedEvent, effect: &SaleEffect) -> Booking {
+        let date = effect.business_date(event);
         self.booking(date, event.ingest_time, event.metadata.backfill)
     }
 
@@ -372,6 +382,9 @@ pub enum PeriodCommand {
         from: Period,
         /// Time after a period's end at which it closes by itself.
         max_delay: TimeDelta,
+        /// The store's business calendar: periods end at its local midnight, and its cutoff is
+        /// the upload window.
+        calendar: BusinessCalendar,
     },
     /// Soft-closes an ended period.
     SoftClose {
@@ -516,8 +529,13 @@ impl Aggregate for PeriodControl {
             state: state.as_str(),
             change,
         };
+        let ends_at = |p: &Period| {
+            self.settings
+                .as_ref()
+                .map_or_else(|| p.ends_at(), |s| s.ends_at(p))
+        };
         let ended = |p: &Period, now: DateTime<Utc>, name: &str| {
-            if now < p.ends_at() {
+            if now < ends_at(p) {
                 Err(PeriodError::NotEnded(name.to_owned()))
             } else {
                 Ok(())
@@ -528,15 +546,16 @@ impl Aggregate for PeriodControl {
                 store,
                 from,
                 max_delay,
+                calendar,
             } => {
                 if self.settings.is_some() {
                     return Err(PeriodError::AlreadyEnabled);
                 }
-                let upload_window = BusinessCalendar::default().cutoff;
+                let upload_window = calendar.cutoff();
                 if max_delay < upload_window {
                     return Err(PeriodError::Invalid(format!(
-                        "max delay must be at least the upload window ({} hours)",
-                        upload_window.num_hours()
+                        "max delay must be at least the upload window ({} minutes)",
+                        upload_window.num_minutes()
                     )));
                 }
                 Ok(vec![PeriodControlEvent::PeriodControlEnabled(
@@ -546,6 +565,7 @@ impl Aggregate for PeriodControl {
                         length: from.length,
                         max_delay_seconds: max_delay.num_seconds(),
                         upload_window_seconds: upload_window.num_seconds(),
+                        calendar: (calendar != BusinessCalendar::default()).then_some(calendar),
                     },
                 )])
             }
@@ -724,6 +744,9 @@ pub struct HeldPosting {
     pub cause_stream: String,
     /// Its ingest time.
     pub ingested_at: DateTime<Utc>,
+    /// The calendar its order was placed in (`None`: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calendar: Option<BusinessCalendar>,
 }
 
 impl HeldPosting {
@@ -734,6 +757,7 @@ impl HeldPosting {
             currency: self.currency,
             amount: self.amount,
             kind: self.kind,
+            calendar: self.calendar.unwrap_or_default(),
         }
     }
 }
@@ -1060,6 +1084,7 @@ mod tests {
         let c = PeriodControl::default();
         let events = c
             .handle(PeriodCommand::Enable {
+                calendar: BusinessCalendar::default(),
                 store: "s".into(),
                 from: Period::parse(from).unwrap(),
                 max_delay: DEFAULT_MAX_DELAY,
@@ -1186,6 +1211,7 @@ mod tests {
     #[test]
     fn an_exception_is_decided_once_with_a_reason() {
         let held = HeldPosting {
+            calendar: None,
             store: "s".into(),
             date: day("2026-11-20"),
             period: "2026-11".into(),

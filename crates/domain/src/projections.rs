@@ -33,7 +33,7 @@ use crate::periods::{
     approved_booking, period_control_event, period_control_key, Booking, PeriodControl,
     PeriodControlEvent,
 };
-use crate::reporting::{sale_effect, BusinessCalendar, SaleEffect};
+use crate::reporting::{sale_effect, SaleEffect};
 
 /// Name of the due-time index of orders (the unpaid-order timeout's delay queue).
 pub const PAYMENT_DEADLINES: &str = "payment_deadlines";
@@ -290,8 +290,8 @@ pub enum SalesClock {
     IngestTimeHourly,
 }
 
-/// A sales projection: `daily_sales_by_store` (event time, by business day of the store's
-/// [`BusinessCalendar`]) or `real_time_sales` (ingest time, hourly).
+/// A sales projection: `daily_sales_by_store` (event time, by business day of the
+/// [`BusinessCalendar`] the order was placed in) or `real_time_sales` (ingest time, hourly, UTC).
 pub struct SalesProjection(pub SalesClock);
 
 /// The bucket key of a sales projection (the projection scopes it to the order's tenant).
@@ -311,16 +311,15 @@ impl SalesProjection {
         let tenant = eventfold_core::tenant::of(&event.stream_id);
         eventfold_core::tenant::scope(
             tenant,
-            &sales_key(&effect.store, &self.period(event), effect.currency),
+            &sales_key(&effect.store, &self.period(event, effect), effect.currency),
         )
     }
 
-    fn period(&self, event: &RecordedEvent) -> String {
+    fn period(&self, event: &RecordedEvent, effect: &SaleEffect) -> String {
         match self.0 {
-            SalesClock::EventTimeDaily => BusinessCalendar::default()
-                .business_date(event.event_time)
-                .format("%Y-%m-%d")
-                .to_string(),
+            SalesClock::EventTimeDaily => {
+                effect.business_date(event).format("%Y-%m-%d").to_string()
+            }
             SalesClock::IngestTimeHourly => {
                 event.ingest_time.format("%Y-%m-%dT%H:00:00Z").to_string()
             }
@@ -431,7 +430,7 @@ impl Projection for SalesProjection {
             SalesInput::Booked(effect) => (effect, true),
         };
         if let Some(SalesDoc::Periods(control)) = periods {
-            if let Booking::Held(_) = control.booking_of(event) {
+            if let Booking::Held(_) = control.booking_of(event, &effect) {
                 // Not applied to its period: raised as an exception instead.
                 return doc;
             }
@@ -440,7 +439,7 @@ impl Projection for SalesProjection {
             Some(SalesDoc::Bucket(b)) => b,
             _ => SalesBucket {
                 store: effect.store.clone(),
-                period: self.period(event),
+                period: self.period(event, &effect),
                 currency: effect.currency,
                 total: Money::zero(effect.currency).amount,
                 orders: 0,
@@ -456,9 +455,7 @@ impl Projection for SalesProjection {
         doc.refunds += effect.refunds();
         let late = self.0 == SalesClock::EventTimeDaily
             && !booked
-            && BusinessCalendar::default()
-                .lateness_seconds(event)
-                .is_some();
+            && effect.calendar.lateness_seconds(event).is_some();
         if late {
             doc.late_total += effect.amount;
             doc.late_orders += effect.orders();
@@ -543,6 +540,7 @@ mod tests {
                 "order-1",
                 1,
                 &OrderEvent::OrderPaid {
+                    calendar: None,
                     amount: usd("10.50"),
                     payment_id: "p".into(),
                     store_id: "s".into(),
@@ -554,6 +552,7 @@ mod tests {
                 "order-2",
                 1,
                 &OrderEvent::OrderPaid {
+                    calendar: None,
                     amount: usd("0"),
                     payment_id: "p".into(),
                     store_id: "s".into(),
@@ -565,6 +564,7 @@ mod tests {
                 "order-1",
                 2,
                 &OrderEvent::OrderRefunded {
+                    calendar: None,
                     amount: usd("10.50"),
                     reason: "r".into(),
                     store_id: "s".into(),
@@ -576,6 +576,7 @@ mod tests {
                 "order-3",
                 1,
                 &OrderEvent::OrderCancelled {
+                    calendar: None,
                     refund: None,
                     reason: "r".into(),
                     store_id: "s".into(),

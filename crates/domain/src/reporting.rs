@@ -61,37 +61,115 @@ pub fn parse_event_time(
     Ok(t)
 }
 
-/// How a store's days are reported: days in UTC, each reported `cutoff` after it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The default cutoff: a business day is reported 2 hours after it ends (D+1 02:00 local).
+pub const DEFAULT_CUTOFF_MINUTES: i64 = 120;
+
+/// The latest cutoff a calendar may have: 7 days after the day ends.
+pub const MAX_CUTOFF_MINUTES: i64 = 7 * 24 * 60;
+
+/// How a store's days are reported: business days in the store's time zone (an IANA name such
+/// as `Europe/Berlin`; default `UTC`), each reported `cutoff_minutes` after the local midnight
+/// that ends it (default 120: D+1 02:00 local, when the night's store uploads are in). The
+/// cutoff is a duration, so on a night the clocks change, 120 minutes after midnight is 01:00 or
+/// 03:00 on the wall clock.
+///
+/// An order is booked in the calendar its store had when it was placed: `OrderCreated` records
+/// it and every sales event of the order carries it (see [`sale_effect`]), so a business date is
+/// a fact of the log, the same for every reader and every replay, and a store that changes its
+/// calendar changes it for orders placed afterwards only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BusinessCalendar {
-    /// Time after the end of a business day (its midnight) at which the day is reported; a sale
-    /// of that day ingested later is late. Default: 2 hours (D+1 02:00).
-    pub cutoff: TimeDelta,
+    /// The store's time zone.
+    pub zone: chrono_tz::Tz,
+    /// Minutes after the end of a business day (its local midnight) at which the day is
+    /// reported; a sale of that day ingested later is late.
+    pub cutoff_minutes: i64,
 }
 
 impl Default for BusinessCalendar {
     fn default() -> Self {
         Self {
-            cutoff: TimeDelta::hours(2),
+            zone: chrono_tz::Tz::UTC,
+            cutoff_minutes: DEFAULT_CUTOFF_MINUTES,
         }
     }
 }
 
 impl BusinessCalendar {
-    /// The business date of an instant: its UTC date.
-    pub fn business_date(&self, at: DateTime<Utc>) -> NaiveDate {
-        at.date_naive()
+    /// A calendar of time zone `zone` (an IANA name) reporting each day `cutoff_minutes` after
+    /// it ends.
+    ///
+    /// # Errors
+    /// A message naming the zone when it is not an IANA time zone, or the cutoff when it lies
+    /// outside 0 to [`MAX_CUTOFF_MINUTES`].
+    pub fn new(zone: &str, cutoff_minutes: i64) -> Result<Self, String> {
+        let zone: chrono_tz::Tz = zone.parse().map_err(|_| {
+            format!("zone {zone:?} is not an IANA time zone such as Europe/Berlin or UTC")
+        })?;
+        if !(0..=MAX_CUTOFF_MINUTES).contains(&cutoff_minutes) {
+            return Err(format!(
+                "cutoff must be 0 to {MAX_CUTOFF_MINUTES} minutes after the day ends, got {cutoff_minutes}"
+            ));
+        }
+        Ok(Self {
+            zone,
+            cutoff_minutes,
+        })
     }
 
-    /// When business day `date` is reported: the midnight that ends it plus the cutoff.
+    /// Reads a cutoff such as `2h`, `90m` or `1d` (a whole number and a unit: `m` minutes, `h`
+    /// hours, `d` days; `0m` reports a day at its end): minutes, at most
+    /// [`MAX_CUTOFF_MINUTES`].
+    ///
+    /// # Errors
+    /// A message naming the text and what is wrong.
+    pub fn parse_cutoff(text: &str) -> Result<i64, String> {
+        let bad = || {
+            format!("cutoff {text:?} is not a whole number of minutes, hours or days such as 2h, 90m or 1d (at most 7 days)")
+        };
+        let (n, unit) = text.split_at(text.len().saturating_sub(1));
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: i64 = n.parse().map_err(|_| bad())?;
+        match unit {
+            "m" => Some(n),
+            "h" => n.checked_mul(60),
+            "d" => n.checked_mul(24 * 60),
+            _ => None,
+        }
+        .filter(|m| *m <= MAX_CUTOFF_MINUTES)
+        .ok_or_else(bad)
+    }
+
+    /// The time after a day's end at which it is reported.
+    pub fn cutoff(&self) -> TimeDelta {
+        TimeDelta::minutes(self.cutoff_minutes)
+    }
+
+    /// The business date of an instant: its date in the store's time zone.
+    pub fn business_date(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.zone).date_naive()
+    }
+
+    /// The instant business day `date` starts: its local midnight (the first instant of the
+    /// day where a clock change skips midnight).
+    pub fn day_starts_at(&self, date: NaiveDate) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        let midnight = date.and_time(chrono::NaiveTime::MIN);
+        // A gap is at most a few hours: the first local time that exists after midnight.
+        (0..=24 * 4)
+            .find_map(|quarter| {
+                let local = midnight + TimeDelta::minutes(15 * quarter);
+                self.zone.from_local_datetime(&local).earliest()
+            })
+            .map_or_else(|| midnight.and_utc(), |t| t.with_timezone(&Utc))
+    }
+
+    /// When business day `date` is reported: the local midnight that ends it plus the cutoff.
     pub fn reported_at(&self, date: NaiveDate) -> DateTime<Utc> {
-        let end = date
-            .succ_opt()
-            .unwrap_or(date)
-            .and_hms_opt(0, 0, 0)
-            .expect("midnight exists")
-            .and_utc();
-        end.checked_add_signed(self.cutoff)
+        let end = self.day_starts_at(date.succ_opt().unwrap_or(date));
+        end.checked_add_signed(self.cutoff())
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
@@ -104,6 +182,63 @@ impl BusinessCalendar {
         }
         let reported = self.reported_at(self.business_date(event.event_time));
         (event.ingest_time > reported).then(|| (event.ingest_time - reported).num_seconds())
+    }
+}
+
+/// A store's business calendar (the aggregate behind `storecalendar-{store}`): `None` until set,
+/// then the default for orders placed afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCalendar {
+    /// The calendar set last.
+    pub calendar: Option<BusinessCalendar>,
+}
+
+/// What a caller asks of a store's calendar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreCalendarCommand {
+    /// Sets the calendar for orders placed from now on (a no-op when it is the same).
+    Set(BusinessCalendar),
+}
+
+/// What happened to a store's calendar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreCalendarEvent {
+    /// The store's calendar for orders placed from here on.
+    StoreCalendarSet(BusinessCalendar),
+}
+
+/// Why a calendar command was refused (never: every valid calendar may be set).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreCalendarError {}
+
+impl DomainError for StoreCalendarError {
+    fn code(&self) -> &'static str {
+        match *self {}
+    }
+    fn refusal(&self) -> Refusal {
+        match *self {}
+    }
+}
+
+impl Aggregate for StoreCalendar {
+    type Command = StoreCalendarCommand;
+    type Event = StoreCalendarEvent;
+    type Error = StoreCalendarError;
+    const CATEGORY: &'static str = "storecalendar";
+
+    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error> {
+        let StoreCalendarCommand::Set(calendar) = command;
+        if self.calendar == Some(calendar) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![StoreCalendarEvent::StoreCalendarSet(calendar)])
+    }
+
+    fn apply(mut self, event: &Self::Event) -> Self {
+        let StoreCalendarEvent::StoreCalendarSet(calendar) = event;
+        self.calendar = Some(*calendar);
+        self
     }
 }
 
@@ -128,9 +263,16 @@ pub struct SaleEffect {
     pub amount: Decimal,
     /// Sale or refund.
     pub kind: SaleKind,
+    /// The calendar the order was placed in: its business date and cutoff.
+    pub calendar: BusinessCalendar,
 }
 
 impl SaleEffect {
+    /// The business date of `event` (this effect's event) in the order's calendar.
+    pub fn business_date(&self, event: &RecordedEvent) -> NaiveDate {
+        self.calendar.business_date(event.event_time)
+    }
+
     /// Orders this effect adds: 1 for a sale, 0 for a refund.
     pub fn orders(&self) -> u64 {
         u64::from(self.kind == SaleKind::Sale)
@@ -158,25 +300,34 @@ pub fn sale_effect(event: &RecordedEvent) -> Result<Option<SaleEffect>, String> 
     }
     let effect = match decode_recorded::<Order>(event).map_err(|e| e.to_string())? {
         OrderEvent::OrderPaid {
-            amount, store_id, ..
+            amount,
+            store_id,
+            calendar,
+            ..
         } => SaleEffect {
             store: store_id,
             currency: amount.currency,
             amount: amount.amount,
             kind: SaleKind::Sale,
+            calendar: calendar.unwrap_or_default(),
         },
         OrderEvent::OrderCancelled {
             refund: Some(amount),
             store_id,
+            calendar,
             ..
         }
         | OrderEvent::OrderRefunded {
-            amount, store_id, ..
+            amount,
+            store_id,
+            calendar,
+            ..
         } => SaleEffect {
             store: store_id,
             currency: amount.currency,
             amount: -amount.amount,
             kind: SaleKind::Refund,
+            calendar: calendar.unwrap_or_default(),
         },
         _ => return Ok(None),
     };
@@ -359,6 +510,47 @@ mod tests {
         let date = cal.business_date(at("1997-03-01T23:59:59Z"));
         assert_eq!(date.to_string(), "1997-03-01");
         assert_eq!(cal.reported_at(date), at("1997-03-02T02:00:00Z"));
+    }
+
+    #[test]
+    fn a_store_in_new_york_reports_its_days_at_two_local_time_across_clock_changes() {
+        let ny = BusinessCalendar::new("America/New_York", 120).unwrap();
+        // 03:00 UTC in January is 22:00 of the day before in New York (UTC-5).
+        let date = ny.business_date(at("2026-01-15T03:00:00Z"));
+        assert_eq!(date.to_string(), "2026-01-14");
+        assert_eq!(ny.reported_at(date), at("2026-01-15T07:00:00Z"));
+        // Summer time (UTC-4): the day ends at 04:00 UTC.
+        let summer = ny.business_date(at("2026-07-01T03:30:00Z"));
+        assert_eq!(summer.to_string(), "2026-06-30");
+        assert_eq!(ny.reported_at(summer), at("2026-07-01T06:00:00Z"));
+        // The night the clocks go forward (2026-03-08) is 23 hours long.
+        let spring = NaiveDate::from_ymd_opt(2026, 3, 8).unwrap();
+        assert_eq!(
+            ny.day_starts_at(spring.succ_opt().unwrap()) - ny.day_starts_at(spring),
+            TimeDelta::hours(23)
+        );
+        // A zone whose clocks skip midnight (Santiago, 2026-09-06 00:00 -> 01:00): the day
+        // starts at the first local time that exists.
+        let santiago = BusinessCalendar::new("America/Santiago", 0).unwrap();
+        let skipped = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
+        assert_eq!(
+            santiago.business_date(santiago.day_starts_at(skipped)),
+            skipped
+        );
+        assert!(BusinessCalendar::new("Mars/Olympus", 120)
+            .unwrap_err()
+            .contains("Mars/Olympus"));
+        assert!(BusinessCalendar::new("UTC", -1)
+            .unwrap_err()
+            .contains("cutoff"));
+        assert_eq!(BusinessCalendar::parse_cutoff("2h"), Ok(120));
+        assert_eq!(BusinessCalendar::parse_cutoff("0m"), Ok(0));
+        assert!(BusinessCalendar::parse_cutoff("8d").is_err());
+        assert!(BusinessCalendar::parse_cutoff("-1h").is_err());
+        assert_eq!(
+            serde_json::to_string(&ny).unwrap(),
+            r#"{"zone":"America/New_York","cutoff_minutes":120}"#
+        );
     }
 
     #[test]

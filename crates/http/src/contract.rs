@@ -57,6 +57,11 @@ pub const MAX_DELAY: &str = "^[1-9][0-9]{0,5}[mhd]$";
 pub const WINDOW_DURATION: &str = "^[1-9][0-9]{0,4}[mh]$";
 /// A `Last-Event-ID` header: a global position, 1 to 18 digits.
 pub const LAST_EVENT_ID: &str = "^[0-9]{1,18}$";
+/// An IANA time zone name (`Europe/Berlin`, `UTC`); one that is not in the database is a 422.
+pub const ZONE: &str = "^[A-Za-z][A-Za-z0-9_+-]{0,31}(/[A-Za-z0-9_+-]{1,31}){0,2}$";
+/// A calendar's cutoff: whole minutes, hours or days (`120m`, `2h`, `1d`), at most 7 days
+/// (else 422).
+pub const CUTOFF: &str = "^[0-9]{1,5}[mhd]$";
 /// The most characters of a reason.
 pub const MAX_REASON: usize = 500;
 /// The most units a flash sale holds, a buyer may hold, or one purchase takes.
@@ -76,6 +81,8 @@ static COMPILED: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
         MAX_DELAY,
         WINDOW_DURATION,
         LAST_EVENT_ID,
+        ZONE,
+        CUTOFF,
         IDEMPOTENCY_KEY,
     ]
     .into_iter()
@@ -284,6 +291,16 @@ const ROUTES: &[(&str, &str, Access)] = &[
         Access::Roles(&crate::periods::FINANCE),
     ),
     ("get", "/trending", Access::Roles(&crate::trending::READ)),
+    (
+        "get",
+        "/stores/{store}/calendar",
+        Access::Roles(&crate::calendars::READERS),
+    ),
+    (
+        "post",
+        "/stores/{store}/calendar",
+        Access::Roles(&crate::calendars::SETTERS),
+    ),
     ("get", "/metrics", Access::Roles(&[Role::Operator])),
     ("get", "/healthz", Access::Public),
     ("get", "/ready", Access::Public),
@@ -347,6 +364,8 @@ const FIELDS: &[(&str, &str, Rule)] = &[
     ("RequiredReasonBody", "occurred_at", Rule::DateTime),
     ("PurchaseBody", "buyer", Rule::Pattern(BUYER)),
     ("PurchaseBody", "quantity", Rule::Units),
+    ("SetCalendar", "zone", Rule::Pattern(ZONE)),
+    ("SetCalendar", "cutoff", Rule::Pattern(CUTOFF)),
     ("EnablePeriods", "from", Rule::Pattern(PERIOD)),
     ("EnablePeriods", "period", Rule::Enum(&["month", "day"])),
     ("EnablePeriods", "max_delay", Rule::Pattern(MAX_DELAY)),

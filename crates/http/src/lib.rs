@@ -9,6 +9,7 @@
 
 mod accounts;
 pub mod auth;
+mod calendars;
 mod command;
 pub mod contract;
 pub mod error;
@@ -77,6 +78,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         sales::correction_stream,
         trending::get_trending,
         uploads::upload_sales,
+        calendars::get_calendar,
+        calendars::set_calendar,
         periods::get_periods,
         periods::enable_periods,
         periods::soft_close_period,
@@ -128,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/stores/{store}/uploads",
             post(uploads::upload_sales).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
+        )
+        .route(
+            "/stores/{store}/calendar",
+            get(calendars::get_calendar).post(calendars::set_calendar),
         )
         .route(
             "/stores/{store}/periods",

@@ -193,11 +193,19 @@ pub async fn create_order(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    // The store's calendar is recorded with the order (an invalid store id is refused by the
+    // command below, so it is not looked up).
+    let calendar = if eventfold_domain::validate_id("store_id", &b.store_id).is_ok() {
+        state.app.calendars.of(&caller.scope(&b.store_id)).await?
+    } else {
+        None
+    };
     let command = OrderCommand::Create {
         customer_id: b.customer_id,
         store_id: b.store_id,
         lines,
         actor: caller.0.actor.clone(),
+        calendar,
     };
     let mut ctx = headers.creation_context(&caller, &body.fingerprint);
     if let Some(t) = occurred {

@@ -22,7 +22,6 @@ use eventfold_domain::identity::Role;
 use eventfold_domain::periods::{
     parse_max_delay, ExceptionState, ExceptionView, Period, PeriodLength, DEFAULT_MAX_DELAY,
 };
-use eventfold_domain::reporting::BusinessCalendar;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -478,8 +477,8 @@ pub struct ExceptionDecision {
     pub reason: String,
     /// Who decided.
     pub decided_by: String,
-    /// The business date an approval booked the posting on (today's, UTC); `null` for a
-    /// rejection.
+    /// The business date an approval booked the posting on (today's, in the store's calendar);
+    /// `null` for a rejection.
     #[schema(value_type = Option<String>, format = Date)]
     pub booked_date: Option<NaiveDate>,
 }
@@ -497,7 +496,7 @@ async fn decide(
     let reason = required_reason(body.body.reason)?;
     let mut ctx = headers.creation_context(&caller, &body.fingerprint);
     ctx.event_time = Utc::now();
-    desk(&state)
+    let booked_date = desk(&state)
         .decide(&caller.scope(&id), approve, &reason, &ctx)
         .await?;
     Ok(Json(ExceptionDecision {
@@ -511,7 +510,7 @@ async fn decide(
         .into(),
         reason,
         decided_by: caller.0.actor.as_str().to_owned(),
-        booked_date: approve.then(|| BusinessCalendar::default().business_date(ctx.event_time)),
+        booked_date,
     }))
 }
 

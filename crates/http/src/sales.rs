@@ -1,7 +1,8 @@
 //! The three sales views, each on its own clock:
 //!
-//! - `GET /sales/daily` (`daily_sales_by_store`): per **business date** of the event time (UTC,
-//!   each day reported at 02:00 the next day). Late data lands on the day it happened and is
+//! - `GET /sales/daily` (`daily_sales_by_store`): per **business date** of the event time in the
+//!   store's calendar (`/stores/{store}/calendar`: its time zone, default UTC, and its cutoff,
+//!   default 02:00 the next day, when the day is reported). Late data lands on the day it happened and is
 //!   counted there as late (`late_total`, `late_orders`, `adjusted`, `last_adjusted_at`).
 //! - `GET /sales/realtime` (`real_time_sales`): per hour of the **ingest time**: what arrived when,
 //!   never rewritten; a late sale counts in the hour it arrived.
@@ -48,7 +49,7 @@ pub struct DailyQuery {
 /// One business day of a store's sales in one currency.
 #[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct DailySales {
-    /// `YYYY-MM-DD`: the business date (UTC date of the event time).
+    /// `YYYY-MM-DD`: the business date (the date of the event time in the store's time zone).
     pub date: String,
     /// Store id.
     pub store: String,
@@ -61,7 +62,8 @@ pub struct DailySales {
     pub orders: u64,
     /// Refunds that day.
     pub refunds: u64,
-    /// The part of `total` that arrived after the day's cutoff (D+1 02:00 UTC), decimal string.
+    /// The part of `total` that arrived after the day's cutoff (default D+1 02:00 in the store's
+    /// time zone), decimal string.
     #[schema(value_type = String, example = "12.30")]
     pub late_total: Decimal,
     /// Paid orders that arrived after the day's cutoff.
@@ -145,7 +147,8 @@ async fn buckets(
     store_range(state, caller, projection, (store, from, to), MAX_BUCKETS).await
 }
 
-/// A store's sales per business date of the event time (UTC; each day reported at 02:00 the
+/// A store's sales per business date of the event time (in the store's calendar; by default UTC
+/// days, each reported at 02:00 the
 /// next day): late data lands on the day it happened and is counted there as late.
 #[utoipa::path(get, path = "/sales/daily", params(DailyQuery),
     responses((status = 200, body = Vec<DailySales>), (status = 400, body = ApiErrorBody)))]
@@ -225,7 +228,7 @@ pub struct CorrectionNotice {
     pub cause_event_id: uuid::Uuid,
     /// When that event was ingested, RFC 3339 UTC.
     pub ingested_at: chrono::DateTime<chrono::Utc>,
-    /// Seconds from the day's cutoff (D+1 02:00 UTC) to that ingest.
+    /// Seconds from the day's cutoff (default D+1 02:00 in the store's time zone) to that ingest.
     pub lateness_seconds: i64,
 }
 

@@ -135,6 +135,7 @@ pub async fn upload_sales(
         via: caller.0.via.clone(),
         reason: format!("uploaded by store {store}"),
         backfill: false,
+        calendar: state.app.calendars.of(&caller.scope(&store)).await?,
     };
     let counts = append_sales(&state.app.backend, &source, &sales, &|_, _, _| {})
         .await

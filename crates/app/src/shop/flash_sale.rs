@@ -90,6 +90,7 @@ pub struct Reconciled {
 #[derive(Clone)]
 pub struct FlashSale {
     service: Service,
+    calendars: crate::calendars::StoreCalendars,
     ledger: Arc<dyn StockLedger>,
     /// Terms of the sales seen so far, so a purchase reads no sale stream.
     terms: Arc<std::sync::RwLock<std::collections::HashMap<String, Sale>>>,
@@ -106,6 +107,7 @@ impl FlashSale {
     /// Over `service` (the event store) and `ledger`.
     pub fn new(service: Service, ledger: Arc<dyn StockLedger>) -> Self {
         Self {
+            calendars: crate::calendars::StoreCalendars::new(service.clone()),
             service,
             ledger,
             terms: Arc::default(),
@@ -345,6 +347,8 @@ impl FlashSale {
             refusal: eventfold_domain::Refusal::Invalid,
             message: e.to_string(),
         })?;
+        let (tenant, _) = tenant::split(order_id);
+        let scoped_store = tenant::scope(tenant, &sale.store_id);
         let command = OrderCommand::Create {
             customer_id: buyer.to_owned(),
             store_id: sale.store_id.clone(),
@@ -354,6 +358,7 @@ impl FlashSale {
                 amount,
             }],
             actor: actor.clone(),
+            calendar: self.calendars.of(&scoped_store).await?,
         };
         let mut ctx = CommandContext::new(actor);
         ctx.idempotency = Some((

@@ -111,6 +111,7 @@ fn order_commands(steps: Vec<u8>) -> Vec<OrderCommand> {
     let actor = Actor::parse("admin:prop").unwrap();
     let total = cents(1234);
     let create = OrderCommand::Create {
+        calendar: None,
         customer_id: "c".into(),
         store_id: "s".into(),
         lines: vec![OrderLine {

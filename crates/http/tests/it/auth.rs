@@ -504,6 +504,18 @@ async fn every_role_against_every_route(app: &TestApp) {
         (Method::GET, "/exceptions", None, vec![Finance, Auditor]),
         (
             Method::GET,
+            "/stores/x/calendar",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
+            Method::POST,
+            "/stores/x/calendar",
+            Some(json!({"zone": "UTC"})),
+            vec![Operator, Finance],
+        ),
+        (
+            Method::GET,
             "/trending?store=s",
             None,
             vec![Finance, Auditor, Operator, Support],

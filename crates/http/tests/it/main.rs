@@ -7,6 +7,7 @@
 
 mod accounts;
 mod auth;
+mod calendars;
 mod deadlines;
 mod flash_sale;
 mod import;
