@@ -26,16 +26,25 @@ impl Backend {
     /// A projection runner over this store with every projection eventfold runs registered (the
     /// table in [`crate::projections`]).
     pub fn projection_runner(&self) -> ProjectionRunner {
-        ProjectionRunner::new(self.events.clone(), self.read_models.clone())
-            .register(OrderSummaryProjection)
-            .register(BalanceByAccountProjection)
-            .register(SalesProjection(SalesClock::EventTimeDaily))
-            .register(SalesProjection(SalesClock::IngestTimeHourly))
-            .register(eventfold_domain::reporting::SalesCorrectionsProjection)
-            .register(eventfold_domain::periods::SalesExceptionsProjection)
-            .register(eventfold_domain::periods::SalesPeriodsProjection)
-            .register(PaymentDeadlinesProjection)
-            .register(SagasInFlightProjection)
-            .register(eventfold_domain::identity::ApiKeysProjection)
+        register_all(ProjectionRunner::new(
+            self.events.clone(),
+            self.read_models.clone(),
+        ))
     }
+}
+
+/// `runner` with every projection eventfold runs registered (the table in
+/// [`crate::projections`]), as `serve` runs them.
+pub fn register_all(runner: ProjectionRunner) -> ProjectionRunner {
+    runner
+        .register(OrderSummaryProjection)
+        .register(BalanceByAccountProjection)
+        .register(SalesProjection(SalesClock::EventTimeDaily))
+        .register(SalesProjection(SalesClock::IngestTimeHourly))
+        .register(eventfold_domain::reporting::SalesCorrectionsProjection)
+        .register(eventfold_domain::periods::SalesExceptionsProjection)
+        .register(eventfold_domain::periods::SalesPeriodsProjection)
+        .register(PaymentDeadlinesProjection)
+        .register(SagasInFlightProjection)
+        .register(eventfold_domain::identity::ApiKeysProjection)
 }

@@ -39,6 +39,11 @@ pub struct AppendBench {
     /// The hash chain of eventfold's store: on, off, or both (a second store with it off,
     /// driven in alternating slices of each round, for `hash_chain_ratio`).
     pub hash_chain: HashChain,
+    /// Run what `serve` runs beside the appends: every projection eventfold registers, the
+    /// correction notifier and the windows worker, live; and append sales instead of bench
+    /// events (each client's stream is an order: `OrderCreated` first, then `OrderPaid`s), so
+    /// the sales views, the notifier and the windows fold real work.
+    pub serve_workers: bool,
 }
 
 /// `bench append --hash-chain`.
@@ -108,6 +113,12 @@ pub struct AppendReport {
     /// `--hash-chain`: whether eventfold's store chained its appends (`both`: the figures above
     /// are with the chain on).
     pub hash_chain: HashChain,
+    /// `--serve-workers`: the correction notifier's and the windows worker's time to catch up
+    /// with the head after the last append (they ran live during the rounds), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers_drain_ms: Option<f64>,
+    /// Whether serve's projections and workers ran (`--serve-workers`).
+    pub serve_workers: bool,
     /// `--hash-chain both`: events per second of the same clients on a store with the chain off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unchained_events_per_sec: Option<f64>,
@@ -184,12 +195,20 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
                 .await?;
         }
     }
-    let runner = Arc::new(
-        ProjectionRunner::new(store.clone(), scratch.read_models.clone()).register(EventsPerStream),
-    );
+    let runner =
+        ProjectionRunner::new(store.clone(), scratch.read_models.clone()).register(EventsPerStream);
+    let runner = Arc::new(if config.serve_workers {
+        eventfold_app::projections::register_all(runner)
+    } else {
+        runner
+    });
     runner.catch_up(None, &|_, _| {}).await?;
     runner.reset_lag();
     let (stop, live) = live_projection(&runner);
+    let workers = config
+        .serve_workers
+        .then(|| ServeWorkers::start(&store, &scratch.read_models))
+        .transpose()?;
     // The unchained store carries the same live projection, so both sides do the same work.
     let unchained_runner = unchained.as_ref().map(|u| {
         Arc::new(
@@ -250,6 +269,10 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     );
     let _ = stop.send(());
     live.await.context("projection runner panicked")??;
+    let workers_drain_ms = match workers {
+        Some(w) => Some(w.drain().await?),
+        None => None,
+    };
     if let Some((stop, live)) = unchained_live {
         let _ = stop.send(());
         live.await.context("projection runner panicked")??;
@@ -294,6 +317,8 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         projection_lag_p50_ms: lag50,
         projection_lag_p95_ms: lag95,
         projection_lag_p99_ms: lag99,
+        workers_drain_ms,
+        serve_workers: config.serve_workers,
         hash_chain: config.hash_chain,
         unchained_events_per_sec,
         hash_chain_ratio: unchained_events_per_sec.map(|u| events_per_sec / u.max(1e-9)),
@@ -338,31 +363,132 @@ pub(crate) async fn drive_store(
         .await;
     }
     let per = config.events_per_command;
+    let sales = config.serve_workers;
     let (store, body, versions) = (service.store().clone(), body.clone(), versions.clone());
     drive(config.clients, round, move |client, _| {
         let store = store.clone();
         let body = body.clone();
         let versions = versions.clone();
         async move {
-            let events = (0..per).map(|_| bench_event(&body)).collect();
             let v = versions[client].load(Ordering::Relaxed);
+            let events = (0..per)
+                .map(|i| {
+                    if sales {
+                        sale_event(v + i as u64 + 1)
+                    } else {
+                        bench_event(&body)
+                    }
+                })
+                .collect();
             let expected = if v == 0 {
                 ExpectedVersion::NoStream
             } else {
                 ExpectedVersion::Exact(v)
             };
+            let stream = if sales {
+                format!("order-bench-{client}")
+            } else {
+                format!("bench-{client}")
+            };
             let out = store
-                .append(AppendRequest::new(
-                    format!("bench-{client}"),
-                    expected,
-                    events,
-                ))
+                .append(AppendRequest::new(stream, expected, events))
                 .await?;
             versions[client].store(out.stream_version, Ordering::Relaxed);
             Ok(())
         }
     })
     .await
+}
+
+/// The event at `version` of a bench order: `OrderCreated` (one line of SKU `sku-{version % 50}`)
+/// first, `OrderPaid` after, at store `bench`, now.
+fn sale_event(version: u64) -> eventfold_core::NewEvent {
+    use eventfold_domain::order::{OrderEvent, OrderLine};
+    let ten = Money::parse("10.00", Currency::USD).expect("a valid amount");
+    let actor = Actor::system("bench");
+    let event = if version == 1 {
+        OrderEvent::OrderCreated {
+            customer_id: "bench".into(),
+            store_id: "bench".into(),
+            lines: vec![OrderLine {
+                sku: format!("sku-{}", version % 50),
+                quantity: 1,
+                amount: ten,
+            }],
+            total: ten,
+            actor: actor.clone(),
+            calendar: None,
+        }
+    } else {
+        OrderEvent::OrderPaid {
+            amount: ten,
+            payment_id: format!("p-{version}"),
+            store_id: "bench".into(),
+            actor: actor.clone(),
+            calendar: None,
+        }
+    };
+    let json = serde_json::to_value(&event).expect("an order event encodes");
+    let (kind, payload) = json
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .expect("an externally tagged event");
+    eventfold_core::testkit::event(&kind, actor, &payload)
+}
+
+/// The workers `serve` runs beside its projections, live for a bench run.
+struct ServeWorkers {
+    notifier: eventfold_app::reporting::CorrectionNotifier,
+    windows: eventfold_app::sales_windows::WindowWorker,
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ServeWorkers {
+    fn start(
+        store: &Arc<dyn eventfold_core::EventStore>,
+        read_models: &Arc<dyn eventfold_core::ReadModelStore>,
+    ) -> anyhow::Result<Self> {
+        let notifier =
+            eventfold_app::reporting::CorrectionNotifier::new(store.clone(), read_models.clone());
+        let windows = eventfold_app::sales_windows::WindowWorker::new(
+            store.clone(),
+            read_models.clone(),
+            eventfold_app::sales_windows::DEFAULT_GRACE_SECS,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let tasks = vec![
+            {
+                let (n, s) = (notifier.clone(), stop.clone());
+                tokio::spawn(async move { n.run(s.cancelled_owned()).await })
+            },
+            {
+                let (w, s) = (windows.clone(), stop.clone());
+                tokio::spawn(async move { w.run(s.cancelled_owned()).await })
+            },
+        ];
+        Ok(Self {
+            notifier,
+            windows,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops the live workers and catches both up: ms until both reached the head.
+    async fn drain(self) -> anyhow::Result<f64> {
+        let started = std::time::Instant::now();
+        self.notifier.catch_up().await?;
+        self.windows.catch_up().await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.stop.cancel();
+        for t in self.tasks {
+            t.await.context("a serve worker panicked")?;
+        }
+        Ok(ms)
+    }
 }
 
 pub(crate) fn no_render(_: &Account, _: u64) -> StoredResponse {

@@ -38,6 +38,11 @@ pub enum Bench {
         /// off in alternating slices of at most 0.5 s a side; prints `hash_chain_ratio`).
         #[arg(long, value_enum, default_value = "on")]
         hash_chain: HashChain,
+        /// Run what `serve` runs beside the appends (every projection, the correction notifier,
+        /// the windows worker) and append orders instead of bench events, so they fold real
+        /// sales; projection lag is then that of serve's runner.
+        #[arg(long)]
+        serve_workers: bool,
     },
     /// Kafka -> notification table end to end (needs --kafka-brokers), against a bare
     /// consumer's rate on the same broker; plus single flushes of 1,000 and 10,000 rows.
@@ -164,6 +169,7 @@ impl Bench {
                 payload_bytes,
                 hot_stream,
                 hash_chain,
+                serve_workers,
             } => {
                 if clients == 0
                     || events_per_command == 0
@@ -183,6 +189,7 @@ impl Bench {
                     payload_bytes,
                     hot_stream,
                     hash_chain: hash_chain.into(),
+                    serve_workers,
                 };
                 let r = eventfold_bench::append(&target, &config).await?;
                 output.print(&r, || {
@@ -202,7 +209,9 @@ impl Bench {
                             r.hash_chain_ratio_median.unwrap_or(ratio)
                         ),
                         _ => format!("\nhash chain: {:?}", r.hash_chain).to_lowercase(),
-                    }
+                    } + &r.workers_drain_ms.map_or(String::new(), |ms| {
+                        format!("\nserve's projections, correction notifier and windows worker live; the workers caught up {ms:.0} ms after the last append")
+                    })
                 })
             }
             Self::Read { events } => {
