@@ -310,21 +310,29 @@ impl ProjectionRunner {
                 return Ok(from);
             };
             let to = last.global_position;
-            let mut commits = Vec::with_capacity(projections.len());
-            let mut applied = Vec::with_capacity(projections.len());
-            for (p, checkpoint) in projections.iter().zip(&checkpoints) {
-                let start = batch.partition_point(|e| e.global_position <= *checkpoint);
-                let writes = p
-                    .process(self.read_models.as_ref(), &batch[start..])
-                    .await?;
-                applied.push((batch.len() - start) as u64);
-                commits.push(ProjectionCommit {
-                    projection: p.name().to_owned(),
-                    writes,
-                    from_checkpoint: *checkpoint,
-                    to_checkpoint: to,
-                });
-            }
+            // The projections read their documents at the same time: a batch costs one read
+            // round trip, not one per projection.
+            let processed = futures::future::try_join_all(
+                projections.iter().zip(&checkpoints).map(|(p, checkpoint)| {
+                    let start = batch.partition_point(|e| e.global_position <= *checkpoint);
+                    let events = &batch[start..];
+                    async move {
+                        let writes = p.process(self.read_models.as_ref(), events).await?;
+                        Ok::<_, RunnerError>((
+                            events.len() as u64,
+                            ProjectionCommit {
+                                projection: p.name().to_owned(),
+                                writes,
+                                from_checkpoint: *checkpoint,
+                                to_checkpoint: to,
+                            },
+                        ))
+                    }
+                }),
+            )
+            .await?;
+            let (applied, commits): (Vec<u64>, Vec<ProjectionCommit>) =
+                processed.into_iter().unzip();
             match self.read_models.commit_projections(commits).await {
                 Ok(()) => {}
                 Err(StoreError::CheckpointMoved { .. }) => {
