@@ -309,6 +309,7 @@ impl WindowWorker {
         run_tail(
             "windows",
             &self.events,
+            BATCH,
             || self.checkpoint(),
             |from| self.step_from(from),
             stop,
