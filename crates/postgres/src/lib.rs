@@ -327,6 +327,27 @@ fn row_to_event(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 }
 
 impl PostgresStore {
+    /// The hot events with positions in `(from, to]`, in order, at most `max_count`, through a
+    /// binary COPY (one byte stream instead of a row object per event; every bound is an
+    /// integer written here).
+    async fn read_range(
+        &self,
+        from: u64,
+        to: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "COPY (SELECT {} FROM events WHERE position > {} AND position <= {} \
+             AND archived_digest IS NULL ORDER BY position LIMIT {}) TO STDOUT (FORMAT binary)",
+            copy::EVENT_COLUMNS,
+            version(from),
+            version(to),
+            limit(max_count)
+        );
+        let mut read = self.read_conn().await?;
+        copy_events(read.conn(), &sql, from).await
+    }
+
     /// The error for a replay that reached an event with an empty payload: the event is an
     /// archived stub, named with its position, when its `archived_digest` is set, and
     /// corrupt otherwise (no append or update can leave an empty payload without it).
@@ -382,6 +403,28 @@ async fn stream_copy(
 /// ([`copy::ChainFeed`]). Data that stops making sense is [`StoreError::Corrupt`], `what`
 /// (the read) then the offset; the COPY is read to the end either way, so the connection goes
 /// back to the pool at rest.
+/// Runs `sql`, a binary COPY of [`copy::EVENT_COLUMNS`], and parses the events as they arrive.
+async fn copy_events(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    after_position: u64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    use futures::TryStreamExt;
+    let mut feed = copy::EventsFeed::default();
+    let mut broken = None;
+    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
+    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+        if broken.is_none() {
+            broken = feed.feed(&chunk).err();
+        }
+    }
+    match broken {
+        Some(e) => Err(e),
+        None => feed.finish(),
+    }
+    .map_err(|e| StoreError::Corrupt(format!("events after position {after_position}: {e}")))
+}
+
 async fn copy_chain(
     conn: &mut sqlx::PgConnection,
     sql: &str,
@@ -543,15 +586,30 @@ impl EventStore for PostgresStore {
         after_position: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_EVENTS} WHERE position > $1 AND archived_digest IS NULL ORDER BY position LIMIT $2"
-        ))
-        .bind(version(after_position))
-        .bind(limit(max_count))
-        .fetch_all(self.read_conn().await?.conn())
-        .await
-        .map_err(backend)?;
-        rows.iter().map(row_to_event).collect()
+        // Positions are gap-free, so the next `max_count` events lie in (from, from + max_count]:
+        // the read names that range, which the planner reads through the primary key whatever
+        // its statistics say. Without the upper bound, a table grown since its last ANALYZE (an
+        // import, a first day of traffic) looked tiny to the planner, which then scanned and
+        // sorted all of it for every page (152 ms instead of 3.5 ms per 10,000 events on the
+        // CDNOW log). A range with no hot event (the head, or archived stubs only) moves on to
+        // the next one until the head.
+        let mut from = after_position;
+        loop {
+            let to = from.saturating_add(max_count.max(1) as u64);
+            let events = self.read_range(from, to, max_count).await?;
+            if !events.is_empty() || to >= self.head_position().await? {
+                return Ok(events);
+            }
+            // The head is past the range, so every position in it is committed and visible now
+            // (appends commit in position order under the append lock): read it again before
+            // moving on, since the first read's snapshot may have been taken before some of
+            // them committed. Still empty: only archived stubs (or, fenced, another tenant's).
+            let again = self.read_range(from, to, max_count).await?;
+            if !again.is_empty() {
+                return Ok(again);
+            }
+            from = to;
+        }
     }
 
     async fn read_chain_into(

@@ -93,3 +93,43 @@ async fn concurrent_appends_share_commits() {
     assert!(stats.commits < 128, "{stats:?}");
     assert_eq!(store.head_position().await.unwrap(), 256);
 }
+
+/// `read_all` reads by position ranges of its batch size: a range holding only archived stubs
+/// is stepped over (the next hot event is returned, not an empty batch that would look like the
+/// head), and a read past the head is empty.
+#[tokio::test]
+async fn a_read_steps_over_a_range_of_archived_stubs_to_the_next_hot_event() {
+    let db = fresh_db().await;
+    let store = PostgresStore::connect(&db.url).await.unwrap();
+    for n in 1..=10 {
+        store
+            .append(AppendRequest::new(
+                format!("s-{n}"),
+                ExpectedVersion::NoStream,
+                vec![ev(n)],
+            ))
+            .await
+            .unwrap();
+    }
+    // Positions 2 to 8 become archived stubs (the only update the append-only trigger allows).
+    sqlx::query(
+        "UPDATE events SET payload = '', archived_digest = decode(repeat('00', 32), 'hex') \
+         WHERE position BETWEEN 2 AND 8",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let positions = |events: Vec<eventfold_core::RecordedEvent>| -> Vec<u64> {
+        events.iter().map(|e| e.global_position).collect()
+    };
+    assert_eq!(positions(store.read_all(0, 3).await.unwrap()), [1]);
+    assert_eq!(positions(store.read_all(1, 3).await.unwrap()), [9, 10]);
+    assert_eq!(positions(store.read_all(1, 100).await.unwrap()), [9, 10]);
+    assert_eq!(positions(store.read_all(8, 1).await.unwrap()), [9]);
+    assert!(store.read_all(10, 3).await.unwrap().is_empty());
+    assert!(store.read_all(50, 3).await.unwrap().is_empty());
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(positions(all.clone()), [1, 9, 10]);
+    assert_eq!(all[2].payload, "{\"n\":10}");
+    assert_eq!(all[2].stream_id, "s-10");
+}
