@@ -23,6 +23,7 @@ use eventfold_core::{
     StoreError,
 };
 use eventfold_domain::order::{Order, OrderCommand, OrderLine};
+use eventfold_domain::reporting::BusinessCalendar;
 use eventfold_domain::{Currency, Money};
 use futures::StreamExt;
 use serde::Serialize;
@@ -220,7 +221,7 @@ pub struct SaleSource {
     /// Record the events as history (no correction notices).
     pub backfill: bool,
     /// The store's business calendar, recorded with each order (`None`: the default).
-    pub calendar: Option<eventfold_domain::reporting::BusinessCalendar>,
+    pub calendar: Option<BusinessCalendar>,
 }
 
 impl SaleSource {
@@ -310,8 +311,12 @@ pub fn order_append(
 
 /// The sales of CDNOW rows for `store`: order id `{store}-{customer}-{yyyymmdd}-{n}`, `n`
 /// counting that customer's rows on that day in file order; customer `cdnow-{customer}`, SKU
-/// `cd`.
-pub fn cdnow_sales(rows: &[CdnowRow], store: &str) -> Vec<SaleRecord> {
+/// `cd`; the event time is the start of the row's date in `calendar` (default: 00:00 UTC).
+pub fn cdnow_sales(
+    rows: &[CdnowRow],
+    store: &str,
+    calendar: Option<BusinessCalendar>,
+) -> Vec<SaleRecord> {
     let mut seen = std::collections::HashMap::new();
     rows.iter()
         .map(|r| {
@@ -322,7 +327,9 @@ pub fn cdnow_sales(rows: &[CdnowRow], store: &str) -> Vec<SaleRecord> {
                 order_id: format!("{store}-{}-{}-{n}", r.customer_id, r.date.format("%Y%m%d")),
                 customer_id: format!("cdnow-{}", r.customer_id),
                 store_id: store.to_owned(),
-                event_time: r.event_time(),
+                // The file's date is the store's business date: the day starts at its midnight in
+                // the store's time zone (00:00 UTC for the default calendar).
+                event_time: calendar.map_or_else(|| r.event_time(), |c| c.day_starts_at(r.date)),
                 sku: "cd".into(),
                 quantity: r.cds,
                 amount: r.value,
@@ -435,7 +442,8 @@ pub async fn import_cdnow(
     source.calendar = crate::calendars::StoreCalendars::new(Service::new(backend.events.clone()))
         .of(store)
         .await?;
-    let counts = append_sales(backend, &source, &cdnow_sales(&rows, store), progress).await?;
+    let sales = cdnow_sales(&rows, store, source.calendar);
+    let counts = append_sales(backend, &source, &sales, progress).await?;
     if let Some((line, order)) = counts.conflicts.first() {
         bail!("line {line}: order {order} already holds other events; the import stopped there (the other orders are kept, re-run to resume)");
     }
@@ -516,7 +524,7 @@ mod tests {
         let (rows, _) = parse_cdnow(
             b"1 19970101 1 1.00\n1 19970101 2 2.00\n2 19970101 1 1.00\n1 19970102 1 1.00\n",
         );
-        let ids: Vec<String> = cdnow_sales(&rows, CDNOW_STORE)
+        let ids: Vec<String> = cdnow_sales(&rows, CDNOW_STORE, None)
             .into_iter()
             .map(|s| s.order_id)
             .collect();

@@ -402,14 +402,7 @@ impl CorrectionNotifier {
     /// # Errors
     /// As [`CorrectionNotifier::step`].
     pub async fn catch_up(&self) -> Result<u64, NotifierError> {
-        let mut appended = 0;
-        loop {
-            let (read, n) = self.step().await?;
-            appended += n;
-            if read == 0 {
-                return Ok(appended);
-            }
-        }
+        catch_up_tail(|| self.step()).await
     }
 
     /// Keeps up with the log until `stop` completes; a failed batch is logged and tried again
@@ -495,6 +488,24 @@ pub(crate) fn derived_append<A: Aggregate>(
         ExpectedVersion::NoStream,
         vec![event],
     ))
+}
+
+/// Takes `step`s until one reads nothing (`(events read, appended)`): what they appended.
+///
+/// # Errors
+/// The first failed step's.
+pub(crate) async fn catch_up_tail<S, E>(step: impl Fn() -> S) -> Result<u64, E>
+where
+    S: std::future::Future<Output = Result<(usize, u64), E>>,
+{
+    let mut appended = 0;
+    loop {
+        let (read, n) = step().await?;
+        appended += n;
+        if read == 0 {
+            return Ok(appended);
+        }
+    }
 }
 
 /// How long a tailing worker rests after a step that caught up with the log before it reads

@@ -33,7 +33,7 @@ use eventfold_domain::windows::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::reporting::{append_derived, derived_append, run_tail, NotifierError};
+use crate::reporting::{append_derived, catch_up_tail, derived_append, run_tail, NotifierError};
 use crate::service::Service;
 
 /// The worker's read model (and the name of its checkpoint).
@@ -293,14 +293,7 @@ impl WindowWorker {
     /// # Errors
     /// As [`WindowWorker::step`].
     pub async fn catch_up(&self) -> Result<u64, NotifierError> {
-        let mut appended = 0;
-        loop {
-            let (read, n) = self.step().await?;
-            appended += n;
-            if read == 0 {
-                return Ok(appended);
-            }
-        }
+        catch_up_tail(|| self.step()).await
     }
 
     /// Keeps up with the log until `stop` completes; a failed batch is logged and tried again

@@ -32,6 +32,18 @@ pub mod windows;
 
 pub use money::{Currency, Money, MoneyError};
 
+/// Reads a duration written as a whole number and a unit (`72h`, `90m`): its seconds, with
+/// `units` giving each unit letter's seconds; `None` when the text is not digits then one of
+/// the units, or overflows.
+pub fn parse_whole_duration(text: &str, units: &[(&str, i64)]) -> Option<i64> {
+    let (n, unit) = text.split_at(text.len().saturating_sub(1));
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = units.iter().find(|(u, _)| *u == unit)?.1;
+    n.parse::<i64>().ok()?.checked_mul(seconds)
+}
+
 /// How the caller should see a domain refusal: all are the caller's doing, never a server fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {

@@ -52,22 +52,14 @@ pub const DEFAULT_MAX_DELAY: TimeDelta = TimeDelta::hours(72);
 /// # Errors
 /// A message naming the text and what is wrong.
 pub fn parse_max_delay(text: &str) -> Result<TimeDelta, String> {
-    let bad = || {
-        format!(
-            "max delay {text:?} is not a whole number of minutes, hours or days such as 72h or 5d"
-        )
-    };
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = n.parse().map_err(|_| bad())?;
-    let delay = match unit {
-        "m" => TimeDelta::try_minutes(n),
-        "h" => TimeDelta::try_hours(n),
-        "d" => TimeDelta::try_days(n),
-        _ => None,
-    }
-    .filter(|d| *d > TimeDelta::zero() && *d <= TimeDelta::days(366))
-    .ok_or_else(bad)?;
-    Ok(delay)
+    crate::parse_whole_duration(text, &[("m", 60), ("h", 3600), ("d", 86_400)])
+        .map(TimeDelta::seconds)
+        .filter(|d| *d > TimeDelta::zero() && *d <= TimeDelta::days(366))
+        .ok_or_else(|| {
+            format!(
+                "max delay {text:?} is not a whole number of minutes, hours or days such as 72h or 5d"
+            )
+        })
 }
 
 /// How long a store's periods are.

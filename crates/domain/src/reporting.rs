@@ -124,22 +124,12 @@ impl BusinessCalendar {
     /// # Errors
     /// A message naming the text and what is wrong.
     pub fn parse_cutoff(text: &str) -> Result<i64, String> {
-        let bad = || {
-            format!("cutoff {text:?} is not a whole number of minutes, hours or days such as 2h, 90m or 1d (at most 7 days)")
-        };
-        let (n, unit) = text.split_at(text.len().saturating_sub(1));
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let n: i64 = n.parse().map_err(|_| bad())?;
-        match unit {
-            "m" => Some(n),
-            "h" => n.checked_mul(60),
-            "d" => n.checked_mul(24 * 60),
-            _ => None,
-        }
-        .filter(|m| *m <= MAX_CUTOFF_MINUTES)
-        .ok_or_else(bad)
+        crate::parse_whole_duration(text, &[("m", 60), ("h", 3600), ("d", 86_400)])
+            .map(|seconds| seconds / 60)
+            .filter(|m| *m <= MAX_CUTOFF_MINUTES)
+            .ok_or_else(|| {
+                format!("cutoff {text:?} is not a whole number of minutes, hours or days such as 2h, 90m or 1d (at most 7 days)")
+            })
     }
 
     /// The time after a day's end at which it is reported.

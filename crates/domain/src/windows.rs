@@ -85,23 +85,11 @@ impl WindowSpec {
 /// # Errors
 /// A message naming the text and what is wrong.
 pub fn parse_window_duration(text: &str) -> Result<i64, String> {
-    let bad = || {
-        format!("duration {text:?} is not a whole number of seconds, minutes or hours such as 30s, 5m or 1h (at most 7 days)")
-    };
-    let (n, unit) = text.split_at(text.len().saturating_sub(1));
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: i64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        _ => None,
-    }
-    .filter(|s| *s <= 7 * 24 * 3600)
-    .ok_or_else(bad)?;
-    Ok(secs)
+    crate::parse_whole_duration(text, &[("s", 1), ("m", 60), ("h", 3600)])
+        .filter(|s| *s <= 7 * 24 * 3600)
+        .ok_or_else(|| {
+            format!("duration {text:?} is not a whole number of seconds, minutes or hours such as 30s, 5m or 1h (at most 7 days)")
+        })
 }
 
 /// Units and revenue of one SKU in one window.

@@ -398,53 +398,54 @@ async fn stream_copy(
     ))
 }
 
-/// Runs a chain `COPY ... TO STDOUT` ([`copy::CHAIN_COLUMNS`] or the backfill's) and parses it
-/// into `rows` as it arrives, never holding the whole COPY and refilling the rows already there
-/// ([`copy::ChainFeed`]). Data that stops making sense is [`StoreError::Corrupt`], `what`
-/// (the read) then the offset; the COPY is read to the end either way, so the connection goes
+/// Runs `sql`, a `COPY ... TO STDOUT`, handing each chunk to `feed` as it arrives; the first
+/// error `feed` returns, if any. The COPY is read to the end either way, so the connection goes
 /// back to the pool at rest.
-/// Runs `sql`, a binary COPY of [`copy::EVENT_COLUMNS`], and parses the events as they arrive.
+async fn drain_copy(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    mut feed: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<Result<(), String>, StoreError> {
+    use futures::TryStreamExt;
+    let mut broken = None;
+    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
+    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
+        if broken.is_none() {
+            broken = feed(&chunk).err();
+        }
+    }
+    Ok(broken.map_or(Ok(()), Err))
+}
+
+/// Runs `sql`, a binary COPY of [`copy::EVENT_COLUMNS`], and parses the events as they arrive
+/// ([`copy::EventsFeed`]); data that stops making sense is [`StoreError::Corrupt`].
 async fn copy_events(
     conn: &mut sqlx::PgConnection,
     sql: &str,
     after_position: u64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    use futures::TryStreamExt;
     let mut feed = copy::EventsFeed::default();
-    let mut broken = None;
-    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
-    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
-        if broken.is_none() {
-            broken = feed.feed(&chunk).err();
-        }
-    }
-    match broken {
-        Some(e) => Err(e),
-        None => feed.finish(),
-    }
-    .map_err(|e| StoreError::Corrupt(format!("events after position {after_position}: {e}")))
+    drain_copy(conn, sql, |chunk| feed.feed(chunk))
+        .await?
+        .and_then(|()| feed.finish())
+        .map_err(|e| StoreError::Corrupt(format!("events after position {after_position}: {e}")))
 }
 
+/// Runs a chain `COPY ... TO STDOUT` ([`copy::CHAIN_COLUMNS`] or the backfill's) and parses it
+/// into `rows` as it arrives, never holding the whole COPY and refilling the rows already there
+/// ([`copy::ChainFeed`]). Data that stops making sense is [`StoreError::Corrupt`], `what`
+/// (the read) then the offset.
 async fn copy_chain(
     conn: &mut sqlx::PgConnection,
     sql: &str,
     rows: &mut Vec<ChainRow>,
     what: impl FnOnce() -> String,
 ) -> Result<(), StoreError> {
-    use futures::TryStreamExt;
     let mut feed = copy::ChainFeed::new(rows);
-    let mut broken = None;
-    let mut chunks = conn.copy_out_raw(sql).await.map_err(backend)?;
-    while let Some(chunk) = chunks.try_next().await.map_err(backend)? {
-        if broken.is_none() {
-            broken = feed.feed(&chunk).err();
-        }
-    }
-    match broken {
-        Some(e) => Err(e),
-        None => feed.finish(),
-    }
-    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
+    drain_copy(conn, sql, |chunk| feed.feed(chunk))
+        .await?
+        .and_then(|()| feed.finish())
+        .map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
 }
 
 #[async_trait]

@@ -5,10 +5,10 @@
 use clap::{Args, Subcommand};
 use eventfold_app::calendars::StoreCalendars;
 use eventfold_app::service::{CommandContext, Service};
-use eventfold_core::tenant;
 use eventfold_domain::reporting::{BusinessCalendar, DEFAULT_CUTOFF_MINUTES};
 
 use super::keys::by;
+use super::periods::StoreArg;
 use crate::context::Global;
 
 /// The calendar subcommands.
@@ -18,17 +18,6 @@ pub enum Calendar {
     Show(StoreArg),
     /// Set a store's calendar for orders placed from now on.
     Set(Set),
-}
-
-/// A store.
-#[derive(Debug, Args)]
-pub struct StoreArg {
-    /// Store id.
-    #[arg(long)]
-    store: String,
-    /// The store's tenant.
-    #[arg(long, default_value = tenant::DEFAULT)]
-    tenant: String,
 }
 
 /// `calendar set`'s options.
@@ -45,14 +34,6 @@ pub struct Set {
     /// Who, recorded in the event (default `admin:{$USER}`).
     #[arg(long)]
     by: Option<String>,
-}
-
-impl StoreArg {
-    fn scoped(&self) -> anyhow::Result<String> {
-        eventfold_domain::validate_id("--store", &self.store).map_err(anyhow::Error::msg)?;
-        eventfold_domain::validate_id("--tenant", &self.tenant).map_err(anyhow::Error::msg)?;
-        Ok(tenant::scope(&self.tenant, &self.store))
-    }
 }
 
 fn print(global: &Global, store: &str, calendar: Option<BusinessCalendar>) -> anyhow::Result<()> {

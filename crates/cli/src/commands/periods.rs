@@ -55,12 +55,12 @@ pub struct Enable {
     by: Option<String>,
 }
 
-/// A store.
+/// A store (also `calendar`'s).
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// Store id.
-    #[arg(long)]
-    store: String,
+    /// Store id (`--store` is the store URL every command takes).
+    #[arg(long = "store-id", id = "store_id")]
+    pub(crate) store: String,
     /// The store's tenant.
     #[arg(long, default_value = tenant::DEFAULT)]
     tenant: String,
@@ -82,8 +82,9 @@ pub struct Change {
 }
 
 impl StoreArg {
-    fn scoped(&self) -> anyhow::Result<String> {
-        eventfold_domain::validate_id("--store", &self.store).map_err(anyhow::Error::msg)?;
+    /// The store id scoped to its tenant.
+    pub(crate) fn scoped(&self) -> anyhow::Result<String> {
+        eventfold_domain::validate_id("--store-id", &self.store).map_err(anyhow::Error::msg)?;
         eventfold_domain::validate_id("--tenant", &self.tenant).map_err(anyhow::Error::msg)?;
         Ok(tenant::scope(&self.tenant, &self.store))
     }
@@ -223,7 +224,7 @@ pub enum Exceptions {
 #[derive(Debug, Args)]
 pub struct ListExceptions {
     /// Only this store's.
-    #[arg(long)]
+    #[arg(long = "store-id", id = "store_id")]
     store: Option<String>,
     /// Only those in this state: open, approved, rejected.
     #[arg(long)]

@@ -480,3 +480,93 @@ fn kafka_benches_print_their_fields() {
     assert_eq!(relay["lost"], 0, "{relay}");
     assert!(relay["ratio_to_baseline"].as_f64().is_some_and(|v| v > 0.0));
 }
+
+/// `calendar set|show`, and a CDNOW import into a store with a calendar: the file's dates are
+/// the store's business dates (each sale starts its day in the store's time zone), so the daily
+/// view of a New York store shows the same dates as the file.
+#[test]
+fn a_store_calendar_dates_an_imported_file_in_the_stores_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("cal.db").display());
+    let file = dir.path().join("cdnow.txt");
+    std::fs::write(
+        &file,
+        " customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n 00002 19970102  3   30.00\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let shown = ok_json(&eventfold(
+        &store,
+        &["calendar", "show", "--store-id", "ny", "--json"],
+    ));
+    assert_eq!(
+        (&shown["zone"], &shown["set"]),
+        (&Value::from("UTC"), &Value::from(false))
+    );
+    let refused = eventfold(
+        &store,
+        &[
+            "calendar",
+            "set",
+            "--store-id",
+            "ny",
+            "--zone",
+            "Nowhere/City",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Nowhere/City"));
+    let set = ok_json(&eventfold(
+        &store,
+        &[
+            "calendar",
+            "set",
+            "--store-id",
+            "ny",
+            "--zone",
+            "America/New_York",
+            "--cutoff",
+            "3h",
+            "--json",
+        ],
+    ));
+    assert_eq!(set["cutoff_minutes"], 180);
+    let shown = ok_json(&eventfold(
+        &store,
+        &["calendar", "show", "--store-id", "ny", "--json"],
+    ));
+    assert_eq!(
+        (&shown["zone"], &shown["set"]),
+        (&Value::from("America/New_York"), &Value::from(true))
+    );
+    ok_json(&eventfold(
+        &store,
+        &[
+            "import",
+            "cdnow",
+            file,
+            "--store-id",
+            "ny",
+            "--backfill",
+            "--json",
+        ],
+    ));
+    let state = ok_json(&eventfold(
+        &store,
+        &["state", "order-ny-00001-19970101-1", "--json"],
+    ));
+    assert_eq!(
+        state["state"]["calendar"]["zone"], "America/New_York",
+        "{state}"
+    );
+    // The first sale's event time is midnight in New York (05:00 UTC): the daily view dates it
+    // 1997-01-01 in the store's calendar.
+    let history = ok_json(&eventfold(
+        &store,
+        &["history", "order-ny-00001-19970101-1", "--json"],
+    ));
+    assert_eq!(
+        history[0]["event_time"], "1997-01-01T05:00:00Z",
+        "{history}"
+    );
+}
