@@ -110,6 +110,9 @@ pub struct AppendReport {
     pub projection_lag_p95_ms: f64,
     /// 99th percentile of the same, ms.
     pub projection_lag_p99_ms: f64,
+    /// The live projection runner's batches during the eventfold rounds: how fast it applies
+    /// when busy and where that time goes.
+    pub projection_runner: RunnerFigures,
     /// `--hash-chain`: whether eventfold's store chained its appends (`both`: the figures above
     /// are with the chain on).
     pub hash_chain: HashChain,
@@ -131,6 +134,37 @@ pub struct AppendReport {
     /// spans a few slices moves this less than the ratio of the totals.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_chain_ratio_median: Option<f64>,
+}
+
+/// A projection runner's batches (see [`eventfold_core::RunnerTimings`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerFigures {
+    /// Batches committed.
+    pub batches: u64,
+    /// Mean events per batch.
+    pub events_per_batch: f64,
+    /// Events per second of busy time (reading, applying, committing; not waiting).
+    pub events_per_busy_sec: f64,
+    /// Mean ms per batch reading the log.
+    pub read_ms_per_batch: f64,
+    /// Mean ms per batch reading documents and applying the events.
+    pub process_ms_per_batch: f64,
+    /// Mean ms per batch committing documents and checkpoints.
+    pub commit_ms_per_batch: f64,
+}
+
+impl From<eventfold_core::RunnerTimings> for RunnerFigures {
+    fn from(t: eventfold_core::RunnerTimings) -> Self {
+        let per_batch = |d: Duration| d.as_secs_f64() * 1000.0 / t.batches.max(1) as f64;
+        Self {
+            batches: t.batches,
+            events_per_batch: t.events as f64 / t.batches.max(1) as f64,
+            events_per_busy_sec: t.events_per_busy_sec(),
+            read_ms_per_batch: per_batch(t.read),
+            process_ms_per_batch: per_batch(t.process),
+            commit_ms_per_batch: per_batch(t.commit),
+        }
+    }
 }
 
 /// The bench's live projection: events per stream.
@@ -279,6 +313,7 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
     }
     let lag = |q| runner.lag_quantile_ms(q).unwrap_or(0.0);
     let (lag50, lag95, lag99) = (lag(0.5), lag(0.95), lag(0.99));
+    let projection_runner = RunnerFigures::from(runner.timings());
 
     let (commits, append_requests) = (scratch.stats)();
     let store_name = scratch.name;
@@ -317,6 +352,7 @@ pub async fn append(target: &BenchTarget, config: &AppendBench) -> anyhow::Resul
         projection_lag_p50_ms: lag50,
         projection_lag_p95_ms: lag95,
         projection_lag_p99_ms: lag99,
+        projection_runner,
         workers_drain_ms,
         serve_workers: config.serve_workers,
         hash_chain: config.hash_chain,

@@ -8,6 +8,8 @@
 //! of a `postgres://` store, removed afterwards.
 //!
 //! - [`append`]: durable appends by concurrent clients, against raw INSERT baselines.
+//! - [`commands`]: deposits through the service on existing and new streams, beside the
+//!   store-level append.
 //! - [`load`]: loading one long stream with and without a snapshot, and as of its middle.
 //! - [`read`]: a read-all from position 0.
 //! - [`correct`]: `correct interest` on many accounts, twice.
@@ -18,6 +20,7 @@
 //! - [`simulate`]: a flash-sale crowd against a real server and a sandbox payment provider.
 
 mod append;
+mod commands;
 mod correct;
 mod http;
 mod kafka;
@@ -28,9 +31,10 @@ pub mod simulate;
 mod upload;
 mod windows;
 
-pub use append::{append, AppendBench, AppendReport, HashChain};
+pub use append::{append, AppendBench, AppendReport, HashChain, RunnerFigures};
+pub use commands::{commands, CommandFigures, CommandsReport};
 pub use correct::{correct, CorrectBench};
-pub use http::{http, HttpBench, HttpReport};
+pub use http::{baseline_server, http, HttpBench, HttpFigures, HttpReport};
 pub use kafka::{notifications, relay, NotificationsReport, RelayBenchReport};
 pub use load::{load, LoadReport};
 pub use read::{read, ReadReport};

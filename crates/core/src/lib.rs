@@ -36,7 +36,7 @@ pub use envelope::{
     deterministic_event_id, Actor, EventMetadata, NewEvent, RecordedEvent, ReplayEvent,
 };
 pub use notification::{Notification, NotificationStore};
-pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError};
+pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError, RunnerTimings};
 pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
 pub use store::{
     AppendOutcome, AppendRequest, ArchiveStub, CheckpointStore, EventStore, ExpectedVersion, Fence,

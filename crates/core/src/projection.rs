@@ -233,6 +233,39 @@ pub struct ProjectionRunner {
     archive_checked: Mutex<HashSet<&'static str>>,
     /// Ingest-to-commit lag of every committed event, in µs.
     lag: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Where the batches' time went.
+    timings: Mutex<RunnerTimings>,
+}
+
+/// Where a runner's time went, batch by batch, since it was created or since
+/// [`ProjectionRunner::reset_lag`]: reading the log, the projections reading their documents and
+/// applying the events (all projections of a batch at the same time), and committing the
+/// documents with the checkpoints. Time spent waiting for appends is in none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunnerTimings {
+    /// Batches committed.
+    pub batches: u64,
+    /// Events read in those batches (each applied by every projection that had not yet).
+    pub events: u64,
+    /// In `read_all`.
+    pub read: std::time::Duration,
+    /// Reading documents and applying the events.
+    pub process: std::time::Duration,
+    /// In `commit_projections`.
+    pub commit: std::time::Duration,
+}
+
+impl RunnerTimings {
+    /// Events per second of busy time (read + process + commit): what the runner could keep
+    /// up with; 0 before the first batch.
+    pub fn events_per_busy_sec(&self) -> f64 {
+        let busy = (self.read + self.process + self.commit).as_secs_f64();
+        if busy > 0.0 {
+            self.events as f64 / busy
+        } else {
+            0.0
+        }
+    }
 }
 
 fn lag_histogram() -> hdrhistogram::Histogram<u64> {
@@ -251,6 +284,7 @@ impl ProjectionRunner {
             status: Mutex::new(HashMap::new()),
             archive_checked: Mutex::new(HashSet::new()),
             lag: Mutex::new(lag_histogram()),
+            timings: Mutex::new(RunnerTimings::default()),
         }
     }
 
@@ -305,10 +339,12 @@ impl ProjectionRunner {
             return Ok(0);
         };
         loop {
+            let started = std::time::Instant::now();
             let batch = self.events.read_all(from, self.batch_size).await?;
             let Some(last) = batch.last() else {
                 return Ok(from);
             };
+            let read = started.elapsed();
             let to = last.global_position;
             // The projections read their documents at the same time: a batch costs one read
             // round trip, not one per projection.
@@ -333,6 +369,7 @@ impl ProjectionRunner {
             .await?;
             let (applied, commits): (Vec<u64>, Vec<ProjectionCommit>) =
                 processed.into_iter().unzip();
+            let process = started.elapsed() - read;
             match self.read_models.commit_projections(commits).await {
                 Ok(()) => {}
                 Err(StoreError::CheckpointMoved { .. }) => {
@@ -347,6 +384,14 @@ impl ProjectionRunner {
                 Err(e) => return Err(e.into()),
             }
             let committed = Utc::now();
+            {
+                let mut t = self.timings.lock().expect("timings lock");
+                t.batches += 1;
+                t.events += batch.len() as u64;
+                t.read += read;
+                t.process += process;
+                t.commit += started.elapsed() - read - process;
+            }
             let lag_ms = (committed - last.ingest_time)
                 .num_microseconds()
                 .map(|us| us as f64 / 1000.0);
@@ -473,9 +518,16 @@ impl ProjectionRunner {
         (!lag.is_empty()).then(|| lag.value_at_quantile(q) as f64 / 1000.0)
     }
 
-    /// Forgets the lag recorded so far (a benchmark measures only its own window).
+    /// Forgets the lag and the timings recorded so far (a benchmark measures only its own
+    /// window).
     pub fn reset_lag(&self) {
         self.lag.lock().expect("lag lock").reset();
+        *self.timings.lock().expect("timings lock") = RunnerTimings::default();
+    }
+
+    /// Where the batches' time went (see [`RunnerTimings`]).
+    pub fn timings(&self) -> RunnerTimings {
+        *self.timings.lock().expect("timings lock")
     }
 
     /// Every projection's checkpoint and lag, measured now.

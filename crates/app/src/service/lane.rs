@@ -10,9 +10,14 @@
 //! every version (a writer in another process makes the first request of the batch conflict; the
 //! lane then catches up and decides again), so nothing is given up for the speed.
 //!
-//! A lane keeps the state and version after its last write, and catches up with a read of the
-//! stream's tail from that version (usually empty) before each batch. Idle lanes are dropped when
-//! the registry grows past [`MAX_IDLE_LANES`].
+//! A lane keeps the state and version after its last write. When every command of the next batch
+//! appends events, it decides them on that state without reading the stream: the store's check
+//! of the expected versions proves the state current, and a writer elsewhere makes the append
+//! conflict. A new lane assumes its stream empty the same way: only commands that start a stream
+//! append anything on that, and their `NoStream` append is the check. Otherwise (a refusal or a
+//! no-op to answer, a caller's expected version, a batch after a conflict) it first catches up
+//! with a read of the stream's tail from its version (or the stream's snapshot).
+//! Idle lanes are dropped when the registry grows past [`MAX_IDLE_LANES`].
 //!
 //! The batch runs in a spawned task, never in a caller's future: a caller that goes away (an HTTP
 //! client that disconnects) cannot stop a batch that holds other callers' commands.
@@ -57,6 +62,9 @@ struct Inner<A: Aggregate> {
     running: bool,
     /// State and version after the last event this lane saw.
     cached: Option<Replayed<A>>,
+    /// The last batch met a writer elsewhere (a version conflict) or failed: read the stream's
+    /// tail before deciding the next one.
+    stale: bool,
 }
 
 /// The queue of one stream.
@@ -92,6 +100,7 @@ impl Lanes {
                 queue: VecDeque::new(),
                 running: false,
                 cached: None,
+                stale: false,
             }),
         });
         map.insert(stream_id.to_owned(), lane.clone());
@@ -148,7 +157,7 @@ impl Service {
         A::Error: DomainError,
     {
         loop {
-            let (batch, cached) = {
+            let (batch, cached, stale) = {
                 let mut inner = lane.inner.lock().expect("lane poisoned");
                 if inner.queue.is_empty() {
                     inner.running = false;
@@ -156,14 +165,15 @@ impl Service {
                 }
                 let n = inner.queue.len().min(MAX_BATCH);
                 let batch: Vec<Pending<A>> = inner.queue.drain(..n).collect();
-                (batch, inner.cached.take())
+                (batch, inner.cached.take(), inner.stale)
             };
-            let (cached, retry) = self.run_batch(&lane.stream_id, batch, cached).await;
+            let (cached, retry) = self.run_batch(&lane.stream_id, batch, cached, stale).await;
             // A conflict means a writer in another process is on this stream too: back off for a
             // random while (growing with the conflicts) so that the two lanes stop colliding.
             let conflicts = retry.iter().map(|p| p.conflicts).max().unwrap_or(0);
             {
                 let mut inner = lane.inner.lock().expect("lane poisoned");
+                inner.stale = cached.is_none() || !retry.is_empty();
                 inner.cached = cached;
                 for pending in retry.into_iter().rev() {
                     inner.queue.push_front(pending);
@@ -177,16 +187,40 @@ impl Service {
 
     /// Decides and appends one batch. Returns the state after the last event known to be stored
     /// (`None` when unsure) and the commands to decide again (in order).
+    ///
+    /// With a cached state that no conflict has put in doubt (`stale` false), the batch is
+    /// decided on it without reading the stream's tail when every command would append: the
+    /// store's check of each expected version then proves the state was current (a writer
+    /// elsewhere makes the append conflict, and the commands are decided again after a read).
+    /// A refusal, a no-op, a caller's expected version or an owner that does not match is
+    /// decided only after the read, since nothing would check it.
     async fn run_batch<A: Aggregate>(
         &self,
         stream_id: &str,
         batch: Vec<Pending<A>>,
         cached: Option<Replayed<A>>,
+        stale: bool,
     ) -> (Option<Replayed<A>>, Vec<Pending<A>>)
     where
         A::Command: Clone,
         A::Error: DomainError,
     {
+        if !stale {
+            // A lane that has not seen its stream yet assumes it empty: only commands that start
+            // a stream decide anything on that, and their `NoStream` append is the check.
+            let assumed = match &cached {
+                Some(cached) => Replayed {
+                    state: cached.state.clone(),
+                    version: cached.version,
+                },
+                None => Replayed::empty(),
+            };
+            if every_command_appends(&assumed, &batch) {
+                return self
+                    .decide_and_append(stream_id, batch, assumed, true)
+                    .await;
+            }
+        }
         // Catch up: the cached state (or the stream's snapshot, the first time) plus whatever was
         // appended since (by anyone).
         let base = match (cached, &self.snapshots) {
@@ -214,6 +248,25 @@ impl Service {
             }
         };
 
+        self.decide_and_append(stream_id, batch, loaded, false)
+            .await
+    }
+
+    /// Decides every command of `batch` against the state the previous one leaves, starting
+    /// from `loaded`, and appends them (see [`Service::run_batch`]). `assumed`: `loaded` is the
+    /// lane's belief, not a fresh read, so a version conflict means only that the belief was
+    /// out of date: the commands are decided again after a read without counting a conflict.
+    async fn decide_and_append<A: Aggregate>(
+        &self,
+        stream_id: &str,
+        batch: Vec<Pending<A>>,
+        loaded: Replayed<A>,
+        assumed: bool,
+    ) -> (Option<Replayed<A>>, Vec<Pending<A>>)
+    where
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
         // Decide every command against the state the previous one leaves.
         let mut state = loaded.state.clone();
         let mut version = loaded.version;
@@ -352,7 +405,7 @@ impl Service {
                 Err(StoreError::VersionConflict { .. }) if failed => retry.push(s.pending),
                 Err(e) => {
                     failed = true;
-                    self.answer_refused(s.pending, e, &mut retry).await;
+                    self.answer_refused(s.pending, e, assumed, &mut retry).await;
                 }
             }
         }
@@ -366,9 +419,15 @@ impl Service {
         &self,
         mut pending: Pending<A>,
         error: StoreError,
+        assumed: bool,
         retry: &mut Vec<Pending<A>>,
     ) {
         match error {
+            StoreError::VersionConflict { .. }
+                if assumed && pending.ctx.expected_version.is_none() =>
+            {
+                retry.push(pending);
+            }
             StoreError::VersionConflict { .. }
                 if pending.ctx.expected_version.is_none()
                     && pending.conflicts < MAX_CONFLICT_RETRIES =>
@@ -392,6 +451,33 @@ impl Service {
             }
         }
     }
+}
+
+/// Whether every command of `batch`, decided in order from `cached`, appends events, with no
+/// caller's expected version to check and its owner (which never changes once an aggregate
+/// exists) matching: a batch the store's version check alone proves right.
+fn every_command_appends<A: Aggregate>(cached: &Replayed<A>, batch: &[Pending<A>]) -> bool
+where
+    A::Command: Clone,
+{
+    let mut state = cached.state.clone();
+    for pending in batch {
+        if pending.ctx.expected_version.is_some() {
+            return false;
+        }
+        if let Some(owner) = &pending.ctx.owner {
+            if state.owner() != Some(owner.as_str()) {
+                return false;
+            }
+        }
+        match state.handle(pending.command.clone()) {
+            Ok(events) if !events.is_empty() => {
+                state = events.iter().fold(state, |s, e| s.apply(e));
+            }
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// A random wait in [0, 250 µs * 2^conflicts), capped at 16 ms (full jitter).

@@ -61,6 +61,20 @@ pub enum Bench {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
     },
+    /// The command path piece by piece: one event appended to the store, a deposit into an
+    /// existing account through the service (load, decide, append), an account opened per
+    /// command (a new stream), in alternating rounds of one run.
+    Commands {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 6.0)]
+        duration: f64,
+        /// Alternating rounds the time is split into.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Read-all from position 0 of a log of N events.
     Read {
         /// Events in the log.
@@ -77,8 +91,9 @@ pub enum Bench {
         #[arg(long, default_value_t = 50)]
         events_per_account: u64,
     },
-    /// HTTP deposits against two `eventfold serve` children on scratch stores, one open and one
-    /// requiring an API key, in alternating rounds: what authentication costs.
+    /// HTTP deposits and reads against `eventfold serve` children on scratch stores (one open,
+    /// one requiring an API key) and a minimal axum server that touches no store, in
+    /// alternating rounds: what the request path and authentication cost.
     Http {
         /// Concurrent clients, each depositing into its own account.
         #[arg(long, default_value_t = 16)]
@@ -89,6 +104,17 @@ pub enum Bench {
         /// Alternating rounds the time is split into.
         #[arg(long, default_value_t = 6)]
         rounds: usize,
+    },
+    /// The baseline server of `bench http` (started by it): parses the same bodies and answers
+    /// with the bodies in RESPONSES without touching a store.
+    #[command(hide = true)]
+    HttpBaseline {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: String,
+        /// JSON file of the bodies to answer with.
+        #[arg(long)]
+        responses: std::path::PathBuf,
     },
     /// A store upload of N late sales (CSV) applied with a correction notice each, against N
     /// other sales appended as history in the same run; then the upload again.
@@ -197,11 +223,16 @@ impl Bench {
                         "eventfold: {:.0} commands/s, {:.0} events/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, {:.1} commands per commit{}\n\
                          baseline:  {:.0} commands/s, {:.0} events/s, p99 {:.2} ms\nratio to baseline: {:.2} \
                          (to the same INSERTs with eventfold's two unique indexes: {:.2})\n\
-                         projection lag (ingest to read-model commit): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                         projection lag (ingest to read-model commit): p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms\n\
+                         projection runner: {} batches of {:.0} events, {:.0} events/s when busy; per batch: read {:.2} ms, \
+                         documents and apply {:.2} ms, commit {:.2} ms",
                         r.commands_per_sec, r.events_per_sec, r.p50_ms, r.p95_ms, r.p99_ms, r.requests_per_commit,
                         if r.hot_stream { ", one hot stream" } else { "" },
                         r.baseline_commands_per_sec, r.baseline_events_per_sec, r.baseline_p99_ms, r.ratio_to_baseline,
-                        r.ratio_to_indexed_baseline, r.projection_lag_p50_ms, r.projection_lag_p95_ms, r.projection_lag_p99_ms
+                        r.ratio_to_indexed_baseline, r.projection_lag_p50_ms, r.projection_lag_p95_ms, r.projection_lag_p99_ms,
+                        r.projection_runner.batches, r.projection_runner.events_per_batch,
+                        r.projection_runner.events_per_busy_sec, r.projection_runner.read_ms_per_batch,
+                        r.projection_runner.process_ms_per_batch, r.projection_runner.commit_ms_per_batch
                     ) + &match (r.unchained_events_per_sec, r.hash_chain_ratio) {
                         (Some(u), Some(ratio)) => format!(
                             "\nhash chain off: {u:.0} events/s; chain on / off: {ratio:.3} \
@@ -212,6 +243,40 @@ impl Bench {
                     } + &r.workers_drain_ms.map_or(String::new(), |ms| {
                         format!("\nserve's projections, correction notifier and windows worker live; the workers caught up {ms:.0} ms after the last append")
                     })
+                })
+            }
+            Self::Commands {
+                clients,
+                duration,
+                rounds,
+            } => {
+                if clients == 0 || duration <= 0.0 || !duration.is_finite() {
+                    bail!("--clients must be at least 1 and --duration positive");
+                }
+                let r = eventfold_bench::commands(
+                    &target,
+                    clients,
+                    Duration::from_secs_f64(duration),
+                    rounds,
+                )
+                .await?;
+                output.print(&r, || {
+                    let line = |name: &str, f: &eventfold_bench::CommandFigures| {
+                        format!(
+                            "{name}: {:.0} commands/s, p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+                            f.commands_per_sec, f.p50_ms, f.p95_ms, f.p99_ms
+                        )
+                    };
+                    format!(
+                        "{} clients on {}\n{}\n{}\n{}\nservice / store: existing {:.2}, new {:.2}",
+                        r.clients,
+                        r.store,
+                        line("store append (1 event)", &r.store_append),
+                        line("deposit through the service", &r.service_existing),
+                        line("new account through the service", &r.service_new),
+                        r.existing_to_store,
+                        r.new_to_store
+                    )
                 })
             }
             Self::Read { events } => {
@@ -326,10 +391,17 @@ impl Bench {
                 };
                 let r = eventfold_bench::http(&target, &config).await?;
                 output.print(&r, || {
+                    let line = |name: &str, f: &eventfold_bench::HttpFigures| {
+                        format!(
+                            "{name}: {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
+                            f.per_sec, f.p50_ms, f.p99_ms
+                        )
+                    };
                     format!(
-                        "{} clients on {}: open {:.0} commands/s (p50 {:.2} ms, p99 {:.2} ms), \
-                         with an API key {:.0} commands/s (p50 {:.2} ms, p99 {:.2} ms); \
-                         keyed / open {:.3} (median of rounds {:.3}); {} errors",
+                        "{} clients on {}\ndeposits: open {:.0}/s (p50 {:.2} ms, p99 {:.2} ms), \
+                         with an API key {:.0}/s (p50 {:.2} ms, p99 {:.2} ms); \
+                         keyed / open {:.3} (median of rounds {:.3})\n{}; open / baseline {:.3}\n\
+                         {}\n{}; / baseline {:.3}\n{}\n{}; / baseline {:.3}\n{} errors",
                         r.clients,
                         r.store,
                         r.open_commands_per_sec,
@@ -340,9 +412,20 @@ impl Bench {
                         r.keyed_p99_ms,
                         r.ratio,
                         r.ratio_median,
+                        line("deposits, baseline", &r.baseline_commands),
+                        r.commands_to_baseline,
+                        line("GET /orders/{id}", &r.order_reads),
+                        line("GET /orders/{id}, baseline", &r.baseline_order_reads),
+                        r.order_reads_to_baseline,
+                        line("GET /sales/daily", &r.daily_reads),
+                        line("GET /sales/daily, baseline", &r.baseline_daily_reads),
+                        r.daily_reads_to_baseline,
                         r.errors
                     )
                 })
+            }
+            Self::HttpBaseline { listen, responses } => {
+                eventfold_bench::baseline_server(&listen, &responses).await
             }
             Self::Load {
                 events,

@@ -206,8 +206,15 @@ async fn archive_restore_round_trip(app: TestApp) {
         ProjectionRunner::new(store.clone(), app.backend.read_models.clone())
             .register(EventsPerStream)
     };
-    runner().catch_up(None, &|_, _| {}).await.unwrap();
+    let first = runner();
+    first.catch_up(None, &|_, _| {}).await.unwrap();
     assert_eq!(counted(&app).await, (11, Some(3)));
+    // The runner accounts for every event it read, batch by batch.
+    let timings = first.timings();
+    assert_eq!((timings.events, timings.batches), (11, 1));
+    assert!(timings.events_per_busy_sec() > 0.0);
+    first.reset_lag();
+    assert_eq!(first.timings(), eventfold_core::RunnerTimings::default());
 
     let report = archive(store.clone(), cutoff(), dir.path(), &|_, _, _| {})
         .await

@@ -174,6 +174,35 @@ fn bench_commands_print_their_figures() {
             "{field} in {append}"
         );
     }
+    let runner = &append["projection_runner"];
+    for field in ["batches", "events_per_busy_sec", "commit_ms_per_batch"] {
+        assert!(
+            runner[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} in {runner}"
+        );
+    }
+    let commands = ok_json(&eventfold(
+        &store,
+        &[
+            "bench",
+            "commands",
+            "--clients",
+            "2",
+            "--duration",
+            "0.6",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+    ));
+    for scenario in ["store_append", "service_existing", "service_new"] {
+        assert!(
+            commands[scenario]["commands_per_sec"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "{scenario} in {commands}"
+        );
+    }
     let load = ok_json(&eventfold(
         &store,
         &[
@@ -311,8 +340,21 @@ fn bench_commands_on_postgres_use_a_scratch_database_and_print_their_figures() {
     ));
     assert_eq!(http["store"], "postgres");
     assert_eq!(http["errors"], 0, "{http}");
-    for side in ["open_commands_per_sec", "keyed_commands_per_sec", "ratio"] {
+    for side in [
+        "open_commands_per_sec",
+        "keyed_commands_per_sec",
+        "ratio",
+        "commands_to_baseline",
+        "order_reads_to_baseline",
+        "daily_reads_to_baseline",
+    ] {
         assert!(http[side].as_f64().is_some_and(|v| v > 0.0), "{http}");
+    }
+    for side in ["baseline_commands", "order_reads", "daily_reads"] {
+        assert!(
+            http[side]["per_sec"].as_f64().is_some_and(|v| v > 0.0),
+            "{http}"
+        );
     }
 }
 
