@@ -51,8 +51,20 @@ impl ReadModelStore for PostgresStore {
         key_docs(&rows)
     }
 
+    /// One transaction with the documents and the checkpoints, committed asynchronously
+    /// (`synchronous_commit = off`): a read model is derived from the log, and its checkpoint
+    /// commits with its documents, so a PostgreSQL crash can lose only the last commits (at most
+    /// about 3 x `wal_writer_delay`, 600 ms by default) whole, and the runner applies those
+    /// events again from the checkpoint that survived. The commit then waits for no WAL flush of
+    /// its own: with one writer, a flush per projection batch beside each append's halved the
+    /// appends. Appends, idempotency keys, inboxes and the relay's offsets commit synchronously.
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
-        let mut tx = self.inner.pool.begin().await.map_err(backend)?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(backend)?;
         for commit in commits {
             let name = projection_checkpoint_name(&commit.projection);
             let actual: Option<i64> =

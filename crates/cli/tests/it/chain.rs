@@ -344,10 +344,10 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
     };
     let reopened = Backend::open(&url).await.unwrap();
     // The chain, archive, notification-table, `via` and `backfill` migrations run again (and,
-    // on PostgreSQL, the tenant fence's).
+    // on PostgreSQL, the tenant fence's and the generic-plan append function's).
     let rerun = match &app.backend.url {
         StoreUrl::Sqlite(_) => 5,
-        StoreUrl::Postgres(_) => 6,
+        StoreUrl::Postgres(_) => 7,
     };
     assert_eq!(reopened.schema.previous + rerun, reopened.schema.current);
     let after = reopened.events.read_chain(0, 100).await.unwrap();
