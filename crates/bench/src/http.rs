@@ -8,8 +8,9 @@
 //! - commands: deposits into the client's own account (baseline, open, keyed);
 //! - reads: `GET /orders/{id}` and `GET /sales/daily` of a paid order (baseline, open).
 //!
-//! Ratios are the real server's throughput over the baseline's, and the keyed server's over the
-//! open one's (what authentication costs: a key is checked by hashing it and reading the
+//! Before each slice the bench waits until both real servers' projections have caught up, so a
+//! slice does not pay for the background work the one before left. Ratios are the real server's
+//! throughput over the baseline's, and the keyed server's over the open one's (what authentication costs: a key is checked by hashing it and reading the
 //! server's in-memory key registry, never the database).
 
 use std::path::{Path, PathBuf};
@@ -146,6 +147,10 @@ struct Server {
     _child: tokio::process::Child,
     base: String,
     key: Option<String>,
+    /// A key that may read `/projections` (keyed server only).
+    auditor: Option<String>,
+    /// An `eventfold serve` (not the baseline).
+    real: bool,
 }
 
 /// What a server child runs.
@@ -156,30 +161,34 @@ enum Kind<'a> {
     Baseline { responses: &'a Path },
 }
 
+/// A new API key of `store` for `actor` with `role` (`eventfold keys create`).
+async fn create_key(exe: &PathBuf, store: &str, actor: &str, role: &str) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(exe)
+        .args(["--store", store, "keys", "create", "--actor", actor])
+        .args(["--role", role, "--json"])
+        .output()
+        .await
+        .context("running eventfold keys create")?;
+    if !out.status.success() {
+        bail!(
+            "keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["key"]
+        .as_str()
+        .context("keys create printed no key")?
+        .to_owned())
+}
+
 async fn start(exe: &PathBuf, kind: Kind<'_>) -> anyhow::Result<Server> {
-    let key = match kind {
-        Kind::Serve { store, keyed: true } => {
-            let out = tokio::process::Command::new(exe)
-                .args(["--store", store, "keys", "create", "--actor", "user:bench"])
-                .args(["--role", "customer", "--json"])
-                .output()
-                .await
-                .context("running eventfold keys create")?;
-            if !out.status.success() {
-                bail!(
-                    "keys create failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            Some(
-                v["key"]
-                    .as_str()
-                    .context("keys create printed no key")?
-                    .to_owned(),
-            )
-        }
-        _ => None,
+    let (key, auditor) = match kind {
+        Kind::Serve { store, keyed: true } => (
+            Some(create_key(exe, store, "user:bench", "customer").await?),
+            Some(create_key(exe, store, "user:bench-auditor", "auditor").await?),
+        ),
+        _ => (None, None),
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -217,6 +226,8 @@ async fn start(exe: &PathBuf, kind: Kind<'_>) -> anyhow::Result<Server> {
                 _child: child,
                 base,
                 key,
+                auditor,
+                real: matches!(kind, Kind::Serve { .. }),
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -225,6 +236,26 @@ async fn start(exe: &PathBuf, kind: Kind<'_>) -> anyhow::Result<Server> {
 }
 
 impl Server {
+    /// Waits (up to 30 s) until every projection of a real server has caught up with its log,
+    /// so that a slice does not pay for the work the one before left behind.
+    async fn settle(&self, client: &reqwest::Client) -> anyhow::Result<()> {
+        if !self.real {
+            return Ok(());
+        }
+        for _ in 0..600 {
+            let mut r = client.get(format!("{}/projections", self.base));
+            if let Some(k) = self.auditor.as_ref() {
+                r = r.bearer_auth(k);
+            }
+            let status: Vec<serde_json::Value> = r.send().await?.error_for_status()?.json().await?;
+            if status.iter().all(|p| p["lag_events"] == 0) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the server's projections did not catch up within 30 s")
+    }
+
     fn request(
         &self,
         client: &reqwest::Client,
@@ -485,6 +516,9 @@ pub async fn http(target: &BenchTarget, config: &HttpBench) -> anyhow::Result<Ht
                 let mut this_round = vec![0u64; sides.len()];
                 for k in 0..sides.len() {
                     let side = (k + round) % sides.len();
+                    for server in [&open, &keyed] {
+                        server.settle(&client).await?;
+                    }
                     let job = (*w, &fixture);
                     let (d, e) = drive(
                         sides[side],
