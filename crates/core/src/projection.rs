@@ -220,6 +220,15 @@ fn poison(projection: &str, event: &RecordedEvent, message: String) -> RunnerErr
     }
 }
 
+/// How long [`ProjectionRunner::run`] gathers appends after a small batch before it
+/// reads again: the read-model lag it may add, against a read-model commit per event beside a
+/// lone writer.
+pub const PROJECTION_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A batch of fewer events than this is a trickle that [`PROJECTION_LINGER`] gathers; a larger
+/// one means the log is busy, and the runner reads again at once.
+const LINGER_BELOW: usize = 100;
+
 /// Runs registered projections over the global log, in batches, each batch committed with its
 /// checkpoints in one read-model transaction.
 pub struct ProjectionRunner {
@@ -328,6 +337,17 @@ impl ProjectionRunner {
         only: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<u64, RunnerError> {
+        self.catch_up_lingering(only, progress, None).await
+    }
+
+    /// [`ProjectionRunner::catch_up`], resting `linger` after each batch of fewer than
+    /// [`LINGER_BELOW`] events.
+    async fn catch_up_lingering(
+        &self,
+        only: Option<&str>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+        linger: Option<std::time::Duration>,
+    ) -> Result<u64, RunnerError> {
         let projections = self.select(only)?;
         let mut checkpoints = Vec::with_capacity(projections.len());
         for p in &projections {
@@ -427,6 +447,9 @@ impl ProjectionRunner {
             checkpoints.iter_mut().for_each(|c| *c = to);
             from = to;
             progress(to, head);
+            if let Some(linger) = linger.filter(|_| batch.len() < LINGER_BELOW) {
+                tokio::time::sleep(linger).await;
+            }
         }
     }
 
@@ -494,14 +517,21 @@ impl ProjectionRunner {
         Ok(())
     }
 
-    /// Keeps every projection caught up until `stop` completes, waking on appends.
+    /// Keeps every projection caught up until `stop` completes, waking on appends. After a
+    /// batch of fewer than 100 events it gathers appends for [`PROJECTION_LINGER`] before
+    /// reading again, so that a lone writer's trickle (an event every half millisecond) is applied in
+    /// batches rather than one read-model commit per event, each a durable commit of its own
+    /// beside the writer's; the first event after a quiet spell is read at once, and a busy
+    /// log fills its batches anyway.
     ///
     /// # Errors
     /// The first store failure or poison event; the caller decides whether to retry.
     pub async fn run(&self, stop: impl Future<Output = ()>) -> Result<(), RunnerError> {
         let mut stop = std::pin::pin!(stop);
         loop {
-            let position = self.catch_up(None, &|_, _| {}).await?;
+            let position = self
+                .catch_up_lingering(None, &|_, _| {}, Some(PROJECTION_LINGER))
+                .await?;
             let wait = std::pin::pin!(self.events.wait_for_append(position));
             if let futures::future::Either::Right(_) =
                 futures::future::select(wait, stop.as_mut()).await

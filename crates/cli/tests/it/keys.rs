@@ -133,13 +133,32 @@ fn an_open_server_refuses_to_listen_beyond_loopback_unless_insecure() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The listener is bound before the runtime starts and the warning is logged: wait for the
+    // warning itself, not for the port.
+    let stderr = child.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "did not start");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut logged = String::new();
+    while !logged.contains("serving open") {
+        let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+        match seen.recv_timeout(left) {
+            Ok(line) => logged.push_str(&line),
+            Err(_) => break,
+        }
     }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("serving open"), "{stderr}");
+    child.wait().unwrap();
+    assert!(logged.contains("serving open"), "{logged}");
 }
