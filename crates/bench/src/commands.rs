@@ -60,6 +60,20 @@ pub struct CommandsReport {
     pub new_to_store: f64,
 }
 
+/// Runs `command` on account `id` through `service`.
+///
+/// # Errors
+/// The command failed or did not append exactly one event (a bug).
+async fn one_event(service: &Service, id: &str, command: AccountCommand) -> anyhow::Result<()> {
+    match service
+        .execute::<Account>(id, command, &bench_context(), Box::new(no_render))
+        .await?
+    {
+        Executed::Applied { events: 1, .. } => Ok(()),
+        other => anyhow::bail!("a command on {id} did not append one event: {other:?}"),
+    }
+}
+
 fn figures(run: &Run) -> CommandFigures {
     CommandFigures {
         commands_per_sec: run.commands as f64 / run.elapsed.max(1e-9),
@@ -141,18 +155,7 @@ pub async fn commands(
                         amount: deposit,
                         actor,
                     };
-                    match service
-                        .execute::<Account>(
-                            &format!("bench-acc-{client}"),
-                            command,
-                            &bench_context(),
-                            Box::new(no_render),
-                        )
-                        .await?
-                    {
-                        Executed::Applied { events: 1, .. } => Ok(()),
-                        other => anyhow::bail!("a deposit did not apply: {other:?}"),
-                    }
+                    one_event(&service, &format!("bench-acc-{client}"), command).await
                 }
             })
             .await?,
@@ -168,18 +171,7 @@ pub async fn commands(
                         currency: Currency::USD,
                         actor,
                     };
-                    match service
-                        .execute::<Account>(
-                            &format!("bench-new-{n}"),
-                            command,
-                            &bench_context(),
-                            Box::new(no_render),
-                        )
-                        .await?
-                    {
-                        Executed::Applied { events: 1, .. } => Ok(()),
-                        other => anyhow::bail!("an open did not apply: {other:?}"),
-                    }
+                    one_event(&service, &format!("bench-new-{n}"), command).await
                 }
             })
             .await?,

@@ -382,42 +382,62 @@ pub struct BaselineResponses {
     pub daily: String,
 }
 
+/// `POST path` with `body` on `server`; anything but `expected` is an error naming `what`.
+async fn post(
+    server: &Server,
+    client: &reqwest::Client,
+    (path, body): (&str, serde_json::Value),
+    expected: StatusCode,
+    what: &str,
+) -> anyhow::Result<()> {
+    let r = server
+        .request(client, reqwest::Method::POST, path)
+        .json(&body)
+        .send()
+        .await?;
+    if r.status() != expected {
+        bail!("{what} answered {}", r.status());
+    }
+    Ok(())
+}
+
 /// Sets up a real server for the workloads: the clients' accounts, and one order placed and
 /// paid in `bench-store` (what the reads read).
 async fn prepare(server: &Server, client: &reqwest::Client, clients: usize) -> anyhow::Result<()> {
     for c in 0..clients {
-        let r = server
-            .request(client, reqwest::Method::POST, "/accounts")
-            .json(&serde_json::json!({"account_id": format!("bench-{c}"),
-                "owner": "bench", "currency": "USD"}))
-            .send()
-            .await?;
-        if r.status() != StatusCode::CREATED {
-            bail!("opening an account answered {}", r.status());
-        }
-    }
-    let r = server
-        .request(client, reqwest::Method::POST, "/orders")
-        .json(
-            &serde_json::json!({"order_id": "bench-order", "customer_id": "bench",
-            "store_id": "bench-store", "currency": "USD",
-            "lines": [{"sku": "cd", "quantity": 2, "amount": "25.00"},
-                      {"sku": "lp", "quantity": 1, "amount": "17.50"}]}),
+        let body = serde_json::json!({"account_id": format!("bench-{c}"),
+            "owner": "bench", "currency": "USD"});
+        post(
+            server,
+            client,
+            ("/accounts", body),
+            StatusCode::CREATED,
+            "opening an account",
         )
-        .send()
         .await?;
-    if r.status() != StatusCode::CREATED {
-        bail!("placing the bench order answered {}", r.status());
     }
-    let r = server
-        .request(client, reqwest::Method::POST, "/orders/bench-order/pay")
-        .json(&serde_json::json!({"amount": "42.50", "currency": "USD"}))
-        .send()
-        .await?;
-    if r.status() != StatusCode::OK {
-        bail!("paying the bench order answered {}", r.status());
-    }
-    Ok(())
+    let order = serde_json::json!({"order_id": "bench-order", "customer_id": "bench",
+        "store_id": "bench-store", "currency": "USD",
+        "lines": [{"sku": "cd", "quantity": 2, "amount": "25.00"},
+                  {"sku": "lp", "quantity": 1, "amount": "17.50"}]});
+    post(
+        server,
+        client,
+        ("/orders", order),
+        StatusCode::CREATED,
+        "placing the bench order",
+    )
+    .await?;
+    let pay = serde_json::json!({"amount": "42.50", "currency": "USD"});
+    let path = ("/orders/bench-order/pay", pay);
+    post(
+        server,
+        client,
+        path,
+        StatusCode::OK,
+        "paying the bench order",
+    )
+    .await
 }
 
 /// Runs the benchmark (see the module docs).

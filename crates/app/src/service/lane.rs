@@ -108,6 +108,20 @@ impl Lanes {
     }
 }
 
+/// What a command does on the state the commands before it in its batch leave.
+enum Decision<A: Aggregate> {
+    /// Its idempotency key is staged by an earlier command of the batch: decide it next batch.
+    Twin,
+    /// Answered without an append (a refusal, a no-op, a conflict with the caller's version).
+    Answer(Result<Executed<A>, ServiceError>),
+    /// Appends `request`, leaving `after`.
+    Stage {
+        request: AppendRequest,
+        after: Replayed<A>,
+        events: usize,
+    },
+}
+
 /// What one decided command will append, and what to answer when it is written.
 struct Staged<A: Aggregate> {
     pending: Pending<A>,
@@ -189,15 +203,15 @@ impl Service {
     /// (`None` when unsure) and the commands to decide again (in order).
     ///
     /// With a cached state that no conflict has put in doubt (`stale` false), the batch is
-    /// decided on it without reading the stream's tail when every command would append: the
-    /// store's check of each expected version then proves the state was current (a writer
+    /// decided on it without reading the stream's tail, and kept when every command appends:
+    /// the store's check of each expected version then proves the state was current (a writer
     /// elsewhere makes the append conflict, and the commands are decided again after a read).
     /// A refusal, a no-op, a caller's expected version or an owner that does not match is
-    /// decided only after the read, since nothing would check it.
+    /// answered only after the read, since nothing would check it.
     async fn run_batch<A: Aggregate>(
         &self,
         stream_id: &str,
-        batch: Vec<Pending<A>>,
+        mut batch: Vec<Pending<A>>,
         cached: Option<Replayed<A>>,
         stale: bool,
     ) -> (Option<Replayed<A>>, Vec<Pending<A>>)
@@ -205,7 +219,7 @@ impl Service {
         A::Command: Clone,
         A::Error: DomainError,
     {
-        if !stale {
+        if !stale && batch.iter().all(|p| p.ctx.expected_version.is_none()) {
             // A lane that has not seen its stream yet assumes it empty: only commands that start
             // a stream decide anything on that, and their `NoStream` append is the check.
             let assumed = match &cached {
@@ -215,11 +229,15 @@ impl Service {
                 },
                 None => Replayed::empty(),
             };
-            if every_command_appends(&assumed, &batch) {
-                return self
-                    .decide_and_append(stream_id, batch, assumed, true)
-                    .await;
+            let decided = self.decide(stream_id, batch, &assumed);
+            if decided
+                .iter()
+                .all(|(_, d)| !matches!(d, Decision::Answer(_)))
+            {
+                return self.append_decided(decided, assumed, true).await;
             }
+            // Nothing was answered yet: decide again after the read.
+            batch = decided.into_iter().map(|(p, _)| p).collect();
         }
         // Catch up: the cached state (or the stream's snapshot, the first time) plus whatever was
         // appended since (by anyone).
@@ -248,18 +266,128 @@ impl Service {
             }
         };
 
-        self.decide_and_append(stream_id, batch, loaded, false)
-            .await
+        let decided = self.decide(stream_id, batch, &loaded);
+        self.append_decided(decided, loaded, false).await
     }
 
     /// Decides every command of `batch` against the state the previous one leaves, starting
-    /// from `loaded`, and appends them (see [`Service::run_batch`]). `assumed`: `loaded` is the
-    /// lane's belief, not a fresh read, so a version conflict means only that the belief was
-    /// out of date: the commands are decided again after a read without counting a conflict.
-    async fn decide_and_append<A: Aggregate>(
+    /// from `loaded`; answers nothing yet.
+    fn decide<A: Aggregate>(
         &self,
         stream_id: &str,
         batch: Vec<Pending<A>>,
+        loaded: &Replayed<A>,
+    ) -> Vec<(Pending<A>, Decision<A>)>
+    where
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
+        let mut state = loaded.state.clone();
+        let mut version = loaded.version;
+        // Commands whose idempotency key a command staged in this batch carries: decided in the
+        // next batch, after that one committed, where the service finds its response.
+        let mut staged_keys: HashSet<String> = HashSet::new();
+        let mut decided = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let decision = self.decide_one(stream_id, &pending, &state, version, &mut staged_keys);
+            if let Decision::Stage { after, .. } = &decision {
+                state = after.state.clone();
+                version = after.version;
+            }
+            decided.push((pending, decision));
+        }
+        decided
+    }
+
+    /// What `pending` does on `state` at `version` (see [`Service::decide`]).
+    fn decide_one<A: Aggregate>(
+        &self,
+        stream_id: &str,
+        pending: &Pending<A>,
+        state: &A,
+        version: u64,
+        staged_keys: &mut HashSet<String>,
+    ) -> Decision<A>
+    where
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
+        if let Some((key, _)) = &pending.ctx.idempotency {
+            if staged_keys.contains(key) {
+                return Decision::Twin;
+            }
+        }
+        if let Some(expected) = pending.ctx.expected_version {
+            if expected != version {
+                return Decision::Answer(Err(StoreError::VersionConflict {
+                    stream_id: stream_id.to_owned(),
+                    expected: ExpectedVersion::Exact(expected),
+                    actual: version,
+                }
+                .into()));
+            }
+        }
+        if let Some(owner) = &pending.ctx.owner {
+            if state.owner() != Some(owner.as_str()) {
+                return Decision::Answer(Err(not_reachable::<A>(&pending.command)));
+            }
+        }
+        let events = match state.handle(pending.command.clone()) {
+            Ok(events) => events,
+            Err(e) => return Decision::Answer(Err(ServiceError::refused(&e))),
+        };
+        if events.is_empty() {
+            return Decision::Answer(Ok(Executed::Applied {
+                state: state.clone(),
+                version,
+                events: 0,
+                position: None,
+            }));
+        }
+        let new_events = match events
+            .iter()
+            .map(|e| self.new_event::<A>(stream_id, e, &pending.ctx, Uuid::now_v7()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(new_events) => new_events,
+            Err(e) => return Decision::Answer(Err(e.into())),
+        };
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        let after = Replayed {
+            state: events.iter().fold(state.clone(), |s, e| s.apply(e)),
+            version: version + events.len() as u64,
+        };
+        let mut request = AppendRequest::new(stream_id, expected, new_events);
+        request.idempotency =
+            pending
+                .ctx
+                .idempotency
+                .as_ref()
+                .map(|(key, fingerprint)| IdempotencyRecord {
+                    key: key.clone(),
+                    fingerprint: fingerprint.clone(),
+                    response: (pending.render)(&after.state, after.version),
+                });
+        if let Some((key, _)) = &pending.ctx.idempotency {
+            staged_keys.insert(key.clone());
+        }
+        Decision::Stage {
+            request,
+            after,
+            events: events.len(),
+        }
+    }
+
+    /// Answers the decided commands and appends the staged ones. `assumed`: `loaded` is the
+    /// lane's belief, not a fresh read, so a version conflict means only that the belief was
+    /// out of date: the commands are decided again after a read without counting a conflict.
+    async fn append_decided<A: Aggregate>(
+        &self,
+        decided: Vec<(Pending<A>, Decision<A>)>,
         loaded: Replayed<A>,
         assumed: bool,
     ) -> (Option<Replayed<A>>, Vec<Pending<A>>)
@@ -267,98 +395,29 @@ impl Service {
         A::Command: Clone,
         A::Error: DomainError,
     {
-        // Decide every command against the state the previous one leaves.
-        let mut state = loaded.state.clone();
-        let mut version = loaded.version;
         let mut staged: Vec<Staged<A>> = Vec::new();
         let mut requests = Vec::new();
-        // Commands whose idempotency key a command staged in this batch carries: decided in the
-        // next batch, after that one committed, where the service finds its response.
         let mut twins = Vec::new();
-        let mut staged_keys: HashSet<String> = HashSet::new();
-        for pending in batch {
-            if let Some((key, _)) = &pending.ctx.idempotency {
-                if staged_keys.contains(key) {
-                    twins.push(pending);
-                    continue;
+        for (pending, decision) in decided {
+            match decision {
+                Decision::Twin => twins.push(pending),
+                Decision::Answer(answer) => {
+                    let _ = pending.reply.send(answer);
                 }
-            }
-            if let Some(expected) = pending.ctx.expected_version {
-                if expected != version {
-                    let _ = pending.reply.send(Err(StoreError::VersionConflict {
-                        stream_id: stream_id.to_owned(),
-                        expected: ExpectedVersion::Exact(expected),
-                        actual: version,
-                    }
-                    .into()));
-                    continue;
-                }
-            }
-            if let Some(owner) = &pending.ctx.owner {
-                if state.owner() != Some(owner.as_str()) {
-                    let _ = pending
-                        .reply
-                        .send(Err(not_reachable::<A>(&pending.command)));
-                    continue;
-                }
-            }
-            let events = match state.handle(pending.command.clone()) {
-                Ok(events) => events,
-                Err(e) => {
-                    let _ = pending.reply.send(Err(ServiceError::refused(&e)));
-                    continue;
-                }
-            };
-            if events.is_empty() {
-                let _ = pending.reply.send(Ok(Executed::Applied {
-                    state: state.clone(),
-                    version,
-                    events: 0,
-                    position: None,
-                }));
-                continue;
-            }
-            let new_events = match events
-                .iter()
-                .map(|e| self.new_event::<A>(stream_id, e, &pending.ctx, Uuid::now_v7()))
-                .collect::<Result<Vec<_>, _>>()
-            {
-                Ok(new_events) => new_events,
-                Err(e) => {
-                    let _ = pending.reply.send(Err(e.into()));
-                    continue;
-                }
-            };
-            let expected = if version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            };
-            let after = events.iter().fold(state.clone(), |s, e| s.apply(e));
-            let after_version = version + events.len() as u64;
-            let mut request = AppendRequest::new(stream_id, expected, new_events);
-            request.idempotency =
-                pending
-                    .ctx
-                    .idempotency
-                    .as_ref()
-                    .map(|(key, fingerprint)| IdempotencyRecord {
-                        key: key.clone(),
-                        fingerprint: fingerprint.clone(),
-                        response: (pending.render)(&after, after_version),
+                Decision::Stage {
+                    request,
+                    after,
+                    events,
+                } => {
+                    requests.push(request);
+                    staged.push(Staged {
+                        pending,
+                        state: after.state,
+                        version: after.version,
+                        events,
                     });
-            if let Some((key, _)) = &pending.ctx.idempotency {
-                staged_keys.insert(key.clone());
+                }
             }
-            requests.push(request);
-            staged.push(Staged {
-                pending,
-                state: after.clone(),
-                version: after_version,
-                events: events.len(),
-            });
-            state = after;
-            version = after_version;
         }
         if staged.is_empty() {
             return (Some(loaded), Vec::new());
@@ -451,33 +510,6 @@ impl Service {
             }
         }
     }
-}
-
-/// Whether every command of `batch`, decided in order from `cached`, appends events, with no
-/// caller's expected version to check and its owner (which never changes once an aggregate
-/// exists) matching: a batch the store's version check alone proves right.
-fn every_command_appends<A: Aggregate>(cached: &Replayed<A>, batch: &[Pending<A>]) -> bool
-where
-    A::Command: Clone,
-{
-    let mut state = cached.state.clone();
-    for pending in batch {
-        if pending.ctx.expected_version.is_some() {
-            return false;
-        }
-        if let Some(owner) = &pending.ctx.owner {
-            if state.owner() != Some(owner.as_str()) {
-                return false;
-            }
-        }
-        match state.handle(pending.command.clone()) {
-            Ok(events) if !events.is_empty() => {
-                state = events.iter().fold(state, |s, e| s.apply(e));
-            }
-            _ => return false,
-        }
-    }
-    true
 }
 
 /// A random wait in [0, 250 µs * 2^conflicts), capped at 16 ms (full jitter).
