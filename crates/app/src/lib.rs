@@ -39,6 +39,7 @@ pub mod sagas;
 pub mod sales_windows;
 pub mod service;
 pub mod shop;
+pub mod views;
 
 /// `e` and its sources, joined by `: `, for a log line (error messages keep one level each; the
 /// chain is logged, never sent to a client).

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `order_summary` | order id | – |
 //! | `balance_by_account` | account id | – |
-//! | `daily_sales_by_store` | `store\|YYYY-MM-DD\|currency` | event time (business date), with what came late |
+//! | `daily_sales_by_store` | `store\|YYYY-MM-DD\|currency` | event time (business date), with what came late; version 1 dates a sale by its payment, version 2 by its order's placement |
 //! | `sales_corrections` | `store\|YYYY-MM-DD\|cause event id` | business date (correction notices: [`crate::reporting`]) |
 //! | `real_time_sales` | `store\|YYYY-MM-DDTHH:00:00Z\|currency` | ingest time |
 //! | `payment_deadlines` | creation time and order id | event time (the unpaid-order timer's index) |
@@ -40,6 +40,7 @@ pub fn register_all(runner: ProjectionRunner) -> ProjectionRunner {
         .register(OrderSummaryProjection)
         .register(BalanceByAccountProjection)
         .register(SalesProjection(SalesClock::EventTimeDaily))
+        .register(SalesProjection(SalesClock::PlacedTimeDaily))
         .register(SalesProjection(SalesClock::IngestTimeHourly))
         .register(eventfold_domain::reporting::SalesCorrectionsProjection)
         .register(eventfold_domain::periods::SalesExceptionsProjection)

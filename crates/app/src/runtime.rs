@@ -7,7 +7,9 @@
 //!
 //! | worker | what it does | when |
 //! |---|---|---|
-//! | projections | folds the log into every read model ([`crate::projections`]) | always |
+//! | projections | folds the log into every read model ([`crate::projections`]), every version of each | always |
+//! | new versions | builds a projection version far behind the log on its own, then hands it to the live runner ([`crate::views`]) | when one is |
+//! | projection versions | reads which version of each projection queries read ([`crate::views`]) | every 250 ms |
 //! | correction notices | a durable notice for every late sale or refund, an exception for every posting a closed period holds ([`crate::reporting`]) | always |
 //! | windows | demand per SKU in event-time windows with a grace period, a durable correction for every record after it ([`crate::sales_windows`]) | always |
 //! | period clock | soft-closes, closes and seals periods whose time has come ([`crate::periods`]) | every minute |
@@ -43,6 +45,7 @@ use crate::service::{run_snapshots, Service};
 use crate::shop::deadlines::UnpaidOrderTimeout;
 use crate::shop::flash_sale::FlashSale;
 use crate::shop::payments::PaymentProvider;
+use crate::views::Views;
 
 /// The unpaid-order timeout `serve` uses unless told otherwise: 30 minutes.
 pub const DEFAULT_UNPAID_ORDER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -69,6 +72,9 @@ pub struct Config {
     /// The windows' grace period, seconds (see [`crate::sales_windows`]). Default
     /// [`crate::sales_windows::DEFAULT_GRACE_SECS`].
     pub window_grace_secs: i64,
+    /// Shadow reads: `(projection, candidate version, fraction of queries)` (see
+    /// [`crate::views::Views::with_shadow`]).
+    pub shadow: Option<(String, u32, f64)>,
 }
 
 impl Default for Config {
@@ -79,6 +85,7 @@ impl Default for Config {
             payments: None,
             relay: None,
             window_grace_secs: crate::sales_windows::DEFAULT_GRACE_SECS,
+            shadow: None,
         }
     }
 }
@@ -108,6 +115,8 @@ pub struct App {
     pub payments: Option<(Sagas, Arc<[u8]>)>,
     /// The API keys requests authenticate with (reloaded by the runtime).
     pub keys: Arc<KeyRegistry>,
+    /// Which version of each projection queries read (refreshed by the runtime).
+    pub views: Views,
     /// Stores' business calendars (time zone and cutoff), cached.
     pub calendars: crate::calendars::StoreCalendars,
 }
@@ -127,6 +136,7 @@ impl App {
         Self {
             flash_sale: FlashSale::new(service.clone(), ledger),
             calendars: crate::calendars::StoreCalendars::new(service.clone()),
+            views: Views::new(service.clone(), backend.read_models.clone(), &runner),
             service,
             backend: backend.clone(),
             runner,
@@ -206,6 +216,21 @@ impl Runtime {
         tasks: &TaskTracker,
     ) -> anyhow::Result<App> {
         let runner = Arc::new(backend.projection_runner());
+        let mut views = Views::new(
+            Service::new(backend.events.clone()),
+            backend.read_models.clone(),
+            &runner,
+        );
+        if let Some((projection, version, fraction)) = &config.shadow {
+            views = views
+                .with_shadow(projection, *version, *fraction)
+                .context("--shadow")?;
+        }
+        views
+            .refresh()
+            .await
+            .context("reading the projection versions")?;
+        build_versions_apart(&backend, &runner, &views, shutdown, tasks).await?;
         // Caught up once before serving, so the API keys (a read model) are current when the
         // server decides whether it needs credentials.
         runner
@@ -213,6 +238,8 @@ impl Runtime {
             .await
             .context("catching the projections up")?;
         tasks.spawn(run_projections(runner.clone(), shutdown.clone()));
+        let (refresher, stop) = (views.clone(), shutdown.clone());
+        tasks.spawn(async move { refresher.run(stop.cancelled_owned()).await });
         let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move { notifier.run(stop.cancelled_owned()).await });
@@ -232,6 +259,7 @@ impl Runtime {
         ));
         let in_process = config.ledger.is_none();
         let mut app = App::new(&backend, runner, config.ledger);
+        app.views = views;
         if let Some(payments) = config.payments {
             app = app.with_payments(payments);
         }
@@ -312,6 +340,61 @@ impl Runtime {
         self.shutdown.cancel();
         self.tasks.wait().await;
     }
+}
+
+/// A projection version that is not active and lags the log by more than this many events is
+/// built on its own before it joins the live runner.
+const BUILD_APART_AFTER: u64 = 10_000;
+
+/// Holds every inactive version lagging by more than [`BUILD_APART_AFTER`] events out of the
+/// live runner and builds it in a task of its own (retried every second after a failure), so
+/// that a version added to a store with a long log does not hold back the served ones.
+async fn build_versions_apart(
+    backend: &Backend,
+    runner: &Arc<ProjectionRunner>,
+    views: &Views,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    let head = backend.events.head_position().await?;
+    for (name, version) in runner.versions() {
+        let storage = eventfold_core::projection::storage_name(name, version);
+        let checkpoint = backend.read_models.projection_checkpoint(&storage).await?;
+        if views.active(name) == version
+            || checkpoint >= eventfold_core::RETIRED_CHECKPOINT
+            || head.saturating_sub(checkpoint) <= BUILD_APART_AFTER
+        {
+            continue;
+        }
+        runner.hold_apart(&storage)?;
+        tracing::info!(
+            projection = name,
+            version,
+            checkpoint,
+            head,
+            "building a projection version apart"
+        );
+        let (runner, stop) = (runner.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    built = runner.build_apart(&storage, &|_, _| {}) => match built {
+                        Ok(position) => {
+                            tracing::info!(projection = %storage, position, "projection version built; applied live from now on");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %crate::error_chain(&e), projection = %storage, "building a projection version failed; retrying in 1 s"),
+                    },
+                    () = stop.cancelled() => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    Ok(())
 }
 
 /// Keeps the projections caught up until `shutdown`; a failed run is logged and started again

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{
     testkit, Actor, AppendRequest, DocWrite, EventMetadata, EventStore, ExpectedVersion,
-    IdempotencyRecord, NewEvent, ReadModelStore, ReplayEvent, StoreError, StoredResponse,
-    Subscription,
+    IdempotencyRecord, NewEvent, ProjectionMaintenance, ReadModelStore, ReplayEvent, StoreError,
+    StoredResponse, Subscription, RETIRED_CHECKPOINT,
 };
 use uuid::Uuid;
 
@@ -709,6 +709,94 @@ pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
     store.reset_projection("p").await.unwrap();
     assert_eq!(store.projection_checkpoint("p").await.unwrap(), 0);
     assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
+}
+
+/// A copy built beside a projection replaces it in one step (documents and checkpoint, the
+/// copy left empty); a retired projection has no documents and refuses every commit.
+pub async fn projection_replace_and_retire<S: Backend>(store: Arc<S>) {
+    let commit = |projection: &str, from, to, keys: &[&str]| ProjectionCommit {
+        projection: projection.into(),
+        writes: keys
+            .iter()
+            .map(|k| DocWrite {
+                key: (*k).into(),
+                doc: Some(format!("\"{projection}\"")),
+            })
+            .collect(),
+        from_checkpoint: from,
+        to_checkpoint: to,
+    };
+    store
+        .commit_projections(vec![
+            commit("v", 0, 9, &["a", "b"]),
+            commit("v~copy", 0, 7, &["b", "c"]),
+        ])
+        .await
+        .unwrap();
+    store
+        .maintain_projection(ProjectionMaintenance::Replace {
+            target: "v".into(),
+            source: "v~copy".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.range_docs("v", "", "~", 10).await.unwrap(),
+        vec![
+            ("b".to_string(), "\"v~copy\"".to_string()),
+            ("c".to_string(), "\"v~copy\"".to_string())
+        ]
+    );
+    assert_eq!(store.projection_checkpoint("v").await.unwrap(), 7);
+    assert_eq!(store.projection_checkpoint("v~copy").await.unwrap(), 0);
+    assert!(store
+        .range_docs("v~copy", "", "~", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A runner that was at 9 is refused and finds the copy's checkpoint.
+    let stale = store
+        .commit_projections(vec![commit("v", 9, 10, &["d"])])
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::CheckpointMoved { actual: 7, .. })),
+        "{stale:?}"
+    );
+    // Replacing with a copy that has nothing leaves nothing.
+    store
+        .maintain_projection(ProjectionMaintenance::Replace {
+            target: "v".into(),
+            source: "v~none".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.projection_checkpoint("v").await.unwrap(), 0);
+    assert!(store.range_docs("v", "", "~", 10).await.unwrap().is_empty());
+
+    store
+        .commit_projections(vec![commit("w", 0, 4, &["a"])])
+        .await
+        .unwrap();
+    store
+        .maintain_projection(ProjectionMaintenance::Retire("w".into()))
+        .await
+        .unwrap();
+    assert!(store.range_docs("w", "", "~", 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.projection_checkpoint("w").await.unwrap(),
+        RETIRED_CHECKPOINT
+    );
+    let late = store
+        .commit_projections(vec![commit("w", 4, 5, &["b"])])
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::CheckpointMoved { .. })),
+        "{late:?}"
+    );
+    assert!(store.range_docs("w", "", "~", 10).await.unwrap().is_empty());
+    // A reset brings it back to position 0.
+    store.reset_projection("w").await.unwrap();
+    assert_eq!(store.projection_checkpoint("w").await.unwrap(), 0);
 }
 
 /// Fencing tokens: an append with a token lower than one accepted before for the resource

@@ -38,6 +38,7 @@ macro_rules! store_conformance {
             checkpoint_resume,
             subscription_wakes_on_append,
             projection_commit_checks_checkpoint,
+            projection_replace_and_retire,
             fencing_token_refuses_a_stale_holder,
             appends_keep_one_hash_chain
         );

@@ -37,7 +37,9 @@ pub use envelope::{
 };
 pub use notification::{Notification, NotificationStore};
 pub use projection::{Projection, ProjectionRunner, ProjectionStatus, RunnerError, RunnerTimings};
-pub use read_model::{DocWrite, ProjectionCommit, ReadModelStore};
+pub use read_model::{
+    DocWrite, ProjectionCommit, ProjectionMaintenance, ReadModelStore, RETIRED_CHECKPOINT,
+};
 pub use store::{
     AppendOutcome, AppendRequest, ArchiveStub, CheckpointStore, EventStore, ExpectedVersion, Fence,
     IdempotencyRecord, RestoredPayload, SchemaVersion, StoreError, StoredResponse,

@@ -25,8 +25,15 @@ pub trait Projection: Send + Sync + 'static {
     /// What [`Projection::select`] extracts from an event for [`Projection::apply`].
     type Input: Send + Sync;
 
-    /// Stable name, e.g. `daily_sales_by_store`; also the checkpoint's name.
+    /// Stable name, e.g. `daily_sales_by_store`, the same for every version.
     fn name(&self) -> &'static str;
+
+    /// The version of this projection's logic (1 unless a projection has several): versions of
+    /// one name live side by side, each with its own documents and checkpoint under
+    /// [`storage_name`], so a new one is built and compared while the active one serves.
+    fn version(&self) -> u32 {
+        1
+    }
 
     /// The key this event updates and the decoded input, or `None` when the event does not matter.
     ///
@@ -49,6 +56,29 @@ pub trait Projection: Send + Sync + 'static {
     /// the fold of each event sees the context as of that event's position.
     fn context_key(&self, _event: &RecordedEvent, _input: &Self::Input) -> Option<String> {
         None
+    }
+
+    /// The key of a document that decides where this event goes, when its key depends on
+    /// earlier events of its stream (the business date its order was placed, say), or `None`
+    /// (the default). Such documents are read before the batch's others and passed to
+    /// [`Projection::route`] in log order, so the fold of each event sees them as of that event.
+    fn route_key(&self, _event: &RecordedEvent, _input: &Self::Input) -> Option<String> {
+        None
+    }
+
+    /// Given the [`Projection::route_key`] document as of this event (`None` = absent; set it
+    /// to `None` to delete it), returns the key this event updates (`key`, from
+    /// [`Projection::select`], unless the route says otherwise), or `None` when the route
+    /// document was all it changed. `input` may be adjusted to what the route says. The
+    /// default keeps `key`.
+    fn route(
+        &self,
+        key: String,
+        _route: &mut Option<Self::Doc>,
+        _input: &mut Self::Input,
+        _event: &RecordedEvent,
+    ) -> Option<String> {
+        Some(key)
     }
 
     /// Folds the input into the document with its [`Projection::context_key`] document
@@ -107,6 +137,8 @@ pub enum RunnerError {
 pub struct ProjectionStatus {
     /// Projection name.
     pub name: String,
+    /// Projection version (1 unless it has several; see [`Projection::version`]).
+    pub version: u32,
     /// Last global position applied.
     pub checkpoint: u64,
     /// The log's head when measured.
@@ -124,9 +156,25 @@ pub struct ProjectionStatus {
     pub lag_p95_ms: Option<f64>,
 }
 
+/// Where version `version` of projection `name` keeps its documents and checkpoint: `name` for
+/// version 1 (so data written before versions existed stays where it is), `name@v{version}`
+/// otherwise.
+pub fn storage_name(name: &str, version: u32) -> String {
+    if version == 1 {
+        name.to_owned()
+    } else {
+        format!("{name}@v{version}")
+    }
+}
+
 #[async_trait]
 trait DynProjection: Send + Sync {
     fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    /// Where its documents and checkpoint are ([`storage_name`], or a copy's own place).
+    fn storage(&self) -> &str;
+    /// The same projection kept under `storage` (a copy built beside it).
+    fn relocated(&self, storage: String) -> Arc<dyn DynProjection>;
     async fn process(
         &self,
         store: &dyn ReadModelStore,
@@ -134,12 +182,30 @@ trait DynProjection: Send + Sync {
     ) -> Result<Vec<DocWrite>, RunnerError>;
 }
 
-struct Erased<P>(P);
+struct Erased<P> {
+    projection: Arc<P>,
+    storage: String,
+}
 
 #[async_trait]
 impl<P: Projection> DynProjection for Erased<P> {
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.projection.name()
+    }
+
+    fn version(&self) -> u32 {
+        self.projection.version()
+    }
+
+    fn storage(&self) -> &str {
+        &self.storage
+    }
+
+    fn relocated(&self, storage: String) -> Arc<dyn DynProjection> {
+        Arc::new(Erased {
+            projection: self.projection.clone(),
+            storage,
+        })
     }
 
     async fn process(
@@ -147,44 +213,77 @@ impl<P: Projection> DynProjection for Erased<P> {
         store: &dyn ReadModelStore,
         events: &[RecordedEvent],
     ) -> Result<Vec<DocWrite>, RunnerError> {
-        let name = self.0.name();
-        let mut selected = Vec::new();
-        let mut keys = HashSet::new();
+        let name = self.storage.as_str();
+        let mut routed = Vec::new();
+        let mut route_keys = HashSet::new();
         for event in events {
-            match self.0.select(event) {
+            match self.projection.select(event) {
                 Ok(Some((key, input))) => {
-                    keys.insert(key.clone());
-                    let context = self.0.context_key(event, &input);
-                    if let Some(c) = &context {
-                        keys.insert(c.clone());
+                    let route = self.projection.route_key(event, &input);
+                    if let Some(r) = &route {
+                        route_keys.insert(r.clone());
                     }
-                    selected.push((key, context, input, event));
+                    routed.push((key, route, input, event));
                 }
                 Ok(None) => {}
                 Err(message) => return Err(poison(name, event, message)),
             }
         }
-        if selected.is_empty() {
+        // Route documents first, in log order: they decide the keys of the rest.
+        let mut docs: HashMap<String, Option<P::Doc>> = HashMap::new();
+        if !route_keys.is_empty() {
+            let keys: Vec<String> = route_keys.into_iter().collect();
+            for (key, json) in store.get_docs(name, &keys).await? {
+                docs.insert(key.clone(), Some(decode(name, &key, &json)?));
+            }
+        }
+        let mut stored: HashSet<String> = docs.keys().cloned().collect();
+        let mut selected = Vec::with_capacity(routed.len());
+        let mut keys = HashSet::new();
+        for (key, route, mut input, event) in routed {
+            let key = match route {
+                None => key,
+                Some(r) => {
+                    let mut doc = docs.entry(r.clone()).or_insert(None).take();
+                    let key = self.projection.route(key, &mut doc, &mut input, event);
+                    docs.insert(r, doc);
+                    match key {
+                        Some(k) => k,
+                        None => continue,
+                    }
+                }
+            };
+            if !docs.contains_key(&key) {
+                keys.insert(key.clone());
+            }
+            let context = self.projection.context_key(event, &input);
+            if let Some(c) = context.as_ref().filter(|c| !docs.contains_key(*c)) {
+                keys.insert(c.clone());
+            }
+            selected.push((key, context, input, event));
+        }
+        if selected.is_empty() && docs.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = keys.into_iter().collect();
-        let mut docs: HashMap<String, Option<P::Doc>> = HashMap::with_capacity(keys.len());
-        for (key, json) in store.get_docs(name, &keys).await? {
-            let doc = serde_json::from_str(&json).map_err(|e| {
-                StoreError::Corrupt(format!("projection {name} document {key}: {e}"))
-            })?;
-            docs.insert(key, Some(doc));
+        if !keys.is_empty() {
+            for (key, json) in store.get_docs(name, &keys).await? {
+                let doc = decode(name, &key, &json)?;
+                stored.insert(key.clone());
+                docs.insert(key, Some(doc));
+            }
         }
         // A key absent before and after the batch (a store without period control, as the
         // context of its days) needs no write.
-        let stored: HashSet<String> = docs.keys().cloned().collect();
         for (key, context, input, event) in selected {
             let doc = docs.entry(key.clone()).or_insert(None).take();
             let doc = match context.filter(|c| *c != key) {
-                None => self.0.apply(doc, input, event),
+                None => self.projection.apply(doc, input, event),
                 Some(c) => {
                     let mut context = docs.entry(c.clone()).or_insert(None).take();
-                    let doc = self.0.apply_in_context(doc, &mut context, input, event);
+                    let doc = self
+                        .projection
+                        .apply_in_context(doc, &mut context, input, event);
                     docs.insert(c, context);
                     doc
                 }
@@ -208,6 +307,11 @@ impl<P: Projection> DynProjection for Erased<P> {
             })
             .collect()
     }
+}
+
+fn decode<D: DeserializeOwned>(projection: &str, key: &str, json: &str) -> Result<D, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("projection {projection} document {key}: {e}")))
 }
 
 fn poison(projection: &str, event: &RecordedEvent, message: String) -> RunnerError {
@@ -236,10 +340,14 @@ pub struct ProjectionRunner {
     read_models: Arc<dyn ReadModelStore>,
     projections: Vec<Arc<dyn DynProjection>>,
     batch_size: usize,
-    status: Mutex<HashMap<&'static str, ProjectionStatus>>,
-    /// Projections found with no archived event after their checkpoint by this runner (checked
-    /// on their first catch-up and after a rebuild, not on every wake).
-    archive_checked: Mutex<HashSet<&'static str>>,
+    /// By storage name.
+    status: Mutex<HashMap<String, ProjectionStatus>>,
+    /// Projections (storage names) found with no archived event after their checkpoint by this
+    /// runner (checked on their first catch-up and after a rebuild, not on every wake).
+    archive_checked: Mutex<HashSet<String>>,
+    /// Projections (storage names) being built apart ([`ProjectionRunner::build_apart`]): the
+    /// live passes leave them out until they have caught up.
+    apart: Mutex<HashSet<String>>,
     /// Ingest-to-commit lag of every committed event, in µs.
     lag: Mutex<hdrhistogram::Histogram<u64>>,
     /// Where the batches' time went.
@@ -292,6 +400,7 @@ impl ProjectionRunner {
             batch_size: 2_000,
             status: Mutex::new(HashMap::new()),
             archive_checked: Mutex::new(HashSet::new()),
+            apart: Mutex::new(HashSet::new()),
             lag: Mutex::new(lag_histogram()),
             timings: Mutex::new(RunnerTimings::default()),
         }
@@ -299,7 +408,17 @@ impl ProjectionRunner {
 
     /// Registers a projection.
     pub fn register<P: Projection>(mut self, projection: P) -> Self {
-        self.projections.push(Arc::new(Erased(projection)));
+        let storage = storage_name(projection.name(), projection.version());
+        self.projections.push(Arc::new(Erased {
+            projection: Arc::new(projection),
+            storage,
+        }));
+        self
+    }
+
+    /// Keeps only the projections `keep(name, version)` accepts.
+    pub fn retain(mut self, keep: impl Fn(&str, u32) -> bool) -> Self {
+        self.projections.retain(|p| keep(p.name(), p.version()));
         self
     }
 
@@ -309,26 +428,53 @@ impl ProjectionRunner {
         self
     }
 
-    /// The registered projections' names, in registration order.
+    /// The registered projections' names, in registration order, each once.
     pub fn names(&self) -> Vec<&'static str> {
-        self.projections.iter().map(|p| p.name()).collect()
+        let mut names: Vec<&'static str> = Vec::new();
+        for p in &self.projections {
+            if !names.contains(&p.name()) {
+                names.push(p.name());
+            }
+        }
+        names
     }
 
+    /// Every registered projection's `(name, version)`, in registration order.
+    pub fn versions(&self) -> Vec<(&'static str, u32)> {
+        self.projections
+            .iter()
+            .map(|p| (p.name(), p.version()))
+            .collect()
+    }
+
+    /// The projections a pass runs: the one stored under `only`, or every one not being built
+    /// apart.
     fn select(&self, only: Option<&str>) -> Result<Vec<Arc<dyn DynProjection>>, RunnerError> {
         match only {
-            None => Ok(self.projections.clone()),
-            Some(name) => self
+            None => {
+                let apart = self.apart.lock().expect("apart lock");
+                Ok(self
+                    .projections
+                    .iter()
+                    .filter(|p| !apart.contains(p.storage()))
+                    .cloned()
+                    .collect())
+            }
+            Some(storage) => self
                 .projections
                 .iter()
-                .find(|p| p.name() == name)
+                .find(|p| p.storage() == storage)
                 .map(|p| vec![p.clone()])
-                .ok_or_else(|| RunnerError::UnknownProjection(name.to_owned())),
+                .ok_or_else(|| RunnerError::UnknownProjection(storage.to_owned())),
         }
     }
 
     /// Applies every committed event not yet applied, then returns the position reached.
-    /// `progress(position, head)` is called after each batch. When another runner commits a batch
-    /// first (`CheckpointMoved`), this one reloads the checkpoints and continues after it.
+    /// `only` names one projection by its storage name ([`storage_name`]: the name itself for
+    /// version 1); `None` runs every one not being built apart. A retired version
+    /// ([`crate::RETIRED_CHECKPOINT`]) is left out. `progress(position, head)` is called after
+    /// each batch. When another runner commits a batch first (`CheckpointMoved`), this one
+    /// reloads the checkpoints and continues after it.
     ///
     /// # Errors
     /// A store failure or a poison event; what was committed before stays committed.
@@ -340,21 +486,37 @@ impl ProjectionRunner {
         self.catch_up_lingering(only, progress, None).await
     }
 
+    /// The projections of `projections` still running and their checkpoints (retired ones left
+    /// out).
+    async fn checkpoints(
+        &self,
+        projections: Vec<Arc<dyn DynProjection>>,
+    ) -> Result<(Vec<Arc<dyn DynProjection>>, Vec<u64>), RunnerError> {
+        let mut running = Vec::with_capacity(projections.len());
+        let mut checkpoints = Vec::with_capacity(projections.len());
+        for p in projections {
+            let checkpoint = self.read_models.projection_checkpoint(p.storage()).await?;
+            if checkpoint < crate::read_model::RETIRED_CHECKPOINT {
+                running.push(p);
+                checkpoints.push(checkpoint);
+            }
+        }
+        Ok((running, checkpoints))
+    }
+
     /// [`ProjectionRunner::catch_up`], resting `linger` after each batch of fewer than
-    /// [`LINGER_BELOW`] events.
+    /// [`LINGER_BELOW`] events. Only a pass over every projection (`only: None`) counts in the
+    /// lag and the timings: a projection built alone reads old events.
     async fn catch_up_lingering(
         &self,
         only: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
         linger: Option<std::time::Duration>,
     ) -> Result<u64, RunnerError> {
-        let projections = self.select(only)?;
-        let mut checkpoints = Vec::with_capacity(projections.len());
-        for p in &projections {
-            checkpoints.push(self.read_models.projection_checkpoint(p.name()).await?);
-        }
+        let (mut projections, mut checkpoints) = self.checkpoints(self.select(only)?).await?;
         self.refuse_archived_gaps(&projections, &checkpoints)
             .await?;
+        let live = only.is_none();
         let Some(mut from) = checkpoints.iter().copied().min() else {
             return Ok(0);
         };
@@ -377,7 +539,7 @@ impl ProjectionRunner {
                         Ok::<_, RunnerError>((
                             events.len() as u64,
                             ProjectionCommit {
-                                projection: p.name().to_owned(),
+                                projection: p.storage().to_owned(),
                                 writes,
                                 from_checkpoint: *checkpoint,
                                 to_checkpoint: to,
@@ -393,18 +555,21 @@ impl ProjectionRunner {
             match self.read_models.commit_projections(commits).await {
                 Ok(()) => {}
                 Err(StoreError::CheckpointMoved { .. }) => {
-                    // Another runner (a server next to a CLI rebuild, say) committed first: its
-                    // work stands; reload the checkpoints and go on from there.
-                    for (p, checkpoint) in projections.iter().zip(checkpoints.iter_mut()) {
-                        *checkpoint = self.read_models.projection_checkpoint(p.name()).await?;
-                    }
-                    from = checkpoints.iter().copied().min().unwrap_or(from);
+                    // Another runner (a server next to a CLI rebuild, say) committed first, or
+                    // a version was retired or replaced: reload the checkpoints and go on from
+                    // there.
+                    (projections, checkpoints) =
+                        self.checkpoints(std::mem::take(&mut projections)).await?;
+                    let Some(min) = checkpoints.iter().copied().min() else {
+                        return Ok(from);
+                    };
+                    from = min;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             }
             let committed = Utc::now();
-            {
+            if live {
                 let mut t = self.timings.lock().expect("timings lock");
                 t.batches += 1;
                 t.events += batch.len() as u64;
@@ -415,7 +580,7 @@ impl ProjectionRunner {
             let lag_ms = (committed - last.ingest_time)
                 .num_microseconds()
                 .map(|us| us as f64 / 1000.0);
-            {
+            if live {
                 let mut lag = self.lag.lock().expect("lag lock");
                 for e in &batch {
                     let us = (committed - e.ingest_time).num_microseconds().unwrap_or(0);
@@ -427,15 +592,19 @@ impl ProjectionRunner {
             {
                 let mut status = self.status.lock().expect("status lock");
                 for (p, n) in projections.iter().zip(applied) {
-                    let s = status.entry(p.name()).or_insert_with(|| ProjectionStatus {
-                        name: p.name().to_owned(),
-                        checkpoint: 0,
-                        head: 0,
-                        lag_events: 0,
-                        last_lag_ms: None,
-                        events_applied: 0,
-                        lag_p95_ms: None,
-                    });
+                    let s =
+                        status
+                            .entry(p.storage().to_owned())
+                            .or_insert_with(|| ProjectionStatus {
+                                name: p.name().to_owned(),
+                                version: p.version(),
+                                checkpoint: 0,
+                                head: 0,
+                                lag_events: 0,
+                                last_lag_ms: None,
+                                events_applied: 0,
+                                lag_p95_ms: None,
+                            });
                     s.checkpoint = to;
                     s.head = head;
                     s.lag_events = head - to;
@@ -453,8 +622,90 @@ impl ProjectionRunner {
         }
     }
 
-    /// Deletes a projection's documents (or every projection's, with `None`) and rebuilds from
-    /// position 0; returns the position reached.
+    /// Leaves the projection stored under `storage` out of the live passes until
+    /// [`ProjectionRunner::build_apart`] has brought it up to the log's head.
+    ///
+    /// # Errors
+    /// [`RunnerError::UnknownProjection`].
+    pub fn hold_apart(&self, storage: &str) -> Result<(), RunnerError> {
+        self.select(Some(storage))?;
+        self.apart
+            .lock()
+            .expect("apart lock")
+            .insert(storage.to_owned());
+        Ok(())
+    }
+
+    /// Brings the projection stored under `storage` up to the log's head on its own, while the
+    /// live passes ([`ProjectionRunner::run`]) leave it out, so that a new version reading the
+    /// whole log does not hold back the ones being served; it joins the live passes when it
+    /// has caught up (after an error it stays apart, for a retry). Returns the position
+    /// reached.
+    ///
+    /// # Errors
+    /// As [`ProjectionRunner::catch_up`].
+    pub async fn build_apart(
+        &self,
+        storage: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, RunnerError> {
+        self.hold_apart(storage)?;
+        let built = self.catch_up(Some(storage), progress).await?;
+        self.apart.lock().expect("apart lock").remove(storage);
+        Ok(built)
+    }
+
+    /// Rebuilds the projection stored under `storage` beside itself: a fresh copy is built from
+    /// position 0 under `{storage}~rebuild` while the projection keeps serving and keeps being
+    /// applied, then takes its place in one transaction
+    /// ([`crate::ProjectionMaintenance::Replace`]), so readers never see an empty or
+    /// half-built view. A runner applying it meanwhile finds its next commit refused, reloads
+    /// the copy's checkpoint and goes on from there. Returns the copy's checkpoint.
+    ///
+    /// # Errors
+    /// An unknown storage name, [`RunnerError::Archived`] when the log holds archived events
+    /// (nothing changed), a store failure or a poison event (the projection keeps its data).
+    pub async fn rebuild_beside(
+        &self,
+        storage: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, RunnerError> {
+        let [projection] = <[_; 1]>::try_from(self.select(Some(storage))?)
+            .map_err(|_| RunnerError::UnknownProjection(storage.to_owned()))?;
+        let archived = self.events.archived_after(0).await?;
+        if archived > 0 {
+            return Err(RunnerError::Archived {
+                projection: storage.to_owned(),
+                checkpoint: 0,
+                archived,
+            });
+        }
+        let copy = format!("{storage}~rebuild");
+        self.read_models.reset_projection(&copy).await?;
+        let mut builder = ProjectionRunner::new(self.events.clone(), self.read_models.clone())
+            .with_batch_size(self.batch_size);
+        builder.projections.push(projection.relocated(copy.clone()));
+        builder
+            .archive_checked
+            .lock()
+            .expect("archive lock")
+            .insert(copy.clone());
+        let position = builder.catch_up(None, progress).await?;
+        self.read_models
+            .maintain_projection(crate::ProjectionMaintenance::Replace {
+                target: storage.to_owned(),
+                source: copy,
+            })
+            .await?;
+        self.status.lock().expect("status lock").remove(storage);
+        Ok(position)
+    }
+
+    /// Deletes a projection's documents (the one stored under `only`, or every projection's
+    /// that is not retired, with `None`) and rebuilds it in place from position 0; returns the
+    /// position reached.
+    /// Readers see an empty, then growing view meanwhile: [`ProjectionRunner::rebuild_beside`]
+    /// is the way while it serves.
     ///
     /// # Errors
     /// An unknown name, a store failure or a poison event; [`RunnerError::Archived`] when the
@@ -464,7 +715,11 @@ impl ProjectionRunner {
         only: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<u64, RunnerError> {
-        let projections = self.select(only)?;
+        // Every projection leaves retired versions retired; one named is built again.
+        let projections = match only {
+            None => self.checkpoints(self.select(None)?).await?.0,
+            Some(_) => self.select(only)?,
+        };
         let archived = self.events.archived_after(0).await?;
         if let (Some(p), true) = (projections.first(), archived > 0) {
             return Err(RunnerError::Archived {
@@ -474,13 +729,13 @@ impl ProjectionRunner {
             });
         }
         for p in projections {
-            self.read_models.reset_projection(p.name()).await?;
-            self.status.lock().expect("status lock").remove(p.name());
+            self.read_models.reset_projection(p.storage()).await?;
+            self.status.lock().expect("status lock").remove(p.storage());
             // Just checked from position 0.
             self.archive_checked
                 .lock()
                 .expect("archive lock")
-                .insert(p.name());
+                .insert(p.storage().to_owned());
         }
         self.catch_up(only, progress).await
     }
@@ -497,14 +752,14 @@ impl ProjectionRunner {
                 .archive_checked
                 .lock()
                 .expect("archive lock")
-                .contains(p.name())
+                .contains(p.storage())
             {
                 continue;
             }
             let archived = self.events.archived_after(checkpoint).await?;
             if archived > 0 {
                 return Err(RunnerError::Archived {
-                    projection: p.name().to_owned(),
+                    projection: p.storage().to_owned(),
                     checkpoint,
                     archived,
                 });
@@ -512,7 +767,7 @@ impl ProjectionRunner {
             self.archive_checked
                 .lock()
                 .expect("archive lock")
-                .insert(p.name());
+                .insert(p.storage().to_owned());
         }
         Ok(())
     }
@@ -560,7 +815,8 @@ impl ProjectionRunner {
         *self.timings.lock().expect("timings lock")
     }
 
-    /// Every projection's checkpoint and lag, measured now.
+    /// Every projection's checkpoint and lag, measured now, each version on its own
+    /// (retired versions left out).
     ///
     /// # Errors
     /// A store failure.
@@ -568,15 +824,19 @@ impl ProjectionRunner {
         let head = self.events.head_position().await?;
         let mut out = Vec::with_capacity(self.projections.len());
         for p in &self.projections {
-            let checkpoint = self.read_models.projection_checkpoint(p.name()).await?;
+            let checkpoint = self.read_models.projection_checkpoint(p.storage()).await?;
+            if checkpoint >= crate::read_model::RETIRED_CHECKPOINT {
+                continue;
+            }
             let known = self
                 .status
                 .lock()
                 .expect("status lock")
-                .get(p.name())
+                .get(p.storage())
                 .cloned();
             out.push(ProjectionStatus {
                 name: p.name().to_owned(),
+                version: p.version(),
                 checkpoint,
                 head,
                 lag_events: head.saturating_sub(checkpoint),

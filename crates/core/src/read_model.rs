@@ -11,6 +11,34 @@ pub fn projection_checkpoint_name(projection: &str) -> String {
     format!("projection/{projection}")
 }
 
+/// The checkpoint a retired projection version is left at: past any position a log reaches
+/// (`i64::MAX`, which both stores hold), so a runner still running it reloads this checkpoint
+/// after its next commit is refused and applies nothing more (see
+/// [`ProjectionMaintenance::Retire`]).
+pub const RETIRED_CHECKPOINT: u64 = i64::MAX as u64;
+
+/// A change to a projection's stored documents and checkpoint as a whole, made in one
+/// read-model transaction ([`ReadModelStore::maintain_projection`]). Names are storage names
+/// (see [`crate::projection::storage_name`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectionMaintenance {
+    /// Deletes the documents and the checkpoint: the projection rebuilds from position 0.
+    Reset(String),
+    /// Deletes the documents and leaves the checkpoint at [`RETIRED_CHECKPOINT`]: a runner that
+    /// still runs it finds its commit refused (`CheckpointMoved`), reloads that checkpoint and
+    /// writes nothing more; [`ProjectionMaintenance::Reset`] brings it back.
+    Retire(String),
+    /// `target` takes over the documents and checkpoint of `source` (a copy built beside it),
+    /// its own are deleted and `source` is left empty: readers of `target` see its old data until
+    /// the commit and the new data after it, never an empty view.
+    Replace {
+        /// The projection that gets the documents.
+        target: String,
+        /// The projection they come from.
+        source: String,
+    },
+}
+
 /// One document write: `doc: None` deletes the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocWrite {
@@ -51,6 +79,13 @@ impl ProjectionCommit {
             actual,
         ))
     }
+}
+
+/// Whether `key` (scoped to its tenant) is a projection's own bookkeeping rather than part of
+/// its answer: its part after the tenant starts with `~` (state a fold keeps to route events,
+/// such as when an unpaid order was placed). Comparisons of versions leave such keys out.
+pub fn is_bookkeeping_key(key: &str) -> bool {
+    crate::tenant::unscoped(key).starts_with('~')
 }
 
 /// The smallest key after `key` in byte order that a store can hold: `key` + U+0001 (NUL is
@@ -104,9 +139,19 @@ pub trait ReadModelStore: CheckpointStore {
     /// [`StoreError::CheckpointMoved`] (nothing written) or infrastructure failures.
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError>;
 
-    /// Deletes a projection's documents and checkpoint, so it rebuilds from position 0.
+    /// Applies `change` to a projection's documents and checkpoint in one transaction.
+    ///
+    /// # Errors
+    /// Infrastructure failures (nothing changed).
+    async fn maintain_projection(&self, change: ProjectionMaintenance) -> Result<(), StoreError>;
+
+    /// Deletes a projection's documents and checkpoint, so it rebuilds from position 0
+    /// ([`ProjectionMaintenance::Reset`]).
     ///
     /// # Errors
     /// Infrastructure failures.
-    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError>;
+    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
+        self.maintain_projection(ProjectionMaintenance::Reset(projection.to_owned()))
+            .await
+    }
 }

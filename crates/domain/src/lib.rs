@@ -25,6 +25,7 @@ pub mod order;
 pub mod payment;
 pub mod payment_saga;
 pub mod periods;
+pub mod projection_versions;
 pub mod projections;
 pub mod reporting;
 pub mod sale;

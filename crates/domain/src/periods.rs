@@ -750,6 +750,7 @@ impl HeldPosting {
             amount: self.amount,
             kind: self.kind,
             calendar: self.calendar.unwrap_or_default(),
+            dated: None,
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::periods::{
     approved_booking, period_control_event, period_control_key, Booking, PeriodControl,
     PeriodControlEvent,
 };
-use crate::reporting::{sale_effect, SaleEffect};
+use crate::reporting::{sale_effect, SaleEffect, SaleKind};
 
 /// Name of the due-time index of orders (the unpaid-order timeout's delay queue).
 pub const PAYMENT_DEADLINES: &str = "payment_deadlines";
@@ -284,10 +284,31 @@ pub struct SalesBucket {
 /// Which clock a sales projection buckets by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SalesClock {
-    /// Business day of the event time: late data lands in the day it happened, counted as late.
+    /// Business day of the event time: late data lands in the day it happened, counted as late
+    /// (`daily_sales_by_store` version 1: a sale counts on the day it was paid).
     EventTimeDaily,
+    /// Business day the order was **placed** (finance's order-date view,
+    /// `daily_sales_by_store` version 2): a sale counts on the business date of its order's
+    /// `OrderCreated`, a refund on its own date, as in version 1. Late means ingested after
+    /// the cutoff of that date. The placement date is kept per order until it is paid or
+    /// cancelled (a document under `~placed|{order id}`, not part of the view's answer).
+    PlacedTimeDaily,
     /// Hour of the ingest time: what came in, when it came in; never rewritten.
     IngestTimeHourly,
+}
+
+impl SalesClock {
+    /// Whether it buckets by business day (the daily view's versions).
+    fn daily(self) -> bool {
+        self != Self::IngestTimeHourly
+    }
+}
+
+/// The key of the document holding when order `order` (scoped to its tenant) was placed, in
+/// `daily_sales_by_store` version 2 until the order is paid or cancelled.
+pub fn placed_key(order: &str) -> String {
+    let (tenant, order) = eventfold_core::tenant::split(order);
+    eventfold_core::tenant::scope(tenant, &format!("~placed|{order}"))
 }
 
 /// A sales projection: `daily_sales_by_store` (event time, by business day of the
@@ -317,7 +338,7 @@ impl SalesProjection {
 
     fn period(&self, event: &RecordedEvent, effect: &SaleEffect) -> String {
         match self.0 {
-            SalesClock::EventTimeDaily => {
+            SalesClock::EventTimeDaily | SalesClock::PlacedTimeDaily => {
                 effect.business_date(event).format("%Y-%m-%d").to_string()
             }
             SalesClock::IngestTimeHourly => {
@@ -329,14 +350,27 @@ impl SalesProjection {
 
 /// A document of a sales projection: a bucket, or (daily view only) the period control of a
 /// store, kept under [`period_control_key`] to decide each posting of its days (see
-/// [`crate::periods`]). Both serialize as themselves (a bucket reads as a [`SalesBucket`]).
+/// [`crate::periods`]), or (version 2 only) when an unpaid order was placed, under
+/// [`placed_key`]. Each serializes as itself (a bucket reads as a [`SalesBucket`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SalesDoc {
     /// The sales of one store, period and currency.
     Bucket(SalesBucket),
+    /// When an order not yet paid was placed (before [`SalesDoc::Periods`]: untagged, and a
+    /// period control reads any object).
+    Placed(PlacedAt),
     /// A store's period control.
     Periods(PeriodControl),
+}
+
+/// When an order was placed (the event time of its `OrderCreated`), kept by
+/// `daily_sales_by_store` version 2 until the order is paid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacedAt {
+    /// Event time of the order's creation, UTC.
+    pub placed_at: DateTime<Utc>,
 }
 
 impl SalesDoc {
@@ -344,7 +378,7 @@ impl SalesDoc {
     pub fn bucket(&self) -> Option<&SalesBucket> {
         match self {
             Self::Bucket(b) => Some(b),
-            Self::Periods(_) => None,
+            Self::Periods(_) | Self::Placed(_) => None,
         }
     }
 }
@@ -353,6 +387,10 @@ impl SalesDoc {
 pub enum SalesInput {
     /// A sale or refund (an order's event).
     Effect(SaleEffect),
+    /// An order was placed at this instant (version 2 keeps it until the order is paid).
+    Placed(DateTime<Utc>),
+    /// An unpaid order was cancelled: its placement is forgotten (version 2).
+    Abandoned,
     /// An approved exception, booked on the day of the approval (daily view only).
     Booked(SaleEffect),
     /// A change to a store's periods (daily view only).
@@ -365,8 +403,15 @@ impl Projection for SalesProjection {
 
     fn name(&self) -> &'static str {
         match self.0 {
-            SalesClock::EventTimeDaily => DAILY_SALES_BY_STORE,
+            SalesClock::EventTimeDaily | SalesClock::PlacedTimeDaily => DAILY_SALES_BY_STORE,
             SalesClock::IngestTimeHourly => REAL_TIME_SALES,
+        }
+    }
+
+    fn version(&self) -> u32 {
+        match self.0 {
+            SalesClock::PlacedTimeDaily => 2,
+            _ => 1,
         }
     }
 
@@ -380,6 +425,23 @@ impl Projection for SalesProjection {
         if self.0 == SalesClock::IngestTimeHourly {
             return Ok(None);
         }
+        if self.0 == SalesClock::PlacedTimeDaily {
+            if let Some(order) = aggregate_id::<Order>(event) {
+                match event.event_type.as_str() {
+                    "OrderCreated" => {
+                        return Ok(Some((
+                            placed_key(&order),
+                            SalesInput::Placed(event.event_time),
+                        )))
+                    }
+                    // A refunding cancellation is a sale effect (above).
+                    "OrderCancelled" => {
+                        return Ok(Some((placed_key(&order), SalesInput::Abandoned)))
+                    }
+                    _ => {}
+                }
+            }
+        }
         if let Some(effect) = approved_booking(event)? {
             return Ok(Some((
                 self.bucket_key(event, &effect),
@@ -392,9 +454,56 @@ impl Projection for SalesProjection {
         }))
     }
 
+    fn route_key(&self, event: &RecordedEvent, input: &Self::Input) -> Option<String> {
+        if self.0 != SalesClock::PlacedTimeDaily {
+            return None;
+        }
+        match input {
+            SalesInput::Effect(e) if e.kind == SaleKind::Sale => {
+                aggregate_id::<Order>(event).map(|order| placed_key(&order))
+            }
+            SalesInput::Placed(_) | SalesInput::Abandoned => {
+                aggregate_id::<Order>(event).map(|order| placed_key(&order))
+            }
+            _ => None,
+        }
+    }
+
+    fn route(
+        &self,
+        key: String,
+        route: &mut Option<SalesDoc>,
+        input: &mut SalesInput,
+        event: &RecordedEvent,
+    ) -> Option<String> {
+        match input {
+            SalesInput::Placed(at) => {
+                *route = Some(SalesDoc::Placed(PlacedAt { placed_at: *at }));
+                None
+            }
+            SalesInput::Abandoned => {
+                *route = None;
+                None
+            }
+            SalesInput::Effect(effect) => match route.take() {
+                // Paid: counted on the day it was placed; the placement is no longer needed.
+                Some(SalesDoc::Placed(p)) => {
+                    effect.dated = Some(p.placed_at);
+                    Some(self.bucket_key(event, effect))
+                }
+                // Placed before anything kept it (or paid twice): the event's own date.
+                other => {
+                    *route = other;
+                    Some(key)
+                }
+            },
+            _ => Some(key),
+        }
+    }
+
     fn context_key(&self, event: &RecordedEvent, input: &Self::Input) -> Option<String> {
-        match (self.0, input) {
-            (SalesClock::EventTimeDaily, SalesInput::Effect(effect)) => Some(period_control_key(
+        match (self.0.daily(), input) {
+            (true, SalesInput::Effect(effect)) => Some(period_control_key(
                 eventfold_core::tenant::of(&event.stream_id),
                 &effect.store,
             )),
@@ -419,6 +528,8 @@ impl Projection for SalesProjection {
         event: &RecordedEvent,
     ) -> Option<SalesDoc> {
         let (effect, booked) = match input {
+            // Route documents only (version 2): never folded here.
+            SalesInput::Placed(_) | SalesInput::Abandoned => return doc,
             SalesInput::Periods(e) => {
                 let control = match doc {
                     Some(SalesDoc::Periods(c)) => c,
@@ -453,9 +564,7 @@ impl Projection for SalesProjection {
         doc.total += effect.amount;
         doc.orders += effect.orders();
         doc.refunds += effect.refunds();
-        let late = self.0 == SalesClock::EventTimeDaily
-            && !booked
-            && effect.calendar.lateness_seconds(event).is_some();
+        let late = self.0.daily() && !booked && effect.lateness_seconds(event).is_some();
         if late {
             doc.late_total += effect.amount;
             doc.late_orders += effect.orders();
@@ -502,7 +611,21 @@ mod tests {
     ) -> std::collections::BTreeMap<String, P::Doc> {
         let mut docs = std::collections::BTreeMap::new();
         for e in events {
-            if let Some((key, input)) = p.select(e).unwrap() {
+            if let Some((key, mut input)) = p.select(e).unwrap() {
+                let key = match p.route_key(e, &input) {
+                    None => key,
+                    Some(r) => {
+                        let mut route = docs.remove(&r);
+                        let key = p.route(key, &mut route, &mut input, e);
+                        if let Some(d) = route {
+                            docs.insert(r, d);
+                        }
+                        match key {
+                            Some(k) => k,
+                            None => continue,
+                        }
+                    }
+                };
                 let doc = docs.remove(&key);
                 let doc = match p.context_key(e, &input) {
                     Some(c) => {
@@ -529,6 +652,101 @@ mod tests {
         docs.into_iter()
             .filter_map(|(k, d)| d.bucket().cloned().map(|b| (k, b)))
             .collect()
+    }
+
+    #[test]
+    fn version_2_counts_a_sale_on_the_day_its_order_was_placed() {
+        let usd = |s| Money::parse(s, Currency::USD).unwrap();
+        let actor = Actor::parse("user:1").unwrap();
+        let created = |stream: &str, day: &str| {
+            recorded(
+                stream,
+                1,
+                &OrderEvent::OrderCreated {
+                    customer_id: "c".into(),
+                    store_id: "s".into(),
+                    lines: vec![],
+                    total: usd("5"),
+                    actor: actor.clone(),
+                    calendar: None,
+                },
+                day,
+            )
+        };
+        let paid = |stream: &str, day: &str| {
+            recorded(
+                stream,
+                2,
+                &OrderEvent::OrderPaid {
+                    calendar: None,
+                    amount: usd("5"),
+                    payment_id: "p".into(),
+                    store_id: "s".into(),
+                    actor: actor.clone(),
+                },
+                day,
+            )
+        };
+        let events = vec![
+            created("order-1", "2026-01-01"),
+            created("order-2", "2026-01-01"),
+            created("order-3", "2026-01-02"),
+            paid("order-1", "2026-01-01"),
+            paid("order-2", "2026-01-02"),
+            recorded(
+                "order-3",
+                2,
+                &OrderEvent::OrderCancelled {
+                    calendar: None,
+                    refund: None,
+                    reason: "r".into(),
+                    store_id: "s".into(),
+                    actor: actor.clone(),
+                },
+                "2026-01-02",
+            ),
+            created("order-4", "2026-01-02"),
+            // Paid without a creation this view saw (placed before it kept placements): its
+            // own date.
+            paid("order-5", "2026-01-03"),
+        ];
+        let by_day = |docs: std::collections::BTreeMap<String, SalesDoc>| {
+            buckets(docs)
+                .into_iter()
+                .map(|(k, b)| (k, (b.total.to_string(), b.orders)))
+                .collect::<Vec<_>>()
+        };
+        let v1 = fold(&SalesProjection(SalesClock::EventTimeDaily), &events);
+        let v2 = fold(&SalesProjection(SalesClock::PlacedTimeDaily), &events);
+        assert_eq!(
+            by_day(v1),
+            vec![
+                ("s|2026-01-01|USD".to_string(), ("5.00".to_string(), 1)),
+                ("s|2026-01-02|USD".to_string(), ("5.00".to_string(), 1)),
+                ("s|2026-01-03|USD".to_string(), ("5.00".to_string(), 1)),
+            ]
+        );
+        assert_eq!(
+            by_day(v2.clone()),
+            vec![
+                ("s|2026-01-01|USD".to_string(), ("10.00".to_string(), 2)),
+                ("s|2026-01-03|USD".to_string(), ("5.00".to_string(), 1)),
+            ]
+        );
+        // Paid and cancelled orders leave no placement behind; the unpaid one keeps its own,
+        // under a bookkeeping key.
+        let kept: Vec<&String> = v2
+            .iter()
+            .filter(|(_, d)| matches!(d, SalesDoc::Placed(_)))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(kept, vec!["~placed|4"]);
+        assert!(eventfold_core::read_model::is_bookkeeping_key(kept[0]));
+        let json = serde_json::to_string(&v2["~placed|4"]).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SalesDoc>(&json).unwrap(),
+            v2["~placed|4"]
+        );
     }
 
     #[test]

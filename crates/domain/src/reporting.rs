@@ -255,12 +255,28 @@ pub struct SaleEffect {
     pub kind: SaleKind,
     /// The calendar the order was placed in: its business date and cutoff.
     pub calendar: BusinessCalendar,
+    /// The instant whose business date this effect counts on, when not its event's own
+    /// event time (`daily_sales_by_store` version 2 dates a sale by when its order was
+    /// placed).
+    pub dated: Option<DateTime<Utc>>,
 }
 
 impl SaleEffect {
-    /// The business date of `event` (this effect's event) in the order's calendar.
+    /// The business date this effect counts on, in the order's calendar: of [`SaleEffect::dated`],
+    /// else of `event`'s (this effect's event) event time.
     pub fn business_date(&self, event: &RecordedEvent) -> NaiveDate {
-        self.calendar.business_date(event.event_time)
+        self.calendar
+            .business_date(self.dated.unwrap_or(event.event_time))
+    }
+
+    /// How many seconds after the cutoff of its business date ([`SaleEffect::business_date`])
+    /// `event` was ingested, when it was (a late effect); `None` when on time or a backfill.
+    pub fn lateness_seconds(&self, event: &RecordedEvent) -> Option<i64> {
+        if event.metadata.backfill {
+            return None;
+        }
+        let reported = self.calendar.reported_at(self.business_date(event));
+        (event.ingest_time > reported).then(|| (event.ingest_time - reported).num_seconds())
     }
 
     /// Orders this effect adds: 1 for a sale, 0 for a refund.
@@ -300,6 +316,7 @@ pub fn sale_effect(event: &RecordedEvent) -> Result<Option<SaleEffect>, String> 
             amount: amount.amount,
             kind: SaleKind::Sale,
             calendar: calendar.unwrap_or_default(),
+            dated: None,
         },
         OrderEvent::OrderCancelled {
             refund: Some(amount),
@@ -318,6 +335,7 @@ pub fn sale_effect(event: &RecordedEvent) -> Result<Option<SaleEffect>, String> 
             amount: -amount.amount,
             kind: SaleKind::Refund,
             calendar: calendar.unwrap_or_default(),
+            dated: None,
         },
         _ => return Ok(None),
     };

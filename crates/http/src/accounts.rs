@@ -222,8 +222,7 @@ pub async fn get_balance(
     check_id("account id", &id)?;
     let docs = state
         .app
-        .backend
-        .read_models
+        .views
         .get_docs(BALANCE_BY_ACCOUNT, &[caller.scope(&id)])
         .await?;
     let not_found = || ApiError::not_found("account_not_found", format!("account {id} not found"));

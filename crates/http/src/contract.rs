@@ -62,6 +62,8 @@ pub const ZONE: &str = "^[A-Za-z][A-Za-z0-9_+-]{0,31}(/[A-Za-z0-9_+-]{1,31}){0,2
 /// A calendar's cutoff: whole minutes, hours or days (`120m`, `2h`, `1d`), at most 7 days
 /// (else 422).
 pub const CUTOFF: &str = "^[0-9]{1,5}[mhd]$";
+/// A projection's name: lower-case letters and `_`, 1 to 64 (`daily_sales_by_store`).
+pub const PROJECTION: &str = "^[a-z_]{1,64}$";
 /// The most characters of a reason.
 pub const MAX_REASON: usize = 500;
 /// The most units a flash sale holds, a buyer may hold, or one purchase takes.
@@ -84,6 +86,7 @@ static COMPILED: LazyLock<HashMap<&'static str, Regex>> = LazyLock::new(|| {
         ZONE,
         CUTOFF,
         IDEMPOTENCY_KEY,
+        PROJECTION,
     ]
     .into_iter()
     .map(|p| (p, Regex::new(p).expect("the contract's patterns compile")))
@@ -251,6 +254,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
         Access::Roles(&[Role::Operator, Role::Auditor]),
     ),
     (
+        "post",
+        "/projections/{name}/activate",
+        Access::Roles(&[Role::Operator]),
+    ),
+    (
         "get",
         "/stores/{store}/periods",
         Access::Roles(&crate::periods::PERIOD_READERS),
@@ -374,6 +382,12 @@ const FIELDS: &[(&str, &str, Rule)] = &[
         "reason",
         Rule::PatternMax(REQUIRED_REASON, MAX_REASON),
     ),
+    (
+        "ActivateBody",
+        "reason",
+        Rule::PatternMax(REQUIRED_REASON, MAX_REASON),
+    ),
+    ("ActivateBody", "version", Rule::Units),
 ];
 
 /// Writes the contract into the generated document (see the module docs).
@@ -467,6 +481,7 @@ fn parameter_rules(op: &mut Operation, path: &str) {
                 o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
             }
             (ParameterIn::Path, "period") => o.pattern = Some(PERIOD.to_owned()),
+            (ParameterIn::Path, "name") => o.pattern = Some(PROJECTION.to_owned()),
             (ParameterIn::Query, "size" | "advance") => {
                 o.pattern = Some(WINDOW_DURATION.to_owned());
             }

@@ -89,6 +89,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         periods::approve_exception,
         periods::reject_exception,
         operations::projections,
+        operations::activate_projection,
         operations::healthz,
         operations::prometheus,
         operations::ready
@@ -156,6 +157,10 @@ pub fn router(state: AppState) -> Router {
         .route("/exceptions/{id}/approve", post(periods::approve_exception))
         .route("/exceptions/{id}/reject", post(periods::reject_exception))
         .route("/projections", get(operations::projections))
+        .route(
+            "/projections/{name}/activate",
+            post(operations::activate_projection),
+        )
         .route("/healthz", get(operations::healthz))
         .route("/metrics", get(operations::prometheus))
         .route("/ready", get(operations::ready))

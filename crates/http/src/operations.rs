@@ -1,14 +1,17 @@
 //! Operations: projection status, Prometheus metrics, liveness and readiness.
 
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use eventfold_core::ProjectionStatus;
+use eventfold_app::views::{VersionStatus, VersionsError, DEFAULT_MAX_LAG_EVENTS};
 use eventfold_domain::identity::Role;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiErrorBody};
+use crate::extract::{CommandBody, CommandHeaders};
 use crate::state::AppState;
 
 /// Decodes a read-model document; one that does not decode is a corrupt store (a 500, logged).
@@ -18,14 +21,102 @@ pub(crate) fn decode_doc<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T,
     })
 }
 
-/// Every projection's checkpoint and lag.
-#[utoipa::path(get, path = "/projections", responses((status = 200, description = "checkpoint, head, lag_events, last_lag_ms, lag_p95_ms per projection")))]
+/// Every version of every projection: which is active (queries read it), its checkpoint and
+/// lag, and, for a candidate this server shadow-reads, the comparisons' findings. Retired
+/// versions are not listed.
+#[utoipa::path(get, path = "/projections", responses((status = 200, body = Vec<VersionStatus>)))]
 pub async fn projections(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+) -> Result<Json<Vec<VersionStatus>>, ApiError> {
     caller.require(&[Role::Operator, Role::Auditor])?;
-    Ok(Json(state.app.runner.status().await?))
+    Ok(Json(state.app.views.status(&state.app.runner).await?))
+}
+
+/// The body of `POST /projections/{name}/activate`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    /// The version to serve (1 or more).
+    pub version: u32,
+    /// Why (1 to 500 characters, not only white space, no control characters).
+    #[schema(value_type = String, required = true)]
+    pub reason: Option<String>,
+    /// Switch even when the version lags the log by more than 1,000 events or the last
+    /// comparison with the active version differed.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// What an activation did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Activated {
+    /// Projection name.
+    pub name: String,
+    /// The version queries read now (every server within 250 ms).
+    pub version: u32,
+    /// The version they read before.
+    pub previous: u32,
+}
+
+/// Makes `version` the one queries of projection `name` read, recorded with the caller and the
+/// reason (see `eventfold projections activate`). Versions are the deployment's, not a
+/// tenant's: only an operator of the default tenant may switch them (403 otherwise). 404: no
+/// such projection or version; 409: retired, lagging or last compared different (unless
+/// `force`).
+#[utoipa::path(post, path = "/projections/{name}/activate",
+    params(("name" = String, Path, description = "Projection name, e.g. daily_sales_by_store")),
+    request_body = ActivateBody,
+    responses((status = 200, body = Activated), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn activate_projection(
+    State(state): State<AppState>,
+    caller: Caller,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: CommandHeaders,
+    body: CommandBody<ActivateBody>,
+) -> Result<Json<Activated>, ApiError> {
+    caller.require(&[Role::Operator])?;
+    if caller.0.tenant != eventfold_core::tenant::DEFAULT {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "projection versions are the deployment's: only an operator of the default tenant may switch them",
+        ));
+    }
+    let Path(name) = name?;
+    crate::contract::check("name", &name, crate::contract::PROJECTION)?;
+    let reason = body
+        .body
+        .reason
+        .clone()
+        .ok_or_else(|| ApiError::unprocessable("invalid_reason", "reason is required"))?;
+    crate::contract::check("reason", &reason, crate::contract::REQUIRED_REASON)?;
+    let ctx = headers.creation_context(&caller, &body.fingerprint);
+    let version = body.body.version;
+    let previous = state
+        .app
+        .views
+        .activate(
+            &name,
+            version,
+            &reason,
+            body.body.force,
+            DEFAULT_MAX_LAG_EVENTS,
+            &ctx,
+        )
+        .await
+        .map_err(|e| match e {
+            VersionsError::Unknown(m) => ApiError::not_found("unknown_projection", m),
+            VersionsError::Service(e) => e.into(),
+            VersionsError::Store(e) => e.into(),
+            VersionsError::Runner(e) => e.into(),
+        })?;
+    Ok(Json(Activated {
+        name,
+        version,
+        previous,
+    }))
 }
 
 /// The process's Prometheus recorder (installed on first use, which [`crate::serve`] makes before
@@ -47,7 +138,8 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
 }
 
 /// Prometheus metrics (text format 0.0.4): projection lag (`eventfold_projection_lag_events`,
-/// `eventfold_projection_lag_p95_seconds`, per projection), the outbox relay
+/// `eventfold_projection_lag_p95_seconds`, per projection and version), shadow reads
+/// (`eventfold_projection_shadow_reads_total`, `eventfold_projection_shadow_mismatches_total`), the outbox relay
 /// (`eventfold_relay_published_total`, `eventfold_relay_backlog_events`), consumers
 /// (`eventfold_consumer_lag{group,topic,partition}`, `eventfold_consumer_messages_total`,
 /// `eventfold_consumer_retries_total`) and the notification batches (`eventfold_batch_size`,
@@ -63,11 +155,14 @@ pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Respon
     match state.app.runner.status().await {
         Ok(statuses) => {
             for s in statuses {
-                metrics::gauge!("eventfold_projection_lag_events", "projection" => s.name.clone())
-                    .set(s.lag_events as f64);
+                let version = s.version.to_string();
+                metrics::gauge!("eventfold_projection_lag_events",
+                    "projection" => s.name.clone(), "version" => version.clone())
+                .set(s.lag_events as f64);
                 if let Some(p95) = s.lag_p95_ms {
-                    metrics::gauge!("eventfold_projection_lag_p95_seconds", "projection" => s.name)
-                        .set(p95 / 1000.0);
+                    metrics::gauge!("eventfold_projection_lag_p95_seconds",
+                        "projection" => s.name, "version" => version)
+                    .set(p95 / 1000.0);
                 }
             }
         }

@@ -275,8 +275,7 @@ pub async fn get_order(
     let (docs, version) = tokio::try_join!(
         state
             .app
-            .backend
-            .read_models
+            .views
             .get_docs(ORDER_SUMMARY, std::slice::from_ref(&scoped)),
         store.stream_version(&stream_id)
     )?;

@@ -124,8 +124,7 @@ async fn store_range<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, ApiError> {
     let docs = state
         .app
-        .backend
-        .read_models
+        .views
         .range_docs(
             projection,
             &caller.scope(&format!("{store}|{from}")),

@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 use eventfold_core::read_model::projection_checkpoint_name;
-use eventfold_core::{ProjectionCommit, ReadModelStore, StoreError};
+use eventfold_core::{
+    ProjectionCommit, ProjectionMaintenance, ReadModelStore, StoreError, RETIRED_CHECKPOINT,
+};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -130,20 +132,79 @@ impl ReadModelStore for PostgresStore {
         tx.commit().await.map_err(backend)
     }
 
-    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
+    async fn maintain_projection(&self, change: ProjectionMaintenance) -> Result<(), StoreError> {
         let mut tx = self.inner.pool.begin().await.map_err(backend)?;
-        sqlx::query("DELETE FROM read_models WHERE projection = $1")
-            .bind(projection)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
-            .bind(projection_checkpoint_name(projection))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let delete_docs = "DELETE FROM read_models WHERE projection = $1";
+        let put_checkpoint = "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
+                              ON CONFLICT (name) DO UPDATE SET position = excluded.position";
+        let delete_checkpoint = "DELETE FROM checkpoints WHERE name = $1";
+        match change {
+            ProjectionMaintenance::Reset(p) => {
+                run(&mut tx, delete_docs, &p).await?;
+                run(&mut tx, delete_checkpoint, &projection_checkpoint_name(&p)).await?;
+            }
+            ProjectionMaintenance::Retire(p) => {
+                // The checkpoint first: a runner's commit in between is refused by it.
+                sqlx::query(put_checkpoint)
+                    .bind(projection_checkpoint_name(&p))
+                    .bind(version(RETIRED_CHECKPOINT))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                run(&mut tx, delete_docs, &p).await?;
+            }
+            ProjectionMaintenance::Replace { target, source } => {
+                let (to, from) = (
+                    projection_checkpoint_name(&target),
+                    projection_checkpoint_name(&source),
+                );
+                // Both checkpoints locked before the documents move: a runner of either waits.
+                let position: Option<i64> = sqlx::query_scalar(
+                    "SELECT max(position) FILTER (WHERE name = $2) FROM \
+                     (SELECT name, position FROM checkpoints WHERE name IN ($1, $2) FOR UPDATE) c",
+                )
+                .bind(&to)
+                .bind(&from)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?;
+                run(&mut tx, delete_docs, &target).await?;
+                sqlx::query("UPDATE read_models SET projection = $1 WHERE projection = $2")
+                    .bind(&target)
+                    .bind(&source)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                run(&mut tx, delete_checkpoint, &from).await?;
+                match position {
+                    Some(p) => {
+                        sqlx::query(put_checkpoint)
+                            .bind(&to)
+                            .bind(p)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                    }
+                    None => run(&mut tx, delete_checkpoint, &to).await?,
+                }
+            }
+        }
         tx.commit().await.map_err(backend)
     }
+}
+
+/// Runs `sql` with its one text parameter.
+async fn run(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sql: &str,
+    arg: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(sql)
+        .bind(arg)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(backend)
 }
 
 /// `(key, doc)` pairs of rows whose first two columns are the key and the document.

@@ -1,8 +1,8 @@
 //! The read-model store: projections' documents and checkpoints in the same file as the events.
 
 use async_trait::async_trait;
-use eventfold_core::read_model::ProjectionCommit;
-use eventfold_core::{ReadModelStore, StoreError};
+use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
+use eventfold_core::{ProjectionMaintenance, ReadModelStore, StoreError, RETIRED_CHECKPOINT};
 use eventfold_store_support::sql_limit as limit;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -76,9 +76,52 @@ impl ReadModelStore for SqliteStore {
             .await
     }
 
-    async fn reset_projection(&self, projection: &str) -> Result<(), StoreError> {
-        let projection = projection.to_owned();
-        self.write(|reply| Job::ResetProjection(projection, reply))
+    async fn maintain_projection(&self, change: ProjectionMaintenance) -> Result<(), StoreError> {
+        self.write(|reply| Job::MaintainProjection(change, reply))
             .await
     }
+}
+
+/// [`ReadModelStore::maintain_projection`] inside the writer's transaction.
+pub(crate) fn maintain_projection(
+    conn: &Connection,
+    change: &ProjectionMaintenance,
+) -> Result<(), StoreError> {
+    let delete_docs = |p: &str| conn.execute("DELETE FROM read_models WHERE projection = ?1", [p]);
+    let put_checkpoint = |p: &str, position: i64| {
+        conn.execute(
+            "INSERT INTO checkpoints (name, position) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            params![projection_checkpoint_name(p), position],
+        )
+    };
+    let delete_checkpoint = |p: &str| {
+        conn.execute(
+            "DELETE FROM checkpoints WHERE name = ?1",
+            [projection_checkpoint_name(p)],
+        )
+    };
+    match change {
+        ProjectionMaintenance::Reset(p) => delete_docs(p).and_then(|_| delete_checkpoint(p)),
+        ProjectionMaintenance::Retire(p) => {
+            put_checkpoint(p, RETIRED_CHECKPOINT as i64).and_then(|_| delete_docs(p))
+        }
+        ProjectionMaintenance::Replace { target, source } => {
+            let position = read_checkpoint(conn, &projection_checkpoint_name(source))?;
+            delete_docs(target)
+                .and_then(|_| {
+                    conn.execute(
+                        "UPDATE read_models SET projection = ?1 WHERE projection = ?2",
+                        [target, source],
+                    )
+                })
+                .and_then(|_| delete_checkpoint(source))
+                .and_then(|_| match position {
+                    Some(p) => put_checkpoint(target, p as i64),
+                    None => delete_checkpoint(target),
+                })
+        }
+    }
+    .map(|_| ())
+    .map_err(backend)
 }

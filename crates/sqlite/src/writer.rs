@@ -7,15 +7,17 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use eventfold_core::read_model::{projection_checkpoint_name, ProjectionCommit};
+use eventfold_core::read_model::ProjectionCommit;
 use eventfold_core::{
-    AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, RestoredPayload, StoreError,
+    AppendOutcome, AppendRequest, ArchiveStub, ExpectedVersion, ProjectionMaintenance,
+    RestoredPayload, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{oneshot, watch};
 
 use eventfold_core::chain::{stored_hash, Content, Hash, ZERO_HASH};
 
+use crate::read_model::maintain_projection;
 use crate::{backend, micros, Counters};
 
 mod statements;
@@ -30,7 +32,7 @@ pub(crate) enum Job {
     Append(Vec<Incoming>, Reply<Vec<Result<AppendOutcome, StoreError>>>),
     SaveCheckpoint(String, u64, Reply<()>),
     CommitProjections(Vec<ProjectionCommit>, Reply<()>),
-    ResetProjection(String, Reply<()>),
+    MaintainProjection(ProjectionMaintenance, Reply<()>),
     Archive(Vec<ArchiveStub>, Reply<u64>),
     Restore(Vec<RestoredPayload>, Reply<u64>),
     InsertNotifications(Vec<eventfold_core::Notification>, Reply<u64>),
@@ -305,23 +307,10 @@ impl Writer {
             Job::CommitProjections(commits, reply) => {
                 Done::Unit(self.in_savepoint(|c| commit_projections(c, commits)), reply)
             }
-            Job::ResetProjection(projection, reply) => {
-                let result = self.in_savepoint(|c| {
-                    c.execute(
-                        "DELETE FROM read_models WHERE projection = ?1",
-                        [&projection],
-                    )
-                    .and_then(|_| {
-                        c.execute(
-                            "DELETE FROM checkpoints WHERE name = ?1",
-                            [projection_checkpoint_name(&projection)],
-                        )
-                    })
-                    .map(|_| ())
-                    .map_err(backend)
-                });
-                Done::Unit(result, reply)
-            }
+            Job::MaintainProjection(change, reply) => Done::Unit(
+                self.in_savepoint(|c| maintain_projection(c, &change)),
+                reply,
+            ),
             Job::Archive(stubs, reply) => {
                 Done::Count(self.in_savepoint(|c| archive(c, &stubs)), reply)
             }
@@ -462,7 +451,7 @@ fn fail(job: Job, message: &str) {
         }
         Job::SaveCheckpoint(_, _, reply)
         | Job::CommitProjections(_, reply)
-        | Job::ResetProjection(_, reply) => {
+        | Job::MaintainProjection(_, reply) => {
             let _ = reply.send(Err(unavailable(message)));
         }
         Job::Archive(_, reply) | Job::Restore(_, reply) | Job::InsertNotifications(_, reply) => {

@@ -84,6 +84,24 @@ pub struct Serve {
     /// later one corrects the final window with a notice.
     #[arg(long, default_value = "60s", value_parser = parse_grace)]
     window_grace: i64,
+    /// Shadow reads: also answer a fraction of the queries of a projection from a candidate
+    /// version, `NAME@VERSION` (`daily_sales_by_store@2`), and compare; differences count in
+    /// `eventfold_projection_shadow_mismatches_total` and the latest show in `GET /projections`.
+    #[arg(long, value_parser = parse_shadow)]
+    shadow: Option<(String, u32)>,
+    /// The fraction of the active version's queries shadow-read (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
+    shadow_fraction: f64,
+}
+
+fn parse_shadow(s: &str) -> Result<(String, u32), String> {
+    let (name, version) = s
+        .split_once('@')
+        .ok_or_else(|| format!("{s:?} must look like NAME@VERSION, e.g. daily_sales_by_store@2"))?;
+    let version = version
+        .parse::<u32>()
+        .map_err(|_| format!("{s:?}: the version must be a whole number"))?;
+    Ok((name.to_owned(), version))
 }
 
 fn parse_grace(s: &str) -> Result<i64, String> {
@@ -199,6 +217,9 @@ impl Serve {
             payments,
             relay,
             window_grace_secs: self.window_grace,
+            shadow: self
+                .shadow
+                .map(|(name, version)| (name, version, self.shadow_fraction)),
         };
         let auth = eventfold_http::AuthConfig {
             keys_required: self.auth_keys_required,

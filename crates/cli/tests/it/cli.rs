@@ -119,14 +119,114 @@ fn import_history_state_and_projections() {
         &["projections", "rebuild", "daily_sales_by_store", "--json"],
     ));
     assert_eq!(rebuilt["position"], 10);
+    assert_eq!(rebuilt["rebuilt"][0]["version"], 1);
     let unknown = eventfold(&store, &["projections", "rebuild", "nope"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("order_summary"));
+    // The rebuild is recorded (position 11); every version stands at 10.
     let status = ok_json(&eventfold(&store, &["projections", "status", "--json"]));
-    assert!(status
+    let status = status.as_array().unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|p| p["checkpoint"] == 10 && p["head"] == 11 && p["lag_events"] == 1),
+        "{status:?}"
+    );
+    let daily: Vec<(&Value, &Value)> = status
+        .iter()
+        .filter(|p| p["name"] == "daily_sales_by_store")
+        .map(|p| (&p["version"], &p["active"]))
+        .collect();
+    assert_eq!(
+        daily,
+        vec![
+            (&Value::from(1), &Value::Bool(true)),
+            (&Value::from(2), &Value::Bool(false))
+        ]
+    );
+
+    // Versions: placed and paid the same day, so version 2 compares equal; switch, refuse to
+    // retire the active one, roll back, retire.
+    let compared = ok_json(&eventfold(
+        &store,
+        &[
+            "projections",
+            "compare",
+            "daily_sales_by_store",
+            "--versions",
+            "1,2",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        (
+            &compared["equal"],
+            &compared["differ"],
+            &compared["only_in_a"],
+            &compared["only_in_b"]
+        ),
+        (
+            &Value::from(1),
+            &Value::from(0),
+            &Value::from(0),
+            &Value::from(0)
+        )
+    );
+    let versions = |args: &[&str]| {
+        let mut all = vec!["projections"];
+        all.extend_from_slice(args);
+        eventfold(&store, &all)
+    };
+    let activated = ok_json(&versions(&[
+        "activate",
+        "daily_sales_by_store",
+        "--version",
+        "2",
+        "--reason",
+        "order dates",
+        "--json",
+    ]));
+    assert_eq!(
+        (&activated["version"], &activated["previous"]),
+        (&Value::from(2), &Value::from(1))
+    );
+    let refused = versions(&[
+        "retire",
+        "daily_sales_by_store",
+        "--version",
+        "2",
+        "--reason",
+        "x",
+    ]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("is active"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    ok_json(&versions(&[
+        "activate",
+        "daily_sales_by_store",
+        "--version",
+        "1",
+        "--reason",
+        "back",
+        "--json",
+    ]));
+    let retired = ok_json(&versions(&[
+        "retire",
+        "daily_sales_by_store",
+        "--version",
+        "2",
+        "--reason",
+        "not needed",
+        "--json",
+    ]));
+    assert_eq!(retired["retired"], 2);
+    let status = ok_json(&eventfold(&store, &["projections", "status", "--json"]));
+    assert!(!status
         .as_array()
         .unwrap()
         .iter()
-        .all(|p| p["checkpoint"] == 10 && p["lag_events"] == 0));
+        .any(|p| p["name"] == "daily_sales_by_store" && p["version"] == 2));
 
     let missing = eventfold(&store, &["history", "order-none"]);
     assert!(

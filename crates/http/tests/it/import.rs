@@ -92,6 +92,25 @@ async fn cdnow_sums_to_the_cent(app: TestApp) {
     }
     assert_eq!(grand_total.to_string(), "2500315.63");
     assert_eq!(orders, 69_659);
+    // Placed and paid at once, every order: the order-date version (2) of the daily view
+    // compares equal to the payment-date one, day by day.
+    let versions = app
+        .app
+        .views
+        .compare("daily_sales_by_store", 1, 2, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            versions.equal,
+            versions.differ,
+            versions.only_in_a,
+            versions.only_in_b
+        ),
+        (expected.len() as u64, 0, 0, 0),
+        "{:?}",
+        versions.examples
+    );
     // One day, as the interface shows it.
     let first = app
         .get("/sales/daily?store=cdnow&from=1997-01-01&to=1997-01-01")

@@ -23,3 +23,4 @@ mod sagas;
 mod tenant_property;
 mod trending;
 mod upcasting;
+mod versions;

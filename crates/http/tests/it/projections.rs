@@ -70,14 +70,18 @@ async fn metrics_endpoint_reports_projection_lag() {
         .starts_with("text/plain"));
     let text = before.body.as_str().unwrap_or_default().to_owned();
     assert!(
-        text.contains(r#"eventfold_projection_lag_events{projection="balance_by_account"} 1"#),
+        text.contains(
+            r#"eventfold_projection_lag_events{projection="balance_by_account",version="1"} 1"#
+        ),
         "{text}"
     );
     app.project().await;
     let after = app.get("/metrics").await;
     let text = after.body.as_str().unwrap_or_default().to_owned();
     assert!(
-        text.contains(r#"eventfold_projection_lag_events{projection="balance_by_account"} 0"#),
+        text.contains(
+            r#"eventfold_projection_lag_events{projection="balance_by_account",version="1"} 0"#
+        ),
         "{text}"
     );
     assert!(

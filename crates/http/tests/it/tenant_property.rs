@@ -333,10 +333,12 @@ async fn check_the_stores(app: &TestApp, operator: &str) {
         }
     }
     use eventfold_domain::projections as p;
+    let daily_v2 = eventfold_core::projection::storage_name(p::DAILY_SALES_BY_STORE, 2);
     for projection in [
         p::BALANCE_BY_ACCOUNT,
         p::ORDER_SUMMARY,
         p::DAILY_SALES_BY_STORE,
+        &daily_v2,
         p::REAL_TIME_SALES,
         p::PAYMENT_DEADLINES,
         eventfold_domain::identity::API_KEYS,
