@@ -44,10 +44,10 @@ pub struct Difference {
     /// Document key (scoped to its tenant).
     pub key: String,
     /// The first version's document (the active one's, for a shadow read), `null` when absent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub a: Option<serde_json::Value>,
     /// The second version's document (the candidate's), `null` when absent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub b: Option<serde_json::Value>,
 }
 
@@ -638,37 +638,45 @@ impl Views {
         Ok(())
     }
 
-    /// Rebuilds `version` of `projection` beside itself and switches to the copy when it has
-    /// caught up ([`ProjectionRunner::rebuild_beside`]): queries never see an empty view. A
-    /// retired version is built again. Recorded with `ctx`'s actor and `reason`; returns the
-    /// copy's checkpoint.
+    /// Rebuilds each `(projection, version)` of `targets` beside itself and switches to the
+    /// copy when it has caught up ([`ProjectionRunner::rebuild_beside`]): queries never see an
+    /// empty view. A retired version is built again. Each rebuild is recorded with `ctx`'s
+    /// actor and `reason` once all are done (so no copy reads another's record); returns the
+    /// position the last copy reached.
     ///
     /// # Errors
-    /// An unregistered version, archived events in the log, store failures.
+    /// An unregistered version, archived events in the log, store failures; rebuilds done
+    /// before a failure stand, unrecorded.
     pub async fn rebuild(
         &self,
         runner: &ProjectionRunner,
-        projection: &str,
-        version: u32,
+        targets: &[(String, u32)],
         reason: &str,
         ctx: &CommandContext,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<u64, VersionsError> {
-        self.check(projection, version)?;
-        let storage = storage_name(projection, version);
-        let checkpoint = runner.rebuild_beside(&storage, progress).await?;
-        self.command(
-            projection,
-            ProjectionVersionsCommand::RecordRebuild {
-                version,
-                checkpoint,
-                reason: reason.to_owned(),
-                actor: ctx.actor.clone(),
-            },
-            ctx,
-        )
-        .await?;
-        Ok(checkpoint)
+        for (projection, version) in targets {
+            self.check(projection, *version)?;
+        }
+        let mut reached = Vec::with_capacity(targets.len());
+        for (projection, version) in targets {
+            let storage = storage_name(projection, *version);
+            reached.push(runner.rebuild_beside(&storage, progress).await?);
+        }
+        for ((projection, version), checkpoint) in targets.iter().zip(&reached) {
+            self.command(
+                projection,
+                ProjectionVersionsCommand::RecordRebuild {
+                    version: *version,
+                    checkpoint: *checkpoint,
+                    reason: reason.to_owned(),
+                    actor: ctx.actor.clone(),
+                },
+                ctx,
+            )
+            .await?;
+        }
+        Ok(reached.last().copied().unwrap_or(0))
     }
 
     async fn command(

@@ -38,6 +38,7 @@ pub async fn projections(
 #[serde(deny_unknown_fields)]
 pub struct ActivateBody {
     /// The version to serve (1 or more).
+    #[serde(deserialize_with = "crate::contract::integral")]
     pub version: u32,
     /// Why (1 to 500 characters, not only white space, no control characters).
     #[schema(value_type = String, required = true)]

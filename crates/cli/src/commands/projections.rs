@@ -130,22 +130,27 @@ impl Projections {
                 let bar = output.progress_bar(head);
                 let started = std::time::Instant::now();
                 let ctx = CommandContext::new(by(r.by)?);
+                let targets: Vec<(String, u32)> = names
+                    .iter()
+                    .map(|n| (n.clone(), r.version.unwrap_or_else(|| views.active(n))))
+                    .collect();
+                let progress = |p, _| bar.set_position(p);
                 let mut position = 0;
-                let mut rebuilt = Vec::new();
-                for name in &names {
-                    let version = r.version.unwrap_or_else(|| views.active(name));
-                    let progress = |p, _| bar.set_position(p);
-                    position = if r.in_place {
-                        runner
-                            .rebuild(Some(&storage_name(name, version)), &progress)
-                            .await?
-                    } else {
-                        views
-                            .rebuild(&runner, name, version, &r.reason, &ctx, &progress)
-                            .await?
-                    };
-                    rebuilt.push(serde_json::json!({ "name": name, "version": version }));
+                if r.in_place {
+                    for (name, version) in &targets {
+                        position = runner
+                            .rebuild(Some(&storage_name(name, *version)), &progress)
+                            .await?;
+                    }
+                } else {
+                    position = views
+                        .rebuild(&runner, &targets, &r.reason, &ctx, &progress)
+                        .await?;
                 }
+                let rebuilt: Vec<serde_json::Value> = targets
+                    .iter()
+                    .map(|(name, version)| serde_json::json!({ "name": name, "version": version }))
+                    .collect();
                 bar.finish_and_clear();
                 let secs = started.elapsed().as_secs_f64();
                 let report = serde_json::json!({

@@ -470,6 +470,12 @@ async fn every_role_against_every_route(app: &TestApp) {
             vec![Service, Operator],
         ),
         (Method::GET, "/projections", None, vec![Operator, Auditor]),
+        (
+            Method::POST,
+            "/projections/x/activate",
+            Some(json!({"version": 1, "reason": "roll back"})),
+            vec![Operator],
+        ),
         (Method::GET, "/metrics", None, vec![Operator]),
         (
             Method::GET,
@@ -604,13 +610,16 @@ async fn every_role_against_every_route(app: &TestApp) {
 }
 
 /// `/accounts/x/deposit?store=s` -> `/accounts/{id}/deposit` (`{sku}` under `/flash-sales`,
-/// `{store}` under `/stores`, and a month segment such as `2020-01` -> `{period}`).
+/// `{store}` under `/stores`, `{name}` under `/projections`, and a month segment such as
+/// `2020-01` -> `{period}`).
 fn template(uri: &str) -> String {
     let path = uri.split('?').next().unwrap_or(uri);
     let param = if path.starts_with("/flash-sales") {
         "{sku}"
     } else if path.starts_with("/stores") {
         "{store}"
+    } else if path.starts_with("/projections") {
+        "{name}"
     } else {
         "{id}"
     };

@@ -309,6 +309,7 @@ async fn sales_views(app: TestApp) {
             "order_summary",
             "balance_by_account",
             "daily_sales_by_store",
+            "daily_sales_by_store",
             "real_time_sales",
             "sales_corrections",
             "sales_exceptions",

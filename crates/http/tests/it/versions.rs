@@ -203,8 +203,7 @@ async fn compare_activate_roll_back_retire(app: &TestApp) {
     views
         .rebuild(
             &app.runner,
-            DAILY,
-            2,
+            &[(DAILY.into(), 2)],
             "wanted after all",
             &ops(),
             &|_, _| {},
@@ -246,7 +245,7 @@ async fn rebuild_beside_is_never_empty(app: &TestApp) {
         let position = app
             .app
             .views
-            .rebuild(&runner, DAILY, 1, "test", &ops(), &|_, _| {})
+            .rebuild(&runner, &[(DAILY.into(), 1)], "test", &ops(), &|_, _| {})
             .await
             .unwrap();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
