@@ -106,6 +106,8 @@ pub struct VersionStatus {
     pub head: u64,
     /// `head - checkpoint`, in events.
     pub lag_events: u64,
+    /// Age of the oldest event not yet applied, in seconds (0 when caught up).
+    pub lag_seconds: f64,
     /// Time from the ingest of the last event of the last batch to its commit, in ms.
     pub last_lag_ms: Option<f64>,
     /// Events applied by this server's runner since it started.
@@ -438,6 +440,7 @@ impl Views {
                 checkpoint: s.checkpoint,
                 head: s.head,
                 lag_events: s.lag_events,
+                lag_seconds: s.lag_seconds,
                 last_lag_ms: s.last_lag_ms,
                 events_applied: s.events_applied,
                 lag_p95_ms: s.lag_p95_ms,

@@ -145,6 +145,10 @@ pub struct ProjectionStatus {
     pub head: u64,
     /// `head - checkpoint`, in events.
     pub lag_events: u64,
+    /// Age of the oldest event not yet applied (now minus its ingest time), in seconds; 0 when
+    /// caught up. A projection that is idle stays at 0 however long since the last event; one
+    /// that is stuck grows with the clock, which `lag_events` alone cannot tell apart.
+    pub lag_seconds: f64,
     /// Time from the ingest of the last event of the last batch to its commit here, in ms.
     pub last_lag_ms: Option<f64>,
     /// Events applied by this runner since it started.
@@ -581,10 +585,12 @@ impl ProjectionRunner {
                 .num_microseconds()
                 .map(|us| us as f64 / 1000.0);
             if live {
+                let age = metrics::histogram!("eventfold_projection_event_age_seconds");
                 let mut lag = self.lag.lock().expect("lag lock");
                 for e in &batch {
                     let us = (committed - e.ingest_time).num_microseconds().unwrap_or(0);
                     lag.saturating_record(us.max(1) as u64);
+                    age.record(us.max(0) as f64 / 1e6);
                 }
             }
             let head = self.events.head_position().await?.max(to);
@@ -601,6 +607,7 @@ impl ProjectionRunner {
                                 checkpoint: 0,
                                 head: 0,
                                 lag_events: 0,
+                                lag_seconds: 0.0,
                                 last_lag_ms: None,
                                 events_applied: 0,
                                 lag_p95_ms: None,
@@ -823,11 +830,24 @@ impl ProjectionRunner {
     pub async fn status(&self) -> Result<Vec<ProjectionStatus>, RunnerError> {
         let head = self.events.head_position().await?;
         let mut out = Vec::with_capacity(self.projections.len());
+        // The oldest unapplied event's age, by checkpoint (most projections share one).
+        let mut ages: HashMap<u64, f64> = HashMap::new();
         for p in &self.projections {
             let checkpoint = self.read_models.projection_checkpoint(p.storage()).await?;
             if checkpoint >= crate::read_model::RETIRED_CHECKPOINT {
                 continue;
             }
+            let lag_seconds = match ages.get(&checkpoint) {
+                Some(age) => *age,
+                None => {
+                    let next = self.events.read_all(checkpoint, 1).await?;
+                    let age = next.first().map_or(0.0, |e| {
+                        ((Utc::now() - e.ingest_time).num_milliseconds().max(0) as f64) / 1000.0
+                    });
+                    ages.insert(checkpoint, age);
+                    age
+                }
+            };
             let known = self
                 .status
                 .lock()
@@ -840,6 +860,7 @@ impl ProjectionRunner {
                 checkpoint,
                 head,
                 lag_events: head.saturating_sub(checkpoint),
+                lag_seconds,
                 last_lag_ms: known.as_ref().and_then(|s| s.last_lag_ms),
                 events_applied: known.map_or(0, |s| s.events_applied),
                 lag_p95_ms: self.lag_quantile_ms(0.95),

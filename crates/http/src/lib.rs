@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        .route_layer(axum::middleware::from_fn(operations::track_requests))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -201,6 +202,7 @@ pub async fn serve(
     // scrape would otherwise be lost.
     operations::metrics_handle();
     let runtime = Runtime::start(backend, config, shutdown.clone()).await?;
+    let upkeep = tokio::spawn(operations::run_metrics_upkeep(shutdown.clone()));
     let open = auth.is_open(&runtime.app().keys);
     if open && !addr.ip().is_loopback() && !auth.insecure {
         runtime.stop().await;
@@ -232,6 +234,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     runtime.stop().await;
+    upkeep.abort();
     tracing::info!("eventfold stopped");
     Ok(served?)
 }

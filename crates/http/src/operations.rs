@@ -120,6 +120,48 @@ pub async fn activate_projection(
     }))
 }
 
+/// Upper bounds of the buckets of every `*_seconds` histogram, in seconds.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often the recorder folds the samples recorded since into its histograms: without it
+/// they would pile up between scrapes (or forever, with no scraper).
+pub const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded samples into the histograms every [`METRICS_UPKEEP_EVERY`] until `stop`.
+pub async fn run_metrics_upkeep(stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(METRICS_UPKEEP_EVERY) => metrics_handle().run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Counts every request that matched a route, by method, route template and status
+/// (`eventfold_http_requests_total`), and times it (`eventfold_http_request_duration_seconds`,
+/// by method and route): the labels are bounded by the routes.
+pub(crate) async fn track_requests(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    if let Some(route) = matched {
+        let (method, route) = (method.as_str().to_owned(), route.as_str().to_owned());
+        metrics::counter!("eventfold_http_requests_total", "method" => method.clone(),
+            "route" => route.clone(), "status" => response.status().as_str().to_owned())
+        .increment(1);
+        metrics::histogram!("eventfold_http_request_duration_seconds", "method" => method,
+            "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
 /// The process's Prometheus recorder (installed on first use, which [`crate::serve`] makes before
 /// it starts any worker; every `metrics::` call in the process, including the Kafka relay and
 /// consumers, lands in it).
@@ -127,7 +169,15 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        // Every histogram in seconds is a Prometheus histogram with these bounds (from 0.5 ms to
+        // 10 s), so it aggregates across servers; others (batch sizes) stay summaries.
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                &SECONDS_BUCKETS,
+            )
+            .expect("the bucket list is not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (a host application's): then only this
         // handle's own metrics (none) render, and the rest go to that recorder.
@@ -138,7 +188,12 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
     })
 }
 
-/// Prometheus metrics (text format 0.0.4): projection lag (`eventfold_projection_lag_events`,
+/// Prometheus metrics (text format 0.0.4): requests by method, route and status
+/// (`eventfold_http_requests_total`) and their durations
+/// (`eventfold_http_request_duration_seconds`), the store's appends on the command path
+/// (`eventfold_append_duration_seconds`), each event's age when its read-model batch commits
+/// (`eventfold_projection_event_age_seconds`), projection lag (`eventfold_projection_lag_events`,
+/// `eventfold_projection_lag_seconds`: the oldest unapplied event's age,
 /// `eventfold_projection_lag_p95_seconds`, per projection and version), shadow reads
 /// (`eventfold_projection_shadow_reads_total`, `eventfold_projection_shadow_mismatches_total`), the outbox relay
 /// (`eventfold_relay_published_total`, `eventfold_relay_backlog_events`), consumers
@@ -160,6 +215,9 @@ pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Respon
                 metrics::gauge!("eventfold_projection_lag_events",
                     "projection" => s.name.clone(), "version" => version.clone())
                 .set(s.lag_events as f64);
+                metrics::gauge!("eventfold_projection_lag_seconds",
+                    "projection" => s.name.clone(), "version" => version.clone())
+                .set(s.lag_seconds);
                 if let Some(p95) = s.lag_p95_ms {
                     metrics::gauge!("eventfold_projection_lag_p95_seconds",
                         "projection" => s.name, "version" => version)

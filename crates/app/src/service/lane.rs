@@ -423,7 +423,12 @@ impl Service {
             return (Some(loaded), Vec::new());
         }
 
-        let results = match self.store.append_many(requests).await {
+        // The store's append of the lane's batch, as the command path waits for it.
+        let appending = std::time::Instant::now();
+        let appended = self.store.append_many(requests).await;
+        metrics::histogram!("eventfold_append_duration_seconds")
+            .record(appending.elapsed().as_secs_f64());
+        let results = match appended {
             Ok(results) => results,
             Err(e) => {
                 for s in staged {

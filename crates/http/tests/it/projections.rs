@@ -89,3 +89,70 @@ async fn metrics_endpoint_reports_projection_lag() {
         "{text}"
     );
 }
+
+/// The value of the sample `name{labels}` in Prometheus text, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// After real traffic, `/metrics` carries requests by route and status with their durations,
+/// the appends' durations, the events' age at projection and the lag in seconds, which grows
+/// while a projection is behind and is 0 once it has caught up.
+#[tokio::test]
+async fn metrics_cover_requests_appends_and_projection_age() {
+    // Installed before anything counts, as `serve` does.
+    eventfold_http::metrics_handle();
+    let app = TestApp::new().await;
+    for i in 0..5 {
+        let r = app
+            .post(
+                "/accounts",
+                serde_json::json!({"account_id": format!("m-{i}"), "owner": "o", "currency": "USD"}),
+            )
+            .await;
+        assert_eq!(r.status, axum::http::StatusCode::CREATED);
+    }
+    let missing = app.get("/balances/none").await;
+    assert_eq!(missing.status, axum::http::StatusCode::NOT_FOUND);
+    // Behind for a second: the oldest unapplied event is a second old, however few they are.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let behind = app.runner.status().await.unwrap();
+    assert!(
+        behind
+            .iter()
+            .all(|s| s.lag_seconds >= 1.0 && s.lag_seconds < 60.0),
+        "{behind:?}"
+    );
+    app.project().await;
+    let text = app.get("/metrics").await.body.as_str().unwrap().to_owned();
+    let get = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+    assert_eq!(
+        get(r#"eventfold_http_requests_total{method="POST",route="/accounts",status="201"}"#),
+        5.0
+    );
+    assert_eq!(
+        get(r#"eventfold_http_requests_total{method="GET",route="/balances/{id}",status="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"eventfold_http_request_duration_seconds_count{method="POST",route="/accounts"}"#),
+        5.0
+    );
+    let bounded = get(
+        r#"eventfold_http_request_duration_seconds_bucket{method="POST",route="/accounts",le="10"}"#,
+    );
+    assert_eq!(bounded, 5.0);
+    assert!(get("eventfold_append_duration_seconds_count") >= 5.0);
+    assert!(get("eventfold_append_duration_seconds_sum") > 0.0);
+    // Each of the five events was at least a second old when its batch committed.
+    assert_eq!(get("eventfold_projection_event_age_seconds_count"), 5.0);
+    assert_eq!(
+        get(r#"eventfold_projection_event_age_seconds_bucket{le="0.5"}"#),
+        0.0
+    );
+    assert_eq!(
+        get(r#"eventfold_projection_lag_seconds{projection="balance_by_account",version="1"}"#),
+        0.0
+    );
+}
