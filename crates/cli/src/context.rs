@@ -30,6 +30,24 @@ pub struct Global {
     /// `order-hot=8`: per-salt order, merged by `stream_version` downstream.
     #[arg(long = "kafka-salt", global = true, value_parser = parse_salt)]
     pub kafka_salt: Vec<(String, u32)>,
+    /// How logs (stderr) are written: `text`, or `json` (one object per line with timestamp,
+    /// level, target, fields and span, for a log collector).
+    #[arg(
+        long,
+        global = true,
+        env = "EVENTFOLD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Global {

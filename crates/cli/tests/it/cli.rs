@@ -712,3 +712,38 @@ fn a_store_calendar_dates_an_imported_file_in_the_stores_zone() {
         "{history}"
     );
 }
+
+/// `--log-format json` writes one JSON object per log line (with its level and target), for a
+/// log collector; the default is text.
+#[test]
+fn logs_can_be_json_lines() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(eventfold_postgres::testing::fresh_db());
+    let run = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_eventfold"))
+            .args(["--log-format", format, "projections", "status", "--json"])
+            .env("EVENTFOLD_STORE", &db.url)
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("run eventfold")
+    };
+    let json = run("json");
+    assert!(json.status.success());
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log lines at debug");
+    for line in &lines {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string()
+                && entry["target"].is_string()
+                && entry["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    let text = run("text");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.lines().any(|l| !l.starts_with('{')), "{stderr}");
+    let refused = run("yaml");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--log-format"));
+}
