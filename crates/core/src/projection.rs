@@ -219,31 +219,42 @@ impl<P: Projection> DynProjection for Erased<P> {
     ) -> Result<Vec<DocWrite>, RunnerError> {
         let name = self.storage.as_str();
         let mut routed = Vec::new();
-        let mut route_keys = HashSet::new();
+        // One read for what the events name: each event's key as selected, its route document
+        // and its context. A routed event's final key is read in a second round trip only when
+        // the route moves it to a key not read already (rarely: an order placed and paid on
+        // different days).
+        let mut wanted = HashSet::new();
         for event in events {
             match self.projection.select(event) {
                 Ok(Some((key, input))) => {
                     let route = self.projection.route_key(event, &input);
                     if let Some(r) = &route {
-                        route_keys.insert(r.clone());
+                        wanted.insert(r.clone());
                     }
+                    if let Some(c) = self.projection.context_key(event, &input) {
+                        wanted.insert(c);
+                    }
+                    wanted.insert(key.clone());
                     routed.push((key, route, input, event));
                 }
                 Ok(None) => {}
                 Err(message) => return Err(poison(name, event, message)),
             }
         }
-        // Route documents first, in log order: they decide the keys of the rest.
-        let mut docs: HashMap<String, Option<P::Doc>> = HashMap::new();
-        if !route_keys.is_empty() {
-            let keys: Vec<String> = route_keys.into_iter().collect();
-            for (key, json) in store.get_docs(name, &keys).await? {
-                docs.insert(key.clone(), Some(decode(name, &key, &json)?));
-            }
+        if routed.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut stored: HashSet<String> = docs.keys().cloned().collect();
+        let mut docs: HashMap<String, Option<P::Doc>> = HashMap::new();
+        let mut stored: HashSet<String> = HashSet::new();
+        let fetched: Vec<String> = wanted.into_iter().collect();
+        for (key, json) in store.get_docs(name, &fetched).await? {
+            docs.insert(key.clone(), Some(decode(name, &key, &json)?));
+            stored.insert(key);
+        }
+        // Route documents first, in log order: they decide the keys of the rest.
         let mut selected = Vec::with_capacity(routed.len());
-        let mut keys = HashSet::new();
+        let fetched: HashSet<String> = fetched.into_iter().collect();
+        let mut missing = HashSet::new();
         for (key, route, mut input, event) in routed {
             let key = match route {
                 None => key,
@@ -257,24 +268,19 @@ impl<P: Projection> DynProjection for Erased<P> {
                     }
                 }
             };
-            if !docs.contains_key(&key) {
-                keys.insert(key.clone());
-            }
             let context = self.projection.context_key(event, &input);
-            if let Some(c) = context.as_ref().filter(|c| !docs.contains_key(*c)) {
-                keys.insert(c.clone());
+            for k in std::iter::once(&key).chain(context.as_ref()) {
+                if !fetched.contains(k) {
+                    missing.insert(k.clone());
+                }
             }
             selected.push((key, context, input, event));
         }
-        if selected.is_empty() && docs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = keys.into_iter().collect();
-        if !keys.is_empty() {
-            for (key, json) in store.get_docs(name, &keys).await? {
-                let doc = decode(name, &key, &json)?;
-                stored.insert(key.clone());
-                docs.insert(key, Some(doc));
+        if !missing.is_empty() {
+            let missing: Vec<String> = missing.into_iter().collect();
+            for (key, json) in store.get_docs(name, &missing).await? {
+                docs.insert(key.clone(), Some(decode(name, &key, &json)?));
+                stored.insert(key);
             }
         }
         // A key absent before and after the batch (a store without period control, as the
