@@ -167,6 +167,8 @@ pub struct Views {
     read_models: Arc<dyn ReadModelStore>,
     /// Every registered `(name, version)`.
     registered: Arc<Vec<(&'static str, u32)>>,
+    /// The names with more than one version: the control streams [`Views::refresh`] reads.
+    versioned: Arc<Vec<&'static str>>,
     /// Active version by name, for names with more than one version.
     active: Arc<RwLock<HashMap<String, u32>>>,
     shadow: Option<Arc<Shadow>>,
@@ -197,10 +199,19 @@ impl Views {
         read_models: Arc<dyn ReadModelStore>,
         runner: &ProjectionRunner,
     ) -> Self {
+        let registered = runner.versions();
+        let mut versioned: Vec<&'static str> = registered
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| registered.iter().filter(|(m, _)| m == n).count() > 1)
+            .collect();
+        versioned.sort_unstable();
+        versioned.dedup();
         Self {
             service,
             read_models,
-            registered: Arc::new(runner.versions()),
+            versioned: Arc::new(versioned),
+            registered: Arc::new(registered),
             active: Arc::default(),
             shadow: None,
         }
@@ -300,13 +311,7 @@ impl Views {
     /// # Errors
     /// Store failures (the versions known before stay).
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let mut names: Vec<&str> = self.registered.iter().map(|(n, _)| *n).collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            if self.versions_of(name).len() < 2 {
-                continue;
-            }
+        for &name in self.versioned.iter() {
             let active = self.load(name).await?.active();
             let previous = self
                 .active

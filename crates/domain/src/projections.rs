@@ -459,12 +459,12 @@ impl Projection for SalesProjection {
             return None;
         }
         match input {
-            SalesInput::Effect(e) if e.kind == SaleKind::Sale => {
-                aggregate_id::<Order>(event).map(|order| placed_key(&order))
-            }
-            SalesInput::Placed(_) | SalesInput::Abandoned => {
-                aggregate_id::<Order>(event).map(|order| placed_key(&order))
-            }
+            SalesInput::Effect(SaleEffect {
+                kind: SaleKind::Sale,
+                ..
+            })
+            | SalesInput::Placed(_)
+            | SalesInput::Abandoned => aggregate_id::<Order>(event).map(|order| placed_key(&order)),
             _ => None,
         }
     }

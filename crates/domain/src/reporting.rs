@@ -167,10 +167,16 @@ impl BusinessCalendar {
     /// when it is on time (ingested at or before the cutoff) or recorded as history by a
     /// backfill.
     pub fn lateness_seconds(&self, event: &RecordedEvent) -> Option<i64> {
+        self.lateness_on(self.business_date(event.event_time), event)
+    }
+
+    /// How many whole seconds after the cutoff of business day `date` `event` was ingested, or
+    /// `None` when on time or a backfill.
+    pub fn lateness_on(&self, date: NaiveDate, event: &RecordedEvent) -> Option<i64> {
         if event.metadata.backfill {
             return None;
         }
-        let reported = self.reported_at(self.business_date(event.event_time));
+        let reported = self.reported_at(date);
         (event.ingest_time > reported).then(|| (event.ingest_time - reported).num_seconds())
     }
 }
@@ -272,11 +278,7 @@ impl SaleEffect {
     /// How many seconds after the cutoff of its business date ([`SaleEffect::business_date`])
     /// `event` was ingested, when it was (a late effect); `None` when on time or a backfill.
     pub fn lateness_seconds(&self, event: &RecordedEvent) -> Option<i64> {
-        if event.metadata.backfill {
-            return None;
-        }
-        let reported = self.calendar.reported_at(self.business_date(event));
-        (event.ingest_time > reported).then(|| (event.ingest_time - reported).num_seconds())
+        self.calendar.lateness_on(self.business_date(event), event)
     }
 
     /// Orders this effect adds: 1 for a sale, 0 for a refund.

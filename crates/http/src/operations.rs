@@ -87,12 +87,7 @@ pub async fn activate_projection(
     }
     let Path(name) = name?;
     crate::contract::check("name", &name, crate::contract::PROJECTION)?;
-    let reason = body
-        .body
-        .reason
-        .clone()
-        .ok_or_else(|| ApiError::unprocessable("invalid_reason", "reason is required"))?;
-    crate::contract::check("reason", &reason, crate::contract::REQUIRED_REASON)?;
+    let reason = crate::periods::required_reason(body.body.reason.clone())?;
     let ctx = headers.creation_context(&caller, &body.fingerprint);
     let version = body.body.version;
     let previous = state

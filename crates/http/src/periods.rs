@@ -176,7 +176,7 @@ fn invalid_period(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_period", message)
 }
 
-fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
+pub(crate) fn required_reason(reason: Option<String>) -> Result<String, ApiError> {
     let reason =
         reason.ok_or_else(|| ApiError::unprocessable("invalid_reason", "reason is required"))?;
     crate::contract::check("reason", &reason, crate::contract::REQUIRED_REASON)?;
