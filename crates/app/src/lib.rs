@@ -8,6 +8,8 @@
 //!   with the expected version, retry on conflict, idempotency keys), loads state as of a version
 //!   or an event time, builds audit timelines, keeps snapshots.
 //! - [`identity`]: principals, API keys and the cached key registry requests authenticate with.
+//! - [`health`]: readiness (every configured dependency and the read models' freshness) and the
+//!   gauges measured on a timer (sagas stuck, consumer lag at the broker, dead letters).
 //! - [`runtime`]: what `eventfold serve` runs besides its HTTP listener, started in one place
 //!   ([`runtime::Runtime::start`]) and stopped together (a cancellation token and a task tracker).
 //! - [`shop`]: the shop's workflows: the flash-sale purchase path, the unpaid-order timeout, the
@@ -27,6 +29,7 @@
 pub mod backend;
 pub mod calendars;
 pub mod corrections;
+pub mod health;
 pub mod identity;
 pub mod import;
 pub mod integrity;

@@ -408,6 +408,17 @@ impl CorrectionNotifier {
     /// Keeps up with the log until `stop` completes; a failed batch is logged and tried again
     /// after a second.
     pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        // Present from the start, so a dashboard or an alert's `increase()` sees them at zero.
+        for reason in [
+            CorrectionReason::LateArrival,
+            CorrectionReason::Refund,
+            CorrectionReason::Correction,
+            CorrectionReason::ExceptionApproved,
+        ] {
+            metrics::counter!("eventfold_sales_correction_notices_total", "reason" => reason.as_str())
+                .increment(0);
+        }
+        metrics::counter!("eventfold_sales_exceptions_raised_total").increment(0);
         run_tail(
             "correction notifier",
             &self.events,

@@ -18,6 +18,8 @@
 //! | stock returns | gives back cancelled sale orders' stock, reconciles pending takes | always |
 //! | sagas | the choreography tail, the payment orchestrator and its sweep | with [`Config::payments`] |
 //! | outbox relay | publishes the log to Kafka | with [`Config::relay`] |
+//! | health | sagas in flight and stuck; with a relay, consumer lag and dead letters at the broker ([`crate::health`]) | every 10 s |
+//! | chain watch | walks the whole hash chain ([`crate::integrity::watch`]) | at start, then every 6 h (`verify_every`) |
 //! | unpaid-order timer | cancels orders unpaid after [`Config::unpaid_order_timeout`] | unless the timeout is zero |
 //!
 //! Before it returns, an in-process stock ledger is rebuilt from the log and the choreography's
@@ -32,12 +34,15 @@ use std::time::Duration;
 use anyhow::Context;
 use eventfold_core::stock::{MemoryStock, StockLedger};
 use eventfold_core::ProjectionRunner;
+use eventfold_kafka::monitor::{BrokerMonitor, WatchedGroup};
 use eventfold_kafka::{Relay, RelayConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::health::{default_dead_letter_topics, default_watched_groups, Health};
 use crate::identity::KeyRegistry;
+use crate::integrity::watch::ChainWatch;
 use crate::reporting::CorrectionNotifier;
 use crate::sagas::{SagaConfig, Sagas};
 use crate::sales_windows::WindowWorker;
@@ -75,6 +80,15 @@ pub struct Config {
     /// Shadow reads: `(projection, candidate version, fraction of queries)` (see
     /// [`crate::views::Views::with_shadow`]).
     pub shadow: Option<(String, u32, f64)>,
+    /// Readiness fails while an active projection version has left an event unapplied for
+    /// longer than this, seconds. Default [`crate::health::DEFAULT_MAX_LAG_SECS`].
+    pub ready_max_lag_secs: f64,
+    /// With a relay: the consumer groups whose lag the server measures at the broker. Default
+    /// [`crate::health::default_watched_groups`].
+    pub watched_groups: Option<Vec<WatchedGroup>>,
+    /// Walk the whole hash chain at start and then this often; zero: only on request. Default
+    /// [`crate::integrity::watch::DEFAULT_VERIFY_EVERY`].
+    pub verify_every: Duration,
 }
 
 impl Default for Config {
@@ -86,6 +100,9 @@ impl Default for Config {
             relay: None,
             window_grace_secs: crate::sales_windows::DEFAULT_GRACE_SECS,
             shadow: None,
+            ready_max_lag_secs: crate::health::DEFAULT_MAX_LAG_SECS,
+            watched_groups: None,
+            verify_every: crate::integrity::watch::DEFAULT_VERIFY_EVERY,
         }
     }
 }
@@ -119,6 +136,10 @@ pub struct App {
     pub views: Views,
     /// Stores' business calendars (time zone and cutoff), cached.
     pub calendars: crate::calendars::StoreCalendars,
+    /// Readiness checks and the gauges measured on a timer.
+    pub health: Health,
+    /// The server's own walks of the hash chain, and the last result.
+    pub chain: ChainWatch,
 }
 
 impl App {
@@ -130,13 +151,25 @@ impl App {
         runner: Arc<ProjectionRunner>,
         ledger: Option<Arc<dyn StockLedger>>,
     ) -> Self {
+        let external = ledger.clone();
         let ledger = ledger.unwrap_or_else(|| Arc::new(MemoryStock::new()));
         let service =
             Service::new(backend.events.clone()).with_snapshots(backend.read_models.clone());
+        let views = Views::new(service.clone(), backend.read_models.clone(), &runner);
         Self {
             flash_sale: FlashSale::new(service.clone(), ledger),
             calendars: crate::calendars::StoreCalendars::new(service.clone()),
-            views: Views::new(service.clone(), backend.read_models.clone(), &runner),
+            health: Health::new(
+                backend.events.clone(),
+                backend.read_models.clone(),
+                runner.clone(),
+                views.clone(),
+                external,
+                None,
+                crate::health::DEFAULT_MAX_LAG_SECS,
+            ),
+            views,
+            chain: ChainWatch::new(backend.events.clone()),
             service,
             backend: backend.clone(),
             runner,
@@ -258,8 +291,38 @@ impl Runtime {
             shutdown.clone().cancelled_owned(),
         ));
         let in_process = config.ledger.is_none();
-        let mut app = App::new(&backend, runner, config.ledger);
+        let external = config.ledger.clone();
+        let mut app = App::new(&backend, runner.clone(), config.ledger);
+        let broker = match &config.relay {
+            Some(relay) => Some(
+                BrokerMonitor::new(
+                    &relay.brokers,
+                    config
+                        .watched_groups
+                        .clone()
+                        .unwrap_or_else(|| default_watched_groups(&relay.topic_prefix)),
+                    default_dead_letter_topics(),
+                )
+                .context("configuring the broker monitor")?,
+            ),
+            None => None,
+        };
+        app.health = Health::new(
+            backend.events.clone(),
+            backend.read_models.clone(),
+            runner,
+            views.clone(),
+            external,
+            broker,
+            config.ready_max_lag_secs,
+        );
         app.views = views;
+        let (health, stop) = (app.health.clone(), shutdown.clone());
+        tasks.spawn(async move { health.run(stop.cancelled_owned()).await });
+        if !config.verify_every.is_zero() {
+            let (chain, stop, every) = (app.chain.clone(), shutdown.clone(), config.verify_every);
+            tasks.spawn(async move { chain.run(every, stop.cancelled_owned()).await });
+        }
         if let Some(payments) = config.payments {
             app = app.with_payments(payments);
         }

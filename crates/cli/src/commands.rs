@@ -28,7 +28,7 @@ use crate::context::Global;
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (and keep projections up to date).
-    Serve(serve::Serve),
+    Serve(Box<serve::Serve>),
     /// Publish the event log to Kafka (the outbox relay): until stopped, or `--once` up to the
     /// current head. Needs --kafka-brokers.
     Relay(relay::Relay),

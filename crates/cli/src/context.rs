@@ -39,6 +39,12 @@ pub struct Global {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+    /// `relay`, `consume` and `transform` serve their Prometheus metrics (relay backlog,
+    /// consumer lag, dead letters, circuit breaker) at `GET /metrics` on this address
+    /// (HOST:PORT; no credentials: bind it where only the scraper reaches). `serve` has its own
+    /// `/metrics`.
+    #[arg(long, global = true, env = "EVENTFOLD_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The format of the log lines.
@@ -62,6 +68,22 @@ impl Global {
     /// How to print.
     pub fn output(&self) -> Output {
         Output { json: self.json }
+    }
+
+    /// With `--metrics-listen`, binds it and serves the metrics there until `shutdown`.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub async fn serve_metrics(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+        tokio::spawn(eventfold_http::serve_metrics(listener, shutdown.clone()));
+        Ok(())
     }
 
     /// `--kafka-brokers`, which `command` needs.

@@ -144,6 +144,14 @@ pub trait StockLedger: Send + Sync {
     /// # Errors
     /// [`StockError::UnknownSku`], [`StockError::Unavailable`].
     async fn levels(&self, sku: &str) -> Result<StockLevels, StockError>;
+
+    /// Whether the ledger answers now (for readiness checks); an in-process ledger always does.
+    ///
+    /// # Errors
+    /// [`StockError::Unavailable`] with the reason.
+    async fn ping(&self) -> Result<(), StockError> {
+        Ok(())
+    }
 }
 
 /// Checks what every ledger refuses to open: a SKU that is empty or over 200 bytes, a per-buyer

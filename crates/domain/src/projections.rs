@@ -909,6 +909,10 @@ pub const SAGAS_IN_FLIGHT: &str = "sagas_in_flight";
 pub struct SagaInFlight {
     /// The order it is for.
     pub order_id: String,
+    /// Ingest time of the saga's latest event (absent in documents written before it was
+    /// kept): a saga whose latest step is long past is stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Payment sagas still running, keyed by order id: a saga's first event adds it,
@@ -939,6 +943,7 @@ impl Projection for SagasInFlightProjection {
     ) -> Option<SagaInFlight> {
         (!ended).then(|| SagaInFlight {
             order_id: aggregate_id::<crate::payment_saga::PaymentSaga>(event).unwrap_or_default(),
+            last_step_at: Some(event.ingest_time),
         })
     }
 }

@@ -238,3 +238,37 @@ pub async fn serve(
     tracing::info!("eventfold stopped");
     Ok(served?)
 }
+
+/// Serves only `GET /metrics` (the process's Prometheus metrics, no credentials) and
+/// `GET /healthz` on `listener` until `shutdown`: for the processes that have no API of their own
+/// (`eventfold relay`, `consume`, `transform`), so their relay backlog, consumer lag, dead
+/// letters and circuit breaker can be scraped. Bind it where only the scraper reaches.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    operations::metrics_handle();
+    let upkeep = tokio::spawn(operations::run_metrics_upkeep(shutdown.clone()));
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        operations::PROMETHEUS_CONTENT_TYPE,
+                    )],
+                    metrics_handle().render(),
+                )
+            }),
+        )
+        .route("/healthz", get(operations::healthz));
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    upkeep.abort();
+    served
+}

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use eventfold_app::health::Readiness;
 use eventfold_app::views::{VersionStatus, VersionsError, DEFAULT_MAX_LAG_EVENTS};
 use eventfold_domain::identity::Role;
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,9 @@ pub async fn activate_projection(
     }))
 }
 
+/// The content type of Prometheus' text format.
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Upper bounds of the buckets of every `*_seconds` histogram, in seconds.
 pub const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -183,7 +187,10 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
     })
 }
 
-/// Prometheus metrics (text format 0.0.4): requests by method, route and status
+/// Prometheus metrics (text format 0.0.4): the log's head (`eventfold_log_head_position`),
+/// the server's hash-chain walks (`eventfold_chain_verify_last_ok`,
+/// `eventfold_chain_verify_last_run_timestamp_seconds`, `eventfold_chain_verify_runs_total{result}`),
+/// requests by method, route and status
 /// (`eventfold_http_requests_total`) and their durations
 /// (`eventfold_http_request_duration_seconds`), the store's appends on the command path
 /// (`eventfold_append_duration_seconds`), each event's age when its read-model batch commits
@@ -195,8 +202,13 @@ pub fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandl
 /// (`eventfold_consumer_lag{group,topic,partition}`, `eventfold_consumer_messages_total`,
 /// `eventfold_consumer_retries_total`) and the notification batches (`eventfold_batch_size`,
 /// `eventfold_batch_flush_seconds`, `eventfold_batch_retries_total`,
-/// `eventfold_breaker_opened_total`, `eventfold_dead_letter_total`), and the correction notices
-/// appended (`eventfold_sales_correction_notices_total{reason}`).
+/// `eventfold_breaker_opened_total`, `eventfold_breaker_open`, `eventfold_dead_letter_total`;
+/// these count in the process that consumes, see `--metrics-listen`), the correction notices
+/// and exceptions appended (`eventfold_sales_correction_notices_total{reason}`,
+/// `eventfold_sales_exceptions_raised_total`), payment sagas (`eventfold_sagas_in_flight`,
+/// `eventfold_sagas_stuck`: no step for 5 minutes), and, with a broker, what the server
+/// measures there every 10 s: each watched group's `eventfold_consumer_lag{group,topic,partition}`
+/// and each dead-letter topic's size (`eventfold_dead_letter_messages{topic}`). Operator only.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Response {
     if let Err(e) = caller.require(&[Role::Operator]) {
@@ -205,6 +217,9 @@ pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Respon
     let handle = metrics_handle();
     match state.app.runner.status().await {
         Ok(statuses) => {
+            if let Some(head) = statuses.first().map(|s| s.head) {
+                metrics::gauge!("eventfold_log_head_position").set(head as f64);
+            }
             for s in statuses {
                 let version = s.version.to_string();
                 metrics::gauge!("eventfold_projection_lag_events",
@@ -223,10 +238,7 @@ pub async fn prometheus(State(state): State<AppState>, caller: Caller) -> Respon
         Err(e) => tracing::warn!(error = %e, "projection status for /metrics failed"),
     }
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(axum::http::header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
         handle.render(),
     )
         .into_response()
@@ -238,21 +250,25 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: the store answers.
-#[utoipa::path(get, path = "/ready", responses((status = 200, description = "ready"), (status = 503, description = "store unreachable")))]
+/// Readiness: every dependency this server was configured with answers (the store; Redis when
+/// the flash-sale stock is kept there; the Kafka broker when the relay publishes to one) and the
+/// projection versions queries read are fresh (no event left unapplied for longer than
+/// `--ready-max-lag-secs`, 60 s by default). 503 (with `Retry-After: 5`) names in `not_ready`
+/// each check that failed, and each check's `detail` says what it found. Needs no credentials.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "ready", body = Readiness),
+    (status = 503, description = "a dependency does not answer or a read model is stale", body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    match state.app.service.store().head_position().await {
-        Ok(head) => {
-            Json(serde_json::json!({ "status": "ready", "store": "ok", "head_position": head }))
-                .into_response()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(serde_json::json!({ "status": "not_ready", "store": "unavailable" })),
-            )
-                .into_response()
-        }
+    let readiness = state.app.health.readiness().await;
+    if readiness.is_ready() {
+        Json(readiness).into_response()
+    } else {
+        tracing::warn!(not_ready = ?readiness.not_ready, "not ready");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            Json(readiness),
+        )
+            .into_response()
     }
 }

@@ -148,6 +148,16 @@ where
     S: BatchSink<T>,
 {
     let consumer = config.subscribe()?;
+    // Present from the start, so a dashboard or an alert's `increase()` sees them at zero.
+    for counter in [
+        "eventfold_dead_letter_total",
+        "eventfold_breaker_opened_total",
+        "eventfold_batch_retries_total",
+        "eventfold_batch_messages_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    metrics::gauge!("eventfold_breaker_open").set(0.0);
     let dlq: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("enable.idempotence", "true")
@@ -326,7 +336,9 @@ where
                         metrics::counter!("eventfold_breaker_opened_total").increment(1);
                         tracing::warn!(error = %why, open_for = ?config.open_for,
                             "sink failed {tries} times; circuit breaker open");
+                        metrics::gauge!("eventfold_breaker_open").set(1.0);
                         tokio::time::sleep(config.open_for).await;
+                        metrics::gauge!("eventfold_breaker_open").set(0.0);
                         tries = 0;
                     } else {
                         tokio::time::sleep(backoff(tries - 1)).await;

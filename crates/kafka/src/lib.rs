@@ -1,7 +1,8 @@
 //! Kafka for eventfold: the outbox relay, an at-least-once consumer for inboxes
 //! ([`consumer`]) and a batching consumer with retries, a circuit breaker and a dead-letter topic
 //! ([`batch`]), and an exactly-once consume-transform-produce worker on Kafka transactions
-//! ([`exactly_once`]).
+//! ([`exactly_once`]), and the broker seen from the server: readiness, consumer lag per
+//! partition and dead-letter topics' sizes ([`monitor`]).
 //!
 //! **The event log is the outbox.** Every event is committed in the transaction of the command
 //! that caused it, and the message published for it is a pure function of the stored event (its
@@ -42,6 +43,7 @@
 pub mod batch;
 pub mod consumer;
 pub mod exactly_once;
+pub mod monitor;
 
 pub use consumer::{run_consumer, ConsumeStats, ConsumerConfig, Handled, Inbound};
 
@@ -388,6 +390,10 @@ impl Relay {
             checkpoints.insert(*shard, cp);
         }
         let mut from = checkpoints.values().copied().min().unwrap_or(0);
+        // Set at the start of every round too, so the backlog keeps growing on a dashboard while
+        // deliveries fail (a broker away), not only after a batch is acknowledged.
+        let head = self.store.head_position().await?;
+        metrics::gauge!("eventfold_relay_backlog_events").set(head.saturating_sub(from) as f64);
         let mut progress = RelayProgress {
             published: 0,
             position: from,
@@ -443,6 +449,7 @@ impl Relay {
     /// group.
     pub async fn run(&self, stop: impl Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
+        metrics::counter!("eventfold_relay_published_total").increment(0);
         loop {
             let position = match self.publish_pending().await {
                 Ok(p) => p.position,

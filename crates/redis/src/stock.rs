@@ -250,4 +250,21 @@ impl StockLedger for RedisStock {
             held: tallies.into_iter().map(|h| h.max(0) as u64).sum(),
         })
     }
+
+    /// `PING`, given [`PING_TIMEOUT`] to answer.
+    async fn ping(&self) -> Result<(), StockError> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(PING_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(StockError::Unavailable(format!(
+                "no answer to PING within {} ms",
+                PING_TIMEOUT.as_millis()
+            ))),
+        }
+    }
 }
+
+/// How long [`RedisStock`]'s `ping` waits for Redis (2 s).
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -76,6 +76,8 @@ impl Consume {
     /// No `--kafka-brokers`, a bad option, the store or the broker failing.
     pub async fn exec(self, global: &Global) -> anyhow::Result<()> {
         let brokers = global.brokers("consume")?;
+        let shutdown = shutdown_on_signal();
+        global.serve_metrics(&shutdown).await?;
         match self {
             Self::Prizes {
                 topic,
@@ -91,7 +93,7 @@ impl Consume {
                         let service = service.clone();
                         async move { prizes::award_prize(&service, &m).await }
                     },
-                    shutdown_on_signal().cancelled_owned(),
+                    shutdown.clone().cancelled_owned(),
                 )
                 .await?;
                 let report = ConsumeReport {
@@ -128,7 +130,7 @@ impl Consume {
                     &batch,
                     notifications::decode,
                     &sink,
-                    shutdown_on_signal().cancelled_owned(),
+                    shutdown.clone().cancelled_owned(),
                 )
                 .await?;
                 let report = NotificationsReport {

@@ -63,7 +63,9 @@ impl Relay {
                 )
             })
         } else {
-            relay.run(shutdown_on_signal().cancelled_owned()).await;
+            let shutdown = shutdown_on_signal();
+            global.serve_metrics(&shutdown).await?;
+            relay.run(shutdown.cancelled_owned()).await;
             Ok(())
         }
     }

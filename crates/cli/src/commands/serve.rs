@@ -92,6 +92,42 @@ pub struct Serve {
     /// The fraction of the active version's queries shadow-read (0 to 1).
     #[arg(long, default_value_t = 0.1)]
     shadow_fraction: f64,
+    /// `GET /ready` fails while a projection version queries read has left an event unapplied
+    /// for longer than this many seconds.
+    #[arg(long, default_value_t = eventfold_app::health::DEFAULT_MAX_LAG_SECS)]
+    ready_max_lag_secs: f64,
+    /// With --kafka-brokers: a consumer group whose lag per partition the server measures at the
+    /// broker, `GROUP=TOPIC[+TOPIC...]` (repeatable; default: eventfold's own consumers,
+    /// notifications, prizes and order-notifications).
+    #[arg(long = "watch-group", value_parser = parse_watch_group)]
+    watch_groups: Vec<eventfold_kafka::monitor::WatchedGroup>,
+    /// Walk the whole hash chain at start and then this often (`30m`, `6h`; `0` only on
+    /// request); the result is in `/metrics` (`eventfold_chain_verify_last_ok`).
+    #[arg(long, default_value = "6h", value_parser = parse_every)]
+    verify_every: i64,
+}
+
+fn parse_every(s: &str) -> Result<i64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    eventfold_domain::windows::parse_window_duration(s)
+}
+
+fn parse_watch_group(s: &str) -> Result<eventfold_kafka::monitor::WatchedGroup, String> {
+    let (group, topics) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?} must look like GROUP=TOPIC[+TOPIC...], e.g. billing=eventfold.order")
+    })?;
+    let topics: Vec<String> = topics.split('+').map(str::to_owned).collect();
+    if group.is_empty() || topics.iter().any(String::is_empty) {
+        return Err(format!(
+            "{s:?}: the group and every topic must be non-empty"
+        ));
+    }
+    Ok(eventfold_kafka::monitor::WatchedGroup {
+        group: group.to_owned(),
+        topics,
+    })
 }
 
 fn parse_shadow(s: &str) -> Result<(String, u32), String> {
@@ -211,7 +247,14 @@ impl Serve {
             }
             None => None,
         };
+        anyhow::ensure!(
+            self.ready_max_lag_secs.is_finite() && self.ready_max_lag_secs > 0.0,
+            "--ready-max-lag-secs must be a number of seconds above 0"
+        );
         let config = Config {
+            ready_max_lag_secs: self.ready_max_lag_secs,
+            verify_every: Duration::from_secs(self.verify_every.unsigned_abs()),
+            watched_groups: (!self.watch_groups.is_empty()).then_some(self.watch_groups),
             unpaid_order_timeout,
             ledger,
             payments,

@@ -67,6 +67,7 @@ impl Transform {
             eventfold_kafka::create_topic(&brokers, t, 3).await?;
         }
         let shutdown = shutdown_on_signal();
+        global.serve_metrics(&shutdown).await?;
         let store = backend.events.clone();
         let stats = run_exactly_once(
             &config,

@@ -616,3 +616,44 @@ async fn unchained_rows_fail_verify_and_an_empty_log_is_not_signed() {
         (1, "prev_hash", "none")
     );
 }
+
+/// The server's own walk (`serve --verify-every`) keeps its last result and says where a
+/// tampered log breaks, as `verify --all` does; the metric the alert reads follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_watch_reports_a_broken_chain() {
+    eventfold_http::metrics_handle();
+    let app = TestApp::new().await;
+    fixture(&app.backend.events).await;
+    let watch = eventfold_app::integrity::watch::ChainWatch::new(app.backend.events.clone());
+    assert!(watch.last().is_none());
+    let intact = watch.run_once().await.unwrap();
+    assert!(intact.ok && intact.first_broken.is_none(), "{intact:?}");
+    assert_eq!(
+        (intact.events_checked, intact.head_position),
+        (10, Some(10))
+    );
+    let gauge = || {
+        let text = eventfold_http::metrics_handle().render();
+        text.lines().find_map(|l| {
+            l.strip_prefix("eventfold_chain_verify_last_ok ")?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(gauge(), Some(1.0));
+
+    tamper(
+        &app,
+        "UPDATE events SET payload = 'X' || substr(payload, 2) WHERE position = 6",
+    )
+    .await;
+    let broken = watch.run_once().await.unwrap();
+    assert!(!broken.ok, "{broken:?}");
+    let at = broken.first_broken.as_deref().unwrap();
+    assert!(
+        at.starts_with("chain broken at position 6 (stream a version 4)"),
+        "{at}"
+    );
+    assert_eq!(watch.last().unwrap().first_broken.as_deref(), Some(at));
+    assert_eq!(gauge(), Some(0.0));
+}

@@ -1,7 +1,7 @@
 //! Integration tests of the `eventfold` binary: the CLI's subcommands, outputs and exit codes,
 //! durability under kill -9 and SIGTERM, the relay killed mid-publish, the flash-sale simulation,
-//! and the hash chain, archive, corrections and snapshots driven through both the binary and the
-//! library.
+//! the hash chain, archive, corrections and snapshots driven through both the binary and the
+//! library, and readiness and metrics of a server whose broker and Redis come and go.
 
 mod archive;
 mod chain;
@@ -9,10 +9,21 @@ mod cli;
 mod corrections;
 mod durability;
 mod keys;
+mod observability;
 mod relay_kill;
 mod shutdown;
 mod simulate;
 mod snapshots;
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// A free loopback port for a server the test starts.
 pub fn free_port() -> u16 {

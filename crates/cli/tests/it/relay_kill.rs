@@ -20,18 +20,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
 
+use crate::KillOnDrop;
+
 const EVENTS: u64 = 100_000;
 const STREAMS: u64 = 500;
-
-/// A child process killed when dropped, so a failing test leaves no relay running.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn event(n: u64) -> NewEvent {
     testkit::event(

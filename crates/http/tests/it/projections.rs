@@ -156,3 +156,48 @@ async fn metrics_cover_requests_appends_and_projection_age() {
         0.0
     );
 }
+
+/// Readiness fails while a projection version queries read has left an event unapplied for
+/// longer than the limit, naming the version and how far behind it is, and passes again once
+/// the runner has caught up; a server with nothing to do (idle) is ready however long ago the
+/// last event was.
+#[tokio::test]
+async fn readiness_names_a_stale_read_model() {
+    let app = TestApp::new().await;
+    let health = eventfold_app::health::Health::new(
+        app.backend.events.clone(),
+        app.backend.read_models.clone(),
+        app.runner.clone(),
+        app.app.views.clone(),
+        None,
+        None,
+        0.5,
+    );
+    let idle = health.readiness().await;
+    assert!(idle.is_ready(), "{idle:?}");
+    let names: Vec<&str> = idle.checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["store", "read_models"]);
+    let r = app
+        .post(
+            "/accounts",
+            json!({"account_id": "stale", "owner": "o", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stale = health.readiness().await;
+    assert_eq!(stale.not_ready, ["read_models"], "{stale:?}");
+    assert_eq!(stale.status, "not_ready");
+    let detail = &stale.checks[1].detail;
+    assert!(
+        detail.contains("balance_by_account v1: oldest unapplied event")
+            && detail.contains("1 events behind")
+            && detail.contains("(limit 0.5 s)"),
+        "{detail}"
+    );
+    app.project().await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let fresh = health.readiness().await;
+    assert!(fresh.is_ready(), "{fresh:?}");
+    assert_eq!(fresh.head_position, Some(1));
+}
