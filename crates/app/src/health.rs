@@ -20,7 +20,7 @@ use chrono::Utc;
 use eventfold_core::stock::StockLedger;
 use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore};
 use eventfold_domain::projections::{SagaInFlight, SAGAS_IN_FLIGHT};
-use eventfold_kafka::monitor::{BrokerMonitor, WatchedGroup};
+use eventfold_kafka::monitor::{BrokerMonitor, BrokerSample, WatchedGroup};
 use serde::Serialize;
 
 use crate::views::Views;
@@ -112,6 +112,8 @@ struct Inner {
     ledger: Option<Arc<dyn StockLedger>>,
     broker: Option<BrokerMonitor>,
     max_lag_secs: f64,
+    /// The broker monitor's last sample.
+    last_sample: std::sync::Mutex<Option<BrokerSample>>,
 }
 
 impl Health {
@@ -135,6 +137,7 @@ impl Health {
                 ledger,
                 broker,
                 max_lag_secs,
+                last_sample: std::sync::Mutex::default(),
             }),
         }
     }
@@ -252,30 +255,36 @@ impl Health {
 
     /// Measures once: sagas in flight and stuck; with a broker, consumer lag and dead letters.
     pub async fn observe(&self) {
-        match self.sagas().await {
-            Ok((in_flight, stuck)) => {
-                metrics::gauge!("eventfold_sagas_in_flight").set(in_flight as f64);
-                metrics::gauge!("eventfold_sagas_stuck").set(stuck as f64);
+        match self.sagas(None).await {
+            Ok(sagas) => {
+                metrics::gauge!("eventfold_sagas_in_flight").set(sagas.in_flight as f64);
+                metrics::gauge!("eventfold_sagas_stuck").set(sagas.stuck as f64);
             }
             Err(e) => tracing::warn!(error = %e, "counting sagas in flight failed"),
         }
         if let Some(broker) = &self.inner.broker {
             match broker.sample().await {
-                Ok(sample) => sample.record(),
+                Ok(sample) => {
+                    sample.record();
+                    if let Ok(mut last) = self.inner.last_sample.lock() {
+                        *last = Some(sample);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "sampling consumer lag at the broker failed"),
             }
         }
     }
 
-    /// Payment sagas in flight, and those of them whose latest step is older than
-    /// [`SAGA_STUCK_AFTER`].
+    /// Payment sagas in flight and those of them whose latest step is older than
+    /// [`SAGA_STUCK_AFTER`] (of every tenant), with the order ids of at most
+    /// [`STUCK_LISTED`] stuck ones of `tenant` (none listed when `None`).
     ///
     /// # Errors
     /// The read models failed.
-    pub async fn sagas(&self) -> Result<(u64, u64), eventfold_core::StoreError> {
+    pub async fn sagas(&self, tenant: Option<&str>) -> Result<Sagas, eventfold_core::StoreError> {
         let stuck_before = Utc::now()
             - chrono::Duration::from_std(SAGA_STUCK_AFTER).unwrap_or(chrono::Duration::MAX);
-        let (mut in_flight, mut stuck) = (0, 0);
+        let mut out = Sagas::default();
         let mut start = String::new();
         loop {
             let docs = self
@@ -285,21 +294,50 @@ impl Health {
                 .await?;
             let full = docs.len() == 1_000;
             for (key, doc) in docs {
-                in_flight += 1;
+                out.in_flight += 1;
                 let saga: Option<SagaInFlight> = serde_json::from_str(&doc).ok();
                 if saga
                     .and_then(|s| s.last_step_at)
                     .is_some_and(|at| at < stuck_before)
                 {
-                    stuck += 1;
+                    out.stuck += 1;
+                    let (of, order) = eventfold_core::tenant::split(&key);
+                    if Some(of) == tenant && out.stuck_orders.len() < STUCK_LISTED {
+                        out.stuck_orders.push(order.to_owned());
+                    }
                 }
                 start = eventfold_core::read_model::key_after(&key);
             }
             if !full {
-                return Ok((in_flight, stuck));
+                return Ok(out);
             }
         }
     }
+
+    /// The broker monitor's last sample (every [`OBSERVE_EVERY`]), if there is a broker and it
+    /// answered once.
+    pub fn broker_sample(&self) -> Option<BrokerSample> {
+        self.inner.last_sample.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Whether a broker is configured.
+    pub fn has_broker(&self) -> bool {
+        self.inner.broker.is_some()
+    }
+}
+
+/// Most stuck sagas [`Health::sagas`] lists by order id.
+pub const STUCK_LISTED: usize = 20;
+
+/// Payment sagas, as [`Health::sagas`] counts them.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct Sagas {
+    /// Sagas in flight (every tenant).
+    pub in_flight: u64,
+    /// Of them, those whose latest step is more than 5 minutes old.
+    pub stuck: u64,
+    /// The caller's tenant's stuck sagas' order ids (at most 20).
+    pub stuck_orders: Vec<String>,
 }
 
 fn check(name: &str, outcome: Result<String, String>) -> Check {

@@ -8,6 +8,8 @@
 //!   with the expected version, retry on conflict, idempotency keys), loads state as of a version
 //!   or an event time, builds audit timelines, keeps snapshots.
 //! - [`identity`]: principals, API keys and the cached key registry requests authenticate with.
+//! - [`explain`]: which events produced a day's total in the daily sales view, by the counting
+//!   version's own code.
 //! - [`health`]: readiness (every configured dependency and the read models' freshness) and the
 //!   gauges measured on a timer (sagas stuck, consumer lag at the broker, dead letters).
 //! - [`runtime`]: what `eventfold serve` runs besides its HTTP listener, started in one place
@@ -29,6 +31,7 @@
 pub mod backend;
 pub mod calendars;
 pub mod corrections;
+pub mod explain;
 pub mod health;
 pub mod identity;
 pub mod import;

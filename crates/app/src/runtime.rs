@@ -140,6 +140,8 @@ pub struct App {
     pub health: Health,
     /// The server's own walks of the hash chain, and the last result.
     pub chain: ChainWatch,
+    /// The outbox relay, when this server publishes to a broker.
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl App {
@@ -170,6 +172,7 @@ impl App {
             ),
             views,
             chain: ChainWatch::new(backend.events.clone()),
+            relay: None,
             service,
             backend: backend.clone(),
             runner,
@@ -373,8 +376,11 @@ impl Runtime {
         }
         if let Some(relay) = config.relay {
             let brokers = relay.brokers.clone();
-            let relay = Relay::new(backend.events.clone(), relay)
-                .context("configuring the outbox relay")?;
+            let relay = Arc::new(
+                Relay::new(backend.events.clone(), relay)
+                    .context("configuring the outbox relay")?,
+            );
+            app.relay = Some(relay.clone());
             tracing::info!(brokers = %brokers, "publishing the event log to Kafka");
             let stop = shutdown.clone();
             tasks.spawn(async move { relay.run(stop.cancelled_owned()).await });

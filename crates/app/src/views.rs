@@ -100,6 +100,8 @@ pub struct VersionStatus {
     pub version: u32,
     /// Whether queries read this version.
     pub active: bool,
+    /// Whether this server is rebuilding it beside itself now.
+    pub rebuilding: bool,
     /// Last global position applied.
     pub checkpoint: u64,
     /// The log's head when measured.
@@ -172,6 +174,8 @@ pub struct Views {
     /// Active version by name, for names with more than one version.
     active: Arc<RwLock<HashMap<String, u32>>>,
     shadow: Option<Arc<Shadow>>,
+    /// Storage names being rebuilt in the background ([`Views::start_rebuild`]).
+    rebuilding: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Why an operation on versions was refused or failed.
@@ -189,6 +193,9 @@ pub enum VersionsError {
     /// Rebuilding failed.
     #[error(transparent)]
     Runner(#[from] eventfold_core::RunnerError),
+    /// The version is already being rebuilt.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Views {
@@ -214,6 +221,7 @@ impl Views {
             registered: Arc::new(registered),
             active: Arc::default(),
             shadow: None,
+            rebuilding: Arc::default(),
         }
     }
 
@@ -436,6 +444,10 @@ impl Views {
             .into_iter()
             .map(|s: ProjectionStatus| VersionStatus {
                 active: self.active(&s.name) == s.version,
+                rebuilding: self
+                    .rebuilding
+                    .lock()
+                    .is_ok_and(|r| r.contains(&storage_name(&s.name, s.version))),
                 shadow: shadow
                     .as_ref()
                     .filter(|(p, v, _)| *p == s.name && *v == s.version)
@@ -685,6 +697,55 @@ impl Views {
             .await?;
         }
         Ok(reached.last().copied().unwrap_or(0))
+    }
+
+    /// Starts rebuilding `version` of `projection` beside itself ([`Views::rebuild`]) on a task
+    /// of its own with `runner` (a runner of its own, not the live one), recorded with `ctx`'s
+    /// actor and `reason` when done; [`VersionStatus::rebuilding`] says it runs. A failure is
+    /// logged (the version keeps serving what it had).
+    ///
+    /// # Errors
+    /// An unregistered version; [`VersionsError::Busy`] while one rebuild of it runs.
+    pub fn start_rebuild(
+        &self,
+        runner: ProjectionRunner,
+        projection: &str,
+        version: u32,
+        reason: &str,
+        ctx: CommandContext,
+    ) -> Result<(), VersionsError> {
+        self.check(projection, version)?;
+        let storage = storage_name(projection, version);
+        {
+            let mut rebuilding = self
+                .rebuilding
+                .lock()
+                .map_err(|_| VersionsError::Busy("the rebuild registry is poisoned".into()))?;
+            if !rebuilding.insert(storage.clone()) {
+                return Err(VersionsError::Busy(format!(
+                    "{projection} version {version} is already being rebuilt"
+                )));
+            }
+        }
+        let (me, projection, reason) = (self.clone(), projection.to_owned(), reason.to_owned());
+        tokio::spawn(async move {
+            let targets = [(projection.clone(), version)];
+            match me
+                .rebuild(&runner, &targets, &reason, &ctx, &|_, _| {})
+                .await
+            {
+                Ok(position) => {
+                    tracing::info!(%projection, version, position, "projection version rebuilt")
+                }
+                Err(e) => {
+                    tracing::warn!(%projection, version, error = %crate::error_chain(&e), "rebuilding a projection version failed")
+                }
+            }
+            if let Ok(mut rebuilding) = me.rebuilding.lock() {
+                rebuilding.remove(&storage);
+            }
+        });
+        Ok(())
     }
 
     async fn command(

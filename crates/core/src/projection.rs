@@ -95,6 +95,110 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// A projection folded in memory the way [`ProjectionRunner`] folds it into the store: each
+/// event's route document first ([`Projection::route`]), then its document with its context
+/// document. For tests, and for explaining a read-model number: replaying the log through it
+/// says which events changed which document, by the projection's own code.
+pub struct MemoryFold<'p, P: Projection> {
+    projection: &'p P,
+    docs: std::collections::BTreeMap<String, P::Doc>,
+}
+
+/// What [`MemoryFold::apply_watched`] saw one event do to a watched document: its key and the
+/// document before and after, as JSON (`None`: absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The document's key.
+    pub key: String,
+    /// The document before the event.
+    pub before: Option<serde_json::Value>,
+    /// The document after it.
+    pub after: Option<serde_json::Value>,
+}
+
+impl<'p, P: Projection> MemoryFold<'p, P> {
+    /// An empty fold of `projection`.
+    pub fn new(projection: &'p P) -> Self {
+        Self {
+            projection,
+            docs: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Folds `event` in.
+    ///
+    /// # Errors
+    /// The projection cannot decode the event ([`Projection::select`]'s message).
+    pub fn apply(&mut self, event: &RecordedEvent) -> Result<(), String> {
+        self.apply_watched(event, |_| false).map(|_| ())
+    }
+
+    /// Folds `event` in; when the document it updates has a key `watch` accepts, returns that
+    /// document before and after.
+    ///
+    /// # Errors
+    /// The projection cannot decode the event ([`Projection::select`]'s message), or a
+    /// document does not serialize.
+    pub fn apply_watched(
+        &mut self,
+        event: &RecordedEvent,
+        watch: impl Fn(&str) -> bool,
+    ) -> Result<Option<Applied>, String> {
+        let p = self.projection;
+        let Some((key, mut input)) = p.select(event)? else {
+            return Ok(None);
+        };
+        let key = match p.route_key(event, &input) {
+            None => key,
+            Some(r) => {
+                let mut route = self.docs.remove(&r);
+                let key = p.route(key, &mut route, &mut input, event);
+                if let Some(d) = route {
+                    self.docs.insert(r, d);
+                }
+                match key {
+                    Some(k) => k,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let watched = watch(&key);
+        let json = |d: Option<&P::Doc>| {
+            d.map(serde_json::to_value)
+                .transpose()
+                .map_err(|e| format!("document {key}: {e}"))
+        };
+        let doc = self.docs.remove(&key);
+        let before = if watched { json(doc.as_ref())? } else { None };
+        let doc = match p.context_key(event, &input) {
+            Some(c) => {
+                let mut context = self.docs.remove(&c);
+                let doc = p.apply_in_context(doc, &mut context, input, event);
+                if let Some(c2) = context {
+                    self.docs.insert(c, c2);
+                }
+                doc
+            }
+            None => p.apply(doc, input, event),
+        };
+        let after = if watched { json(doc.as_ref())? } else { None };
+        if let Some(d) = doc {
+            self.docs.insert(key.clone(), d);
+        }
+        Ok(watched.then_some(Applied { key, before, after }))
+    }
+
+    /// The documents by key.
+    pub fn docs(&self) -> &std::collections::BTreeMap<String, P::Doc> {
+        &self.docs
+    }
+
+    /// The documents by key, taken.
+    pub fn into_docs(self) -> std::collections::BTreeMap<String, P::Doc> {
+        self.docs
+    }
+}
+
 /// Why the runner stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

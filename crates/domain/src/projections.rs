@@ -609,41 +609,11 @@ mod tests {
         p: &P,
         events: &[RecordedEvent],
     ) -> std::collections::BTreeMap<String, P::Doc> {
-        let mut docs = std::collections::BTreeMap::new();
+        let mut fold = eventfold_core::projection::MemoryFold::new(p);
         for e in events {
-            if let Some((key, mut input)) = p.select(e).unwrap() {
-                let key = match p.route_key(e, &input) {
-                    None => key,
-                    Some(r) => {
-                        let mut route = docs.remove(&r);
-                        let key = p.route(key, &mut route, &mut input, e);
-                        if let Some(d) = route {
-                            docs.insert(r, d);
-                        }
-                        match key {
-                            Some(k) => k,
-                            None => continue,
-                        }
-                    }
-                };
-                let doc = docs.remove(&key);
-                let doc = match p.context_key(e, &input) {
-                    Some(c) => {
-                        let mut context = docs.remove(&c);
-                        let doc = p.apply_in_context(doc, &mut context, input, e);
-                        if let Some(c2) = context {
-                            docs.insert(c, c2);
-                        }
-                        doc
-                    }
-                    None => p.apply(doc, input, e),
-                };
-                if let Some(d) = doc {
-                    docs.insert(key, d);
-                }
-            }
+            fold.apply(e).unwrap();
         }
-        docs
+        fold.into_docs()
     }
 
     fn buckets(

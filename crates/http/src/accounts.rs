@@ -209,6 +209,35 @@ pub async fn get_account(
     Ok(versioned(StatusCode::OK, &body, loaded.version))
 }
 
+/// An account's audit timeline: who, when, what changed, the state before and after each
+/// change, in stream order.
+#[utoipa::path(get, path = "/accounts/{id}/history", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<wire::TimelineEntry>), (status = 404, body = ApiErrorBody)))]
+pub async fn account_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<Vec<wire::TimelineEntry>>, ApiError> {
+    caller.require(&READERS)?;
+    check_id("account id", &id)?;
+    let events = state
+        .app
+        .service
+        .read_stream(&<Account as eventfold_core::Aggregate>::stream_id(
+            &caller.scope(&id),
+        ))
+        .await?;
+    let account = Replayed::<Account>::from_events(&events)?;
+    if events.is_empty() || !caller.may_reach(&account.state.owner) {
+        return Err(ApiError::not_found(
+            "account_not_found",
+            format!("account {id} not found"),
+        ));
+    }
+    let entries = eventfold_app::service::timeline::<Account>(&events)?;
+    Ok(Json(entries.into_iter().map(Into::into).collect()))
+}
+
 /// An account's balance from the `balance_by_account` read model (may trail commands by
 /// milliseconds).
 #[utoipa::path(get, path = "/balances/{id}", params(("id" = String, Path)),

@@ -174,6 +174,18 @@ where
         .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {n}")))
 }
 
+/// [`integral`] for an optional field (with `#[serde(default)]`): absent is `None`.
+///
+/// # Errors
+/// As [`integral`] (`null` included).
+pub fn optional_integral<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    integral(deserializer).map(Some)
+}
+
 /// Who may call a route: no one needs a credential, a payment provider's signature, or a
 /// principal with one of these roles.
 #[derive(Debug, Clone, Copy)]
@@ -187,6 +199,7 @@ enum Access {
 const ROUTES: &[(&str, &str, Access)] = &[
     ("post", "/accounts", Access::Roles(&OWNERS_OR_SUPPORT)),
     ("get", "/accounts/{id}", Access::Roles(&READERS)),
+    ("get", "/accounts/{id}/history", Access::Roles(&READERS)),
     ("post", "/accounts/{id}/deposit", Access::Roles(&OWNERS)),
     ("post", "/accounts/{id}/withdraw", Access::Roles(&OWNERS)),
     ("get", "/balances/{id}", Access::Roles(&READERS)),
@@ -310,6 +323,29 @@ const ROUTES: &[(&str, &str, Access)] = &[
         Access::Roles(&crate::calendars::SETTERS),
     ),
     ("get", "/metrics", Access::Roles(&[Role::Operator])),
+    (
+        "get",
+        "/sales/daily/explain",
+        Access::Roles(&crate::sales::READ),
+    ),
+    (
+        "post",
+        "/projections/{name}/rebuild",
+        Access::Roles(&[Role::Operator]),
+    ),
+    ("get", "/whoami", Access::Roles(&Role::ALL)),
+    (
+        "get",
+        "/operations",
+        Access::Roles(&[Role::Operator, Role::Auditor]),
+    ),
+    (
+        "post",
+        "/chain/verify",
+        Access::Roles(&[Role::Operator, Role::Auditor]),
+    ),
+    ("get", "/console", Access::Public),
+    ("get", "/console/assets/{file}", Access::Public),
     ("get", "/healthz", Access::Public),
     ("get", "/ready", Access::Public),
 ];
@@ -481,6 +517,18 @@ fn parameter_rules(op: &mut Operation, path: &str) {
                 o.format = Some(SchemaFormat::KnownFormat(KnownFormat::DateTime));
             }
             (ParameterIn::Path, "period") => o.pattern = Some(PERIOD.to_owned()),
+            (ParameterIn::Query, "date") => {
+                o.pattern = Some(DAY.to_owned());
+                o.format = Some(SchemaFormat::KnownFormat(KnownFormat::Date));
+            }
+            (ParameterIn::Path, "file") => {
+                o.enum_values = Some(
+                    ["console.js", "console.css", "chart.umd.js"]
+                        .iter()
+                        .map(|v| json!(v))
+                        .collect(),
+                );
+            }
             (ParameterIn::Path, "name") => o.pattern = Some(PROJECTION.to_owned()),
             (ParameterIn::Query, "size" | "advance") => {
                 o.pattern = Some(WINDOW_DURATION.to_owned());
@@ -514,10 +562,10 @@ fn parameter_rules(op: &mut Operation, path: &str) {
             }
             _ => {}
         }
-        if matches!(p.parameter_in, ParameterIn::Query)
-            && p.name == "store"
-            && (path.starts_with("/sales") || path == "/trending")
-        {
+        let required_store =
+            p.name == "store" && (path.starts_with("/sales") || path == "/trending");
+        let required_date = p.name == "date" && path == "/sales/daily/explain";
+        if matches!(p.parameter_in, ParameterIn::Query) && (required_store || required_date) {
             p.required = Required::True;
         }
     }

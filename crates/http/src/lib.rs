@@ -1,6 +1,7 @@
 //! eventfold's HTTP API (axum): the only crate that serves HTTP for eventfold. One module per
 //! resource, each with its wire types (request and response bodies with their OpenAPI schemas);
-//! [`router`] builds the routes and [`serve`] runs them beside the application's workers.
+//! [`router`] builds the routes and [`serve`] runs them beside the application's workers. The web
+//! console (`/console`) is served from here too: static assets over the same API.
 //!
 //! Errors are JSON `{"code": "...", "message": "..."}` with a stable code ([`error`]): 400
 //! malformed requests, 404 unknown ids, 409 conflicts (version, state), 413 oversized bodies, 415
@@ -11,6 +12,7 @@ mod accounts;
 pub mod auth;
 mod calendars;
 mod command;
+mod console;
 pub mod contract;
 pub mod error;
 mod extract;
@@ -69,10 +71,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         flash_sales::get_flash_sale,
         payment_callbacks::payment_callback,
         accounts::get_account,
+        accounts::account_history,
         accounts::get_balance,
         orders::get_order,
         orders::order_history,
         sales::daily_sales,
+        sales::explain_daily,
         sales::realtime_sales,
         sales::sales_corrections,
         sales::correction_stream,
@@ -90,6 +94,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         periods::reject_exception,
         operations::projections,
         operations::activate_projection,
+        operations::rebuild_projection,
+        operations::whoami,
+        operations::operations,
+        operations::verify_chain,
+        console::index,
+        console::asset,
         operations::healthz,
         operations::prometheus,
         operations::ready
@@ -105,6 +115,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/accounts", post(accounts::open_account))
         .route("/accounts/{id}", get(accounts::get_account))
+        .route("/accounts/{id}/history", get(accounts::account_history))
         .route("/accounts/{id}/deposit", post(accounts::deposit))
         .route("/accounts/{id}/withdraw", post(accounts::withdraw))
         .route("/balances/{id}", get(accounts::get_balance))
@@ -125,6 +136,7 @@ pub fn router(state: AppState) -> Router {
             post(payment_callbacks::payment_callback),
         )
         .route("/sales/daily", get(sales::daily_sales))
+        .route("/sales/daily/explain", get(sales::explain_daily))
         .route("/sales/realtime", get(sales::realtime_sales))
         .route("/sales/corrections", get(sales::sales_corrections))
         .route("/sales/corrections/stream", get(sales::correction_stream))
@@ -161,6 +173,15 @@ pub fn router(state: AppState) -> Router {
             "/projections/{name}/activate",
             post(operations::activate_projection),
         )
+        .route(
+            "/projections/{name}/rebuild",
+            post(operations::rebuild_projection),
+        )
+        .route("/whoami", get(operations::whoami))
+        .route("/operations", get(operations::operations))
+        .route("/chain/verify", post(operations::verify_chain))
+        .route("/console", get(console::index))
+        .route("/console/assets/{file}", get(console::asset))
         .route("/healthz", get(operations::healthz))
         .route("/metrics", get(operations::prometheus))
         .route("/ready", get(operations::ready))

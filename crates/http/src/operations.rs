@@ -103,12 +103,7 @@ pub async fn activate_projection(
             &ctx,
         )
         .await
-        .map_err(|e| match e {
-            VersionsError::Unknown(m) => ApiError::not_found("unknown_projection", m),
-            VersionsError::Service(e) => e.into(),
-            VersionsError::Store(e) => e.into(),
-            VersionsError::Runner(e) => e.into(),
-        })?;
+        .map_err(versions_error)?;
     Ok(Json(Activated {
         name,
         version,
@@ -270,5 +265,282 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             Json(readiness),
         )
             .into_response()
+    }
+}
+
+/// Who the caller is, as the console shows it and decides which pages to offer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// The actor its events are recorded with, e.g. `admin:ops-1`.
+    pub actor: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// The credential it proved: `open` (a server without credentials), `key:{id}`, `jwt:...`.
+    pub credential: String,
+    /// The console pages its roles open: `sales`, `explain`, `orders`, `exceptions`,
+    /// `operations`.
+    pub pages: Vec<String>,
+    /// What it may do beyond reading.
+    pub may: Abilities,
+}
+
+/// What a principal may do beyond reading (each also checked by its route).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Abilities {
+    /// Approve or reject exceptions (`finance`).
+    pub decide_exceptions: bool,
+    /// Switch and rebuild projection versions (an `operator` of the default tenant).
+    pub switch_versions: bool,
+    /// Walk the hash chain now (an `operator` or `auditor` of the default tenant).
+    pub verify_chain: bool,
+}
+
+/// Who may read `/operations` and walk the chain: operators and auditors of the default tenant
+/// (what they show is the deployment's, every tenant's).
+const DEPLOYMENT_READERS: [Role; 2] = [Role::Operator, Role::Auditor];
+
+fn of_default_tenant(caller: &Caller) -> bool {
+    caller.0.tenant == eventfold_core::tenant::DEFAULT
+}
+
+fn require_deployment(caller: &Caller, roles: &[Role], what: &str) -> Result<(), ApiError> {
+    caller.require(roles)?;
+    if of_default_tenant(caller) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{what} are the deployment's: only a principal of the default tenant may use them"
+            ),
+        ))
+    }
+}
+
+/// The caller: actor, tenant, roles, and the console pages and actions they open.
+#[utoipa::path(get, path = "/whoami", responses((status = 200, body = WhoAmI)))]
+pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
+    let p = &caller.0;
+    let any = |roles: &[Role]| p.has_any(roles);
+    let default_tenant = of_default_tenant(&caller);
+    let pages = [
+        ("sales", any(&crate::sales::READ)),
+        ("explain", any(&crate::sales::READ)),
+        ("orders", any(&crate::auth::READERS)),
+        (
+            "exceptions",
+            any(&crate::periods::EXCEPTION_READERS) || any(&crate::periods::PERIOD_READERS),
+        ),
+        ("operations", any(&DEPLOYMENT_READERS) && default_tenant),
+    ];
+    Json(WhoAmI {
+        actor: p.actor.to_string(),
+        tenant: p.tenant.clone(),
+        roles: p.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        credential: p.credential.clone(),
+        pages: pages
+            .iter()
+            .filter(|(_, open)| *open)
+            .map(|(page, _)| (*page).to_owned())
+            .collect(),
+        may: Abilities {
+            decide_exceptions: any(&crate::periods::FINANCE),
+            switch_versions: any(&[Role::Operator]) && default_tenant,
+            verify_chain: any(&DEPLOYMENT_READERS) && default_tenant,
+        },
+    })
+}
+
+/// One partition's consumer lag, measured at the broker.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PartitionLagBody {
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Messages not yet consumed.
+    pub lag: i64,
+}
+
+/// A dead-letter topic's size.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterBody {
+    /// Topic.
+    pub topic: String,
+    /// Messages in it.
+    pub messages: i64,
+}
+
+/// The outbox relay of this server.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RelayBody {
+    /// Events not yet published (the log's head minus the lowest shard checkpoint).
+    pub backlog_events: u64,
+}
+
+/// The deployment at a glance (`GET /operations`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OperationsBody {
+    /// Readiness, as `GET /ready` answers it.
+    pub readiness: Readiness,
+    /// The log's head.
+    pub head_position: u64,
+    /// The relay, when this server publishes to a broker.
+    pub relay: Option<RelayBody>,
+    /// Each watched group's lag per partition (the broker monitor's last sample, every 10 s).
+    pub consumer_lag: Vec<PartitionLagBody>,
+    /// Each dead-letter topic's size (same sample).
+    pub dead_letters: Vec<DeadLetterBody>,
+    /// Payment sagas in flight and stuck.
+    pub sagas: eventfold_app::health::Sagas,
+    /// The server's last walk of the hash chain, if one finished since it started.
+    pub chain: Option<eventfold_app::integrity::watch::ChainCheck>,
+}
+
+/// The deployment at a glance: readiness, the relay's backlog, consumer lag per partition and
+/// dead letters (measured at the broker), sagas in flight and stuck, the last hash-chain walk.
+/// Operators and auditors of the default tenant.
+#[utoipa::path(get, path = "/operations", responses((status = 200, body = OperationsBody)))]
+pub async fn operations(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<OperationsBody>, ApiError> {
+    require_deployment(&caller, &DEPLOYMENT_READERS, "operations")?;
+    let app = &state.app;
+    let readiness = app.health.readiness().await;
+    let head_position = app.service.store().head_position().await?;
+    let relay = match &app.relay {
+        Some(relay) => Some(RelayBody {
+            backlog_events: relay.backlog().await?,
+        }),
+        None => None,
+    };
+    let sample = app.health.broker_sample().unwrap_or_default();
+    let sagas = app.health.sagas(Some(&caller.0.tenant)).await?;
+    Ok(Json(OperationsBody {
+        readiness,
+        head_position,
+        relay,
+        consumer_lag: sample
+            .lag
+            .into_iter()
+            .map(|l| PartitionLagBody {
+                group: l.group,
+                topic: l.topic,
+                partition: l.partition,
+                lag: l.lag,
+            })
+            .collect(),
+        dead_letters: sample
+            .dead_letters
+            .into_iter()
+            .map(|(topic, messages)| DeadLetterBody { topic, messages })
+            .collect(),
+        sagas,
+        chain: app.chain.last(),
+    }))
+}
+
+/// Walks the whole hash chain now (after a walk already running) and answers its result, also
+/// kept for `GET /operations` and the metrics. Operators and auditors of the default tenant.
+#[utoipa::path(post, path = "/chain/verify", request_body = EmptyBody,
+    responses((status = 200, body = eventfold_app::integrity::watch::ChainCheck)))]
+pub async fn verify_chain(
+    State(state): State<AppState>,
+    caller: Caller,
+    _body: CommandBody<EmptyBody>,
+) -> Result<Json<eventfold_app::integrity::watch::ChainCheck>, ApiError> {
+    require_deployment(&caller, &DEPLOYMENT_READERS, "hash-chain walks")?;
+    Ok(Json(state.app.chain.run_once().await?))
+}
+
+/// A body with no fields (`{}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
+/// The body of `POST /projections/{name}/rebuild`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildBody {
+    /// The version to rebuild (default: the one queries read).
+    #[serde(default, deserialize_with = "crate::contract::optional_integral")]
+    #[schema(value_type = u32)]
+    pub version: Option<u32>,
+    /// Why (1 to 500 characters, not only white space, no control characters).
+    #[schema(value_type = String, required = true)]
+    pub reason: Option<String>,
+}
+
+/// What a rebuild request started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RebuildStarted {
+    /// Projection name.
+    pub name: String,
+    /// The version being rebuilt.
+    pub version: u32,
+    /// `started`: it runs in this server; `GET /projections` shows `rebuilding` until it is done.
+    pub state: String,
+}
+
+/// Rebuilds a projection version from the log beside itself and switches to the copy when it
+/// has caught up (queries never see an empty view), in the background of this server; recorded
+/// with the caller and the reason (see `eventfold projections rebuild`). Only an operator of the
+/// default tenant. 202; 404: no such projection or version; 409: already being rebuilt.
+#[utoipa::path(post, path = "/projections/{name}/rebuild",
+    params(("name" = String, Path, description = "Projection name, e.g. daily_sales_by_store")),
+    request_body = RebuildBody,
+    responses((status = 202, body = RebuildStarted), (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn rebuild_projection(
+    State(state): State<AppState>,
+    caller: Caller,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    headers: CommandHeaders,
+    body: CommandBody<RebuildBody>,
+) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
+    require_deployment(&caller, &[Role::Operator], "projection versions")?;
+    let Path(name) = name?;
+    crate::contract::check("name", &name, crate::contract::PROJECTION)?;
+    let reason = crate::periods::required_reason(body.body.reason.clone())?;
+    let version = body
+        .body
+        .version
+        .unwrap_or_else(|| state.app.views.active(&name));
+    let ctx = headers.creation_context(&caller, &body.fingerprint);
+    state
+        .app
+        .views
+        .start_rebuild(
+            state.app.backend.projection_runner(),
+            &name,
+            version,
+            &reason,
+            ctx,
+        )
+        .map_err(versions_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RebuildStarted {
+            name,
+            version,
+            state: "started".into(),
+        }),
+    ))
+}
+
+/// The HTTP error of a refused or failed operation on versions.
+fn versions_error(e: VersionsError) -> ApiError {
+    match e {
+        VersionsError::Unknown(m) => ApiError::not_found("unknown_projection", m),
+        VersionsError::Busy(m) => ApiError::new(StatusCode::CONFLICT, "rebuild_running", m),
+        VersionsError::Service(e) => e.into(),
+        VersionsError::Store(e) => e.into(),
+        VersionsError::Runner(e) => e.into(),
     }
 }

@@ -31,7 +31,7 @@ use crate::wire;
 const MAX_BUCKETS: usize = 100_000;
 
 /// Who may read the sales views.
-const READ: [Role; 3] = [Role::Finance, Role::Auditor, Role::Operator];
+pub(crate) const READ: [Role; 3] = [Role::Finance, Role::Auditor, Role::Operator];
 
 /// `GET /sales/daily` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -176,6 +176,58 @@ pub async fn daily_sales(
         })
         .collect();
     Ok(Json(out))
+}
+
+/// `GET /sales/daily/explain` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    /// Store id (required).
+    pub store: Option<String>,
+    /// The business date, `YYYY-MM-DD` (required).
+    pub date: Option<String>,
+    /// The version of the daily view to explain (default: the one queries read).
+    pub version: Option<u32>,
+}
+
+/// Where a day's total comes from: every event that changed the total of `store` on `date`
+/// (one explanation per currency), with its order, type, actor, event and ingest times, amount
+/// and whether it arrived late, and the version of `daily_sales_by_store` that counted it. The
+/// log is replayed through that version's own code, so the contributions sum to the total it
+/// holds (unless the view lags the log, which `sum` against `total` shows). Reads the whole
+/// log: seconds on a long one. An empty list: nothing counts on that date.
+#[utoipa::path(get, path = "/sales/daily/explain", params(ExplainQuery),
+    responses((status = 200, body = Vec<eventfold_app::explain::Explanation>),
+        (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn explain_daily(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<eventfold_app::explain::Explanation>>, ApiError> {
+    caller.require(&READ)?;
+    let Query(q) = query?;
+    let store = required_store(q.store)?;
+    let date = q.date.ok_or_else(|| {
+        ApiError::bad_request("missing_parameter", "query parameter date is required")
+    })?;
+    let date = parse_day("date", &date)?;
+    let active = state.app.views.active(DAILY_SALES_BY_STORE);
+    let found = eventfold_app::explain::explain_daily(
+        &state.app.backend.events,
+        &state.app.backend.read_models,
+        (&caller.0.tenant, &store, date),
+        q.version.unwrap_or(active),
+        active,
+    )
+    .await
+    .map_err(|e| match e {
+        eventfold_app::explain::ExplainError::Unknown(m) => {
+            ApiError::not_found("unknown_version", m)
+        }
+        eventfold_app::explain::ExplainError::Store(e) => e.into(),
+    })?;
+    Ok(Json(found))
 }
 
 /// The store and the first and last day (as key bounds) of a daily query.

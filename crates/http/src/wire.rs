@@ -191,6 +191,9 @@ pub struct TimelineEntry {
     /// The state before this event (`null` before the first).
     #[schema(value_type = Option<Object>)]
     pub state_before: serde_json::Value,
+    /// The state after it.
+    #[schema(value_type = Object)]
+    pub state_after: serde_json::Value,
     /// Correlation id, if any.
     #[schema(value_type = Option<String>)]
     pub correlation_id: Option<uuid::Uuid>,
@@ -210,6 +213,7 @@ impl From<eventfold_app::service::TimelineEntry> for TimelineEntry {
             reason: e.reason,
             change: e.change,
             state_before: e.state_before,
+            state_after: e.state_after,
             correlation_id: e.correlation_id,
         }
     }

@@ -348,6 +348,37 @@ impl Relay {
         Ok(lowest.unwrap_or(0))
     }
 
+    /// Events not yet published by any shard: the log's head minus the lowest shard checkpoint
+    /// (every shard of the log, owned here or not).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn backlog(&self) -> Result<u64, StoreError> {
+        let mut lowest: Option<u64> = None;
+        let mut legacy = None;
+        for shard in 0..self.config.shards.max(1) {
+            let cp = match self
+                .store
+                .load_checkpoint(&self.checkpoint_name(shard))
+                .await?
+            {
+                Some(cp) => cp,
+                None => match legacy {
+                    Some(l) => l,
+                    None => {
+                        *legacy.insert(self.legacy_checkpoint().await.map_err(|e| match e {
+                            RelayError::Store(e) => e,
+                            other => StoreError::Unavailable(Box::new(other)),
+                        })?)
+                    }
+                },
+            };
+            lowest = Some(lowest.map_or(cp, |l| l.min(cp)));
+        }
+        let head = self.store.head_position().await?;
+        Ok(head.saturating_sub(lowest.unwrap_or(0)))
+    }
+
     /// The topic of a stream.
     pub fn topic_of(&self, stream_id: &str) -> String {
         format!(

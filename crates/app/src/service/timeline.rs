@@ -1,4 +1,4 @@
-//! Audit timelines: who did what to a stream, when, and what its state was before.
+//! Audit timelines: who did what to a stream, when, and what its state was before and after.
 
 use chrono::{DateTime, Utc};
 use eventfold_core::aggregate::decode_recorded;
@@ -6,7 +6,7 @@ use eventfold_core::{Aggregate, RecordedEvent, StoreError};
 use serde::Serialize;
 use uuid::Uuid;
 
-/// One entry of a stream's audit timeline: who did what, when, and the state before.
+/// One entry of a stream's audit timeline: who did what, when, and the state before and after.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimelineEntry {
     /// The event's stream, e.g. `order-42` or `paysaga-42` (an order's history holds both).
@@ -31,6 +31,8 @@ pub struct TimelineEntry {
     pub change: serde_json::Value,
     /// The state before this event (`null` before the first).
     pub state_before: serde_json::Value,
+    /// The state after it.
+    pub state_after: serde_json::Value,
     /// Correlation id, if any.
     pub correlation_id: Option<Uuid>,
 }
@@ -81,9 +83,13 @@ pub fn timeline<A: Aggregate + Serialize>(
                 .map(str::to_owned),
             change,
             state_before,
+            state_after: serde_json::Value::Null,
             correlation_id: e.metadata.correlation_id,
         });
         state = state.apply(&decoded);
+        if let Some(entry) = out.last_mut() {
+            entry.state_after = serde_json::to_value(&state).unwrap_or_default();
+        }
     }
     Ok(out)
 }

@@ -366,6 +366,12 @@ async fn every_role_against_every_route(app: &TestApp) {
         ),
         (
             Method::GET,
+            "/accounts/x/history",
+            None,
+            vec![Customer, Service, Support, Finance, Auditor],
+        ),
+        (
+            Method::GET,
             "/balances/x",
             None,
             vec![Customer, Service, Support, Finance, Auditor],
@@ -477,6 +483,26 @@ async fn every_role_against_every_route(app: &TestApp) {
             vec![Operator],
         ),
         (Method::GET, "/metrics", None, vec![Operator]),
+        (
+            Method::GET,
+            "/sales/daily/explain?store=s&date=2020-01-01",
+            None,
+            vec![Finance, Auditor, Operator],
+        ),
+        (
+            Method::POST,
+            "/projections/x/rebuild",
+            Some(json!({"reason": "rebuild"})),
+            vec![Operator],
+        ),
+        (Method::GET, "/whoami", None, Role::ALL.to_vec()),
+        (Method::GET, "/operations", None, vec![Operator, Auditor]),
+        (
+            Method::POST,
+            "/chain/verify",
+            Some(json!({})),
+            vec![Operator, Auditor],
+        ),
         (
             Method::GET,
             "/stores/x/periods",

@@ -3,11 +3,13 @@
 //! orders and their audit timelines, the sales views after the real CDNOW import, flash sales,
 //! payment callbacks and sagas, the unpaid-order timeout, projections and metrics, upcasting, the
 //! prize inbox, the exactly-once order notifications, a PostgreSQL outage, and tenants that never
-//! see each other (a property over random command sequences).
+//! see each other (a property over random command sequences), and the routes the web console
+//! reads.
 
 mod accounts;
 mod auth;
 mod calendars;
+mod console;
 mod deadlines;
 mod flash_sale;
 mod import;

@@ -399,3 +399,86 @@ async fn a_version_built_apart_joins_when_caught_up() {
         app.head().await
     );
 }
+
+/// `GET /sales/daily/explain` lists the events that make a day's total, by the counting
+/// version's own code: version 1 counts an order on the day it was paid, version 2 on the day it
+/// was placed, and each explanation sums to the total its version holds. Everything here was
+/// recorded long after its day, so every contribution is late.
+#[tokio::test]
+async fn explain_lists_the_events_behind_a_daily_total_per_version() {
+    let app = TestApp::new().await;
+    order(&app, "o-1", "10.00", "2026-01-01", Some("2026-01-02")).await;
+    order(&app, "o-2", "2.50", "2026-01-02", Some("2026-01-02")).await;
+    order(&app, "o-3", "99.00", "2026-01-02", None).await;
+    app.project().await;
+    let explain = |q: &str| {
+        let uri = format!("/sales/daily/explain?store=web&{q}");
+        let app = &app;
+        async move { app.get(&uri).await }
+    };
+    let orders_of = |x: &Value| -> Vec<String> {
+        x["contributions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["order_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let v1 = explain("date=2026-01-02").await;
+    assert_eq!(v1.status, StatusCode::OK, "{}", v1.body);
+    let v1 = &v1.body.as_array().unwrap()[0];
+    assert_eq!(
+        (v1["version"].as_u64(), v1["active_version"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(orders_of(v1), ["o-1", "o-2"]);
+    assert_eq!(
+        (v1["total"].as_str(), v1["sum"].as_str()),
+        (Some("12.50"), Some("12.50"))
+    );
+    assert_eq!(v1["currency"], "USD");
+    for c in v1["contributions"].as_array().unwrap() {
+        assert_eq!(c["event_type"], "OrderPaid", "{c}");
+        assert_eq!(c["late"], true, "{c}");
+        assert_eq!(c["orders"], 1, "{c}");
+        assert_eq!(
+            c["stream_id"],
+            format!("order-{}", c["order_id"].as_str().unwrap())
+        );
+    }
+    assert!(explain("date=2026-01-01")
+        .await
+        .body
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Version 2 dates o-1 by its placement.
+    let v2 = explain("date=2026-01-01&version=2").await.body;
+    let v2 = &v2.as_array().unwrap()[0];
+    assert_eq!(
+        (v2["version"].as_u64(), v2["active_version"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(orders_of(v2), ["o-1"]);
+    assert_eq!(
+        (v2["total"].as_str(), v2["sum"].as_str()),
+        (Some("10.00"), Some("10.00"))
+    );
+    let v2 = explain("date=2026-01-02&version=2").await.body;
+    assert_eq!(orders_of(&v2[0]), ["o-2"]);
+
+    assert_error(
+        &explain("date=2026-01-02&version=3").await,
+        StatusCode::NOT_FOUND,
+        "unknown_version",
+        "no version 3",
+    );
+    assert_error(
+        &explain("date=2026-02-30").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        "date must be a date",
+    );
+}
