@@ -41,6 +41,11 @@ function fmtTime(t) {
   return new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z").replace(/Z$/, " UTC");
 }
 
+// An amount as the API writes money: `{amount, currency}` (or a bare decimal string).
+function money(m) {
+  return m && typeof m === "object" ? `${m.amount} ${m.currency}` : String(m ?? "");
+}
+
 function field(label, input) {
   const id = input.id;
   return h("div", { class: "field" }, h("label", { for: id }, label), input);
@@ -375,7 +380,7 @@ async function explain(section, params) {
           h("td", {}, fmtTime(c.event_time)),
           h("td", {}, fmtTime(c.ingest_time)),
           h("td", { class: "num" }, `${c.amount} ${x.currency}`),
-          h("td", {}, c.late ? h("span", { class: "badge late", title: `${c.lateness_seconds} s after the day's cutoff` }, "late") : "on time"))),
+          h("td", {}, c.late ? h("span", { class: "badge late", title: "Arrived after the day's cutoff: counted as late, the day badged adjusted" }, "late") : "on time"))),
         { id: "explain-table" })));
   }
 }
@@ -445,7 +450,7 @@ async function orders(section, params) {
         h("dt", {}, "Status"), h("dd", { id: "order-status" }, summary.status),
         h("dt", {}, "Customer"), h("dd", {}, summary.customer_id),
         h("dt", {}, "Store"), h("dd", {}, summary.store_id),
-        h("dt", {}, "Total"), h("dd", {}, `${summary.total} ${summary.currency}`)),
+        h("dt", {}, "Total"), h("dd", {}, money(summary.total))),
       h("h3", {}, "Audit timeline"),
       timeline(history)));
   }
@@ -457,7 +462,7 @@ async function orders(section, params) {
     section.append(h("article", { class: "card", id: "account-view" },
       h("h3", {}, `Account ${account}`, asOf ? ` as of ${fmtTime(asOf)}` : version ? ` as of version ${version}` : ""),
       h("dl", { class: "facts" },
-        h("dt", {}, "Balance"), h("dd", { id: "account-balance" }, `${state.balance} ${state.currency}`),
+        h("dt", {}, "Balance"), h("dd", { id: "account-balance" }, money(state.balance)),
         h("dt", {}, "Owner"), h("dd", {}, state.owner),
         h("dt", {}, "Version"), h("dd", {}, state.version)),
       h("h3", {}, "Audit timeline"),

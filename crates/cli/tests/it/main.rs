@@ -1,11 +1,13 @@
 //! Integration tests of the `eventfold` binary: the CLI's subcommands, outputs and exit codes,
 //! durability under kill -9 and SIGTERM, the relay killed mid-publish, the flash-sale simulation,
 //! the hash chain, archive, corrections and snapshots driven through both the binary and the
-//! library, and readiness and metrics of a server whose broker and Redis come and go.
+//! library, readiness and metrics of a server whose broker and Redis come and go, and the web
+//! console in a real browser.
 
 mod archive;
 mod chain;
 mod cli;
+mod console;
 mod corrections;
 mod durability;
 mod keys;
