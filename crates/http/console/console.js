@@ -128,7 +128,7 @@ async function follow(path, signal, onEvent) {
 // ---- charts ----
 
 function chart(canvas, type, labels, datasets, stacked = false) {
-  if (!window.Chart) return;
+  if (!window.Chart) return null;
   const c = new window.Chart(canvas, {
     type,
     data: { labels, datasets },
@@ -141,6 +141,7 @@ function chart(canvas, type, labels, datasets, stacked = false) {
     },
   });
   charts.push(c);
+  return c;
 }
 
 function chartBox(label) {
@@ -273,12 +274,13 @@ async function sales(section, params) {
   // Daily (event time).
   const [dBox, dCanvas] = chartBox(`Sales per business date for ${store}, on time and late`);
   const adjusted = daily.filter((d) => d.adjusted).length;
-  const dailyRows = daily.map((d) => h("tr", { "data-date": d.date },
+  const dailyRow = (d) => h("tr", { "data-date": d.date },
     h("td", {}, d.date, " ", d.adjusted ? h("span", { class: "badge adjusted", title: `Changed after it was reported; last change arrived ${fmtTime(d.last_adjusted_at)}` }, "adjusted") : null),
     h("td", { class: "num" }, `${d.total} ${d.currency}`),
     h("td", { class: "num" }, d.orders),
     h("td", { class: "num" }, d.late_orders ? `${d.late_total} (${d.late_orders})` : "0"),
-    h("td", {}, h("a", { href: `#/explain?${q({ store, date: d.date })}`, "aria-label": `Explain ${d.date}` }, "Explain"))));
+    h("td", {}, h("a", { href: `#/explain?${q({ store, date: d.date })}`, "aria-label": `Explain ${d.date}` }, "Explain")));
+  const dailyRows = daily.map(dailyRow);
   const dView = h("article", { class: "view card", id: "view-daily", "aria-labelledby": "daily-title" },
     h("h3", { id: "daily-title" }, "Daily (event time)",
       tip("tip-daily", `Counted on the business date each sale happened (its event time, in ${zone}). A sale that arrives after its day was reported is added to that day as late, and the day is badged "adjusted".`)),
@@ -299,13 +301,13 @@ async function sales(section, params) {
   section.append(h("div", { class: "views" }, rtView, dView, cView));
 
   chart(rtCanvas, "bar", realtime.map((b) => b.hour.slice(0, 13).replace("T", " ")), [{ label: "Total", data: realtime.map((b) => Number(b.total)), backgroundColor: "#0b5cad" }]);
-  chart(dCanvas, "bar", daily.map((d) => d.date), [
+  const dChart = chart(dCanvas, "bar", daily.map((d) => d.date), [
     { label: "On time", data: daily.map((d) => Number(d.total) - Number(d.late_total)), backgroundColor: "#0b5cad" },
     { label: "Late", data: daily.map((d) => Number(d.late_total)), backgroundColor: "#d97a00" },
   ], true);
   const byDay = new Map();
   for (const c of corrections) byDay.set(c.date, (byDay.get(c.date) || 0) + Number(c.delta));
-  chart(cCanvas, "bar", [...byDay.keys()], [{ label: "Change", data: [...byDay.values()], backgroundColor: "#d97a00" }]);
+  const cChart = chart(cCanvas, "bar", [...byDay.keys()], [{ label: "Change", data: [...byDay.values()], backgroundColor: "#d97a00" }]);
 
   // Live: new notices of this store, from now on.
   const abort = new AbortController();
@@ -321,7 +323,28 @@ async function sales(section, params) {
       tbody.prepend(correctionRow(notice));
       const row = document.querySelector(`#daily-table tr[data-date="${notice.date}"] td`);
       if (row && !row.querySelector(".badge")) row.append(" ", h("span", { class: "badge adjusted", title: `Changed after it was reported; last change arrived ${fmtTime(notice.ingested_at)}` }, "adjusted"));
-      if (!row) $("#daily-summary").textContent += ` · new: ${notice.date}`;
+      // The day's row as the view holds it now (its total, its late part).
+      api(`/sales/daily?${q({ store, from: notice.date, to: notice.date })}`).then((days) => {
+        const old = document.querySelector(`#daily-table tr[data-date="${notice.date}"]`);
+        const now = days.find((d) => d.currency === notice.currency);
+        if (old && now) old.replaceWith(dailyRow(now));
+      }).catch(() => {});
+      const days = document.querySelectorAll("#daily-table tbody tr[data-date]").length;
+      const badged = document.querySelectorAll("#daily-table tbody .badge.adjusted").length;
+      $("#daily-summary").textContent = `${days} days, ${badged} adjusted${row ? "" : ` · new: ${notice.date}`}`;
+      // The charts follow: the change lands on its day, in the daily view as late.
+      const delta = Number(notice.delta);
+      if (dChart) {
+        const i = dChart.data.labels.indexOf(notice.date);
+        if (i >= 0) dChart.data.datasets[1].data[i] += delta;
+        dChart.update();
+      }
+      if (cChart) {
+        const i = cChart.data.labels.indexOf(notice.date);
+        if (i >= 0) cChart.data.datasets[0].data[i] += delta;
+        else { cChart.data.labels.push(notice.date); cChart.data.datasets[0].data.push(delta); }
+        cChart.update();
+      }
     }
   }).catch((e) => {
     if (!abort.signal.aborted) $("#live-status").textContent = `Live updates stopped: ${e.message}`;
@@ -334,7 +357,16 @@ function correctionRow(c) {
     h("td", {}, h("span", { class: "badge late" }, c.reason)),
     h("td", { class: "num" }, `${c.delta} ${c.currency}`),
     h("td", { class: "num" }, `${c.before} → ${c.after}`),
-    h("td", {}, fmtTime(c.ingested_at), c.lateness_seconds ? ` (${Math.round(c.lateness_seconds / 3600)} h late)` : ""));
+    h("td", {}, fmtTime(c.ingested_at), c.lateness_seconds ? ` (${lateness(c.lateness_seconds)} after the cutoff)` : ""));
+}
+
+// Seconds as the largest whole unit that reads well: `40 min`, `5 h`, `3 days`, `27 years`.
+function lateness(seconds) {
+  const units = [[365 * 86400, "years"], [86400, "days"], [3600, "h"], [60, "min"]];
+  for (const [size, name] of units) {
+    if (seconds >= 2 * size) return `${Math.floor(seconds / size)} ${name}`;
+  }
+  return `${seconds} s`;
 }
 
 // ---- Explain a number ----

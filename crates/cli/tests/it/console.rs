@@ -93,6 +93,10 @@ fn screenshots() -> PathBuf {
 }
 
 async fn shot(client: &Client, name: &str) {
+    client
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
     let png = client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
@@ -418,9 +422,37 @@ async fn the_console_in_a_browser_on_the_cdnow_log() {
     })
     .await;
     assert!(
-        notice.contains("late-arrival") && notice.contains("25.50 USD"),
+        notice.contains("late-arrival")
+            && notice.contains("25.50 USD")
+            && notice.contains("years after the cutoff"),
         "{notice}"
     );
+    text_until(&client, "#daily-summary", |t| t == "31 days, 1 adjusted").await;
+    let day = api(
+        &base,
+        &staff,
+        "/sales/daily?store=cdnow&from=1997-01-05&to=1997-01-05",
+    )
+    .await;
+    let late_row = text_until(&client, "#daily-table tr[data-date='1997-01-05']", |t| {
+        t.contains("25.50 (1)")
+    })
+    .await;
+    assert!(
+        late_row.contains(&format!("{} USD", day[0]["total"].as_str().unwrap())),
+        "{late_row}"
+    );
+    // The charts follow the notice: 25.50 late on 5 January, a 25.50 change in the corrections.
+    let charted = client
+        .execute(
+            "const d = Chart.getChart(document.querySelector('#view-daily canvas')); \
+             const c = Chart.getChart(document.querySelector('#view-corrections canvas')); \
+             return [d.data.datasets[1].data[4], c.data.labels, c.data.datasets[0].data]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(charted, json!([25.5, ["1997-01-05"], [25.5]]));
     shot(&client, "03-sales-correction").await;
 
     // Explain 5 January: every order of the day, the late one marked, summing to the total.
