@@ -54,7 +54,7 @@ async fn browser() -> (Client, KillOnDrop) {
         json!({
             "binary": var("EVENTFOLD_TEST_CHROMIUM"),
             "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1366,900", "--lang=en-US"],
+                     "--window-size=1366,768", "--lang=en-US"],
         }),
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -602,5 +602,34 @@ async fn the_console_in_a_browser_on_the_cdnow_log() {
         .await
         .unwrap();
     assert_eq!(order, json!([true, true, true, true, true, true]));
+    client.close().await.unwrap();
+}
+
+/// The quick start's server runs open (no key in the store): the console signs in with an empty
+/// key and offers every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_server_signs_in_with_an_empty_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base) = start_serve(&dir.path().join("open.db"), &[], Stdio::null()).await;
+    let _server = KillOnDrop(server);
+    let (client, _driver) = browser().await;
+    client.goto(&format!("{base}/console")).await.unwrap();
+    click(&client, "#sign-in-form button[type=submit]").await;
+    text_until(&client, "#who-text", |t| {
+        t.starts_with("user:anonymous · tenant default")
+    })
+    .await;
+    let visible = client
+        .execute(
+            "return [...document.querySelectorAll('#nav li')].filter(l => !l.hidden).map(l => l.dataset.page)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        visible,
+        json!(["sales", "explain", "orders", "exceptions", "operations"])
+    );
+    text_until(&client, "#page-title", |t| t == "Sales").await;
     client.close().await.unwrap();
 }
