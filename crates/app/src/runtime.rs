@@ -89,6 +89,8 @@ pub struct Config {
     /// Walk the whole hash chain at start and then this often; zero: only on request. Default
     /// [`crate::integrity::watch::DEFAULT_VERIFY_EVERY`].
     pub verify_every: Duration,
+    /// A signed anchor every walk of the chain checks the log against.
+    pub anchor: Option<crate::integrity::verify::TrustedAnchor>,
 }
 
 impl Default for Config {
@@ -103,6 +105,7 @@ impl Default for Config {
             ready_max_lag_secs: crate::health::DEFAULT_MAX_LAG_SECS,
             watched_groups: None,
             verify_every: crate::integrity::watch::DEFAULT_VERIFY_EVERY,
+            anchor: None,
         }
     }
 }
@@ -322,6 +325,9 @@ impl Runtime {
         app.views = views;
         let (health, stop) = (app.health.clone(), shutdown.clone());
         tasks.spawn(async move { health.run(stop.cancelled_owned()).await });
+        if let Some(anchor) = config.anchor {
+            app.chain = app.chain.clone().with_anchor(anchor);
+        }
         if !config.verify_every.is_zero() {
             let (chain, stop, every) = (app.chain.clone(), shutdown.clone(), config.verify_every);
             tasks.spawn(async move { chain.run(every, stop.cancelled_owned()).await });

@@ -644,7 +644,7 @@ async function operations(section) {
     ev.target.disabled = false;
   } }, "Verify now") : null;
   section.append(h("article", { class: "card", id: "chain" }, h("h3", {}, "Hash chain"), result, verify,
-    h("p", { class: "note" }, "Signed anchors are files: eventfold anchor sign, then eventfold verify --anchor FILE --public-key KEY.")));
+    h("p", { class: "note" }, "Sign an anchor of the log's head with eventfold anchor sign; give it to serve with --anchor to check every walk against it.")));
 }
 
 function chainText(c) {
@@ -652,7 +652,12 @@ function chainText(c) {
   return h("p", {},
     h("span", { class: `badge ${c.ok ? "good" : "bad"}` }, c.ok ? "intact" : "broken"),
     ` ${c.events_checked} events checked up to position ${c.head_position ?? 0}, finished ${fmtTime(c.finished_at)} (${Math.round(c.elapsed_ms)} ms).`,
-    c.first_broken ? h("strong", {}, ` ${c.first_broken}`) : null);
+    c.first_broken ? h("strong", {}, ` ${c.first_broken}`) : null,
+    h("br"),
+    c.anchor
+      ? h("span", { id: "anchor-state" }, "Last signed anchor: position ", String(c.anchor.position), `, signed ${fmtTime(c.anchor.signed_at)}: `,
+        h("span", { class: `badge ${c.anchor.extended ? "good" : "bad"}` }, c.anchor.extended ? "the log extends it" : "the log does not extend it"))
+      : h("span", { id: "anchor-state", class: "note" }, "No signed anchor configured (serve --anchor FILE --anchor-public-key KEY)."));
 }
 
 // ---- start ----

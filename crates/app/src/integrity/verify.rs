@@ -42,6 +42,34 @@ pub struct TrustedAnchor {
     pub hash: Hash,
 }
 
+impl TrustedAnchor {
+    /// Reads the anchor file at `path` (written by `eventfold anchor sign`) and checks its
+    /// signature with `key`: the Ed25519 public key as 64 hex characters, or a file holding them.
+    ///
+    /// # Errors
+    /// A file that cannot be read, a key that is not one, a file that is not an anchor, or a
+    /// signature that does not verify, each naming the file.
+    pub fn read(path: &std::path::Path, key: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let key_text =
+            if key.trim().len() == 64 && key.trim().bytes().all(|b| b.is_ascii_hexdigit()) {
+                key.to_owned()
+            } else {
+                std::fs::read_to_string(key)
+                    .with_context(|| format!("reading public key file {key}"))?
+            };
+        let public = eventfold_core::chain::verifying_key(&key_text)?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading anchor {}", path.display()))?;
+        let anchor: Anchor = serde_json::from_str(&text)
+            .with_context(|| format!("anchor {} is not an anchor file", path.display()))?;
+        let hash = anchor
+            .verify(&public)
+            .with_context(|| format!("anchor {}", path.display()))?;
+        Ok(Self { anchor, hash })
+    }
+}
+
 /// What `eventfold verify --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use eventfold_core::{EventStore, StoreError};
 use serde::Serialize;
 
-use super::verify::{verify, Target, VerifyReport};
+use super::verify::{verify, Target, TrustedAnchor, VerifyReport};
 
 /// How often `serve` walks the chain unless told otherwise: every 6 hours.
 pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(6 * 3600);
@@ -35,6 +35,20 @@ pub struct ChainCheck {
     pub head_position: Option<u64>,
     /// The first link that does not hold, as `eventfold verify` names it.
     pub first_broken: Option<String>,
+    /// The signed anchor the walk checked the log against (`serve --anchor`), if any.
+    pub anchor: Option<AnchorState>,
+}
+
+/// A signed anchor as the last walk found it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AnchorState {
+    /// The anchored position.
+    pub position: u64,
+    /// When it was signed (UTC).
+    pub signed_at: DateTime<Utc>,
+    /// True when the log still holds the anchored hash at that position (it extends the
+    /// signed head); false means the log was rewritten or shortened.
+    pub extended: bool,
 }
 
 /// Walks the chain on a timer and on request (see the module docs). Cheap to clone.
@@ -44,6 +58,8 @@ pub struct ChainWatch {
     last: Arc<Mutex<Option<ChainCheck>>>,
     /// Held while a walk runs: a request during one waits for it rather than starting another.
     walking: Arc<tokio::sync::Mutex<()>>,
+    /// A signed anchor every walk checks the log against.
+    anchor: Option<Arc<TrustedAnchor>>,
 }
 
 impl ChainWatch {
@@ -53,7 +69,17 @@ impl ChainWatch {
             store,
             last: Arc::default(),
             walking: Arc::default(),
+            anchor: None,
         }
+    }
+
+    /// Also checks, on every walk, that the log still extends `anchor` (an anchor file signed
+    /// by `eventfold anchor sign`, its signature already checked): a log rewritten or shortened
+    /// below the anchored head counts as broken.
+    #[must_use]
+    pub fn with_anchor(mut self, anchor: TrustedAnchor) -> Self {
+        self.anchor = Some(Arc::new(anchor));
+        self
     }
 
     /// The last walk's result, if one has finished since the server started.
@@ -67,7 +93,14 @@ impl ChainWatch {
     /// The store cannot be read (counted as `result="error"`; the last result stays).
     pub async fn run_once(&self) -> Result<ChainCheck, StoreError> {
         let _walking = self.walking.lock().await;
-        match verify(self.store.clone(), &Target::All, None, &|_| {}).await {
+        match verify(
+            self.store.clone(),
+            &Target::All,
+            self.anchor.as_deref(),
+            &|_| {},
+        )
+        .await
+        {
             Ok(report) => Ok(self.record(&report)),
             Err(e) => {
                 metrics::counter!("eventfold_chain_verify_runs_total", "result" => "error")
@@ -85,6 +118,11 @@ impl ChainWatch {
             elapsed_ms: report.elapsed_ms,
             head_position: report.head.as_ref().map(|h| h.position),
             first_broken: report.first_broken.as_ref().map(ToString::to_string),
+            anchor: report.anchor.as_ref().map(|a| AnchorState {
+                position: a.position,
+                signed_at: a.signed_at,
+                extended: a.extended,
+            }),
         };
         let result = if check.ok { "ok" } else { "broken" };
         metrics::counter!("eventfold_chain_verify_runs_total", "result" => result).increment(1);

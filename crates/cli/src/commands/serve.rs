@@ -105,6 +105,14 @@ pub struct Serve {
     /// request); the result is in `/metrics` (`eventfold_chain_verify_last_ok`).
     #[arg(long, default_value = "6h", value_parser = parse_every)]
     verify_every: i64,
+    /// An anchor file (`eventfold anchor sign`) every walk of the chain checks the log against:
+    /// a log rewritten or shortened below it is broken. Needs --anchor-public-key.
+    #[arg(long, requires = "anchor_public_key")]
+    anchor: Option<std::path::PathBuf>,
+    /// The Ed25519 public key the anchor is signed with: 64 hex characters, or a file holding
+    /// them.
+    #[arg(long, requires = "anchor")]
+    anchor_public_key: Option<String>,
 }
 
 fn parse_every(s: &str) -> Result<i64, String> {
@@ -254,6 +262,13 @@ impl Serve {
         let config = Config {
             ready_max_lag_secs: self.ready_max_lag_secs,
             verify_every: Duration::from_secs(self.verify_every.unsigned_abs()),
+            anchor: match (&self.anchor, &self.anchor_public_key) {
+                (Some(path), Some(key)) => Some(
+                    eventfold_app::integrity::verify::TrustedAnchor::read(path, key)
+                        .context("--anchor")?,
+                ),
+                _ => None,
+            },
             watched_groups: (!self.watch_groups.is_empty()).then_some(self.watch_groups),
             unpaid_order_timeout,
             ledger,

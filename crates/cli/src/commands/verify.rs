@@ -1,6 +1,6 @@
 //! `eventfold verify`: walk the hash chain, optionally against a signed anchor or an archive.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -56,7 +56,7 @@ impl Verify {
             (None, false) => bail!("give a STREAM or --all"),
         };
         let trusted = match (self.anchor, self.public_key) {
-            (Some(path), Some(key)) => Some(read_anchor(&path, &key)?),
+            (Some(path), Some(key)) => Some(TrustedAnchor::read(&path, &key)?),
             _ => None,
         };
         let backend = global.open().await?;
@@ -154,22 +154,4 @@ async fn verify_sealed(global: &Global, arg: &str) -> anyhow::Result<()> {
         bail!("period {period} of store {store} does not verify (see the report)");
     }
     Ok(())
-}
-
-/// Reads an anchor file and checks its signature with `key` (hex, or a file holding it).
-fn read_anchor(path: &Path, key: &str) -> anyhow::Result<TrustedAnchor> {
-    let key_text = if key.trim().len() == 64 && key.trim().bytes().all(|b| b.is_ascii_hexdigit()) {
-        key.to_owned()
-    } else {
-        std::fs::read_to_string(key).with_context(|| format!("reading public key file {key}"))?
-    };
-    let public = eventfold_core::chain::verifying_key(&key_text)?;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading anchor {}", path.display()))?;
-    let anchor: eventfold_core::chain::Anchor = serde_json::from_str(&text)
-        .with_context(|| format!("anchor {} is not an anchor file", path.display()))?;
-    let hash = anchor
-        .verify(&public)
-        .with_context(|| format!("anchor {}", path.display()))?;
-    Ok(TrustedAnchor { anchor, hash })
 }

@@ -270,7 +270,49 @@ async fn the_console_in_a_browser_on_the_cdnow_log() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (server, base) = start_serve(&db, &["--verify-every", "6h"], Stdio::null()).await;
+    // A signed anchor of the imported log's head, which every walk of the server checks.
+    let (secret, public, anchor) = (
+        dir.path().join("k.sec"),
+        dir.path().join("k.pub"),
+        dir.path().join("anchor.json"),
+    );
+    eventfold_json(
+        &store,
+        &[
+            "anchor",
+            "keygen",
+            "--secret-key",
+            secret.to_str().unwrap(),
+            "--public-key",
+            public.to_str().unwrap(),
+        ],
+    );
+    let signed = eventfold_json(
+        &store,
+        &[
+            "anchor",
+            "sign",
+            "--secret-key",
+            secret.to_str().unwrap(),
+            "--out",
+            anchor.to_str().unwrap(),
+        ],
+    );
+    let anchored = signed["position"].as_u64().unwrap();
+    assert!(anchored > 300_000, "{signed}");
+    let (server, base) = start_serve(
+        &db,
+        &[
+            "--verify-every",
+            "6h",
+            "--anchor",
+            anchor.to_str().unwrap(),
+            "--anchor-public-key",
+            public.to_str().unwrap(),
+        ],
+        Stdio::null(),
+    )
+    .await;
     let _server = KillOnDrop(server);
 
     // An account to look at, and an exception to decide: period control on CDNOW's last month,
@@ -589,6 +631,12 @@ async fn the_console_in_a_browser_on_the_cdnow_log() {
     assert!(
         chain.starts_with("intact") && chain.contains(&format!("up to position {head}")),
         "{chain} (head {head})"
+    );
+    let anchor_state = text_until(&client, "#anchor-state", |t| !t.is_empty()).await;
+    assert!(
+        anchor_state.starts_with(&format!("Last signed anchor: position {anchored}, signed "))
+            && anchor_state.ends_with("the log extends it"),
+        "{anchor_state}"
     );
     accessible(&client, "operations").await;
     shot(&client, "08-operations").await;
