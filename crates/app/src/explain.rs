@@ -136,11 +136,8 @@ pub async fn explain_daily(
                     StoreError::Corrupt(format!("position {}: {m}", event.global_position))
                 })?;
             let Some(applied) = applied else { continue };
-            let (before, after_doc) = (bucket(applied.before), bucket(applied.after));
-            let (b, a) = (before.unwrap_or_default(), after_doc.unwrap_or_default());
-            if (b.total, b.orders, b.late_total, b.late_orders)
-                == (a.total, a.orders, a.late_total, a.late_orders)
-            {
+            let (b, a) = (figures(applied.before), figures(applied.after));
+            if b == a {
                 continue;
             }
             let stream = tenant::unscoped(&event.stream_id).to_owned();
@@ -184,20 +181,21 @@ pub async fn explain_daily(
         .collect())
 }
 
-/// A bucket from a daily document's JSON (`None`: absent or not a bucket).
-fn bucket(doc: Option<serde_json::Value>) -> Option<Bucket> {
-    let b: SalesBucket = serde_json::from_value(doc?).ok()?;
-    Some(Bucket {
-        total: b.total,
-        orders: b.orders,
-        late_total: b.late_total,
-        late_orders: b.late_orders,
-    })
+/// The figures of a daily document an event can change (zero when absent or not a bucket).
+fn figures(doc: Option<serde_json::Value>) -> Figures {
+    doc.and_then(|d| serde_json::from_value::<SalesBucket>(d).ok())
+        .map(|b| Figures {
+            total: b.total,
+            orders: b.orders,
+            late_total: b.late_total,
+            late_orders: b.late_orders,
+        })
+        .unwrap_or_default()
 }
 
 /// The figures of a bucket an event can change.
-#[derive(Debug, Default, Clone, Copy)]
-struct Bucket {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Figures {
     total: Decimal,
     orders: u64,
     late_total: Decimal,

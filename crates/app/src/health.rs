@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use eventfold_core::stock::StockLedger;
 use eventfold_core::{EventStore, ProjectionRunner, ReadModelStore};
-use eventfold_domain::projections::{SagaInFlight, SAGAS_IN_FLIGHT};
+use eventfold_domain::projections::SagaInFlight;
 use eventfold_kafka::monitor::{BrokerMonitor, BrokerSample, WatchedGroup};
 use serde::Serialize;
 
@@ -285,33 +285,22 @@ impl Health {
         let stuck_before = Utc::now()
             - chrono::Duration::from_std(SAGA_STUCK_AFTER).unwrap_or(chrono::Duration::MAX);
         let mut out = Sagas::default();
-        let mut start = String::new();
-        loop {
-            let docs = self
-                .inner
-                .read_models
-                .range_docs(SAGAS_IN_FLIGHT, &start, "\u{10ffff}", 1_000)
-                .await?;
-            let full = docs.len() == 1_000;
-            for (key, doc) in docs {
-                out.in_flight += 1;
-                let saga: Option<SagaInFlight> = serde_json::from_str(&doc).ok();
-                if saga
-                    .and_then(|s| s.last_step_at)
-                    .is_some_and(|at| at < stuck_before)
-                {
-                    out.stuck += 1;
-                    let (of, order) = eventfold_core::tenant::split(&key);
-                    if Some(of) == tenant && out.stuck_orders.len() < STUCK_LISTED {
-                        out.stuck_orders.push(order.to_owned());
-                    }
+        crate::sagas::for_each_in_flight(self.inner.read_models.as_ref(), |key, doc| {
+            out.in_flight += 1;
+            let saga: Option<SagaInFlight> = serde_json::from_str(doc).ok();
+            if saga
+                .and_then(|s| s.last_step_at)
+                .is_some_and(|at| at < stuck_before)
+            {
+                out.stuck += 1;
+                let (of, order) = eventfold_core::tenant::split(key);
+                if Some(of) == tenant && out.stuck_orders.len() < STUCK_LISTED {
+                    out.stuck_orders.push(order.to_owned());
                 }
-                start = eventfold_core::read_model::key_after(&key);
             }
-            if !full {
-                return Ok(out);
-            }
-        }
+        })
+        .await?;
+        Ok(out)
     }
 
     /// The broker monitor's last sample (every [`OBSERVE_EVERY`]), if there is a broker and it

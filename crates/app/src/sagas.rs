@@ -88,6 +88,38 @@ struct Inner {
     timers: Mutex<HashMap<String, i64>>,
 }
 
+/// Calls `each` with the key and document of every saga in flight (the `sagas_in_flight`
+/// projection), in key order, a page of 1,000 at a time.
+///
+/// # Errors
+/// Read-model failures.
+pub async fn for_each_in_flight(
+    read_models: &dyn ReadModelStore,
+    mut each: impl FnMut(&str, &str),
+) -> Result<(), eventfold_core::StoreError> {
+    const PAGE: usize = 1_000;
+    let mut start = String::new();
+    loop {
+        let docs = read_models
+            .range_docs(
+                eventfold_domain::projections::SAGAS_IN_FLIGHT,
+                &start,
+                "\u{10ffff}",
+                PAGE,
+            )
+            .await?;
+        for (key, doc) in &docs {
+            each(key, doc);
+        }
+        match docs.last() {
+            Some((key, _)) if docs.len() == PAGE => {
+                start = eventfold_core::read_model::key_after(key);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// The correlation id of everything an order's sagas append: UUID v5 of `order-{id}`.
 pub fn correlation(order_id: &str) -> Uuid {
     Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("order-{order_id}").as_bytes())

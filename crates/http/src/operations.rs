@@ -78,14 +78,11 @@ pub async fn activate_projection(
     headers: CommandHeaders,
     body: CommandBody<ActivateBody>,
 ) -> Result<Json<Activated>, ApiError> {
-    caller.require(&[Role::Operator])?;
-    if caller.0.tenant != eventfold_core::tenant::DEFAULT {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "projection versions are the deployment's: only an operator of the default tenant may switch them",
-        ));
-    }
+    require_deployment(
+        &caller,
+        &[Role::Operator],
+        "projection versions are the deployment's: only an operator of the default tenant may switch them",
+    )?;
     let Path(name) = name?;
     crate::contract::check("name", &name, crate::contract::PROJECTION)?;
     let reason = crate::periods::required_reason(body.body.reason.clone())?;
@@ -305,19 +302,20 @@ fn of_default_tenant(caller: &Caller) -> bool {
     caller.0.tenant == eventfold_core::tenant::DEFAULT
 }
 
-fn require_deployment(caller: &Caller, roles: &[Role], what: &str) -> Result<(), ApiError> {
+/// Refuses unless the caller holds one of `roles` and belongs to the default tenant (403 with
+/// `refusal` otherwise): for what is the deployment's, not a tenant's.
+fn require_deployment(caller: &Caller, roles: &[Role], refusal: &str) -> Result<(), ApiError> {
     caller.require(roles)?;
     if of_default_tenant(caller) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{what} are the deployment's: only a principal of the default tenant may use them"
-            ),
-        ))
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", refusal))
     }
+}
+
+/// The refusal of a route of the deployment's to a principal of another tenant.
+fn deployment_only(what: &str) -> String {
+    format!("{what} are the deployment's: only a principal of the default tenant may use them")
 }
 
 /// The caller: actor, tenant, roles, and the console pages and actions they open.
@@ -410,7 +408,7 @@ pub async fn operations(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<OperationsBody>, ApiError> {
-    require_deployment(&caller, &DEPLOYMENT_READERS, "operations")?;
+    require_deployment(&caller, &DEPLOYMENT_READERS, &deployment_only("operations"))?;
     let app = &state.app;
     let readiness = app.health.readiness().await;
     let head_position = app.service.store().head_position().await?;
@@ -455,7 +453,11 @@ pub async fn verify_chain(
     caller: Caller,
     _body: CommandBody<EmptyBody>,
 ) -> Result<Json<eventfold_app::integrity::watch::ChainCheck>, ApiError> {
-    require_deployment(&caller, &DEPLOYMENT_READERS, "hash-chain walks")?;
+    require_deployment(
+        &caller,
+        &DEPLOYMENT_READERS,
+        &deployment_only("hash-chain walks"),
+    )?;
     Ok(Json(state.app.chain.run_once().await?))
 }
 
@@ -504,7 +506,11 @@ pub async fn rebuild_projection(
     headers: CommandHeaders,
     body: CommandBody<RebuildBody>,
 ) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
-    require_deployment(&caller, &[Role::Operator], "projection versions")?;
+    require_deployment(
+        &caller,
+        &[Role::Operator],
+        &deployment_only("projection versions"),
+    )?;
     let Path(name) = name?;
     crate::contract::check("name", &name, crate::contract::PROJECTION)?;
     let reason = crate::periods::required_reason(body.body.reason.clone())?;

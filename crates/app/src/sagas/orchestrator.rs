@@ -8,7 +8,6 @@ use eventfold_domain::order::{Order, OrderStatus};
 use eventfold_domain::payment_saga::{
     next_action, OrderStanding, PaymentSaga, PaymentSagaCommand, SagaAction, SagaStep, StepResult,
 };
-use eventfold_domain::projections::SAGAS_IN_FLIGHT;
 
 use super::{correlation, now_ms, Sagas};
 use crate::service::{version_render, AsOf, CommandContext, ServiceError};
@@ -20,24 +19,13 @@ impl Sagas {
     /// # Errors
     /// Read-model failures.
     pub async fn sweep(&self) -> Result<u64, ServiceError> {
-        let mut start = String::new();
         let mut n = 0;
-        loop {
-            let docs = self
-                .inner
-                .read_models
-                .range_docs(SAGAS_IN_FLIGHT, &start, "\u{10ffff}", 1_000)
-                .await?;
-            let full = docs.len() == 1_000;
-            for (key, _) in docs {
-                self.schedule(&key);
-                start = eventfold_core::read_model::key_after(&key);
-                n += 1;
-            }
-            if !full {
-                return Ok(n);
-            }
-        }
+        super::for_each_in_flight(self.inner.read_models.as_ref(), |key, _| {
+            self.schedule(key);
+            n += 1;
+        })
+        .await?;
+        Ok(n)
     }
 
     pub(super) async fn work(&self, stop: tokio_util::sync::CancellationToken) {
