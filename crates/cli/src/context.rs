@@ -82,6 +82,9 @@ impl Global {
             .await
             .with_context(|| format!("--metrics-listen {addr}"))?;
         tracing::info!(%addr, "serving metrics at /metrics");
+        // The recorder goes in now, before the command's worker records anything: installed by
+        // the spawned server instead, it could come after the first gauges and lose them.
+        eventfold_http::metrics_handle();
         tokio::spawn(eventfold_http::serve_metrics(listener, shutdown.clone()));
         Ok(())
     }

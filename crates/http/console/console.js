@@ -522,7 +522,15 @@ async function exceptions(section, params) {
       try {
         const done = await api(`/exceptions/${x.id}/${verb}`, { method: "POST", body: { reason } });
         announce(`Exception ${x.id} ${done.state}`);
-        render();
+        // The decision as the server answered it: the queue's read model may not show it yet.
+        const row = document.querySelector(`#exceptions-table tr[data-id="${x.id}"]`);
+        if (state === "open") {
+          const body = row.parentElement;
+          row.remove();
+          if (!body.children.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "note" }, "No exceptions.")));
+        } else {
+          row.lastElementChild.replaceChildren(`${done.state}: `, h("q", {}, done.reason));
+        }
       } catch (e) {
         $(`#${CSS.escape(`err-${x.id}`)}`).textContent = e.message;
       }

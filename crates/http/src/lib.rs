@@ -263,7 +263,9 @@ pub async fn serve(
 /// Serves only `GET /metrics` (the process's Prometheus metrics, no credentials) and
 /// `GET /healthz` on `listener` until `shutdown`: for the processes that have no API of their own
 /// (`eventfold relay`, `consume`, `transform`), so their relay backlog, consumer lag, dead
-/// letters and circuit breaker can be scraped. Bind it where only the scraper reaches.
+/// letters and circuit breaker can be scraped. Bind it where only the scraper reaches. Call
+/// [`metrics_handle`] before the process records anything (this function installs the recorder
+/// too, but a task spawned with it may run after the first samples).
 ///
 /// # Errors
 /// The listener fails.
