@@ -338,7 +338,7 @@ pub async fn notifications(
     batch_size: usize,
 ) -> anyhow::Result<NotificationsReport> {
     let scratch = Scratch::create(target, true).await?;
-    let sink = Arc::new(NotificationSink::open(&scratch.url).await?);
+    let sink = Arc::new(NotificationSink::open(&scratch.url, None).await?);
     let tag = uuid::Uuid::now_v7().simple().to_string();
 
     // The broker's ceiling: a bare consumer reading the same volume.

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use clap::Args;
-use eventfold_app::backend::{Backend, DEFAULT_STORE};
+use eventfold_app::backend::{Backend, OpenOptions, DEFAULT_STORE};
 use eventfold_kafka::RelayConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -13,9 +13,15 @@ use crate::output::Output;
 /// The global options (accepted before or after the subcommand).
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Where events and read models live: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE.
+    /// Where events and read models live: sqlite://PATH, postgres://USER@HOST:PORT/DATABASE, or
+    /// nats://HOST:PORT[/NAME] (events in the JetStream stream NAME, default `eventfold`; read
+    /// models in --read-models).
     #[arg(long, global = true, env = "EVENTFOLD_STORE", default_value = DEFAULT_STORE)]
     pub store: String,
+    /// With a nats:// store: where its read models, index and checkpoints live, sqlite://PATH or
+    /// postgres://...; default sqlite://{NAME}-read-models.db in the working directory.
+    #[arg(long, global = true, env = "EVENTFOLD_READ_MODELS")]
+    pub read_models: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -62,7 +68,15 @@ impl Global {
     /// # Errors
     /// A bad URL or a store that cannot be opened.
     pub async fn open(&self) -> anyhow::Result<Backend> {
-        Backend::open(&self.store).await
+        Backend::open_with(&self.store, &self.open_options()).await
+    }
+
+    /// The settings `--store` is opened with (`--read-models` for a nats:// store).
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            read_models: self.read_models.clone(),
+            ..OpenOptions::default()
+        }
     }
 
     /// How to print.

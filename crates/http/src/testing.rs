@@ -58,6 +58,27 @@ impl TestApp {
     /// An app on the store at `url`; `guard` lives as long as the app (a temp dir, a database).
     pub async fn open(url: &str, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
         let backend = Backend::open(url).await.expect("open store");
+        Self::over(backend, guard)
+    }
+
+    /// An app on a fresh NATS JetStream store (a stream of its own on the test server,
+    /// `EVENTFOLD_TEST_NATS`) with its read models in a fresh PostgreSQL database: seed 004's
+    /// layout.
+    pub async fn nats() -> Self {
+        let db = eventfold_postgres::testing::fresh_db().await;
+        let (url, stream) = eventfold_nats::testing::fresh_url();
+        let options = eventfold_app::backend::OpenOptions {
+            read_models: Some(db.url.clone()),
+            ..Default::default()
+        };
+        let backend = Backend::open_with(&url, &options)
+            .await
+            .expect("open the NATS store");
+        Self::over(backend, Box::new((stream, db)))
+    }
+
+    /// An app over an open `backend`, keeping `guard` alive as long as it.
+    pub fn over(backend: Backend, guard: Box<dyn std::any::Any + Send + Sync>) -> Self {
         let runner = Arc::new(backend.projection_runner());
         let app = App::new(&backend, runner.clone(), None);
         let router = router(AppState::new(app.clone()));

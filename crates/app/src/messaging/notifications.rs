@@ -84,12 +84,14 @@ impl NotificationSink {
     /// connections) whose writes give up waiting for a connection after 1 s, so a database outage
     /// fails a flush fast and the batch consumer's retries and circuit breaker take over; on
     /// SQLite a 2 MiB page cache per connection (SQLite's own default) instead of the store's
-    /// 64 MiB for replays.
+    /// 64 MiB for replays. A `nats://` store's table is in its read-model store,
+    /// `read_models` (see [`OpenOptions::read_models`]).
     ///
     /// # Errors
     /// A bad URL or a store that cannot be opened.
-    pub async fn open(url: &str) -> anyhow::Result<Self> {
+    pub async fn open(url: &str, read_models: Option<String>) -> anyhow::Result<Self> {
         let options = OpenOptions {
+            read_models,
             postgres: PostgresConfig {
                 max_connections: 2,
                 acquire_timeout: std::time::Duration::from_secs(1),
@@ -99,6 +101,7 @@ impl NotificationSink {
                 cache_kib: 2_048,
                 ..SqliteConfig::default()
             },
+            ..OpenOptions::default()
         };
         Ok(Self::new(&Backend::open_with(url, &options).await?))
     }

@@ -69,7 +69,7 @@ async fn consume(
 }
 
 async fn batches_land_and_poison_is_dead_lettered(url: &str) {
-    let sink = NotificationSink::open(url).await.unwrap();
+    let sink = NotificationSink::open(url, None).await.unwrap();
     let topic = format!("notifications{}", uuid::Uuid::now_v7().simple());
     let mut values = valid(250);
     values.insert(40, "not json".into());
@@ -142,7 +142,7 @@ async fn postgres_down_during_a_batch_retries_opens_the_breaker_and_commits_noth
             .await
             .unwrap(),
     );
-    let sink = Arc::new(NotificationSink::open(&cluster.url()).await.unwrap());
+    let sink = Arc::new(NotificationSink::open(&cluster.url(), None).await.unwrap());
     let topic = format!("notifications{}", uuid::Uuid::now_v7().simple());
     publish(&topic, &valid(50)).await;
     let c = cluster.clone();

@@ -184,6 +184,7 @@ impl Bench {
                     .to_path_buf(),
             ),
             StoreUrl::Postgres(url) => BenchTarget::Postgres(url),
+            StoreUrl::Nats(_) => bail!("the benchmarks do not run on a nats:// store yet"),
         };
         let output = global.output();
         match self {

@@ -117,7 +117,11 @@ impl Consume {
                 if batch_size == 0 || max_wait_ms == 0 {
                     bail!("--batch-size and --max-wait-ms must be at least 1");
                 }
-                let sink = notifications::NotificationSink::open(&global.store).await?;
+                let sink = notifications::NotificationSink::open(
+                    &global.store,
+                    global.read_models.clone(),
+                )
+                .await?;
                 let mut config = ConsumerConfig::new(brokers, "notifications", &[&topic]);
                 config.group_instance_id = group_instance_id;
                 let batch = BatchConfig {

@@ -394,6 +394,9 @@ async fn execute(app: &TestApp, statement: &str) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+        StoreUrl::Nats(_) => {
+            unreachable!("these tests change SQL rows: SQLite and PostgreSQL only")
+        }
     }
 }
 
@@ -535,6 +538,9 @@ async fn damage_is_named(app: TestApp) {
         StoreUrl::Postgres(_) => {
             "ALTER TABLE events DISABLE TRIGGER events_are_append_only; \
              UPDATE events SET archived_digest = decode(repeat('00', 32), 'hex') WHERE position = 4"
+        }
+        StoreUrl::Nats(_) => {
+            unreachable!("these tests change SQL rows: SQLite and PostgreSQL only")
         }
     };
     execute(&app, trigger_off).await.unwrap();

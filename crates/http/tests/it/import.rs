@@ -34,6 +34,12 @@ eventfold_http::on_both_stores!(
     cdnow_sums_to_the_cent
 );
 
+/// Seed 004's layout: events in NATS JetStream, read models in PostgreSQL.
+#[tokio::test]
+async fn on_nats_daily_sales_equal_the_raw_file_to_the_cent_and_reimport_appends_nothing() {
+    cdnow_sums_to_the_cent(TestApp::nats().await).await;
+}
+
 async fn cdnow_sums_to_the_cent(app: TestApp) {
     let bytes =
         std::fs::read(cdnow_path()).expect("data/cdnow/CDNOW_master.txt is in the repository");

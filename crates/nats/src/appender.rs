@@ -1,0 +1,726 @@
+//! The appender: one task per store that decides appends and publishes them, group commit as
+//! one JetStream atomic batch.
+//!
+//! JetStream numbers messages itself, so a client cannot know an event's global position (which
+//! the hash chain covers) or its predecessor's hash before the server answers. The appender
+//! therefore works like PostgreSQL's, with the server's sequence check in place of a lock: it
+//! knows the log up to position `L` (its head, with the hash there, the heads of the streams it
+//! touched and, through [`Index`], every event id, idempotency key and fencing token up to `L`),
+//! decides a group of waiting appends against that, and publishes their events as one batch whose
+//! first message carries `Nats-Expected-Last-Sequence: L`. The server refuses the batch if
+//! anything was appended after `L`; the appender then reads what was (catching up) and decides
+//! again. Each append's first message for its subject also carries
+//! `Nats-Expected-Last-Subject-Sequence`, so the server itself enforces the stream's expected
+//! version too.
+//!
+//! One event is published as one plain message; more as an atomic batch (ADR-50, nats-server
+//! 2.12+): all or none of them become visible, at consecutive sequences. A batch holds at most
+//! [`MAX_BATCH`] messages (the server's limit); a group larger than that is committed in several
+//! batches, each all-or-nothing, and one append may not hold more events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::OutboundMessage};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use eventfold_core::chain::{link, Content, Hash, ZERO_HASH};
+use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
+use eventfold_store_support::head::{self, HeadSender};
+use futures::StreamExt;
+use jetstream_extra::batch_fetch::BatchFetchExt;
+use jetstream_extra::batch_publish::{BatchPublishErrorKind, BatchPublishExt};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::index::{Delta, EventLoc, Found, Index};
+use crate::message::{self, FenceHead, Head, IdemHead};
+use crate::{unavailable, Names};
+
+/// Most messages in one atomic batch (nats-server's limit) and so most events in one append.
+pub const MAX_BATCH: usize = 1000;
+
+/// Most times a group is decided again after other writers moved the log under it.
+const MAX_ATTEMPTS: usize = 200;
+
+/// Most stream heads cached before the cache is cleared.
+const MAX_CACHED_STREAMS: usize = 200_000;
+
+type Results = Vec<Result<AppendOutcome, StoreError>>;
+
+/// Appends waiting for the appender, answered together.
+pub(crate) struct Job {
+    pub requests: Vec<AppendRequest>,
+    pub reply: oneshot::Sender<Result<Results, StoreError>>,
+}
+
+/// A stream's last event: its version, hash and sequence (0, zeros, 0 for a new stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StreamHead {
+    version: u64,
+    hash: Hash,
+    seq: u64,
+}
+
+const NEW_STREAM: StreamHead = StreamHead {
+    version: 0,
+    hash: ZERO_HASH,
+    seq: 0,
+};
+
+pub(crate) struct Appender {
+    pub js: jetstream::Context,
+    pub names: Names,
+    pub index: Arc<Index>,
+    pub runs: mpsc::UnboundedSender<Delta>,
+    pub head_tx: HeadSender,
+    pub stats: Arc<crate::AppenderStats>,
+    /// The log position this appender knows everything up to, and the hash there.
+    pub log: (u64, Hash),
+    streams: HashMap<String, StreamHead>,
+}
+
+/// Why a publish did not commit.
+enum Failed {
+    /// The log moved (another writer) or the server could not take the batch now: nothing
+    /// was written; catch up and decide again.
+    Retry,
+    /// The answer was lost: the batch may or may not be stored.
+    Unknown(StoreError),
+    /// The server refuses such batches for good.
+    Refused(StoreError),
+}
+
+/// One decided group: the messages and, per request, its result or where its events go.
+struct Decided {
+    messages: Vec<(String, HeaderMap, Bytes)>,
+    results: Vec<Result<AppendOutcome, StoreError>>,
+    delta: Delta,
+    streams: HashMap<String, StreamHead>,
+    head: (u64, Hash),
+    first_event: Option<Uuid>,
+}
+
+impl Appender {
+    pub(crate) fn new(
+        js: jetstream::Context,
+        names: Names,
+        index: Arc<Index>,
+        runs: mpsc::UnboundedSender<Delta>,
+        head_tx: HeadSender,
+        stats: Arc<crate::AppenderStats>,
+        log: (u64, Hash),
+    ) -> Self {
+        Self {
+            js,
+            names,
+            index,
+            runs,
+            head_tx,
+            stats,
+            log,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// Serves jobs until every store handle is dropped.
+    pub(crate) async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(first) = jobs.recv().await {
+            let mut group = vec![first];
+            let mut events: usize = group[0].requests.iter().map(|r| r.events.len()).sum();
+            while events < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        events += job.requests.iter().map(|r| r.events.len()).sum::<usize>();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.serve(group).await;
+        }
+    }
+
+    async fn serve(&mut self, group: Vec<Job>) {
+        let mut requests = Vec::new();
+        let mut owners = Vec::new();
+        let mut replies = Vec::new();
+        for (j, job) in group.into_iter().enumerate() {
+            owners.extend(std::iter::repeat_n(j, job.requests.len()));
+            requests.extend(job.requests);
+            replies.push(job.reply);
+        }
+        let mut results: Vec<Option<Result<AppendOutcome, StoreError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut failure = None;
+        // Chunks of at most MAX_BATCH events, each one batch.
+        let mut start = 0;
+        while start < requests.len() {
+            let mut end = start;
+            let mut events = 0;
+            while end < requests.len()
+                && (end == start || events + requests[end].events.len() <= MAX_BATCH)
+            {
+                events += requests[end].events.len();
+                end += 1;
+            }
+            match self.commit(&requests[start..end]).await {
+                Ok(chunk) => {
+                    for (i, r) in chunk.into_iter().enumerate() {
+                        results[start + i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            start = end;
+        }
+        let mut per_job: Vec<Results> = replies.iter().map(|_| Vec::new()).collect();
+        let mut failed_jobs = HashSet::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Some(r) => per_job[owners[i]].push(r),
+                None => {
+                    failed_jobs.insert(owners[i]);
+                }
+            }
+        }
+        for (j, (reply, results)) in replies.into_iter().zip(per_job).enumerate() {
+            let answer = if failed_jobs.contains(&j) {
+                Err(match &failure {
+                    Some(e) => unavailable(&e.to_string()),
+                    None => unavailable("the append was not attempted"),
+                })
+            } else {
+                Ok(results)
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Decides and publishes one chunk, deciding again while other writers move the log.
+    async fn commit(&mut self, requests: &[AppendRequest]) -> Result<Results, StoreError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            let decided = self.decide(requests).await?;
+            if decided.messages.is_empty() {
+                return Ok(decided.results);
+            }
+            match self.publish(&decided.messages).await {
+                Ok(last) => {
+                    let expected = self.log.0 + decided.messages.len() as u64;
+                    if last != expected {
+                        // The sequence check makes this impossible; if a server broke it, the
+                        // events are stored but the chain links computed here are wrong.
+                        tracing::error!(
+                            last,
+                            expected,
+                            "JetStream stored a batch at an unexpected sequence"
+                        );
+                    }
+                    self.stats.record(&decided.results);
+                    let Decided {
+                        results,
+                        delta,
+                        streams,
+                        head,
+                        ..
+                    } = decided;
+                    self.accept(delta, streams, head);
+                    return Ok(results);
+                }
+                Err(Failed::Retry) => {
+                    if attempt > 0 {
+                        tokio::time::sleep(Duration::from_millis(attempt.min(20) as u64)).await;
+                    }
+                    self.catch_up().await?;
+                }
+                Err(Failed::Refused(e)) => return Err(e),
+                Err(Failed::Unknown(e)) => {
+                    // Find out whether the batch is stored: read what the log holds now.
+                    self.catch_up().await.map_err(|_| e)?;
+                    if let Some(id) = decided.first_event {
+                        let found = self.index.lookup(&[id], &[], &[]).await?;
+                        if found
+                            .events
+                            .get(&id)
+                            .is_some_and(|loc| loc.position == decided.delta.from + 1)
+                        {
+                            // Stored: the catch-up already took it in.
+                            return Ok(decided.results);
+                        }
+                    }
+                }
+            }
+        }
+        Err(unavailable(
+            "the log kept moving under the appender: other writers won every attempt",
+        ))
+    }
+
+    /// Takes in a group the server stored.
+    fn accept(&mut self, delta: Delta, streams: HashMap<String, StreamHead>, head: (u64, Hash)) {
+        if self.streams.len() + streams.len() > MAX_CACHED_STREAMS {
+            self.streams.clear();
+        }
+        self.streams.extend(streams);
+        self.log = head;
+        self.index.remember(&delta);
+        let _ = self.runs.send(delta);
+        head::advance(&self.head_tx, self.log.0);
+    }
+
+    /// Decides every request of a chunk against the log as known at `self.log`.
+    async fn decide(&mut self, requests: &[AppendRequest]) -> Result<Decided, StoreError> {
+        let ingest_us = crate::micros(chrono::Utc::now());
+        let checked: Vec<Result<(), StoreError>> = requests.iter().map(check).collect();
+        let live = || {
+            requests
+                .iter()
+                .zip(&checked)
+                .filter(|(_, c)| c.is_ok())
+                .map(|(r, _)| r)
+        };
+        let mut wanted: Vec<String> = live()
+            .filter(|r| !self.streams.contains_key(&r.stream_id))
+            .map(|r| r.stream_id.clone())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        self.load_stream_heads(wanted).await?;
+        let ids: Vec<Uuid> = live()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let keys: Vec<&str> = live()
+            .filter_map(|r| r.idempotency.as_ref().map(|i| i.key.as_str()))
+            .collect();
+        let resources: Vec<&str> = live()
+            .filter_map(|r| r.fence.as_ref().map(|f| f.resource.as_str()))
+            .collect();
+        let found = self.index.lookup(&ids, &keys, &resources).await?;
+
+        let mut t = Tentative::default();
+        let (mut position, mut prev) = self.log;
+        let mut messages: Vec<(String, HeaderMap, Bytes)> = Vec::new();
+        let mut results = Vec::with_capacity(requests.len());
+        let mut delta = Delta::after(self.log.0);
+        let mut subjects = HashSet::new();
+        for (r, c) in requests.iter().zip(checked) {
+            if let Err(e) = c {
+                results.push(Err(e));
+                continue;
+            }
+            let head = t
+                .streams
+                .get(&r.stream_id)
+                .or_else(|| self.streams.get(&r.stream_id))
+                .copied()
+                .unwrap_or(NEW_STREAM);
+            if let Some(done) = t.verdict(r, head.version, &found) {
+                results.push(done);
+                continue;
+            }
+            let subject = message::subject(&self.names.events, &r.stream_id);
+            let (first_position, mut stream_prev) = (position + 1, head.hash);
+            for (i, e) in r.events.iter().enumerate() {
+                let version = head.version + 1 + i as u64;
+                position += 1;
+                let digest = Content::of_new(&r.stream_id, version, e, ingest_us).digest();
+                let hash = link(&prev, &stream_prev, position, &digest);
+                let m = &e.metadata;
+                let h = Head {
+                    s: r.stream_id.clone(),
+                    v: version,
+                    id: e.event_id,
+                    t: e.event_type.clone(),
+                    sv: e.schema_version,
+                    et: e.event_time.timestamp_micros(),
+                    it: ingest_us,
+                    a: m.actor.as_str().to_owned(),
+                    c: m.causation_id,
+                    r: m.correlation_id,
+                    tn: m.tenant_id.clone(),
+                    via: m.via.as_ref().map(|a| a.as_str().to_owned()),
+                    b: m.backfill,
+                    ph: hex::encode(prev),
+                    h: hex::encode(hash),
+                    idem: (i == 0)
+                        .then(|| r.idempotency.as_ref().map(IdemHead::of))
+                        .flatten(),
+                    fence: (i == 0)
+                        .then(|| {
+                            r.fence.as_ref().map(|f| FenceHead {
+                                r: f.resource.clone(),
+                                t: f.token,
+                            })
+                        })
+                        .flatten(),
+                };
+                let mut headers = HeaderMap::new();
+                if messages.is_empty() {
+                    headers.insert(
+                        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                        self.log.0.to_string().as_str(),
+                    );
+                }
+                if i == 0 && subjects.insert(subject.clone()) {
+                    headers.insert(
+                        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        head.seq.to_string().as_str(),
+                    );
+                }
+                messages.push((subject.clone(), headers, message::encode(&h, &e.payload)?));
+                delta.add(&h, position);
+                t.events.insert(
+                    e.event_id,
+                    EventLoc {
+                        stream: r.stream_id.clone(),
+                        version,
+                        position,
+                    },
+                );
+                (prev, stream_prev) = (hash, hash);
+            }
+            if let Some(i) = &r.idempotency {
+                t.keys.insert(i.key.clone());
+            }
+            if let Some(f) = &r.fence {
+                t.fences.insert(f.resource.clone(), f.token);
+            }
+            let version = head.version + r.events.len() as u64;
+            t.streams.insert(
+                r.stream_id.clone(),
+                StreamHead {
+                    version,
+                    hash: prev,
+                    seq: position,
+                },
+            );
+            results.push(Ok(AppendOutcome {
+                stream_version: version,
+                first_position,
+                last_position: position,
+                duplicate: false,
+            }));
+        }
+        let first_event = requests
+            .iter()
+            .zip(&results)
+            .find(|(_, r)| r.as_ref().is_ok_and(|o| !o.duplicate))
+            .map(|(r, _)| r.events[0].event_id);
+        Ok(Decided {
+            messages,
+            results,
+            delta,
+            streams: t.streams,
+            head: (position, prev),
+            first_event,
+        })
+    }
+
+    /// Publishes a decided chunk: one message plainly, more as one atomic batch. Returns the
+    /// sequence of the last message.
+    async fn publish(&self, messages: &[(String, HeaderMap, Bytes)]) -> Result<u64, Failed> {
+        if let [(subject, headers, body)] = messages {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await
+                .map_err(publish_failed)?
+                .await
+                .map_err(publish_failed)?;
+            return Ok(ack.sequence);
+        }
+        let mut batch = self.js.batch_publish().build();
+        let (last, rest) = messages.split_last().expect("a batch has messages");
+        let outbound = |(subject, headers, body): &(String, HeaderMap, Bytes)| OutboundMessage {
+            subject: subject.clone().into(),
+            payload: body.clone(),
+            headers: Some(headers.clone()),
+        };
+        for m in rest {
+            batch
+                .add_message(outbound(m))
+                .await
+                .map_err(|e| self.batch_failed(e))?;
+        }
+        let ack = batch
+            .commit_message(outbound(last))
+            .await
+            .map_err(|e| self.batch_failed(e))?;
+        Ok(ack.sequence)
+    }
+
+    fn batch_failed(&self, e: jetstream_extra::batch_publish::BatchPublishError) -> Failed {
+        use async_nats::jetstream::ErrorCode;
+        let code = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+            .map(async_nats::jetstream::Error::error_code);
+        match e.kind() {
+            BatchPublishErrorKind::BatchPublishIncomplete
+            | BatchPublishErrorKind::BatchPublishTooManyInflight => Failed::Retry,
+            BatchPublishErrorKind::Other if code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE) => {
+                Failed::Retry
+            }
+            BatchPublishErrorKind::BatchPublishNotEnabled => {
+                Failed::Refused(unavailable(&format!(
+                    "the JetStream stream {} does not allow atomic batches (allow_atomic): \
+                 it was made by something else than eventfold",
+                    self.names.stream
+                )))
+            }
+            BatchPublishErrorKind::Request | BatchPublishErrorKind::Publish => {
+                Failed::Unknown(unavailable(&format!("publishing a batch: {e}")))
+            }
+            _ => Failed::Unknown(unavailable(&format!("publishing a batch: {e}"))),
+        }
+    }
+
+    /// Reads the log from `self.log` to its end: the index, the stream heads and the log head
+    /// learn what other writers appended (or what a batch whose answer was lost stored).
+    pub(crate) async fn catch_up(&mut self) -> Result<(), StoreError> {
+        let last = crate::last_sequence(&self.js, &self.names.stream).await?;
+        while self.log.0 < last {
+            let mut batch = self
+                .js
+                .get_batch(&self.names.stream, MAX_BATCH)
+                .sequence(self.log.0 + 1)
+                .send()
+                .await
+                .map_err(crate::fetch_failed)?;
+            let mut delta = Delta::after(self.log.0);
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(crate::fetch_failed)?;
+                let d = message::decode(m.sequence, m.payload)?;
+                let hash = message::head_hash(&d.head);
+                delta.add(&d.head, d.position);
+                self.streams.insert(
+                    d.head.s.clone(),
+                    StreamHead {
+                        version: d.head.v,
+                        hash,
+                        seq: d.position,
+                    },
+                );
+                self.log = (d.position, hash);
+            }
+            if delta.is_empty() {
+                return Err(StoreError::Corrupt(format!(
+                    "the NATS log ends at sequence {last} but nothing after {} can be read",
+                    self.log.0
+                )));
+            }
+            self.index.remember(&delta);
+            let _ = self.runs.send(delta);
+        }
+        head::advance(&self.head_tx, self.log.0);
+        Ok(())
+    }
+
+    /// Caches the heads of `wanted` streams as of `self.log`, catching up first when one of them
+    /// moved past it.
+    async fn load_stream_heads(&mut self, mut wanted: Vec<String>) -> Result<(), StoreError> {
+        for _ in 0..MAX_ATTEMPTS {
+            wanted.retain(|s| !self.streams.contains_key(s));
+            if wanted.is_empty() {
+                return Ok(());
+            }
+            let mut stale = false;
+            for chunk in wanted.chunks(MAX_BATCH) {
+                let subjects: HashMap<String, &String> = chunk
+                    .iter()
+                    .map(|s| (message::subject(&self.names.events, s), s))
+                    .collect();
+                let mut heads: HashMap<&String, StreamHead> =
+                    chunk.iter().map(|s| (s, NEW_STREAM)).collect();
+                let sent = self
+                    .js
+                    .get_last_messages_for(&self.names.stream)
+                    .subjects(subjects.keys().cloned().collect())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(mut batch) => {
+                        while let Some(m) = batch.next().await {
+                            let m = match m {
+                                Ok(m) => m,
+                                Err(e)
+                                    if e.kind()
+                                        == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages =>
+                                {
+                                    break
+                                }
+                                Err(e) => return Err(crate::fetch_failed(e)),
+                            };
+                            if m.sequence > self.log.0 {
+                                stale = true;
+                            }
+                            let d = message::decode(m.sequence, m.payload)?;
+                            if let Some(stream) = subjects.get(m.subject.as_str()) {
+                                heads.insert(
+                                    stream,
+                                    StreamHead {
+                                        version: d.head.v,
+                                        hash: message::head_hash(&d.head),
+                                        seq: d.position,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    Err(e)
+                        if e.kind()
+                            == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages => {}
+                    Err(e) => return Err(crate::fetch_failed(e)),
+                }
+                if stale {
+                    break;
+                }
+                for (stream, head) in heads {
+                    self.streams.insert(stream.clone(), head);
+                }
+            }
+            if stale {
+                self.catch_up().await?;
+            }
+        }
+        Err(unavailable(
+            "the log kept moving while stream heads were read",
+        ))
+    }
+}
+
+/// What every request must satisfy before it is decided.
+fn check(r: &AppendRequest) -> Result<(), StoreError> {
+    r.validate()?;
+    if r.events.len() > MAX_BATCH {
+        return Err(StoreError::InvalidRequest(format!(
+            "an append to the NATS store holds at most {MAX_BATCH} events (JetStream's atomic \
+             batch limit), this one {}",
+            r.events.len()
+        )));
+    }
+    Ok(())
+}
+
+fn publish_failed(e: async_nats::jetstream::context::PublishError) -> Failed {
+    use async_nats::jetstream::context::PublishErrorKind;
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => Failed::Retry,
+        PublishErrorKind::StreamNotFound => Failed::Refused(unavailable(
+            "the JetStream stream is gone (deleted while the store was open)",
+        )),
+        _ => Failed::Unknown(unavailable(&format!("publishing an event: {e}"))),
+    }
+}
+
+/// What the requests decided before the current one in a chunk wrote.
+#[derive(Default)]
+struct Tentative {
+    streams: HashMap<String, StreamHead>,
+    events: HashMap<Uuid, EventLoc>,
+    keys: HashSet<String>,
+    fences: HashMap<String, u64>,
+}
+
+impl Tentative {
+    fn locate(&self, found: &Found, id: &Uuid) -> Option<EventLoc> {
+        self.events
+            .get(id)
+            .or_else(|| found.events.get(id))
+            .cloned()
+    }
+
+    /// The answer to `r` when it writes nothing (a refusal, or a retry of an append already
+    /// stored), or `None` when it writes. The same rules, in the same order, as the SQL stores.
+    fn verdict(
+        &self,
+        r: &AppendRequest,
+        current: u64,
+        found: &Found,
+    ) -> Option<Result<AppendOutcome, StoreError>> {
+        let retried = || self.retried(r, found);
+        if !r.expected.matches(current) {
+            return Some(retried().unwrap_or_else(|| {
+                Err(StoreError::VersionConflict {
+                    stream_id: r.stream_id.clone(),
+                    expected: r.expected,
+                    actual: current,
+                })
+            }));
+        }
+        if r.expected == ExpectedVersion::Any {
+            if let Some(outcome) = retried() {
+                return Some(outcome);
+            }
+        }
+        if let Some(f) = &r.fence {
+            let held = self
+                .fences
+                .get(&f.resource)
+                .or_else(|| found.fences.get(&f.resource))
+                .copied();
+            if let Some(held) = held.filter(|held| f.token < *held) {
+                return Some(Err(StoreError::Fenced {
+                    resource: f.resource.clone(),
+                    presented: f.token,
+                    current: held,
+                }));
+            }
+        }
+        if let Some(i) = &r.idempotency {
+            if self.keys.contains(&i.key) || found.keys.contains_key(&i.key) {
+                return Some(Err(StoreError::IdempotencyKeyUsed { key: i.key.clone() }));
+            }
+        }
+        for e in &r.events {
+            if let Some(loc) = self.locate(found, &e.event_id) {
+                return Some(Err(StoreError::EventIdReused {
+                    event_id: e.event_id,
+                    stream_id: loc.stream,
+                }));
+            }
+        }
+        None
+    }
+
+    /// When `r`'s first event is stored: the outcome of a retry (same ids, same stream, same
+    /// order, at the place the expectation names), or the refusal of a reused id.
+    fn retried(
+        &self,
+        r: &AppendRequest,
+        found: &Found,
+    ) -> Option<Result<AppendOutcome, StoreError>> {
+        let first = self.locate(found, &r.events[0].event_id)?;
+        let reused = || StoreError::EventIdReused {
+            event_id: r.events[0].event_id,
+            stream_id: first.stream.clone(),
+        };
+        let expected_ok = match r.expected {
+            ExpectedVersion::Any => true,
+            other => other.matches(first.version - 1),
+        };
+        if first.stream != r.stream_id || !expected_ok {
+            return Some(Err(reused()));
+        }
+        let mut last_position = first.position;
+        for (i, e) in r.events.iter().enumerate() {
+            match self.locate(found, &e.event_id) {
+                Some(loc)
+                    if loc.stream == r.stream_id && loc.version == first.version + i as u64 =>
+                {
+                    last_position = loc.position;
+                }
+                _ => return Some(Err(reused())),
+            }
+        }
+        Some(Ok(AppendOutcome {
+            stream_version: first.version + r.events.len() as u64 - 1,
+            first_position: first.position,
+            last_position,
+            duplicate: true,
+        }))
+    }
+}

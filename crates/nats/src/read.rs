@@ -1,0 +1,148 @@
+//! Reads: the log and a stream through batched direct gets (up to 1,000 messages a request,
+//! ADR-31), and the tail of the log through an ordered consumer.
+
+use async_nats::jetstream::{self, consumer};
+use eventfold_core::chain::ChainRow;
+use eventfold_core::StoreError;
+use eventfold_store_support::head::{self, HeadSender};
+use futures::StreamExt;
+use jetstream_extra::batch_fetch::{BatchFetchErrorKind, BatchFetchExt};
+
+use crate::message::{self, Decoded};
+use crate::{fetch_failed, Names, NatsStore, MAX_BATCH};
+
+/// Refills `rows` with the chain rows of `read`, reusing the buffers of the rows there.
+pub(crate) fn fill_rows(read: &[Decoded], rows: &mut Vec<ChainRow>) {
+    rows.truncate(read.len());
+    for (i, d) in read.iter().enumerate() {
+        match rows.get_mut(i) {
+            Some(row) => d.chain_row_into(row),
+            None => rows.push(d.chain_row()),
+        }
+    }
+}
+
+impl NatsStore {
+    /// Up to `max_count` messages after `after_position`, of `subject` only when given.
+    pub(crate) async fn read_log(
+        &self,
+        after_position: u64,
+        max_count: usize,
+        subject: Option<&str>,
+    ) -> Result<Vec<Decoded>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = after_position.saturating_add(1);
+        while out.len() < max_count {
+            let want = (max_count - out.len()).min(MAX_BATCH);
+            let request = self.shared.js.get_batch(&self.shared.names.stream, want);
+            let request = match subject {
+                Some(s) => request.subject(s),
+                None => request,
+            };
+            let mut batch = match request.sequence(next).send().await {
+                Ok(batch) => batch,
+                Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
+                Err(e) => return Err(fetch_failed(e)),
+            };
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
+                    Err(e) => return Err(fetch_failed(e)),
+                };
+                next = m.sequence + 1;
+                out.push(message::decode(m.sequence, m.payload)?);
+                got += 1;
+            }
+            if got < want {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max_count` events of `stream_id` from version `from_version`.
+    pub(crate) async fn read_stream_messages(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<Decoded>, StoreError> {
+        let subject = message::subject(&self.shared.names.events, stream_id);
+        let from_version = from_version.max(1);
+        if from_version > 1 {
+            // Nothing to read past the stream's end: one lookup instead of a scan.
+            match self.last_of_stream(stream_id).await? {
+                Some(last) if last.head.v >= from_version => {}
+                _ => return Ok(Vec::new()),
+            }
+        }
+        // JetStream cannot seek a subject by our version: skip the versions before it.
+        let skip = usize::try_from(from_version - 1).unwrap_or(usize::MAX);
+        let mut read = self
+            .read_log(0, max_count.saturating_add(skip), Some(&subject))
+            .await?;
+        read.retain(|d| d.head.v >= from_version);
+        read.truncate(max_count);
+        Ok(read)
+    }
+
+    /// The last event of `stream_id`, if any.
+    pub(crate) async fn last_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<Decoded>, StoreError> {
+        let subject = message::subject(&self.shared.names.events, stream_id);
+        let stream = self
+            .shared
+            .js
+            .get_stream(&self.shared.names.stream)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("JetStream stream: {e}").into()))?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(message::decode(m.sequence, m.payload)?)),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(
+                format!("reading the head of stream {stream_id}: {e}").into(),
+            )),
+        }
+    }
+}
+
+/// Raises the published head as the server stores messages, this process's or another's,
+/// through an ordered push consumer (headers only) on the store's subjects. When it cannot be
+/// made or fails, `wait_for_append` falls back to its poll; it is made again after a second.
+pub(crate) async fn tail(js: jetstream::Context, names: Names, head_tx: HeadSender) {
+    loop {
+        if let Err(e) = follow(&js, &names, &head_tx).await {
+            tracing::debug!(error = %e, "the NATS tail consumer stopped; making it again in 1 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn follow(
+    js: &jetstream::Context,
+    names: &Names,
+    head_tx: &HeadSender,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = js.get_stream(&names.stream).await?;
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: format!("{}.>", names.events),
+            deliver_policy: consumer::DeliverPolicy::New,
+            headers_only: true,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        if let Ok(info) = m.info() {
+            head::advance(head_tx, info.stream_sequence);
+        }
+    }
+    Ok(())
+}
