@@ -101,6 +101,9 @@ struct Store {
 
 async fn scratch_store(target: &BenchTarget) -> anyhow::Result<Store> {
     match target {
+        BenchTarget::Nats(_) => {
+            anyhow::bail!("bench http runs on a sqlite:// or postgres:// store")
+        }
         BenchTarget::Sqlite(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let tmp = tempfile::Builder::new()
@@ -448,6 +451,7 @@ pub async fn http(target: &BenchTarget, config: &HttpBench) -> anyhow::Result<Ht
     let store_name = match target {
         BenchTarget::Sqlite(_) => "sqlite",
         BenchTarget::Postgres(_) => "postgres",
+        BenchTarget::Nats(_) => "nats",
     };
     let (open_store, keyed_store) = (scratch_store(target).await?, scratch_store(target).await?);
     let result = async {

@@ -430,6 +430,7 @@ pub async fn notifications(
     let store = match target {
         BenchTarget::Sqlite(_) => "sqlite",
         BenchTarget::Postgres(_) => "postgres",
+        BenchTarget::Nats(_) => "nats",
     };
     // The sink's store goes before its scratch database does.
     drop(sink);

@@ -133,8 +133,9 @@ pub(crate) fn bench_event(payload: &str) -> NewEvent {
     eventfold_core::testkit::event("BenchEvent", Actor::system("bench"), payload)
 }
 
-/// Where a benchmark runs: temporary files in a directory (beside a SQLite store), or a scratch
-/// database on the PostgreSQL server of a `postgres://` store. Benchmarks never touch the store
+/// Where a benchmark runs: temporary files in a directory (beside a SQLite store), a scratch
+/// database on the PostgreSQL server of a `postgres://` store, or scratch streams on the NATS
+/// server of a `nats://` store. Benchmarks never touch the store
 /// itself; the scratch database is created and dropped by the run.
 #[derive(Debug, Clone)]
 pub enum BenchTarget {
@@ -142,6 +143,9 @@ pub enum BenchTarget {
     Sqlite(PathBuf),
     /// A PostgreSQL URL whose server hosts the scratch database.
     Postgres(String),
+    /// A NATS URL whose server hosts the scratch JetStream streams (`bench append`, `load`,
+    /// `read`); their read models go to a temporary SQLite file.
+    Nats(String),
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` when empty.

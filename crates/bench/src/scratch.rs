@@ -33,6 +33,8 @@ pub(crate) enum Cleanup {
         /// Closed before the database is dropped, so no pooled connection sees it vanish.
         pools: Vec<sqlx::PgPool>,
     },
+    /// JetStream streams to delete (the store's and the baselines') and the read models' dir.
+    Streams(Vec<String>, #[allow(dead_code)] tempfile::TempDir),
 }
 
 impl Scratch {
@@ -68,6 +70,7 @@ impl Scratch {
                     cleanup: Cleanup::Dir(tmp),
                 })
             }
+            BenchTarget::Nats(url) => Self::nats(url).await,
             BenchTarget::Postgres(url) => {
                 use sqlx::Connection;
                 let mut admin = sqlx::PgConnection::connect(url)
@@ -120,6 +123,43 @@ impl Scratch {
         }
     }
 
+    /// A scratch NATS store (a JetStream stream of its own on the server of `url`, read models
+    /// in a temporary SQLite file) and two raw baselines on streams of their own: plain
+    /// publishes with acks, and publishes with the server's per-subject sequence check. The
+    /// NATS store always keeps the hash chain.
+    async fn nats(url: &str) -> anyhow::Result<Self> {
+        let server = eventfold_nats::NatsUrl::parse(url)
+            .map_err(anyhow::Error::msg)?
+            .server;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let tmp = tempfile::Builder::new()
+            .prefix("eventfold-bench-")
+            .tempdir()
+            .context("creating bench directory")?;
+        let store_url = format!("{server}/bench{}", &id[..27]);
+        let read_models = Arc::new(SqliteStore::open(tmp.path().join("read-models.db"))?);
+        let store = Arc::new(
+            eventfold_nats::NatsStore::connect(&store_url, read_models.clone())
+                .await
+                .with_context(|| format!("opening the scratch NATS store {store_url}"))?,
+        );
+        let (raw_url, raw_indexed_url) = (
+            format!("{server}/raw{}", &id[..29]),
+            format!("{server}/rawx{}", &id[..28]),
+        );
+        let stats_store = store.clone();
+        Ok(Self {
+            url: store_url.clone(),
+            read_models: store.clone(),
+            stats: Box::new(move || stats_store.appender_stats().totals()),
+            store,
+            raw: RawBaseline::nats(&raw_url, false).await?,
+            raw_indexed: RawBaseline::nats(&raw_indexed_url, true).await?,
+            name: "nats",
+            cleanup: Cleanup::Streams(vec![store_url, raw_url, raw_indexed_url], tmp),
+        })
+    }
+
     /// Brings the planner's statistics up to date after the bench's writes, as autovacuum does
     /// on a live PostgreSQL database within a minute or so (`autovacuum_naptime`). A table
     /// never analyzed has no statistics: the planner then guesses that a stream holds a few
@@ -148,6 +188,11 @@ impl Scratch {
         } = self;
         // Everything that holds the store or a connection goes before the database does.
         drop((store, read_models, stats, raw, raw_indexed));
+        if let Cleanup::Streams(urls, _) = &cleanup {
+            for url in urls {
+                eventfold_nats::NatsStore::delete(url).await?;
+            }
+        }
         if let Cleanup::Database { admin, name, pools } = cleanup {
             use sqlx::Connection;
             for pool in pools {
@@ -178,6 +223,15 @@ pub(crate) enum RawBaseline {
     Postgres {
         pool: sqlx::PgPool,
         table: &'static str,
+    },
+    /// JetStream: each event one publish (its envelope and payload as JSON) awaiting its ack;
+    /// `checked` adds `Nats-Expected-Last-Subject-Sequence` (the stream's last sequence, kept
+    /// here), the server's version check.
+    Nats {
+        js: async_nats::jetstream::Context,
+        prefix: String,
+        checked: bool,
+        last: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
     },
 }
 
@@ -252,8 +306,64 @@ impl RawBaseline {
         Ok(Self::Postgres { pool, table })
     }
 
+    async fn nats(url: &str, checked: bool) -> anyhow::Result<Self> {
+        let url = eventfold_nats::NatsUrl::parse(url).map_err(anyhow::Error::msg)?;
+        let client = async_nats::connect(&url.server)
+            .await
+            .with_context(|| format!("connecting to {}", url.server))?;
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: url.stream.clone(),
+            subjects: vec![format!("{}.>", url.stream)],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the baseline's JetStream stream")?;
+        Ok(Self::Nats {
+            js,
+            prefix: url.stream,
+            checked,
+            last: Arc::default(),
+        })
+    }
+
     pub(crate) async fn insert(&self, rows: Vec<(String, u64, NewEvent)>) -> anyhow::Result<()> {
         match self {
+            Self::Nats {
+                js,
+                prefix,
+                checked,
+                last,
+            } => {
+                for (stream, _, e) in rows {
+                    let subject = eventfold_nats::message::subject(prefix, &stream);
+                    let body = serde_json::to_vec(&e)?;
+                    let mut headers = async_nats::HeaderMap::new();
+                    if *checked {
+                        let seq = last
+                            .lock()
+                            .map_err(|_| anyhow::anyhow!("baseline lock poisoned"))?
+                            .get(&stream)
+                            .copied()
+                            .unwrap_or(0);
+                        headers.insert(
+                            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                            seq.to_string().as_str(),
+                        );
+                    }
+                    let ack = js
+                        .publish_with_headers(subject, headers, body.into())
+                        .await?
+                        .await?;
+                    if *checked {
+                        last.lock()
+                            .map_err(|_| anyhow::anyhow!("baseline lock poisoned"))?
+                            .insert(stream, ack.sequence);
+                    }
+                }
+                Ok(())
+            }
             Self::Sqlite(jobs) => {
                 let (tx, rx) = oneshot::channel();
                 jobs.send((rows, tx))

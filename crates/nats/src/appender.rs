@@ -92,14 +92,25 @@ enum Failed {
     Refused(StoreError),
 }
 
-/// One decided group: the messages and, per request, its result or where its events go.
-struct Decided {
-    messages: Vec<(String, HeaderMap, Bytes)>,
-    results: Vec<Result<AppendOutcome, StoreError>>,
+/// The messages of one append that writes, and what the log looks like after them.
+struct Unit {
+    /// Index of the request in the decided slice.
+    request: usize,
+    /// Subject, headers, body and message id (the event's hash, hex) of each event.
+    messages: Vec<(String, HeaderMap, Bytes, String)>,
     delta: Delta,
-    streams: HashMap<String, StreamHead>,
+    stream: String,
+    stream_head: StreamHead,
+    /// The log head after this unit.
     head: (u64, Hash),
-    first_event: Option<Uuid>,
+    first_event: Uuid,
+}
+
+/// One decided chunk: per request its result (writers' as they will be once stored), and the
+/// units that write, in log order.
+struct Decided {
+    results: Vec<Result<AppendOutcome, StoreError>>,
+    units: Vec<Unit>,
 }
 
 impl Appender {
@@ -202,57 +213,54 @@ impl Appender {
     }
 
     /// Decides and publishes one chunk, deciding again while other writers move the log.
+    /// When a unit is refused, the answers of the requests before it stand and the rest are
+    /// decided again (an answer may have counted on the refused unit).
     async fn commit(&mut self, requests: &[AppendRequest]) -> Result<Results, StoreError> {
+        let mut results: Results = Vec::with_capacity(requests.len());
         for attempt in 0..MAX_ATTEMPTS {
-            let decided = self.decide(requests).await?;
-            if decided.messages.is_empty() {
-                return Ok(decided.results);
+            let start = results.len();
+            let decided = self.decide(&requests[start..]).await?;
+            if decided.units.is_empty() {
+                results.extend(decided.results);
+                return Ok(results);
             }
-            match self.publish(&decided.messages).await {
-                Ok(last) => {
-                    let expected = self.log.0 + decided.messages.len() as u64;
-                    if last != expected {
-                        // The sequence check makes this impossible; if a server broke it, the
-                        // events are stored but the chain links computed here are wrong.
-                        tracing::error!(
-                            last,
-                            expected,
-                            "JetStream stored a batch at an unexpected sequence"
-                        );
+            let (mut stored, failure) = self.publish(&decided.units).await;
+            self.stats.record(stored as u64);
+            for unit in &decided.units[..stored] {
+                self.accept(unit);
+            }
+            if let Some(Failed::Unknown(e)) = &failure {
+                // Which of the rest are stored? Read what the log holds now.
+                let e = unavailable(&e.to_string());
+                self.catch_up().await.map_err(|_| e)?;
+                for unit in &decided.units[stored..] {
+                    let found = self.index.lookup(&[unit.first_event], &[], &[]).await?;
+                    let landed = found
+                        .events
+                        .get(&unit.first_event)
+                        .is_some_and(|loc| loc.position == unit.delta.from + 1);
+                    if !landed {
+                        break;
                     }
-                    self.stats.record(&decided.results);
-                    let Decided {
-                        results,
-                        delta,
-                        streams,
-                        head,
-                        ..
-                    } = decided;
-                    self.accept(delta, streams, head);
-                    return Ok(results);
+                    // The catch-up already took it in.
+                    stored += 1;
                 }
-                Err(Failed::Retry) => {
+            }
+            let cut = decided
+                .units
+                .get(stored)
+                .map_or(decided.results.len(), |u| u.request);
+            results.extend(decided.results.into_iter().take(cut));
+            match failure {
+                None => return Ok(results),
+                Some(Failed::Refused(e)) => return Err(e),
+                Some(Failed::Retry) => {
                     if attempt > 0 {
                         tokio::time::sleep(Duration::from_millis(attempt.min(20) as u64)).await;
                     }
                     self.catch_up().await?;
                 }
-                Err(Failed::Refused(e)) => return Err(e),
-                Err(Failed::Unknown(e)) => {
-                    // Find out whether the batch is stored: read what the log holds now.
-                    self.catch_up().await.map_err(|_| e)?;
-                    if let Some(id) = decided.first_event {
-                        let found = self.index.lookup(&[id], &[], &[]).await?;
-                        if found
-                            .events
-                            .get(&id)
-                            .is_some_and(|loc| loc.position == decided.delta.from + 1)
-                        {
-                            // Stored: the catch-up already took it in.
-                            return Ok(decided.results);
-                        }
-                    }
-                }
+                Some(Failed::Unknown(_)) => {}
             }
         }
         Err(unavailable(
@@ -260,15 +268,15 @@ impl Appender {
         ))
     }
 
-    /// Takes in a group the server stored.
-    fn accept(&mut self, delta: Delta, streams: HashMap<String, StreamHead>, head: (u64, Hash)) {
-        if self.streams.len() + streams.len() > MAX_CACHED_STREAMS {
+    /// Takes in a unit the server stored.
+    fn accept(&mut self, unit: &Unit) {
+        if self.streams.len() >= MAX_CACHED_STREAMS {
             self.streams.clear();
         }
-        self.streams.extend(streams);
-        self.log = head;
-        self.index.remember(&delta);
-        let _ = self.runs.send(delta);
+        self.streams.insert(unit.stream.clone(), unit.stream_head);
+        self.log = unit.head;
+        self.index.remember(&unit.delta);
+        let _ = self.runs.send(unit.delta.clone());
         head::advance(&self.head_tx, self.log.0);
     }
 
@@ -303,11 +311,10 @@ impl Appender {
 
         let mut t = Tentative::default();
         let (mut position, mut prev) = self.log;
-        let mut messages: Vec<(String, HeaderMap, Bytes)> = Vec::new();
+        let mut units: Vec<Unit> = Vec::new();
         let mut results = Vec::with_capacity(requests.len());
-        let mut delta = Delta::after(self.log.0);
         let mut subjects = HashSet::new();
-        for (r, c) in requests.iter().zip(checked) {
+        for (index, (r, c)) in requests.iter().zip(checked).enumerate() {
             if let Err(e) = c {
                 results.push(Err(e));
                 continue;
@@ -324,6 +331,8 @@ impl Appender {
             }
             let subject = message::subject(&self.names.events, &r.stream_id);
             let (first_position, mut stream_prev) = (position + 1, head.hash);
+            let mut delta = Delta::after(position);
+            let mut messages = Vec::with_capacity(r.events.len());
             for (i, e) in r.events.iter().enumerate() {
                 let version = head.version + 1 + i as u64;
                 position += 1;
@@ -358,20 +367,20 @@ impl Appender {
                         })
                         .flatten(),
                 };
+                // `Nats-Expected-Last-Sequence` is added when published (see `publish`).
                 let mut headers = HeaderMap::new();
-                if messages.is_empty() {
-                    headers.insert(
-                        async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
-                        self.log.0.to_string().as_str(),
-                    );
-                }
                 if i == 0 && subjects.insert(subject.clone()) {
                     headers.insert(
                         async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                         head.seq.to_string().as_str(),
                     );
                 }
-                messages.push((subject.clone(), headers, message::encode(&h, &e.payload)?));
+                messages.push((
+                    subject.clone(),
+                    headers,
+                    message::encode(&h, &e.payload)?,
+                    h.h.clone(),
+                ));
                 delta.add(&h, position);
                 t.events.insert(
                     e.event_id,
@@ -390,67 +399,165 @@ impl Appender {
                 t.fences.insert(f.resource.clone(), f.token);
             }
             let version = head.version + r.events.len() as u64;
-            t.streams.insert(
-                r.stream_id.clone(),
-                StreamHead {
-                    version,
-                    hash: prev,
-                    seq: position,
-                },
-            );
+            let stream_head = StreamHead {
+                version,
+                hash: prev,
+                seq: position,
+            };
+            t.streams.insert(r.stream_id.clone(), stream_head);
             results.push(Ok(AppendOutcome {
                 stream_version: version,
                 first_position,
                 last_position: position,
                 duplicate: false,
             }));
+            units.push(Unit {
+                request: index,
+                messages,
+                delta,
+                stream: r.stream_id.clone(),
+                stream_head,
+                head: (position, prev),
+                first_event: r.events[0].event_id,
+            });
         }
-        let first_event = requests
-            .iter()
-            .zip(&results)
-            .find(|(_, r)| r.as_ref().is_ok_and(|o| !o.duplicate))
-            .map(|(r, _)| r.events[0].event_id);
-        Ok(Decided {
-            messages,
-            results,
-            delta,
-            streams: t.streams,
-            head: (position, prev),
-            first_event,
-        })
+        Ok(Decided { results, units })
     }
 
-    /// Publishes a decided chunk: one message plainly, more as one atomic batch. Returns the
-    /// sequence of the last message.
-    async fn publish(&self, messages: &[(String, HeaderMap, Bytes)]) -> Result<u64, Failed> {
-        if let [(subject, headers, body)] = messages {
-            let ack = self
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
-                .await
-                .map_err(publish_failed)?
-                .await
-                .map_err(publish_failed)?;
-            return Ok(ack.sequence);
+    /// Publishes the units in log order and returns how many the server stored (a prefix),
+    /// with why the next one was not.
+    ///
+    /// A one-event unit is one plain publish, and consecutive ones are pipelined: each is sent
+    /// before the one before it is acknowledged, and carries `Nats-Msg-Id` = its hash and
+    /// `Nats-Expected-Last-Msg-Id` = its predecessor's hash, so the server stores it only right
+    /// after that exact event: the chain link, checked by the server (no unit can land after a
+    /// refused one). A unit of several events is one atomic batch (which takes neither header),
+    /// sent once everything before it is acknowledged and acknowledged before anything after it
+    /// is sent; its first message carries `Nats-Expected-Last-Sequence`. The first unit and the
+    /// one after a batch carry `Nats-Expected-Last-Sequence` as well, as every unit does.
+    async fn publish(&self, units: &[Unit]) -> (usize, Option<Failed>) {
+        use async_nats::jetstream::context::PublishAckFuture;
+        let mut stored = 0;
+        let mut in_flight: Vec<(u64, PublishAckFuture)> = Vec::new();
+        let mut previous: Option<&str> = None;
+        // Waits for the acknowledgements in flight, in order; stops at the first refusal.
+        async fn drain(
+            in_flight: &mut Vec<(u64, PublishAckFuture)>,
+            stored: &mut usize,
+        ) -> Option<Failed> {
+            for (position, ack) in in_flight.drain(..) {
+                match ack.await {
+                    Ok(ack) if ack.sequence == position && !ack.duplicate => *stored += 1,
+                    Ok(ack) => {
+                        return Some(Failed::Unknown(unavailable(&format!(
+                            "JetStream stored an event at sequence {} (duplicate: {}), expected {position}",
+                            ack.sequence, ack.duplicate
+                        ))))
+                    }
+                    Err(e) => return Some(publish_failed(e)),
+                }
+            }
+            None
         }
+        let mut next = 0;
+        while next < units.len() {
+            let unit = &units[next];
+            if let [(subject, headers, body, id)] = unit.messages.as_slice() {
+                let mut headers = headers.clone();
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                    unit.delta.from.to_string().as_str(),
+                );
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                if let Some(previous) = previous {
+                    headers.insert(async_nats::header::NATS_EXPECTED_LAST_MESSAGE_ID, previous);
+                }
+                match self
+                    .js
+                    .publish_with_headers(subject.clone(), headers, body.clone())
+                    .await
+                {
+                    Ok(ack) => in_flight.push((unit.head.0, ack)),
+                    Err(e) => {
+                        let failed = drain(&mut in_flight, &mut stored).await;
+                        return (stored, Some(failed.unwrap_or_else(|| publish_failed(e))));
+                    }
+                }
+                previous = Some(id);
+                next += 1;
+                continue;
+            }
+            if let Some(failed) = drain(&mut in_flight, &mut stored).await {
+                return (stored, Some(failed));
+            }
+            previous = None;
+            // Consecutive units of several events go out as one atomic batch (an atomic batch
+            // costs the server about 2 ms whatever its size): all of them or none.
+            let mut run = next + 1;
+            let mut messages = unit.messages.len();
+            while let Some(u) = units.get(run) {
+                if u.messages.len() < 2 || messages + u.messages.len() > MAX_BATCH {
+                    break;
+                }
+                messages += u.messages.len();
+                run += 1;
+            }
+            let last = units[run - 1].head.0;
+            match self.publish_batch(&units[next..run]).await {
+                Ok(sequence) if sequence == last => stored += run - next,
+                Ok(sequence) => {
+                    return (
+                        stored,
+                        Some(Failed::Unknown(unavailable(&format!(
+                        "JetStream stored a batch ending at sequence {sequence}, expected {last}"
+                    )))),
+                    )
+                }
+                Err(failed) => return (stored, Some(failed)),
+            }
+            next = run;
+        }
+        let failed = drain(&mut in_flight, &mut stored).await;
+        (stored, failed)
+    }
+
+    /// Publishes the messages of `units` as one atomic batch; returns the last one's sequence.
+    /// Its first message carries `Nats-Expected-Last-Sequence` (ADR-50 allows it nowhere
+    /// else); each stream's `Nats-Expected-Last-Subject-Sequence` is on its first message.
+    async fn publish_batch(&self, units: &[Unit]) -> Result<u64, Failed> {
         let mut batch = self.js.batch_publish().build();
-        let (last, rest) = messages.split_last().expect("a batch has messages");
-        let outbound = |(subject, headers, body): &(String, HeaderMap, Bytes)| OutboundMessage {
-            subject: subject.clone().into(),
-            payload: body.clone(),
-            headers: Some(headers.clone()),
-        };
-        for m in rest {
-            batch
-                .add_message(outbound(m))
-                .await
-                .map_err(|e| self.batch_failed(e))?;
+        let messages: Vec<&(String, HeaderMap, Bytes, String)> =
+            units.iter().flat_map(|u| u.messages.iter()).collect();
+        let count = messages.len();
+        for (i, (subject, headers, body, _)) in messages.into_iter().enumerate() {
+            let mut headers = headers.clone();
+            if i == 0 {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                    units[0].delta.from.to_string().as_str(),
+                );
+            }
+            let message = OutboundMessage {
+                subject: subject.clone().into(),
+                payload: body.clone(),
+                headers: Some(headers),
+            };
+            if i + 1 < count {
+                batch
+                    .add_message(message)
+                    .await
+                    .map_err(|e| self.batch_failed(e))?;
+            } else {
+                let ack = batch
+                    .commit_message(message)
+                    .await
+                    .map_err(|e| self.batch_failed(e))?;
+                return Ok(ack.sequence);
+            }
         }
-        let ack = batch
-            .commit_message(outbound(last))
-            .await
-            .map_err(|e| self.batch_failed(e))?;
-        Ok(ack.sequence)
+        Err(Failed::Unknown(unavailable(
+            "an atomic batch with no messages",
+        )))
     }
 
     fn batch_failed(&self, e: jetstream_extra::batch_publish::BatchPublishError) -> Failed {
@@ -608,7 +715,7 @@ fn check(r: &AppendRequest) -> Result<(), StoreError> {
 fn publish_failed(e: async_nats::jetstream::context::PublishError) -> Failed {
     use async_nats::jetstream::context::PublishErrorKind;
     match e.kind() {
-        PublishErrorKind::WrongLastSequence => Failed::Retry,
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => Failed::Retry,
         PublishErrorKind::StreamNotFound => Failed::Refused(unavailable(
             "the JetStream stream is gone (deleted while the store was open)",
         )),

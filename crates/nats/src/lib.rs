@@ -47,6 +47,11 @@ pub use index::INDEX;
 use appender::{Appender, Job};
 use index::Index;
 
+/// How long the server remembers a message id (`duplicate_window`): ids are the chain links of
+/// pipelined publishes, so a second covers every publish in flight, and the server's memory of
+/// ids (nats-io/nats-server#8485) stays at a second's worth of appends.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
+
 /// The JetStream stream name used when the URL names none.
 pub const DEFAULT_STREAM: &str = "eventfold";
 
@@ -125,8 +130,8 @@ impl Default for NatsConfig {
     }
 }
 
-/// What the appender has done so far, for benchmarks: batches published (one publish or one
-/// atomic batch each) and the append requests they carried.
+/// What the appender has done so far, for benchmarks: units published (one publish or one
+/// atomic batch each, one per append request) and the append requests they carried.
 #[derive(Debug, Default)]
 pub struct AppenderStats {
     commits: std::sync::atomic::AtomicU64,
@@ -134,14 +139,10 @@ pub struct AppenderStats {
 }
 
 impl AppenderStats {
-    fn record(&self, results: &[Result<AppendOutcome, StoreError>]) {
+    fn record(&self, requests: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.commits.fetch_add(1, Relaxed);
-        let written = results
-            .iter()
-            .filter(|r| r.as_ref().is_ok_and(|o| !o.duplicate))
-            .count();
-        self.append_requests.fetch_add(written as u64, Relaxed);
+        self.append_requests.fetch_add(requests, Relaxed);
     }
 
     /// (batches published, append requests they carried).
@@ -162,6 +163,8 @@ pub struct NatsStore {
 
 struct Shared {
     js: jetstream::Context,
+    /// The JetStream stream's handle (its info as found on opening).
+    stream: stream::Stream,
     names: Names,
     jobs: mpsc::Sender<Job>,
     head: HeadReceiver,
@@ -251,16 +254,23 @@ impl NatsStore {
             storage: stream::StorageType::File,
             allow_direct: true,
             allow_atomic_publish: true,
+            // Message ids are only the chain links of pipelined publishes (see the
+            // appender), never retries: remember them no longer than a publish is in flight.
+            duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
         };
         let jstream = js.get_or_create_stream(wanted.clone()).await.map_err(|e| {
             StoreError::Unavailable(format!("JetStream stream {}: {e}", names.stream).into())
         })?;
         let found = &jstream.cached_info().config;
-        if !found.allow_direct || !found.allow_atomic_publish {
+        if !found.allow_direct
+            || !found.allow_atomic_publish
+            || found.duplicate_window != DUPLICATE_WINDOW
+        {
             let mut updated = found.clone();
             updated.allow_direct = true;
             updated.allow_atomic_publish = true;
+            updated.duplicate_window = DUPLICATE_WINDOW;
             js.update_stream(updated).await.map_err(|e| {
                 StoreError::Unavailable(
                     format!(
@@ -312,6 +322,7 @@ impl NatsStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 js,
+                stream: jstream,
                 names,
                 jobs: jobs_tx,
                 head: head_rx,

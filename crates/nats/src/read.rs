@@ -24,6 +24,10 @@ pub(crate) fn fill_rows(read: &[Decoded], rows: &mut Vec<ChainRow>) {
 
 impl NatsStore {
     /// Up to `max_count` messages after `after_position`, of `subject` only when given.
+    ///
+    /// The first 1,000 come from one batched direct get; a read that wants more goes on through
+    /// an ordered pull consumer from there, which the server streams without a request per
+    /// batch (a direct get answers at most 1,000 messages, each batch a round trip).
     pub(crate) async fn read_log(
         &self,
         after_position: u64,
@@ -31,35 +35,86 @@ impl NatsStore {
         subject: Option<&str>,
     ) -> Result<Vec<Decoded>, StoreError> {
         let mut out = Vec::new();
-        let mut next = after_position.saturating_add(1);
-        while out.len() < max_count {
-            let want = (max_count - out.len()).min(MAX_BATCH);
-            let request = self.shared.js.get_batch(&self.shared.names.stream, want);
-            let request = match subject {
-                Some(s) => request.subject(s),
-                None => request,
-            };
-            let mut batch = match request.sequence(next).send().await {
-                Ok(batch) => batch,
+        let next = after_position.saturating_add(1);
+        let want = max_count.min(MAX_BATCH);
+        let request = self.shared.js.get_batch(&self.shared.names.stream, want);
+        let request = match subject {
+            Some(s) => request.subject(s),
+            None => request,
+        };
+        let mut batch = match request.sequence(next).send().await {
+            Ok(batch) => batch,
+            Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => return Ok(out),
+            Err(e) => return Err(fetch_failed(e)),
+        };
+        while let Some(m) = batch.next().await {
+            let m = match m {
+                Ok(m) => m,
                 Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
                 Err(e) => return Err(fetch_failed(e)),
             };
-            let mut got = 0;
-            while let Some(m) = batch.next().await {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
-                    Err(e) => return Err(fetch_failed(e)),
-                };
-                next = m.sequence + 1;
-                out.push(message::decode(m.sequence, m.payload)?);
-                got += 1;
-            }
-            if got < want {
+            out.push(message::decode(m.sequence, m.payload)?);
+        }
+        if out.len() < want || out.len() >= max_count {
+            return Ok(out);
+        }
+        let from = out.last().map_or(next, |d| d.position + 1);
+        self.stream_through_consumer(from, max_count - out.len(), subject, &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Reads up to `max_count` messages from sequence `from` (of `subject` when given) through
+    /// an ordered pull consumer, appending them to `out`; stops at the end of the log as the
+    /// consumer found it.
+    async fn stream_through_consumer(
+        &self,
+        from: u64,
+        max_count: usize,
+        subject: Option<&str>,
+        out: &mut Vec<Decoded>,
+    ) -> Result<(), StoreError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!("reading the NATS log ({what}): {e}").into())
+        };
+        let consumer = self
+            .shared
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject
+                    .map_or_else(|| format!("{}.>", self.shared.names.events), str::to_owned),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("consumer", &e))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed("consumer", &e))?;
+        let limit = out.len() + max_count;
+        while out.len() < limit {
+            let m = match tokio::time::timeout(self.shared.config.request_timeout, messages.next())
+                .await
+            {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => return Err(failed("message", &e)),
+                Ok(None) => break,
+                Err(_) => return Err(failed("message", &"timed out")),
+            };
+            let info = m.info().map_err(|e| failed("message info", &e))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            out.push(message::decode(sequence, m.payload.clone())?);
+            if pending == 0 {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Up to `max_count` events of `stream_id` from version `from_version`.
@@ -94,13 +149,12 @@ impl NatsStore {
         stream_id: &str,
     ) -> Result<Option<Decoded>, StoreError> {
         let subject = message::subject(&self.shared.names.events, stream_id);
-        let stream = self
+        match self
             .shared
-            .js
-            .get_stream(&self.shared.names.stream)
+            .stream
+            .direct_get_last_for_subject(subject)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("JetStream stream: {e}").into()))?;
-        match stream.direct_get_last_for_subject(subject).await {
+        {
             Ok(m) => Ok(Some(message::decode(m.sequence, m.payload)?)),
             Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Unavailable(

@@ -184,7 +184,15 @@ impl Bench {
                     .to_path_buf(),
             ),
             StoreUrl::Postgres(url) => BenchTarget::Postgres(url),
-            StoreUrl::Nats(_) => bail!("the benchmarks do not run on a nats:// store yet"),
+            StoreUrl::Nats(url) => {
+                if !matches!(
+                    self,
+                    Self::Append { .. } | Self::Load { .. } | Self::Read { .. }
+                ) {
+                    bail!("on a nats:// store only bench append, load and read run");
+                }
+                BenchTarget::Nats(url)
+            }
         };
         let output = global.output();
         match self {
