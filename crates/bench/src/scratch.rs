@@ -228,7 +228,7 @@ pub(crate) enum RawBaseline {
     /// `checked` adds `Nats-Expected-Last-Subject-Sequence` (the stream's last sequence, kept
     /// here), the server's version check.
     Nats {
-        js: async_nats::jetstream::Context,
+        js: Box<async_nats::jetstream::Context>,
         prefix: String,
         checked: bool,
         last: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
@@ -321,7 +321,7 @@ impl RawBaseline {
         .await
         .context("creating the baseline's JetStream stream")?;
         Ok(Self::Nats {
-            js,
+            js: Box::new(js),
             prefix: url.stream,
             checked,
             last: Arc::default(),

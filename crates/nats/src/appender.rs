@@ -218,6 +218,9 @@ impl Appender {
     async fn commit(&mut self, requests: &[AppendRequest]) -> Result<Results, StoreError> {
         let mut results: Results = Vec::with_capacity(requests.len());
         for attempt in 0..MAX_ATTEMPTS {
+            // While the client is reconnecting it would hold publishes until the server is
+            // back; refuse them at once instead (the caller answers 503 with Retry-After).
+            crate::connected(&self.js)?;
             let start = results.len();
             let decided = self.decide(&requests[start..]).await?;
             if decided.units.is_empty() {
@@ -441,12 +444,10 @@ impl Appender {
         let mut in_flight: Vec<(u64, PublishAckFuture)> = Vec::new();
         let mut previous: Option<&str> = None;
         // Waits for the acknowledgements in flight, in order; stops at the first refusal.
-        async fn drain(
-            in_flight: &mut Vec<(u64, PublishAckFuture)>,
-            stored: &mut usize,
-        ) -> Option<Failed> {
+        let client = self.js.client();
+        let drain = async |in_flight: &mut Vec<(u64, PublishAckFuture)>, stored: &mut usize| {
             for (position, ack) in in_flight.drain(..) {
-                match ack.await {
+                match acknowledged(&client, ack).await {
                     Ok(ack) if ack.sequence == position && !ack.duplicate => *stored += 1,
                     Ok(ack) => {
                         return Some(Failed::Unknown(unavailable(&format!(
@@ -454,11 +455,11 @@ impl Appender {
                             ack.sequence, ack.duplicate
                         ))))
                     }
-                    Err(e) => return Some(publish_failed(e)),
+                    Err(failed) => return Some(failed),
                 }
             }
             None
-        }
+        };
         let mut next = 0;
         while next < units.len() {
             let unit = &units[next];
@@ -503,7 +504,7 @@ impl Appender {
                 run += 1;
             }
             let last = units[run - 1].head.0;
-            match self.publish_batch(&units[next..run]).await {
+            match while_connected(&client, self.publish_batch(&units[next..run])).await {
                 Ok(sequence) if sequence == last => stored += run - next,
                 Ok(sequence) => {
                     return (
@@ -710,6 +711,35 @@ fn check(r: &AppendRequest) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// The acknowledgement of a publish, or `Failed::Unknown` as soon as the connection drops (the
+/// server that would have answered is gone; the answer is lost, not late).
+async fn acknowledged(
+    client: &async_nats::Client,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+) -> Result<async_nats::jetstream::publish::PublishAck, Failed> {
+    while_connected(client, async { ack.await.map_err(publish_failed) }).await
+}
+
+/// `work`'s answer, or `Failed::Unknown` as soon as the connection drops while it waits.
+async fn while_connected<T>(
+    client: &async_nats::Client,
+    work: impl std::future::Future<Output = Result<T, Failed>>,
+) -> Result<T, Failed> {
+    let mut work = std::pin::pin!(work);
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), &mut work).await {
+            Ok(answer) => return answer,
+            Err(_) => {
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    return Err(Failed::Unknown(unavailable(
+                        "the connection to the NATS server dropped before it acknowledged",
+                    )));
+                }
+            }
+        }
+    }
 }
 
 fn publish_failed(e: async_nats::jetstream::context::PublishError) -> Failed {

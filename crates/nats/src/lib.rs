@@ -196,7 +196,19 @@ pub(crate) fn fetch_failed(e: jetstream_extra::batch_fetch::BatchFetchError) -> 
 }
 
 /// The sequence of the stream's last message (0 when empty).
+/// `Unavailable` at once while the client is reconnecting: it would hold a request until the
+/// server is back or the request times out; callers answer 503 with `Retry-After` instead.
+pub(crate) fn connected(js: &jetstream::Context) -> Result<(), StoreError> {
+    match js.client().connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        state => Err(unavailable(&format!(
+            "the NATS server is not reachable (connection {state:?})"
+        ))),
+    }
+}
+
 pub(crate) async fn last_sequence(js: &jetstream::Context, name: &str) -> Result<u64, StoreError> {
+    connected(js)?;
     let stream = js
         .get_stream(name)
         .await

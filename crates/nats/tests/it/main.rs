@@ -3,6 +3,7 @@
 //! its read models in a fresh SQLite file.
 
 mod never_skips;
+mod restart;
 
 use std::any::Any;
 use std::sync::Arc;
