@@ -1,22 +1,22 @@
-//! The appender: one task per store that decides appends and publishes them, group commit as
-//! one JetStream atomic batch.
+//! The appender: one task per store that decides groups of waiting appends and publishes them.
 //!
 //! JetStream numbers messages itself, so a client cannot know an event's global position (which
 //! the hash chain covers) or its predecessor's hash before the server answers. The appender
 //! therefore works like PostgreSQL's, with the server's sequence check in place of a lock: it
 //! knows the log up to position `L` (its head, with the hash there, the heads of the streams it
 //! touched and, through [`Index`], every event id, idempotency key and fencing token up to `L`),
-//! decides a group of waiting appends against that, and publishes their events as one batch whose
-//! first message carries `Nats-Expected-Last-Sequence: L`. The server refuses the batch if
-//! anything was appended after `L`; the appender then reads what was (catching up) and decides
-//! again. Each append's first message for its subject also carries
-//! `Nats-Expected-Last-Subject-Sequence`, so the server itself enforces the stream's expected
-//! version too.
+//! decides a group of waiting appends against that, and publishes each append's events with
+//! `Nats-Expected-Last-Sequence` = the position they follow. The server refuses a publish if
+//! anything else was appended meanwhile; the answers before it stand, and the appender reads
+//! what was appended (catching up) and decides the rest again. Each stream's first message in a
+//! group also carries `Nats-Expected-Last-Subject-Sequence`, so the server itself enforces the
+//! stream's expected version too.
 //!
-//! One event is published as one plain message; more as an atomic batch (ADR-50, nats-server
-//! 2.12+): all or none of them become visible, at consecutive sequences. A batch holds at most
-//! [`MAX_BATCH`] messages (the server's limit); a group larger than that is committed in several
-//! batches, each all-or-nothing, and one append may not hold more events.
+//! An append of one event is one plain publish; consecutive ones are pipelined and chained by
+//! message ids (see [`Appender::publish`]). A run of appends of several events is one atomic
+//! batch (ADR-50, nats-server 2.12+): all or none of them become visible, at consecutive
+//! sequences. A batch holds at most [`MAX_BATCH`] messages (the server's limit), so one append
+//! may not hold more events.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -8,11 +8,12 @@
 //!   JetStream sequence**, gap-free;
 //! - each message's body is the event's envelope (one JSON line) and its payload; an append's
 //!   idempotency record and fencing token ride on its first event;
-//! - the appender ([`appender`]) publishes each group of appends as one message or one atomic
-//!   batch (nats-server 2.12+), guarded by `Nats-Expected-Last-Sequence` (the log position the
-//!   group was decided at) and `Nats-Expected-Last-Subject-Sequence` (each stream's expected
-//!   version, enforced by the server), so that several processes can append to one store;
-//! - the index of event ids, idempotency keys and fencing tokens ([`index`]) and every
+//! - the appender (`appender.rs`) publishes a one-event append as one message (pipelined,
+//!   chained by message ids) and a run of larger appends as one atomic batch (nats-server
+//!   2.12+), guarded by `Nats-Expected-Last-Sequence` (the log position it was decided at) and
+//!   `Nats-Expected-Last-Subject-Sequence` (each stream's expected version, enforced by the
+//!   server), so that several processes can append to one store;
+//! - the index of event ids, idempotency keys and fencing tokens (`index.rs`) and every
 //!   checkpoint live in the read-model store, which this store also serves as
 //!   [`ReadModelStore`] (so a projection commits its documents with its checkpoint there).
 //!

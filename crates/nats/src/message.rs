@@ -5,7 +5,7 @@
 //! `acme=2Forder-42`): NATS subjects may not hold `.`, `*`, `>` or white space, and the escape
 //! keeps the mapping one-to-one.
 //!
-//! Body: one line of JSON (the envelope: [`Head`]), a newline, then the payload's bytes exactly
+//! Body: one line of JSON (the envelope, `Head`), a newline, then the payload's bytes exactly
 //! as appended (the hash chain covers them byte for byte, so they are never re-encoded). The
 //! idempotency record and the fencing token of an append ride on its first event's head.
 
