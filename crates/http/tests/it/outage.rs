@@ -1,6 +1,7 @@
-//! PostgreSQL goes away mid-run: commands fail with 503 and Retry-After,
-//! nothing committed is lost, and the service recovers by itself within 5 s of the database
-//! coming back. The test runs its own cluster, so it can stop it like a crash (`-m immediate`).
+//! The store goes away mid-run (PostgreSQL, or the NATS server of a NATS store): commands fail
+//! with 503 and Retry-After, nothing committed is lost, and the service recovers by itself
+//! within 5 s of the store coming back. Each test runs its own server, so it can stop it like a
+//! crash (PostgreSQL `-m immediate`, nats-server SIGKILL).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,45 @@ async fn postgres_restart_gives_503_then_recovers_within_5s_and_loses_nothing() 
             .unwrap(),
     );
     let app = Arc::new(TestApp::open(&cluster.url(), Box::new(cluster.clone())).await);
+    let (down, up) = (cluster.clone(), cluster.clone());
+    outage_gives_503_then_recovers(
+        app,
+        move || down.stop_immediately(),
+        move || up.start_server(),
+    )
+    .await;
+}
+
+/// The NATS server of a NATS store (read models in SQLite) killed and started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_restart_gives_503_then_recovers_within_5s_and_loses_nothing() {
+    let server = Arc::new(
+        tokio::task::spawn_blocking(eventfold_nats::testing::PrivateServer::start)
+            .await
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let options = eventfold_app::backend::OpenOptions {
+        read_models: Some(format!(
+            "sqlite://{}",
+            dir.path().join("read-models.db").display()
+        )),
+        ..Default::default()
+    };
+    let backend = eventfold_app::backend::Backend::open_with(&server.url("outage"), &options)
+        .await
+        .unwrap();
+    let app = Arc::new(TestApp::over(backend, Box::new((server.clone(), dir))));
+    let (down, up) = (server.clone(), server.clone());
+    outage_gives_503_then_recovers(app, move || down.kill(), move || up.start_server()).await;
+}
+
+/// Four clients deposit through an outage of the store (`stop` .. `start`).
+async fn outage_gives_503_then_recovers(
+    app: Arc<TestApp>,
+    stop_store: impl FnOnce() + Send + 'static,
+    start_store: impl FnOnce() + Send + 'static,
+) {
     let opened = app
         .post(
             "/accounts",
@@ -89,16 +129,10 @@ async fn postgres_restart_gives_503_then_recovers_within_5s_and_loses_nothing() 
         before_outage > 0,
         "no deposit went through before the outage"
     );
-    let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.stop_immediately())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(stop_store).await.unwrap();
     // Longer than the pool's acquire timeout (2 s), so that waiting reads give up with a 503.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.start_server())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(start_store).await.unwrap();
     let restarted = Instant::now();
 
     // Recovery: the first deposit acknowledged after the restart, within 5 s.
@@ -115,7 +149,7 @@ async fn postgres_restart_gives_503_then_recovers_within_5s_and_loses_nothing() 
         }
         assert!(
             restarted.elapsed() < Duration::from_secs(10),
-            "no deposit acknowledged within 10 s of PostgreSQL coming back"
+            "no deposit acknowledged within 10 s of the store coming back"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

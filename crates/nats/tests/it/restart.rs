@@ -4,89 +4,22 @@
 //! recovers by itself: the same store object appends again once the server is back.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventfold_core::chain::{ChainVerifier, Scope};
 use eventfold_core::{testkit, Actor, AppendRequest, EventStore, ExpectedVersion, StoreError};
+use eventfold_nats::testing::PrivateServer;
 use eventfold_nats::NatsStore;
 use eventfold_sqlite::SqliteStore;
 use uuid::Uuid;
 
-/// A nats-server of this test's own (the binary `scripts/nats-ensure` exports), on a fixed
-/// port and store directory so that a restart finds its data.
-struct Server {
-    bin: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn start(&mut self) {
-        let child = Command::new(&self.bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nats-server did not listen on {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_server_loses_nothing_acknowledged_and_the_store_recovers_by_itself() {
-    let bin = std::env::var("EVENTFOLD_TEST_NATS_SERVER").expect(
-        "EVENTFOLD_TEST_NATS_SERVER is not set: run the tests through scripts/test (it exports \
-         the nats-server binary)",
-    );
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server {
-        bin,
-        port: free_port(),
-        dir: dir.path().join("jetstream"),
-        child: None,
-    };
-    server.start();
-    let url = format!("nats://127.0.0.1:{}/restart", server.port);
+    let server = PrivateServer::start();
+    let url = server.url("restart");
     let read_models = Arc::new(SqliteStore::open(dir.path().join("read-models.db")).unwrap());
     let store = Arc::new(NatsStore::connect(&url, read_models).await.unwrap());
 
@@ -140,7 +73,7 @@ async fn a_killed_server_loses_nothing_acknowledged_and_the_store_recovers_by_it
     server.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let while_down = acknowledged.lock().unwrap().len();
-    server.start();
+    server.start_server();
     // Recovered by itself: appends are acknowledged again.
     let mut recovered = false;
     for _ in 0..200 {
