@@ -227,16 +227,22 @@ impl Appender {
                 results.extend(decided.results);
                 return Ok(results);
             }
-            let (mut stored, failure) = self.publish(&decided.units).await;
+            let (stored, failure) = self.publish(&decided.units).await;
             self.stats.record(stored as u64);
-            for unit in &decided.units[..stored] {
+            let Decided {
+                results: answers,
+                mut units,
+            } = decided;
+            let rest = units.split_off(stored);
+            for unit in units {
                 self.accept(unit);
             }
+            let mut landed_after = 0;
             if let Some(Failed::Unknown(e)) = &failure {
                 // Which of the rest are stored? Read what the log holds now.
                 let e = unavailable(&e.to_string());
                 self.catch_up().await.map_err(|_| e)?;
-                for unit in &decided.units[stored..] {
+                for unit in &rest {
                     let found = self.index.lookup(&[unit.first_event], &[], &[]).await?;
                     let landed = found
                         .events
@@ -246,14 +252,11 @@ impl Appender {
                         break;
                     }
                     // The catch-up already took it in.
-                    stored += 1;
+                    landed_after += 1;
                 }
             }
-            let cut = decided
-                .units
-                .get(stored)
-                .map_or(decided.results.len(), |u| u.request);
-            results.extend(decided.results.into_iter().take(cut));
+            let cut = rest.get(landed_after).map_or(answers.len(), |u| u.request);
+            results.extend(answers.into_iter().take(cut));
             match failure {
                 None => return Ok(results),
                 Some(Failed::Refused(e)) => return Err(e),
@@ -272,14 +275,14 @@ impl Appender {
     }
 
     /// Takes in a unit the server stored.
-    fn accept(&mut self, unit: &Unit) {
+    fn accept(&mut self, unit: Unit) {
         if self.streams.len() >= MAX_CACHED_STREAMS {
             self.streams.clear();
         }
-        self.streams.insert(unit.stream.clone(), unit.stream_head);
+        self.streams.insert(unit.stream, unit.stream_head);
         self.log = unit.head;
         self.index.remember(&unit.delta);
-        let _ = self.runs.send(unit.delta.clone());
+        let _ = self.runs.send(unit.delta);
         head::advance(&self.head_tx, self.log.0);
     }
 
@@ -578,9 +581,6 @@ impl Appender {
                  it was made by something else than eventfold",
                     self.names.stream
                 )))
-            }
-            BatchPublishErrorKind::Request | BatchPublishErrorKind::Publish => {
-                Failed::Unknown(unavailable(&format!("publishing a batch: {e}")))
             }
             _ => Failed::Unknown(unavailable(&format!("publishing a batch: {e}"))),
         }

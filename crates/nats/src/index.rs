@@ -320,8 +320,8 @@ impl Index {
             match key.split_once(':').map(|(kind, _)| kind) {
                 Some("e") => {
                     let loc: EventLoc = serde_json::from_str(&doc).map_err(|e| corrupt(&key, e))?;
-                    if let Some(id) = ids.iter().find(|id| event_key(id) == key) {
-                        found.events.insert(*id, loc);
+                    if let Ok(id) = Uuid::parse_str(&key[2..]) {
+                        found.events.insert(id, loc);
                     }
                 }
                 Some("k") => {

@@ -436,13 +436,6 @@ impl ReadModelStore for NatsStore {
             .await
     }
 
-    async fn projection_checkpoint(&self, projection: &str) -> Result<u64, StoreError> {
-        self.shared
-            .read_models
-            .projection_checkpoint(projection)
-            .await
-    }
-
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
         self.shared.read_models.commit_projections(commits).await
     }
