@@ -323,12 +323,21 @@ async function sales(section, params) {
       tbody.prepend(correctionRow(notice));
       const row = document.querySelector(`#daily-table tr[data-date="${notice.date}"] td`);
       if (row && !row.querySelector(".badge")) row.append(" ", h("span", { class: "badge adjusted", title: `Changed after it was reported; last change arrived ${fmtTime(notice.ingested_at)}` }, "adjusted"));
-      // The day's row as the view holds it now (its total, its late part).
-      api(`/sales/daily?${q({ store, from: notice.date, to: notice.date })}`).then((days) => {
-        const old = document.querySelector(`#daily-table tr[data-date="${notice.date}"]`);
+      // The day's row as the view holds it now (its total, its late part). The notice comes
+      // straight from the log and the daily view may not have counted the change yet: ask
+      // again (every 250 ms, up to 5 s) until it has, and never drop the badge the notice earned.
+      const refreshDay = (tries) => api(`/sales/daily?${q({ store, from: notice.date, to: notice.date })}`).then((days) => {
+        if (abort.signal.aborted) return;
         const now = days.find((d) => d.currency === notice.currency);
-        if (old && now) old.replaceWith(dailyRow(now));
+        const counted = now && now.last_adjusted_at && Date.parse(now.last_adjusted_at) >= Date.parse(notice.ingested_at);
+        if (!counted && tries > 0) {
+          setTimeout(() => refreshDay(tries - 1), 250);
+          return;
+        }
+        const old = document.querySelector(`#daily-table tr[data-date="${notice.date}"]`);
+        if (old && now) old.replaceWith(dailyRow({ ...now, adjusted: true, last_adjusted_at: now.last_adjusted_at || notice.ingested_at }));
       }).catch(() => {});
+      refreshDay(20);
       const days = document.querySelectorAll("#daily-table tbody tr[data-date]").length;
       const badged = document.querySelectorAll("#daily-table tbody .badge.adjusted").length;
       $("#daily-summary").textContent = `${days} days, ${badged} adjusted${row ? "" : ` · new: ${notice.date}`}`;
