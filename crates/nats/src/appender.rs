@@ -34,6 +34,7 @@ use jetstream_extra::batch_publish::{BatchPublishErrorKind, BatchPublishExt};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::archive::{self, Cold};
 use crate::index::{Delta, EventLoc, Found, Index};
 use crate::message::{self, FenceHead, Head, IdemHead};
 use crate::{unavailable, Names};
@@ -73,6 +74,7 @@ pub(crate) struct Appender {
     pub js: jetstream::Context,
     pub names: Names,
     pub index: Arc<Index>,
+    pub cold: Arc<Cold>,
     pub runs: mpsc::UnboundedSender<Delta>,
     pub head_tx: HeadSender,
     pub stats: Arc<crate::AppenderStats>,
@@ -114,10 +116,12 @@ struct Decided {
 }
 
 impl Appender {
+    /// An appender that knows the log up to `log` (position, hash there); `(index, cold)`:
+    /// what the read-model store holds of the log (its index, its archived events).
     pub(crate) fn new(
         js: jetstream::Context,
         names: Names,
-        index: Arc<Index>,
+        (index, cold): (Arc<Index>, Arc<Cold>),
         runs: mpsc::UnboundedSender<Delta>,
         head_tx: HeadSender,
         stats: Arc<crate::AppenderStats>,
@@ -127,6 +131,7 @@ impl Appender {
             js,
             names,
             index,
+            cold,
             runs,
             head_tx,
             stats,
@@ -217,12 +222,29 @@ impl Appender {
     /// decided again (an answer may have counted on the refused unit).
     async fn commit(&mut self, requests: &[AppendRequest]) -> Result<Results, StoreError> {
         let mut results: Results = Vec::with_capacity(requests.len());
+        let mut checked_head = false;
         for attempt in 0..MAX_ATTEMPTS {
             // While the client is reconnecting it would hold publishes until the server is
             // back; refuse them at once instead (the caller answers 503 with Retry-After).
             crate::connected(&self.js)?;
             let start = results.len();
             let decided = self.decide(&requests[start..]).await?;
+            // A version conflict decided on a log another process has moved since may be
+            // stale (the stream may be at the expected version by now): it stands only once
+            // the log is known to its end. Anything else decided on a stale log is refused by
+            // the server when published, and decided again.
+            let conflict = decided
+                .results
+                .iter()
+                .any(|r| matches!(r, Err(StoreError::VersionConflict { .. })));
+            if conflict && !checked_head {
+                checked_head = true;
+                let last = crate::last_sequence(&self.js, &self.names.stream).await?;
+                if last > self.log.0 {
+                    self.catch_up().await?;
+                    continue;
+                }
+            }
             if decided.units.is_empty() {
                 results.extend(decided.results);
                 return Ok(results);
@@ -256,6 +278,11 @@ impl Appender {
                 }
             }
             let cut = rest.get(landed_after).map_or(answers.len(), |u| u.request);
+            if let Some(refused) = rest.get(landed_after) {
+                // Its stream's head is read again: an archive may have deleted the stream's
+                // last message, which moves the subject's last sequence the server checks.
+                self.streams.remove(&refused.stream);
+            }
             results.extend(answers.into_iter().take(cut));
             match failure {
                 None => return Ok(results),
@@ -591,27 +618,58 @@ impl Appender {
     pub(crate) async fn catch_up(&mut self) -> Result<(), StoreError> {
         let last = crate::last_sequence(&self.js, &self.names.stream).await?;
         while self.log.0 < last {
-            let mut batch = self
+            let mut read = Vec::new();
+            match self
                 .js
                 .get_batch(&self.names.stream, MAX_BATCH)
                 .sequence(self.log.0 + 1)
                 .send()
                 .await
-                .map_err(crate::fetch_failed)?;
+            {
+                Ok(mut batch) => {
+                    while let Some(m) = batch.next().await {
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e)
+                                if e.kind()
+                                    == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages =>
+                            {
+                                break
+                            }
+                            Err(e) => return Err(crate::fetch_failed(e)),
+                        };
+                        read.push(message::decode(m.sequence, m.payload)?);
+                    }
+                }
+                // Only archived events (deleted messages) left up to `last`.
+                Err(e)
+                    if e.kind()
+                        == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages => {}
+                Err(e) => return Err(crate::fetch_failed(e)),
+            }
+            // Archived events between (their stubs keep the ids, keys and hashes).
+            let upto = match read.last() {
+                Some(d) if read.len() >= MAX_BATCH => d.position,
+                _ => last,
+            };
+            let cold = self.cold.in_log(self.log.0, Some(upto), MAX_BATCH).await?;
             let mut delta = Delta::after(self.log.0);
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(crate::fetch_failed)?;
-                let d = message::decode(m.sequence, m.payload)?;
+            for d in archive::merge(read, cold, |d| d.position) {
                 let hash = message::head_hash(&d.head);
                 delta.add(&d.head, d.position);
-                self.streams.insert(
-                    d.head.s.clone(),
-                    StreamHead {
-                        version: d.head.v,
-                        hash,
-                        seq: d.position,
-                    },
-                );
+                if d.archived.is_some() {
+                    // Its message is gone: the subject's last sequence is read again.
+                    self.streams.remove(&d.head.s);
+                } else {
+                    self.streams.insert(
+                        d.head.s.clone(),
+                        StreamHead {
+                            version: d.head.v,
+                            hash,
+                            seq: d.position,
+                        },
+                    );
+                }
                 self.log = (d.position, hash);
             }
             if delta.is_empty() {
@@ -686,7 +744,19 @@ impl Appender {
                 if stale {
                     break;
                 }
-                for (stream, head) in heads {
+                // A stream whose last events are archived has no message for them: its version
+                // and hash come from the archive, the subject's last sequence from JetStream.
+                let archived = self
+                    .cold
+                    .last_of(chunk.iter().collect::<Vec<_>>().as_slice())
+                    .await?;
+                for (stream, mut head) in heads {
+                    if let Some((version, hash)) = archived.get(stream) {
+                        if *version > head.version {
+                            head.version = *version;
+                            head.hash = *hash;
+                        }
+                    }
                     self.streams.insert(stream.clone(), head);
                 }
             }

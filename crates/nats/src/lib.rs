@@ -5,7 +5,8 @@
 //! - one JetStream stream per store, named `NAME` (the URL's path, default `eventfold`), file
 //!   storage, subjects `NAME.e.>`; each event stream is one subject `NAME.e.{stream}` (escaped:
 //!   see [`message`]); the stream holds events and nothing else, so **the global position is the
-//!   JetStream sequence**, gap-free;
+//!   JetStream sequence**, gap-free (an archived event's message is deleted; its stub keeps the
+//!   position);
 //! - each message's body is the event's envelope (one JSON line) and its payload; an append's
 //!   idempotency record and fencing token ride on its first event;
 //! - the appender (`appender.rs`) publishes a one-event append as one message (pipelined,
@@ -15,11 +16,14 @@
 //!   server), so that several processes can append to one store;
 //! - the index of event ids, idempotency keys and fencing tokens (`index.rs`) and every
 //!   checkpoint live in the read-model store, which this store also serves as
-//!   [`ReadModelStore`] (so a projection commits its documents with its checkpoint there).
+//!   [`ReadModelStore`] (so a projection commits its documents with its checkpoint there);
+//! - archived events (`archive.rs`): their messages are deleted and their stubs, and events
+//!   restored later, live in the read-model store ([`ARCHIVE`]); reads merge them in.
 //!
 //! Seed 004 builds its event store on NATS JetStream with read models in PostgreSQL.
 
 mod appender;
+mod archive;
 mod index;
 pub mod message;
 mod read;
@@ -43,15 +47,20 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 pub use appender::MAX_BATCH;
+pub use archive::ARCHIVE;
 pub use index::INDEX;
 
 use appender::{Appender, Job};
+use archive::{Cold, ColdDoc};
 use index::Index;
 
 /// How long the server remembers a message id (`duplicate_window`): ids are the chain links of
 /// pipelined publishes, so a second covers every publish in flight, and the server's memory of
 /// ids (nats-io/nats-server#8485) stays at a second's worth of appends.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Most times an archive or restore is decided again after another one changed the archive.
+const MAX_CHANGE_ATTEMPTS: usize = 20;
 
 /// The JetStream stream name used when the URL names none.
 pub const DEFAULT_STREAM: &str = "eventfold";
@@ -171,6 +180,7 @@ struct Shared {
     head: HeadReceiver,
     read_models: Arc<dyn ReadModelStore>,
     index: Arc<Index>,
+    cold: Arc<Cold>,
     config: NatsConfig,
     stats: Arc<AppenderStats>,
     tasks: Vec<AbortHandle>,
@@ -305,13 +315,28 @@ impl NatsStore {
                 names.stream
             )));
         }
+        let cold = Arc::new(Cold::new(read_models.clone()));
         let hash_there: Hash = if indexed == 0 {
             ZERO_HASH
         } else {
-            let m = jstream.direct_get(indexed).await.map_err(|e| {
-                StoreError::Unavailable(format!("reading position {indexed}: {e}").into())
-            })?;
-            message::head_hash(&message::decode(indexed, m.payload)?.head)
+            match jstream.direct_get(indexed).await {
+                Ok(m) => message::head_hash(&message::decode(indexed, m.payload)?.head),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                    // Archived: its stub holds the hash.
+                    let doc = cold.at(&[indexed]).await?.remove(&indexed).ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "position {indexed} is neither in the NATS stream {} nor archived",
+                            names.stream
+                        ))
+                    })?;
+                    message::head_hash(&doc.head)
+                }
+                Err(e) => {
+                    return Err(StoreError::Unavailable(
+                        format!("reading position {indexed}: {e}").into(),
+                    ))
+                }
+            }
         };
         let (head_tx, head_rx) = head::channel(indexed);
         let (runs_tx, runs_rx) = mpsc::unbounded_channel();
@@ -319,7 +344,7 @@ impl NatsStore {
         let mut appender = Appender::new(
             js.clone(),
             names.clone(),
-            index.clone(),
+            (index.clone(), cold.clone()),
             runs_tx,
             head_tx.clone(),
             stats.clone(),
@@ -341,6 +366,7 @@ impl NatsStore {
                 head: head_rx,
                 read_models,
                 index,
+                cold,
                 config,
                 stats,
                 tasks,
@@ -381,6 +407,120 @@ impl NatsStore {
     /// index writer has committed them to the read-model store.
     pub fn pending_index_entries(&self) -> usize {
         self.shared.index.pending()
+    }
+
+    /// The message at `position`, if JetStream holds it (an archived event's is deleted).
+    async fn message_at(&self, position: u64) -> Result<Option<message::Decoded>, StoreError> {
+        connected(&self.shared.js)?;
+        match self.shared.stream.direct_get(position).await {
+            Ok(m) => Ok(Some(message::decode(position, m.payload)?)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Unavailable(
+                format!("reading position {position}: {e}").into(),
+            )),
+        }
+    }
+
+    /// The hash of the message at `position`, if JetStream holds it.
+    async fn message_hash(&self, position: u64) -> Result<Option<Hash>, StoreError> {
+        Ok(self
+            .message_at(position)
+            .await?
+            .map(|d| message::head_hash(&d.head)))
+    }
+
+    /// Deletes the message at `position` from JetStream; one deleted before is no error.
+    async fn delete_message(&self, position: u64) -> Result<(), StoreError> {
+        match self.shared.stream.delete_message(position).await {
+            Ok(_) => Ok(()),
+            // The server refuses to delete what is not there (10057 "no message found").
+            Err(_) if self.message_at(position).await?.is_none() => Ok(()),
+            Err(e) => Err(StoreError::Unavailable(
+                format!("deleting the archived message at position {position}: {e}").into(),
+            )),
+        }
+    }
+
+    /// Commits the stubs of `stubs` to the archive's documents (see `archive.rs`): returns how
+    /// many were archived now and the positions whose messages are to be deleted (those
+    /// archived now and those a stopped run archived without deleting).
+    ///
+    /// # Errors
+    /// [`StoreError::InvalidRequest`] naming the position when no event there has the stub's
+    /// hash or it was archived with another digest (nothing is changed).
+    async fn commit_archive(&self, stubs: &[ArchiveStub]) -> Result<(u64, Vec<u64>), StoreError> {
+        let cold = &self.shared.cold;
+        for _ in 0..MAX_CHANGE_ATTEMPTS {
+            let generation = cold.generation().await?;
+            let positions: Vec<u64> = stubs.iter().map(|s| s.position).collect();
+            let docs = cold.at(&positions).await?;
+            let mut delete = Vec::new();
+            let mut archived: Vec<(u64, ColdDoc)> = Vec::new();
+            for stub in stubs {
+                let digest = hex::encode(stub.digest);
+                let refused = || StoreError::no_event_to(stub.position, &stub.hash, "archive");
+                match docs.get(&stub.position) {
+                    Some(doc) if doc.head.h != hex::encode(stub.hash) => return Err(refused()),
+                    Some(doc) => match &doc.payload {
+                        None if doc.d == digest => delete.push(stub.position),
+                        None => {
+                            return Err(StoreError::InvalidRequest(format!(
+                                "position {}: archived before with another content digest",
+                                stub.position
+                            )))
+                        }
+                        Some(_) => {
+                            let mut doc = doc.clone();
+                            doc.payload = None;
+                            doc.d = digest;
+                            archived.push((stub.position, doc));
+                        }
+                    },
+                    None => match self.message_at(stub.position).await? {
+                        Some(m) if message::head_hash(&m.head) == stub.hash => {
+                            archived.push((
+                                stub.position,
+                                ColdDoc {
+                                    head: m.head,
+                                    d: digest,
+                                    payload: None,
+                                },
+                            ));
+                        }
+                        _ => return Err(refused()),
+                    },
+                }
+            }
+            if archived.is_empty() {
+                return Ok((0, delete));
+            }
+            // Each stream's highest archived version, raised where this change goes higher.
+            let mut highest: std::collections::HashMap<&String, u64> =
+                std::collections::HashMap::new();
+            for (_, doc) in &archived {
+                let v = highest.entry(&doc.head.s).or_default();
+                *v = (*v).max(doc.head.v);
+            }
+            let streams: Vec<&String> = highest.keys().copied().collect();
+            let recorded = cold.last_of(&streams).await?;
+            let mut writes = Vec::new();
+            for (position, doc) in &archived {
+                let raise = highest.get(&doc.head.s) == Some(&doc.head.v)
+                    && recorded
+                        .get(&doc.head.s)
+                        .is_none_or(|(v, _)| *v < doc.head.v);
+                writes.extend(doc.writes(*position, raise));
+            }
+            match cold.commit(generation, writes).await {
+                Ok(()) => {
+                    delete.extend(archived.iter().map(|(p, _)| *p));
+                    return Ok((archived.len() as u64, delete));
+                }
+                Err(StoreError::CheckpointMoved { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(unavailable("the archive kept changing under the archiving"))
     }
 
     async fn submit(
@@ -491,10 +631,13 @@ impl EventStore for NatsStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError> {
-        Ok(self
+        let hot = self
             .last_of_stream(stream_id)
             .await?
-            .map_or(0, |d| d.head.v))
+            .map_or(0, |d| d.head.v);
+        let stream = stream_id.to_owned();
+        let archived = self.shared.cold.last_of(&[&stream]).await?;
+        Ok(archived.get(&stream).map_or(hot, |(v, _)| hot.max(*v)))
     }
 
     async fn read_all(
@@ -502,11 +645,20 @@ impl EventStore for NatsStore {
         after_position: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_log(after_position, max_count, None)
-            .await?
-            .iter()
-            .map(message::Decoded::recorded)
-            .collect()
+        // Archived events are left out; a read that finds only stubs goes on past them.
+        let mut after = after_position;
+        loop {
+            let read = self.read_log_with_archive(after, max_count).await?;
+            let out = read
+                .iter()
+                .filter(|d| d.archived.is_none())
+                .map(message::Decoded::recorded)
+                .collect::<Result<Vec<_>, _>>()?;
+            match read.last() {
+                Some(last) if out.is_empty() && read.len() >= max_count => after = last.position,
+                _ => return Ok(out),
+            }
+        }
     }
 
     async fn read_chain_into(
@@ -515,7 +667,9 @@ impl EventStore for NatsStore {
         max_count: usize,
         rows: &mut Vec<ChainRow>,
     ) -> Result<(), StoreError> {
-        let read = self.read_log(after_position, max_count, None).await?;
+        let read = self
+            .read_log_with_archive(after_position, max_count)
+            .await?;
         read::fill_rows(&read, rows);
         Ok(())
     }
@@ -534,28 +688,60 @@ impl EventStore for NatsStore {
             .collect())
     }
 
+    /// Writes the stubs into the read-model store, then deletes the messages from JetStream
+    /// (see `archive.rs`). A re-run deletes what a run that stopped between the two left.
     async fn archive_events(&self, stubs: Vec<ArchiveStub>) -> Result<u64, StoreError> {
         if stubs.is_empty() {
             return Ok(0);
         }
-        Err(StoreError::InvalidRequest(
-            "archiving is not available on the NATS store yet: its events cannot be emptied \
-             in place"
-                .into(),
-        ))
+        let (archived, delete) = self.commit_archive(&stubs).await?;
+        for position in delete {
+            self.delete_message(position).await?;
+        }
+        Ok(archived)
     }
 
+    /// A restored event cannot go back into JetStream at its old sequence: its payload joins
+    /// its stub in the read-model store, and reads return it from there.
     async fn restore_events(&self, payloads: Vec<RestoredPayload>) -> Result<u64, StoreError> {
         if payloads.is_empty() {
             return Ok(0);
         }
-        Err(StoreError::InvalidRequest(
-            "the NATS store holds no archived events to restore".into(),
-        ))
+        for _ in 0..MAX_CHANGE_ATTEMPTS {
+            let generation = self.shared.cold.generation().await?;
+            let positions: Vec<u64> = payloads.iter().map(|p| p.position).collect();
+            let docs = self.shared.cold.at(&positions).await?;
+            let mut writes = Vec::new();
+            let mut restored = 0;
+            for p in &payloads {
+                match docs.get(&p.position) {
+                    Some(doc) if doc.head.h == hex::encode(p.hash) => {
+                        if doc.payload.is_none() {
+                            let mut doc = doc.clone();
+                            doc.payload = Some(p.payload.clone());
+                            writes.extend(doc.writes(p.position, false));
+                            restored += 1;
+                        }
+                    }
+                    // Never archived here (or restored and its message kept): hot already.
+                    None if self.message_hash(p.position).await? == Some(p.hash) => {}
+                    _ => return Err(StoreError::no_event_to(p.position, &p.hash, "restore")),
+                }
+            }
+            if writes.is_empty() {
+                return Ok(0);
+            }
+            match self.shared.cold.commit(generation, writes).await {
+                Ok(()) => return Ok(restored),
+                Err(StoreError::CheckpointMoved { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(unavailable("the archive kept changing under the restore"))
     }
 
-    async fn archived_after(&self, _position: u64) -> Result<u64, StoreError> {
-        Ok(0)
+    async fn archived_after(&self, position: u64) -> Result<u64, StoreError> {
+        self.shared.cold.archived_after(position).await
     }
 
     async fn head_position(&self) -> Result<u64, StoreError> {

@@ -23,6 +23,18 @@ pub fn subject(prefix: &str, stream_id: &str) -> String {
     let mut s = String::with_capacity(prefix.len() + 1 + stream_id.len() + 8);
     s.push_str(prefix);
     s.push('.');
+    escape_into(stream_id, &mut s);
+    s
+}
+
+/// `stream_id` with every byte outside `A-Z a-z 0-9 _ -` written as `=XX` (one-to-one).
+pub(crate) fn escape(stream_id: &str) -> String {
+    let mut s = String::with_capacity(stream_id.len() + 8);
+    escape_into(stream_id, &mut s);
+    s
+}
+
+fn escape_into(stream_id: &str, s: &mut String) {
     for b in stream_id.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             s.push(char::from(b));
@@ -31,7 +43,6 @@ pub fn subject(prefix: &str, stream_id: &str) -> String {
             s.push_str(&format!("{b:02X}"));
         }
     }
-    s
 }
 
 /// The idempotency record carried by an append's first event.
@@ -124,12 +135,15 @@ pub(crate) struct Head {
     pub fence: Option<FenceHead>,
 }
 
-/// A message read back: its sequence (the global position), head and payload.
+/// A message read back: its sequence (the global position), head and payload; or an archived
+/// event's stub from the read-model store (see `archive.rs`), with its content digest.
 #[derive(Debug, Clone)]
 pub(crate) struct Decoded {
     pub position: u64,
     pub head: Head,
     pub payload: Bytes,
+    /// The content digest of an archived event (its payload is then empty).
+    pub archived: Option<Hash>,
 }
 
 /// The body of one event's message.
@@ -162,6 +176,7 @@ pub(crate) fn decode(position: u64, body: Bytes) -> Result<Decoded, StoreError> 
         position,
         head,
         payload: body.slice(newline + 1..),
+        archived: None,
     })
 }
 
@@ -199,11 +214,24 @@ fn payload_text(position: u64, payload: &Bytes) -> Result<String, StoreError> {
 }
 
 impl Decoded {
+    /// [`StoreError::Archived`] for an archived event's stub.
+    fn hot(&self) -> Result<(), StoreError> {
+        match self.archived {
+            None => Ok(()),
+            Some(_) => Err(StoreError::Archived {
+                stream_id: self.head.s.clone(),
+                version: self.head.v,
+                position: self.position,
+            }),
+        }
+    }
+
     /// The recorded event.
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] naming the position.
+    /// [`StoreError::Corrupt`] naming the position; [`StoreError::Archived`] for a stub.
     pub(crate) fn recorded(&self) -> Result<RecordedEvent, StoreError> {
+        self.hot()?;
         let h = &self.head;
         let p = self.position;
         let actor = |s: &str| {
@@ -234,8 +262,9 @@ impl Decoded {
     /// The fields a fold needs.
     ///
     /// # Errors
-    /// [`StoreError::Corrupt`] naming the position.
+    /// [`StoreError::Corrupt`] naming the position; [`StoreError::Archived`] for a stub.
     pub(crate) fn replay(&self) -> Result<ReplayEvent, StoreError> {
+        self.hot()?;
         Ok(ReplayEvent {
             stream_version: self.head.v,
             event_type: self.head.t.clone(),
@@ -271,7 +300,7 @@ impl Decoded {
         row.backfill = h.b;
         row.prev_hash = Some(hash_bytes(&h.ph));
         row.hash = Some(hash_bytes(&h.h));
-        row.archived_digest = None;
+        row.archived_digest = self.archived.map(|d| d.to_vec());
     }
 
     /// This event's chain row.

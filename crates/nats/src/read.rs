@@ -9,7 +9,7 @@ use futures::StreamExt;
 use jetstream_extra::batch_fetch::{BatchFetchErrorKind, BatchFetchExt};
 
 use crate::message::{self, Decoded};
-use crate::{fetch_failed, Names, NatsStore, MAX_BATCH};
+use crate::{archive, fetch_failed, Names, NatsStore, MAX_BATCH};
 
 /// Refills `rows` with the chain rows of `read`, reusing the buffers of the rows there.
 pub(crate) fn fill_rows(read: &[Decoded], rows: &mut Vec<ChainRow>) {
@@ -117,16 +117,63 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Up to `max_count` events of `stream_id` from version `from_version`.
+    /// Up to `max_count` events after `after_position` in the log, archived stubs and restored
+    /// events included (see `archive.rs`), in position order.
+    pub(crate) async fn read_log_with_archive(
+        &self,
+        after_position: u64,
+        max_count: usize,
+    ) -> Result<Vec<Decoded>, StoreError> {
+        let hot = self.read_log(after_position, max_count, None).await?;
+        // The archive's documents matter up to where this read stopped (to the end when it
+        // reached the end).
+        let upto = match hot.last() {
+            Some(last) if hot.len() >= max_count => Some(last.position),
+            _ => None,
+        };
+        let cold = self
+            .shared
+            .cold
+            .in_log(after_position, upto, max_count)
+            .await?;
+        let mut all = archive::merge(hot, cold, |d| d.position);
+        all.truncate(max_count);
+        Ok(all)
+    }
+
+    /// Up to `max_count` events of `stream_id` from version `from_version`, archived stubs and
+    /// restored events included.
     pub(crate) async fn read_stream_messages(
         &self,
         stream_id: &str,
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<Decoded>, StoreError> {
-        let subject = message::subject(&self.shared.names.events, stream_id);
         let from_version = from_version.max(1);
-        if from_version > 1 {
+        let cold = self
+            .shared
+            .cold
+            .of_stream(stream_id, from_version, max_count)
+            .await?;
+        let hot = self
+            .read_hot_stream(stream_id, from_version, max_count, cold.is_empty())
+            .await?;
+        let mut all = archive::merge(hot, cold, |d| d.head.v);
+        all.truncate(max_count);
+        Ok(all)
+    }
+
+    /// Up to `max_count` messages of `stream_id` from version `from_version`; with `may_end`,
+    /// one lookup of the stream's last message first answers a read past its end.
+    async fn read_hot_stream(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+        max_count: usize,
+        may_end: bool,
+    ) -> Result<Vec<Decoded>, StoreError> {
+        let subject = message::subject(&self.shared.names.events, stream_id);
+        if may_end && from_version > 1 {
             // Nothing to read past the stream's end: one lookup instead of a scan.
             match self.last_of_stream(stream_id).await? {
                 Some(last) if last.head.v >= from_version => {}
@@ -143,7 +190,8 @@ impl NatsStore {
         Ok(read)
     }
 
-    /// The last event of `stream_id`, if any.
+    /// The last message of `stream_id`, if any (an archived last event is not there: see
+    /// `archive.rs`).
     pub(crate) async fn last_of_stream(
         &self,
         stream_id: &str,

@@ -607,6 +607,109 @@ eventfold_http::on_both_stores!(
     archive_restore_round_trip
 );
 
+/// On NATS, archiving deletes the messages and keeps the stubs in the read-model store; a
+/// restored event lives there too. The same round trip holds, and the JetStream stream no
+/// longer holds the archived messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_archive_and_restore_round_trip() {
+    archive_restore_round_trip(TestApp::nats().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_archived_messages_leave_jetstream_and_a_new_store_handle_reads_the_stubs() {
+    use eventfold_app::backend::{Backend, OpenOptions};
+    let db = eventfold_postgres::testing::fresh_db().await;
+    let (url, _stream) = eventfold_nats::testing::fresh_url();
+    let options = OpenOptions {
+        read_models: Some(db.url.clone()),
+        ..Default::default()
+    };
+    let first = Backend::open_with(&url, &options).await.unwrap();
+    let store = first.events.clone();
+    fixture(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let before_chain = store.read_chain(0, 100).await.unwrap();
+    archive(store.clone(), cutoff(), dir.path(), &|_, _, _| {})
+        .await
+        .unwrap();
+    let nats = eventfold_nats::NatsUrl::parse(&url).unwrap();
+    let client = async_nats::connect(&nats.server).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(&nats.stream).await.unwrap();
+    let info = stream.info().await.unwrap();
+    // 11 events, 6 archived: 5 messages left, the last sequence unchanged.
+    assert_eq!((info.state.messages, info.state.last_sequence), (5, 11));
+    for p in ARCHIVED {
+        assert!(
+            stream.direct_get(p).await.is_err(),
+            "message {p} is still there"
+        );
+    }
+    // A second handle on the same store (a restarted process) reads the same log: stubs in
+    // the chain, hot events in the log, stream versions kept, appends after a fully archived
+    // stream refused at its version.
+    let other = Backend::open_with(&url, &options).await.unwrap().events;
+    let chain = other.read_chain(0, 100).await.unwrap();
+    assert_eq!(chain.len(), 11);
+    let stubs: Vec<u64> = chain
+        .iter()
+        .filter(|r| r.is_archived())
+        .map(|r| r.position)
+        .collect();
+    assert_eq!(stubs, ARCHIVED);
+    for (a, b) in chain.iter().zip(&before_chain) {
+        assert_eq!(
+            (a.position, &a.hash, &a.prev_hash),
+            (b.position, &b.hash, &b.prev_hash)
+        );
+    }
+    assert_eq!(other.stream_version("order-a").await.unwrap(), 3);
+    assert_eq!(other.stream_version("order-b").await.unwrap(), 2);
+    assert!(matches!(
+        other
+            .append(AppendRequest::new(
+                "order-b",
+                ExpectedVersion::Exact(1),
+                vec![event("OrderCreated", "1997-05-01T00:00:00Z", 9)],
+            ))
+            .await,
+        Err(StoreError::VersionConflict { actual: 2, .. })
+    ));
+    // The stream goes on after its archived last event, the chain with it. The first handle's
+    // appender has order-b cached at its deleted last message: the server refuses that
+    // subject sequence once, and the appender reads the head again.
+    let out = store
+        .append(AppendRequest::new(
+            "order-b",
+            ExpectedVersion::Exact(2),
+            vec![event("OrderNoted", "1997-05-01T00:00:00Z", 10)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.stream_version, out.first_position), (3, 12));
+    // The second handle saw order-b at version 2: its conflict is checked against the log's
+    // end before it stands, so it appends after the first handle's event.
+    let out = other
+        .append(AppendRequest::new(
+            "order-b",
+            ExpectedVersion::Exact(3),
+            vec![event("OrderNoted", "1997-05-02T00:00:00Z", 11)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.stream_version, out.first_position), (4, 13));
+    for handle in [&store, &other] {
+        let report = verify_all(handle).await;
+        assert!(report.ok && report.events_checked == 13, "{report:?}");
+        assert_eq!(handle.stream_version("order-b").await.unwrap(), 4);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_interrupted_run_is_finished_by_the_next() {
+    an_interrupted_run_is_finished_by_the_next(TestApp::nats().await).await;
+}
+
 eventfold_http::on_both_stores!(
     [flavor = "multi_thread", worker_threads = 2]
     sqlite_a_damaged_archive_or_stub_is_named,
