@@ -29,6 +29,9 @@ pub struct LoadReport {
     /// Median time of a full-envelope `read_stream` of the same stream (all 13 fields, no fold),
     /// for comparison with the lean replay read that loads use, ms.
     pub full_read_ms: f64,
+    /// On NATS: median time JetStream alone takes to deliver the stream's messages (an ordered
+    /// consumer on its subject, counted, not decoded), ms; the floor under a load there.
+    pub raw_jetstream_read_ms: Option<f64>,
     /// Median time to rebuild the state as of a time in the middle of the stream, from the
     /// snapshots, ms.
     pub as_of_ms: f64,
@@ -123,7 +126,12 @@ pub(crate) async fn load_on(
     let mut whole = Vec::with_capacity(repetitions);
     let mut as_of = Vec::with_capacity(repetitions);
     let mut read = Vec::with_capacity(repetitions);
+    let mut raw_read = Vec::with_capacity(repetitions);
     for _ in 0..repetitions {
+        if let Some((n, seconds)) = scratch.raw_nats_read(Some("account-bench")).await? {
+            anyhow::ensure!(n == events, "JetStream delivered {n} of {events} messages");
+            raw_read.push(seconds * 1000.0);
+        }
         let t = Instant::now();
         let raw = store.read_stream("account-bench", 1, usize::MAX).await?;
         read.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -173,6 +181,7 @@ pub(crate) async fn load_on(
         load_without_snapshot_ms: pick(&mut whole, 0.5),
         load_without_snapshot_p95_ms: pick(&mut whole, 0.95),
         full_read_ms: pick(&mut read, 0.5),
+        raw_jetstream_read_ms: (!raw_read.is_empty()).then(|| pick(&mut raw_read, 0.5)),
         as_of_ms: pick(&mut as_of, 0.5),
         as_of_without_snapshot_ms: pick(&mut as_of_without, 0.5),
         snapshots_taken_ms,

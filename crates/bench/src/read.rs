@@ -17,6 +17,11 @@ pub struct ReadReport {
     pub seconds: f64,
     /// Events read per second.
     pub events_per_sec: f64,
+    /// On NATS: messages per second JetStream alone delivers of the same log (an ordered
+    /// consumer, counted, not decoded; see the README's benchmarks), measured right after.
+    pub raw_jetstream_per_sec: Option<f64>,
+    /// `events_per_sec` / `raw_jetstream_per_sec`.
+    pub ratio_to_raw_jetstream: Option<f64>,
 }
 
 /// Runs `bench read` on `target`: appends `events` events (1,000 streams) to a scratch store, then
@@ -58,12 +63,20 @@ pub async fn read(target: &BenchTarget, events: u64) -> anyhow::Result<ReadRepor
         read += page.len() as u64;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let raw = scratch.raw_nats_read(None).await?;
     drop(store);
     scratch.remove().await?;
     anyhow::ensure!(read == events, "read {read} of {events} events");
+    if let Some((n, _)) = raw {
+        anyhow::ensure!(n == events, "JetStream delivered {n} of {events} messages");
+    }
+    let events_per_sec = read as f64 / seconds.max(1e-9);
+    let raw_jetstream_per_sec = raw.map(|(n, s)| n as f64 / s.max(1e-9));
     Ok(ReadReport {
         events,
         seconds,
-        events_per_sec: read as f64 / seconds.max(1e-9),
+        events_per_sec,
+        raw_jetstream_per_sec,
+        ratio_to_raw_jetstream: raw_jetstream_per_sec.map(|r| events_per_sec / r.max(1e-9)),
     })
 }

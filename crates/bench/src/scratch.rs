@@ -160,6 +160,54 @@ impl Scratch {
         })
     }
 
+    /// On a NATS scratch store, what JetStream alone takes to deliver the messages of
+    /// `stream_id` (all of the store's when `None`) to a client: an ordered pull consumer from
+    /// the first message, each message counted, none decoded, as (messages, seconds). The floor
+    /// under any read of the store on this machine. `None` on SQLite and PostgreSQL.
+    ///
+    /// # Errors
+    /// The server cannot be reached or the consumer fails.
+    pub(crate) async fn raw_nats_read(
+        &self,
+        stream_id: Option<&str>,
+    ) -> anyhow::Result<Option<(u64, f64)>> {
+        use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+        use futures::StreamExt;
+        if self.name != "nats" {
+            return Ok(None);
+        }
+        let url = eventfold_nats::NatsUrl::parse(&self.url).map_err(anyhow::Error::msg)?;
+        let client = async_nats::connect(&url.server)
+            .await
+            .with_context(|| format!("connecting to {}", url.server))?;
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(&url.stream)
+            .await?;
+        let prefix = format!("{}.e", url.stream);
+        let filter_subject = stream_id.map_or_else(
+            || format!("{prefix}.>"),
+            |s| eventfold_nats::message::subject(&prefix, s),
+        );
+        let started = std::time::Instant::now();
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut count = 0u64;
+        while let Some(m) = messages.next().await {
+            let m = m?;
+            count += 1;
+            if m.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
+                break;
+            }
+        }
+        Ok(Some((count, started.elapsed().as_secs_f64())))
+    }
+
     /// Brings the planner's statistics up to date after the bench's writes, as autovacuum does
     /// on a live PostgreSQL database within a minute or so (`autovacuum_naptime`). A table
     /// never analyzed has no statistics: the planner then guesses that a stream holds a few

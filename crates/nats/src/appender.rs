@@ -259,6 +259,9 @@ impl Appender {
             for unit in units {
                 self.accept(unit);
             }
+            if stored > 0 {
+                self.announce().await;
+            }
             let mut landed_after = 0;
             if let Some(Failed::Unknown(e)) = &failure {
                 // Which of the rest are stored? Read what the log holds now.
@@ -299,6 +302,17 @@ impl Appender {
         Err(unavailable(
             "the log kept moving under the appender: other writers won every attempt",
         ))
+    }
+
+    /// Tells the store's other processes the log's head (see `read::tail`): a core NATS
+    /// publish, not awaited; a lost one is covered by their poll.
+    async fn announce(&self) {
+        let head = self.log.0.to_string();
+        let _ = self
+            .js
+            .client()
+            .publish(self.names.head.clone(), head.into())
+            .await;
     }
 
     /// Takes in a unit the server stored.

@@ -118,6 +118,9 @@ pub(crate) struct Names {
     pub stream: String,
     /// The subject prefix of events, `{stream}.e`.
     pub events: String,
+    /// The core NATS subject appenders announce the log's head on, `{stream}.h` (outside the
+    /// JetStream stream's subjects: nothing is stored).
+    pub head: String,
 }
 
 /// Settings of a NATS store.
@@ -269,6 +272,7 @@ impl NatsStore {
         js.set_timeout(config.request_timeout);
         let names = Names {
             events: format!("{}.e", url.stream),
+            head: format!("{}.h", url.stream),
             stream: url.stream.clone(),
         };
         let wanted = stream::Config {
@@ -355,7 +359,7 @@ impl NatsStore {
         let tasks = vec![
             tokio::spawn(index::write(index.clone(), runs_rx)).abort_handle(),
             tokio::spawn(appender.run(jobs_rx)).abort_handle(),
-            tokio::spawn(read::tail(js.clone(), names.clone(), head_tx)).abort_handle(),
+            tokio::spawn(read::tail(client, names.clone(), head_tx)).abort_handle(),
         ];
         Ok(Self {
             shared: Arc::new(Shared {
@@ -612,7 +616,7 @@ impl EventStore for NatsStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_stream_messages(stream_id, from_version, max_count)
             .await?
-            .iter()
+            .into_iter()
             .map(message::Decoded::recorded)
             .collect()
     }
@@ -625,7 +629,7 @@ impl EventStore for NatsStore {
     ) -> Result<Vec<ReplayEvent>, StoreError> {
         self.read_stream_messages(stream_id, from_version, max_count)
             .await?
-            .iter()
+            .into_iter()
             .map(message::Decoded::replay)
             .collect()
     }
@@ -649,13 +653,14 @@ impl EventStore for NatsStore {
         let mut after = after_position;
         loop {
             let read = self.read_log_with_archive(after, max_count).await?;
+            let (count, last) = (read.len(), read.last().map(|d| d.position));
             let out = read
-                .iter()
+                .into_iter()
                 .filter(|d| d.archived.is_none())
                 .map(message::Decoded::recorded)
                 .collect::<Result<Vec<_>, _>>()?;
-            match read.last() {
-                Some(last) if out.is_empty() && read.len() >= max_count => after = last.position,
+            match last {
+                Some(last) if out.is_empty() && count >= max_count => after = last,
                 _ => return Ok(out),
             }
         }

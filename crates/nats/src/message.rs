@@ -226,36 +226,40 @@ impl Decoded {
         }
     }
 
-    /// The recorded event.
+    /// The recorded event (its strings moved, not copied).
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] naming the position; [`StoreError::Archived`] for a stub.
-    pub(crate) fn recorded(&self) -> Result<RecordedEvent, StoreError> {
+    pub(crate) fn recorded(self) -> Result<RecordedEvent, StoreError> {
         self.hot()?;
-        let h = &self.head;
-        let p = self.position;
-        let actor = |s: &str| {
-            Actor::from_stored(s.to_owned())
+        let Decoded {
+            position: p,
+            head: h,
+            payload,
+            ..
+        } = self;
+        let actor = |s: String| {
+            Actor::from_stored(s)
                 .map_err(|e| StoreError::Corrupt(format!("NATS message at sequence {p}: {e}")))
         };
         Ok(RecordedEvent {
             global_position: p,
-            stream_id: h.s.clone(),
+            stream_id: h.s,
             stream_version: h.v,
             event_id: h.id,
-            event_type: h.t.clone(),
+            event_type: h.t,
             schema_version: h.sv,
             event_time: time(p, h.et)?,
             ingest_time: time(p, h.it)?,
             metadata: EventMetadata {
-                actor: actor(&h.a)?,
+                actor: actor(h.a)?,
                 causation_id: h.c,
                 correlation_id: h.r,
-                tenant_id: h.tn.clone(),
-                via: h.via.as_deref().map(actor).transpose()?,
+                tenant_id: h.tn,
+                via: h.via.map(actor).transpose()?,
                 backfill: h.b,
             },
-            payload: payload_text(p, &self.payload)?,
+            payload: payload_text(p, &payload)?,
         })
     }
 
@@ -263,11 +267,11 @@ impl Decoded {
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] naming the position; [`StoreError::Archived`] for a stub.
-    pub(crate) fn replay(&self) -> Result<ReplayEvent, StoreError> {
+    pub(crate) fn replay(self) -> Result<ReplayEvent, StoreError> {
         self.hot()?;
         Ok(ReplayEvent {
             stream_version: self.head.v,
-            event_type: self.head.t.clone(),
+            event_type: self.head.t,
             schema_version: self.head.sv,
             event_time: time(self.position, self.head.et)?,
             payload: payload_text(self.position, &self.payload)?,
@@ -350,7 +354,7 @@ mod tests {
         let payload = "{\"n\":1,\n \"z\": \"\u{e9}\"}";
         let d = decode(7, encode(&head, payload).unwrap()).unwrap();
         assert_eq!(d.head, head);
-        assert_eq!(d.recorded().unwrap().payload, payload);
+        assert_eq!(d.clone().recorded().unwrap().payload, payload);
         assert_eq!(d.chain_row().position, 7);
         assert!(matches!(
             decode(9, Bytes::from_static(b"no newline")),

@@ -1,5 +1,6 @@
 //! Reads: the log and a stream through batched direct gets (up to 1,000 messages a request,
-//! ADR-31), and the tail of the log through an ordered consumer.
+//! ADR-31) and, past the first 1,000, an ordered pull consumer; the log's head as appenders
+//! announce it.
 
 use async_nats::jetstream::{self, consumer};
 use eventfold_core::chain::ChainRow;
@@ -212,39 +213,33 @@ impl NatsStore {
     }
 }
 
-/// Raises the published head as the server stores messages, this process's or another's,
-/// through an ordered push consumer (headers only) on the store's subjects. When it cannot be
-/// made or fails, `wait_for_append` falls back to its poll; it is made again after a second.
-pub(crate) async fn tail(js: jetstream::Context, names: Names, head_tx: HeadSender) {
+/// Raises the published head when an appender, this process's or another's, announces the
+/// log's head on the core NATS subject `{NAME}.h` (one notice per group of appends it stored,
+/// see the appender), so that `wait_for_append` wakes at once for appends by other processes.
+/// A notice is a hint, never stored: one lost (a process that died between its publish and
+/// its notice) is covered by `wait_for_append`'s poll. The client subscribes again by itself
+/// after a reconnect; a subscription that cannot be made is tried again after a second.
+///
+/// An ordered push consumer on the events (headers only) did this before: it made the server
+/// deliver every event once more, which cost a fifth of the append rate (16 clients, one
+/// event per append: 8,900 events/s with it, 11,500 without).
+pub(crate) async fn tail(client: async_nats::Client, names: Names, head_tx: HeadSender) {
     loop {
-        if let Err(e) = follow(&js, &names, &head_tx).await {
-            tracing::debug!(error = %e, "the NATS tail consumer stopped; making it again in 1 s");
+        match client.subscribe(names.head.clone()).await {
+            Ok(mut notices) => {
+                while let Some(m) = notices.next().await {
+                    let position = std::str::from_utf8(&m.payload)
+                        .ok()
+                        .and_then(|p| p.parse::<u64>().ok());
+                    if let Some(position) = position {
+                        head::advance(&head_tx, position);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot subscribe to the NATS head notices; trying again in 1 s");
+            }
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-}
-
-async fn follow(
-    js: &jetstream::Context,
-    names: &Names,
-    head_tx: &HeadSender,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let stream = js.get_stream(&names.stream).await?;
-    let consumer = stream
-        .create_consumer(consumer::push::OrderedConfig {
-            deliver_subject: js.client().new_inbox(),
-            filter_subject: format!("{}.>", names.events),
-            deliver_policy: consumer::DeliverPolicy::New,
-            headers_only: true,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
-    while let Some(m) = messages.next().await {
-        let m = m?;
-        if let Ok(info) = m.info() {
-            head::advance(head_tx, info.stream_sequence);
-        }
-    }
-    Ok(())
 }

@@ -294,8 +294,14 @@ impl Bench {
                 }
                 let r = eventfold_bench::read(&target, events).await?;
                 output.print(&r, || {
+                    let raw = match (r.raw_jetstream_per_sec, r.ratio_to_raw_jetstream) {
+                        (Some(raw), Some(ratio)) => format!(
+                            "; JetStream alone delivers {raw:.0} messages/s (ratio {ratio:.2})"
+                        ),
+                        _ => String::new(),
+                    };
                     format!(
-                        "read {} events from position 0 in {:.2} s: {:.0} events/s",
+                        "read {} events from position 0 in {:.2} s: {:.0} events/s{raw}",
                         r.events, r.seconds, r.events_per_sec
                     )
                 })
@@ -445,8 +451,12 @@ impl Bench {
                 }
                 let r = eventfold_bench::load(&target, events, repetitions).await?;
                 output.print(&r, || {
+                    let raw = r
+                        .raw_jetstream_read_ms
+                        .map(|ms| format!("; JetStream alone delivers the stream in {ms:.2} ms"))
+                        .unwrap_or_default();
                     format!(
-                        "{} events: load with a snapshot {:.3} ms, without {:.2} ms (p95 {:.2} ms; full-envelope read_stream {:.2} ms), as of mid-stream {:.2} ms",
+                        "{} events: load with a snapshot {:.3} ms, without {:.2} ms (p95 {:.2} ms; full-envelope read_stream {:.2} ms), as of mid-stream {:.2} ms{raw}",
                         r.events, r.load_with_snapshot_ms, r.load_without_snapshot_ms, r.load_without_snapshot_p95_ms, r.full_read_ms, r.as_of_ms
                     )
                 })

@@ -2,6 +2,7 @@
 //! JetStream stream of the test server (`EVENTFOLD_TEST_NATS`, started by `scripts/test`) with
 //! its read models in a fresh SQLite file.
 
+mod head_notices;
 mod never_skips;
 mod restart;
 
