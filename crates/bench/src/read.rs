@@ -18,7 +18,7 @@ pub struct ReadReport {
     /// Events read per second.
     pub events_per_sec: f64,
     /// On NATS: messages per second JetStream alone delivers of the same log (an ordered
-    /// consumer, counted, not decoded; see the README's benchmarks), measured right after.
+    /// consumer, counted, not decoded), measured right after.
     pub raw_jetstream_per_sec: Option<f64>,
     /// `events_per_sec` / `raw_jetstream_per_sec`.
     pub ratio_to_raw_jetstream: Option<f64>,
