@@ -305,7 +305,7 @@ impl Appender {
     }
 
     /// Tells the store's other processes the log's head (see `read::tail`): a core NATS
-    /// publish, not awaited; a lost one is covered by their poll.
+    /// publish, which nothing acknowledges; a lost one is covered by their poll.
     async fn announce(&self) {
         let head = self.log.0.to_string();
         let _ = self
@@ -667,8 +667,9 @@ impl Appender {
                 _ => last,
             };
             let cold = self.cold.in_log(self.log.0, Some(upto), MAX_BATCH).await?;
+            let cut = cold.len() >= MAX_BATCH;
             let mut delta = Delta::after(self.log.0);
-            for d in archive::merge(read, cold, |d| d.position) {
+            for d in archive::merge(read, cold, cut, |d| d.position) {
                 let hash = message::head_hash(&d.head);
                 delta.add(&d.head, d.position);
                 if d.archived.is_some() {

@@ -32,8 +32,8 @@ use crate::message::{self, Decoded, Head};
 /// The projection (in the read-model store) that holds archived and restored events.
 pub const ARCHIVE: &str = "nats-archive";
 
-/// Most documents read per page when counting.
-const PAGE: usize = 10_000;
+/// Most documents read at once (a page when counting, the most one read merges in).
+pub(crate) const PAGE: usize = 10_000;
 
 /// An archived (or restored) event, as kept in the read-model store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,14 +275,22 @@ impl Cold {
 }
 
 /// Merges `cold` into `hot` (both in order of `key`); where both hold the same key, the
-/// archive's document wins (a message whose deletion did not happen yet).
+/// archive's document wins (a message whose deletion did not happen yet). `cold_cut`: the
+/// archive's read stopped at its limit, so documents after its last one were not read; nothing
+/// after that key is returned (the caller's next read goes on from there).
 pub(crate) fn merge(
     hot: Vec<Decoded>,
     cold: Vec<Decoded>,
+    cold_cut: bool,
     key: impl Fn(&Decoded) -> u64,
 ) -> Vec<Decoded> {
     if cold.is_empty() {
         return hot;
+    }
+    let mut hot = hot;
+    if cold_cut {
+        let last = cold.last().map_or(0, &key);
+        hot.retain(|h| key(h) <= last);
     }
     let mut out = Vec::with_capacity(hot.len() + cold.len());
     let mut hot = hot.into_iter().peekable();
@@ -295,4 +303,74 @@ pub(crate) fn merge(
     }
     out.extend(hot);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(position: u64, archived: bool) -> Decoded {
+        let head = Head {
+            s: "s".into(),
+            v: position,
+            id: uuid::Uuid::now_v7(),
+            t: "T".into(),
+            sv: 1,
+            et: 0,
+            it: 0,
+            a: "system:t".into(),
+            c: None,
+            r: None,
+            tn: "default".into(),
+            via: None,
+            b: false,
+            ph: String::new(),
+            h: String::new(),
+            idem: None,
+            fence: None,
+        };
+        Decoded {
+            position,
+            head,
+            payload: Bytes::new(),
+            archived: archived.then_some([7; 32]),
+        }
+    }
+
+    fn positions(d: &[Decoded]) -> Vec<(u64, bool)> {
+        d.iter()
+            .map(|d| (d.position, d.archived.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn documents_merge_in_by_key_and_win_over_a_message_not_deleted_yet() {
+        let hot = vec![at(2, false), at(3, false), at(6, false)];
+        let cold = vec![at(1, true), at(3, true), at(5, true), at(9, true)];
+        let merged = merge(hot, cold, false, |d| d.position);
+        assert_eq!(
+            positions(&merged),
+            [
+                (1, true),
+                (2, false),
+                (3, true),
+                (5, true),
+                (6, false),
+                (9, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_archive_read_returns_nothing_past_its_last_document() {
+        // The archive's read stopped at 4 (its limit): 5 may be archived too, so message 6
+        // must wait for the next read, which starts after 4.
+        let hot = vec![at(2, false), at(6, false), at(7, false)];
+        let cold = vec![at(1, true), at(3, true), at(4, true)];
+        let merged = merge(hot, cold, true, |d| d.position);
+        assert_eq!(
+            positions(&merged),
+            [(1, true), (2, false), (3, true), (4, true)]
+        );
+    }
 }

@@ -652,15 +652,15 @@ impl EventStore for NatsStore {
         // Archived events are left out; a read that finds only stubs goes on past them.
         let mut after = after_position;
         loop {
-            let read = self.read_log_with_archive(after, max_count).await?;
-            let (count, last) = (read.len(), read.last().map(|d| d.position));
+            let (read, more) = self.read_log_with_archive(after, max_count).await?;
+            let last = read.last().map(|d| d.position);
             let out = read
                 .into_iter()
                 .filter(|d| d.archived.is_none())
                 .map(message::Decoded::recorded)
                 .collect::<Result<Vec<_>, _>>()?;
             match last {
-                Some(last) if out.is_empty() && count >= max_count => after = last,
+                Some(last) if out.is_empty() && more => after = last,
                 _ => return Ok(out),
             }
         }
@@ -672,7 +672,7 @@ impl EventStore for NatsStore {
         max_count: usize,
         rows: &mut Vec<ChainRow>,
     ) -> Result<(), StoreError> {
-        let read = self
+        let (read, _) = self
             .read_log_with_archive(after_position, max_count)
             .await?;
         read::fill_rows(&read, rows);

@@ -119,12 +119,13 @@ impl NatsStore {
     }
 
     /// Up to `max_count` events after `after_position` in the log, archived stubs and restored
-    /// events included (see `archive.rs`), in position order.
+    /// events included (see `archive.rs`), in position order; and whether the read stopped
+    /// before the end of the log (full, or cut where the archive's read stopped).
     pub(crate) async fn read_log_with_archive(
         &self,
         after_position: u64,
         max_count: usize,
-    ) -> Result<Vec<Decoded>, StoreError> {
+    ) -> Result<(Vec<Decoded>, bool), StoreError> {
         let hot = self.read_log(after_position, max_count, None).await?;
         // The archive's documents matter up to where this read stopped (to the end when it
         // reached the end).
@@ -132,14 +133,13 @@ impl NatsStore {
             Some(last) if hot.len() >= max_count => Some(last.position),
             _ => None,
         };
-        let cold = self
-            .shared
-            .cold
-            .in_log(after_position, upto, max_count)
-            .await?;
-        let mut all = archive::merge(hot, cold, |d| d.position);
+        let cap = max_count.min(archive::PAGE);
+        let cold = self.shared.cold.in_log(after_position, upto, cap).await?;
+        let cut = cold.len() >= cap;
+        let mut all = archive::merge(hot, cold, cut, |d| d.position);
         all.truncate(max_count);
-        Ok(all)
+        let more = cut || all.len() >= max_count;
+        Ok((all, more))
     }
 
     /// Up to `max_count` events of `stream_id` from version `from_version`, archived stubs and
@@ -151,15 +151,17 @@ impl NatsStore {
         max_count: usize,
     ) -> Result<Vec<Decoded>, StoreError> {
         let from_version = from_version.max(1);
+        let cap = max_count.min(archive::PAGE);
         let cold = self
             .shared
             .cold
-            .of_stream(stream_id, from_version, max_count)
+            .of_stream(stream_id, from_version, cap)
             .await?;
         let hot = self
             .read_hot_stream(stream_id, from_version, max_count, cold.is_empty())
             .await?;
-        let mut all = archive::merge(hot, cold, |d| d.head.v);
+        let cut = cold.len() >= cap;
+        let mut all = archive::merge(hot, cold, cut, |d| d.head.v);
         all.truncate(max_count);
         Ok(all)
     }
