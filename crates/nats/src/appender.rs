@@ -28,7 +28,6 @@ use bytes::Bytes;
 use eventfold_core::chain::{link, Content, Hash, ZERO_HASH};
 use eventfold_core::{AppendOutcome, AppendRequest, ExpectedVersion, StoreError};
 use eventfold_store_support::head::{self, HeadSender};
-use futures::StreamExt;
 use jetstream_extra::batch_fetch::BatchFetchExt;
 use jetstream_extra::batch_publish::{BatchPublishErrorKind, BatchPublishExt};
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +36,7 @@ use uuid::Uuid;
 use crate::archive::{self, Cold};
 use crate::index::{Delta, EventLoc, Found, Index};
 use crate::message::{self, FenceHead, Head, IdemHead};
+use crate::read;
 use crate::{unavailable, Names};
 
 /// Most messages in one atomic batch (nats-server's limit) and so most events in one append.
@@ -632,35 +632,18 @@ impl Appender {
     pub(crate) async fn catch_up(&mut self) -> Result<(), StoreError> {
         let last = crate::last_sequence(&self.js, &self.names.stream).await?;
         while self.log.0 < last {
-            let mut read = Vec::new();
-            match self
+            // Empty when only archived events (deleted messages) are left up to `last`.
+            let sent = self
                 .js
                 .get_batch(&self.names.stream, MAX_BATCH)
                 .sequence(self.log.0 + 1)
                 .send()
-                .await
-            {
-                Ok(mut batch) => {
-                    while let Some(m) = batch.next().await {
-                        let m = match m {
-                            Ok(m) => m,
-                            Err(e)
-                                if e.kind()
-                                    == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages =>
-                            {
-                                break
-                            }
-                            Err(e) => return Err(crate::fetch_failed(e)),
-                        };
-                        read.push(message::decode(m.sequence, m.payload)?);
-                    }
-                }
-                // Only archived events (deleted messages) left up to `last`.
-                Err(e)
-                    if e.kind()
-                        == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages => {}
-                Err(e) => return Err(crate::fetch_failed(e)),
-            }
+                .await;
+            let read = read::answered(sent)
+                .await?
+                .into_iter()
+                .map(|m| message::decode(m.sequence, m.payload))
+                .collect::<Result<Vec<_>, _>>()?;
             // Archived events between (their stubs keep the ids, keys and hashes).
             let upto = match read.last() {
                 Some(d) if read.len() >= MAX_BATCH => d.position,
@@ -722,39 +705,19 @@ impl Appender {
                     .subjects(subjects.keys().cloned().collect())
                     .send()
                     .await;
-                match sent {
-                    Ok(mut batch) => {
-                        while let Some(m) = batch.next().await {
-                            let m = match m {
-                                Ok(m) => m,
-                                Err(e)
-                                    if e.kind()
-                                        == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages =>
-                                {
-                                    break
-                                }
-                                Err(e) => return Err(crate::fetch_failed(e)),
-                            };
-                            if m.sequence > self.log.0 {
-                                stale = true;
-                            }
-                            let d = message::decode(m.sequence, m.payload)?;
-                            if let Some(stream) = subjects.get(m.subject.as_str()) {
-                                heads.insert(
-                                    stream,
-                                    StreamHead {
-                                        version: d.head.v,
-                                        hash: message::head_hash(&d.head),
-                                        seq: d.position,
-                                    },
-                                );
-                            }
-                        }
+                for m in read::answered(sent).await? {
+                    stale |= m.sequence > self.log.0;
+                    let d = message::decode(m.sequence, m.payload)?;
+                    if let Some(stream) = subjects.get(m.subject.as_str()) {
+                        heads.insert(
+                            stream,
+                            StreamHead {
+                                version: d.head.v,
+                                hash: message::head_hash(&d.head),
+                                seq: d.position,
+                            },
+                        );
                     }
-                    Err(e)
-                        if e.kind()
-                            == jetstream_extra::batch_fetch::BatchFetchErrorKind::NoMessages => {}
-                    Err(e) => return Err(crate::fetch_failed(e)),
                 }
                 if stale {
                     break;

@@ -209,7 +209,6 @@ pub(crate) fn fetch_failed(e: jetstream_extra::batch_fetch::BatchFetchError) -> 
     StoreError::Unavailable(format!("reading the NATS log: {e}").into())
 }
 
-/// The sequence of the stream's last message (0 when empty).
 /// `Unavailable` at once while the client is reconnecting: it would hold a request until the
 /// server is back or the request times out; callers answer 503 with `Retry-After` instead.
 pub(crate) fn connected(js: &jetstream::Context) -> Result<(), StoreError> {
@@ -221,6 +220,7 @@ pub(crate) fn connected(js: &jetstream::Context) -> Result<(), StoreError> {
     }
 }
 
+/// The sequence of the stream's last message (0 when empty).
 pub(crate) async fn last_sequence(js: &jetstream::Context, name: &str) -> Result<u64, StoreError> {
     connected(js)?;
     let stream = js
@@ -228,6 +228,20 @@ pub(crate) async fn last_sequence(js: &jetstream::Context, name: &str) -> Result
         .await
         .map_err(|e| StoreError::Unavailable(format!("JetStream stream {name}: {e}").into()))?;
     Ok(stream.cached_info().state.last_sequence)
+}
+
+/// The message at `position` of `jstream`, if it holds one (an archived event's is deleted).
+async fn message_in(
+    jstream: &stream::Stream,
+    position: u64,
+) -> Result<Option<message::Decoded>, StoreError> {
+    match jstream.direct_get(position).await {
+        Ok(m) => Ok(Some(message::decode(position, m.payload)?)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Unavailable(
+            format!("reading position {position}: {e}").into(),
+        )),
+    }
 }
 
 async fn connect_client(
@@ -323,9 +337,9 @@ impl NatsStore {
         let hash_there: Hash = if indexed == 0 {
             ZERO_HASH
         } else {
-            match jstream.direct_get(indexed).await {
-                Ok(m) => message::head_hash(&message::decode(indexed, m.payload)?.head),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+            match message_in(&jstream, indexed).await? {
+                Some(d) => message::head_hash(&d.head),
+                None => {
                     // Archived: its stub holds the hash.
                     let doc = cold.at(&[indexed]).await?.remove(&indexed).ok_or_else(|| {
                         StoreError::Corrupt(format!(
@@ -334,11 +348,6 @@ impl NatsStore {
                         ))
                     })?;
                     message::head_hash(&doc.head)
-                }
-                Err(e) => {
-                    return Err(StoreError::Unavailable(
-                        format!("reading position {indexed}: {e}").into(),
-                    ))
                 }
             }
         };
@@ -416,13 +425,7 @@ impl NatsStore {
     /// The message at `position`, if JetStream holds it (an archived event's is deleted).
     async fn message_at(&self, position: u64) -> Result<Option<message::Decoded>, StoreError> {
         connected(&self.shared.js)?;
-        match self.shared.stream.direct_get(position).await {
-            Ok(m) => Ok(Some(message::decode(position, m.payload)?)),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Unavailable(
-                format!("reading position {position}: {e}").into(),
-            )),
-        }
+        message_in(&self.shared.stream, position).await
     }
 
     /// The hash of the message at `position`, if JetStream holds it.

@@ -7,10 +7,37 @@ use eventfold_core::chain::ChainRow;
 use eventfold_core::StoreError;
 use eventfold_store_support::head::{self, HeadSender};
 use futures::StreamExt;
-use jetstream_extra::batch_fetch::{BatchFetchErrorKind, BatchFetchExt};
+use jetstream_extra::batch_fetch::{
+    BatchFetchError, BatchFetchErrorKind, BatchFetchExt, BatchStream,
+};
+use jetstream_extra::StreamMessage;
 
 use crate::message::{self, Decoded};
 use crate::{archive, fetch_failed, Names, NatsStore, MAX_BATCH};
+
+/// Every message a batched direct get (by sequence or last per subject) answered, in order;
+/// none when the server found none.
+///
+/// # Errors
+/// [`StoreError::Unavailable`] when the request or a message fails.
+pub(crate) async fn answered(
+    sent: Result<BatchStream, BatchFetchError>,
+) -> Result<Vec<StreamMessage>, StoreError> {
+    let mut batch = match sent {
+        Ok(batch) => batch,
+        Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => return Ok(Vec::new()),
+        Err(e) => return Err(fetch_failed(e)),
+    };
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => out.push(m),
+            Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
+            Err(e) => return Err(fetch_failed(e)),
+        }
+    }
+    Ok(out)
+}
 
 /// Refills `rows` with the chain rows of `read`, reusing the buffers of the rows there.
 pub(crate) fn fill_rows(read: &[Decoded], rows: &mut Vec<ChainRow>) {
@@ -35,7 +62,6 @@ impl NatsStore {
         max_count: usize,
         subject: Option<&str>,
     ) -> Result<Vec<Decoded>, StoreError> {
-        let mut out = Vec::new();
         let next = after_position.saturating_add(1);
         let want = max_count.min(MAX_BATCH);
         let request = self.shared.js.get_batch(&self.shared.names.stream, want);
@@ -43,19 +69,11 @@ impl NatsStore {
             Some(s) => request.subject(s),
             None => request,
         };
-        let mut batch = match request.sequence(next).send().await {
-            Ok(batch) => batch,
-            Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => return Ok(out),
-            Err(e) => return Err(fetch_failed(e)),
-        };
-        while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
-                Err(e) if e.kind() == BatchFetchErrorKind::NoMessages => break,
-                Err(e) => return Err(fetch_failed(e)),
-            };
-            out.push(message::decode(m.sequence, m.payload)?);
-        }
+        let mut out = answered(request.sequence(next).send().await)
+            .await?
+            .into_iter()
+            .map(|m| message::decode(m.sequence, m.payload))
+            .collect::<Result<Vec<_>, _>>()?;
         if out.len() < want || out.len() >= max_count {
             return Ok(out);
         }
