@@ -202,7 +202,13 @@ pub struct CorrectionNotifier {
     events: Arc<dyn EventStore>,
     read_models: Arc<dyn ReadModelStore>,
     service: Service,
+    /// The log after a full batch, read while that batch was handled. The next step from that
+    /// position takes it instead of reading again.
+    read_ahead: Arc<std::sync::Mutex<Option<ReadAhead>>>,
 }
+
+/// Events read ahead: `(after position, events)`.
+type ReadAhead = (u64, Vec<RecordedEvent>);
 
 impl CorrectionNotifier {
     /// A notifier over `events`, keeping its state in `read_models`. Each sale is dated and
@@ -212,6 +218,7 @@ impl CorrectionNotifier {
             service: Service::new(events.clone()),
             events,
             read_models,
+            read_ahead: Arc::default(),
         }
     }
 
@@ -233,12 +240,47 @@ impl CorrectionNotifier {
         self.step_from(self.checkpoint().await?).await
     }
 
-    /// [`CorrectionNotifier::step`] from checkpoint `from` (as read just before).
+    /// [`CorrectionNotifier::step`] from checkpoint `from` (as read just before). After a full
+    /// batch the next one is read while this one is handled (the log up to a position never
+    /// changes), so a notifier behind the log does not wait for its reads.
     async fn step_from(&self, from: u64) -> Result<(usize, u64), NotifierError> {
-        let batch = self.events.read_all(from, BATCH).await?;
+        let ahead = self
+            .read_ahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|(after, _)| *after == from);
+        let batch = match ahead {
+            Some((_, batch)) => batch,
+            None => self.events.read_all(from, BATCH).await?,
+        };
         let Some(last) = batch.last().map(|e| e.global_position) else {
             return Ok((0, 0));
         };
+        let full = batch.len() >= BATCH;
+        let read_next = async {
+            if full {
+                // A failed read here is only a read not saved: the next step reads again.
+                if let Ok(next) = self.events.read_all(last, BATCH).await {
+                    *self
+                        .read_ahead
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((last, next));
+                }
+            }
+        };
+        let ((), handled) = tokio::join!(read_next, self.handle(from, last, batch));
+        handled
+    }
+
+    /// Folds `batch` (the log after `from`, up to `last`) into the notifier's state, appends its
+    /// notices and exceptions and commits the state with the checkpoint `last`.
+    async fn handle(
+        &self,
+        from: u64,
+        last: u64,
+        batch: Vec<RecordedEvent>,
+    ) -> Result<(usize, u64), NotifierError> {
         let mut items = Vec::new();
         let mut keys = Vec::new();
         for event in &batch {
@@ -406,8 +448,8 @@ impl CorrectionNotifier {
     }
 
     /// Keeps up with the log until `stop` completes; a failed batch is logged and tried again
-    /// after a second.
-    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+    /// after a second. Returns the notices and exceptions appended while it ran.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) -> u64 {
         // Present from the start, so a dashboard or an alert's `increase()` sees them at zero.
         for reason in [
             CorrectionReason::LateArrival,
@@ -427,7 +469,7 @@ impl CorrectionNotifier {
             |from| self.step_from(from),
             stop,
         )
-        .await;
+        .await
     }
 }
 
@@ -530,7 +572,7 @@ const TAIL_LINGER: Duration = Duration::from_millis(50);
 /// checkpoint and takes a step from it (`(events read, _)`). After a full batch (`batch`
 /// events) it steps again at once; after a smaller one it rests [`TAIL_LINGER`]; after an empty
 /// one it waits for an append after that checkpoint (at most 500 ms). A failed step is logged
-/// (as `name`) and tried again after a second.
+/// (as `name`) and tried again after a second. Returns what its steps appended (`_`, summed).
 pub(crate) async fn run_tail<C, S, E>(
     name: &'static str,
     events: &Arc<dyn EventStore>,
@@ -538,17 +580,22 @@ pub(crate) async fn run_tail<C, S, E>(
     checkpoint: impl Fn() -> C,
     step_from: impl Fn(u64) -> S,
     stop: impl std::future::Future<Output = ()>,
-) where
+) -> u64
+where
     C: std::future::Future<Output = Result<u64, StoreError>>,
     S: std::future::Future<Output = Result<(usize, u64), E>>,
     E: std::error::Error + From<StoreError>,
 {
     let mut stop = std::pin::pin!(stop);
+    let mut appended = 0;
     loop {
         let (waited_from, stepped) = match checkpoint().await {
             Ok(from) => (from, step_from(from).await),
             Err(e) => (0, Err(e.into())),
         };
+        if let Ok((_, n)) = stepped {
+            appended += n;
+        }
         let pause = match stepped {
             Ok((0, _)) => None,
             Ok((n, _)) if n >= batch => continue,
@@ -570,7 +617,7 @@ pub(crate) async fn run_tail<C, S, E>(
                     }
                 }
             } => {}
-            () = &mut stop => return,
+            () = &mut stop => return appended,
         }
     }
 }

@@ -281,7 +281,9 @@ impl Runtime {
         tasks.spawn(async move { refresher.run(stop.cancelled_owned()).await });
         let notifier = CorrectionNotifier::new(backend.events.clone(), backend.read_models.clone());
         let stop = shutdown.clone();
-        tasks.spawn(async move { notifier.run(stop.cancelled_owned()).await });
+        tasks.spawn(async move {
+            notifier.run(stop.cancelled_owned()).await;
+        });
         let windows = WindowWorker::new(
             backend.events.clone(),
             backend.read_models.clone(),

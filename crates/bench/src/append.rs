@@ -498,7 +498,9 @@ impl ServeWorkers {
         let tasks = vec![
             {
                 let (n, s) = (notifier.clone(), stop.clone());
-                tokio::spawn(async move { n.run(s.cancelled_owned()).await })
+                tokio::spawn(async move {
+                    n.run(s.cancelled_owned()).await;
+                })
             },
             {
                 let (w, s) = (windows.clone(), stop.clone());

@@ -1,6 +1,7 @@
 //! `bench upload`: a store upload of N late sales (CSV, days of 2024, long reported), applied
 //! with a correction notice each, against the same sales appended as history (a backfill, no
-//! notices) in the same run; then the upload again (nothing appended).
+//! notices) in the same run; then the upload again (nothing appended); then another upload of
+//! N late sales with the correction notifier running beside it, as `serve` runs it.
 
 use std::time::Instant;
 
@@ -43,6 +44,13 @@ pub struct UploadReport {
     pub second_upload_ms: f64,
     /// Orders and notices the second upload appended (0: idempotent).
     pub second_upload_appended: u64,
+    /// Another upload of as many late sales with the correction notifier tailing the log beside
+    /// it (as `serve` runs it): from the start of the parse until the last notice is appended, ms.
+    pub live_applied_ms: f64,
+    /// Of which: parsing and appending the orders, ms.
+    pub live_append_ms: f64,
+    /// Notices appended for that upload (one per sale).
+    pub live_notices: u64,
 }
 
 fn csv(sales: u64, prefix: &str) -> String {
@@ -132,6 +140,30 @@ pub async fn upload(target: &BenchTarget, sales: u64) -> anyhow::Result<UploadRe
     let t = Instant::now();
     let (_, _, _, again, again_notices) = apply().await?;
     let second_upload_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+    // The notifier as `serve` runs it: tailing the log while the upload appends, then stopped
+    // once the orders are in and caught up with what it had not seen yet.
+    let body = csv(sales, "l");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tail = notifier.clone();
+    let live = tokio::spawn(async move {
+        tail.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let t = Instant::now();
+    let records = parse(&body)?;
+    let counts = append_sales(&backend, &source(false), &records, &|_, _, _| {}).await?;
+    let live_append_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let _ = stop.send(());
+    let live_notices = live.await? + notifier.catch_up().await?;
+    let live_applied_ms = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(
+        counts.orders_appended as u64 == sales && live_notices == sales,
+        "{} orders and {live_notices} notices for {sales} late sales with the notifier live",
+        counts.orders_appended
+    );
     let applied_ms = parse_ms + append_ms + notice_ms;
     let name = scratch.name;
     drop(backend);
@@ -150,5 +182,8 @@ pub async fn upload(target: &BenchTarget, sales: u64) -> anyhow::Result<UploadRe
         projection_ms,
         second_upload_ms,
         second_upload_appended: again + again_notices,
+        live_applied_ms,
+        live_append_ms,
+        live_notices,
     })
 }

@@ -367,9 +367,12 @@ impl Bench {
                     format!(
                         "upload of {} late sales ({} bytes) applied with {} notices in {:.0} ms \
                          (parse {:.0} ms, append {:.0} ms, notices {:.0} ms); the same number as history: {:.0} ms \
-                         (ratio {:.2}); projections afterwards {:.0} ms; the upload again {:.0} ms, {} appended",
+                         (ratio {:.2}); projections afterwards {:.0} ms; the upload again {:.0} ms, {} appended; \
+                         another upload with the notifier live beside it (as in serve): {} notices, all in {:.0} ms \
+                         (parse and append {:.0} ms)",
                         r.sales, r.upload_bytes, r.notices, r.applied_ms, r.parse_ms, r.append_ms, r.notice_ms,
-                        r.history_ms, r.ratio_to_history, r.projection_ms, r.second_upload_ms, r.second_upload_appended
+                        r.history_ms, r.ratio_to_history, r.projection_ms, r.second_upload_ms, r.second_upload_appended,
+                        r.live_notices, r.live_applied_ms, r.live_append_ms
                     )
                 })
             }

@@ -324,10 +324,21 @@ fn bench_commands_print_their_figures() {
         &["bench", "upload", "--sales", "300", "--json"],
     ));
     assert_eq!(
-        (&upload["notices"], &upload["second_upload_appended"]),
-        (&serde_json::json!(300), &serde_json::json!(0))
+        (
+            &upload["notices"],
+            &upload["second_upload_appended"],
+            &upload["live_notices"]
+        ),
+        (
+            &serde_json::json!(300),
+            &serde_json::json!(0),
+            &serde_json::json!(300)
+        )
     );
     assert!(upload["applied_ms"].as_f64().is_some_and(|v| v > 0.0));
+    assert!(upload["live_applied_ms"]
+        .as_f64()
+        .is_some_and(|v| v >= upload["live_append_ms"].as_f64().unwrap_or(f64::MAX)));
     let windows = ok_json(&eventfold(
         &store,
         &[
