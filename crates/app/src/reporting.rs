@@ -241,8 +241,9 @@ impl CorrectionNotifier {
     }
 
     /// [`CorrectionNotifier::step`] from checkpoint `from` (as read just before). After a full
-    /// batch the next one is read while this one is handled (the log up to a position never
-    /// changes), so a notifier behind the log does not wait for its reads.
+    /// batch the next one is read while this one is handled (events keep their positions, so
+    /// what that read found is what a read after this step would find, or less of it), and a
+    /// notifier behind the log does not wait for its reads.
     async fn step_from(&self, from: u64) -> Result<(usize, u64), NotifierError> {
         let ahead = self
             .read_ahead
