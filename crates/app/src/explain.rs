@@ -8,8 +8,8 @@
 //! total. The stored document is read beside it: when the view lags the log, the sum and the
 //! stored total differ, and the explanation says so.
 //!
-//! Cost: one read of the whole log per question, nothing kept (0.55 to 0.7 s for the 348,295
-//! events of the imported CDNOW log on a 2-core host; `docs/performance.md`).
+//! Cost: one read of the whole log per question, nothing kept (0.55 to 0.7 s for a log of
+//! 348,295 events on a 2-core host; `docs/performance.md`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -28,7 +28,7 @@ pub struct UploadReport {
     pub history_ms: f64,
     /// The upload: reading the CSV, ms.
     pub parse_ms: f64,
-    /// The upload: appending its orders (five events each), ms.
+    /// The upload: appending its orders (one `OrderRecorded` event each), ms.
     pub append_ms: f64,
     /// The upload: the correction notifier noticing every late sale, ms.
     pub notice_ms: f64,

@@ -1,6 +1,10 @@
 //! Order: the state machine PENDING -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED, with CANCELLED
 //! (before shipping; a paid order's payment is refunded) and REFUNDED (after payment). Every
 //! transition carries its actor and reason.
+//!
+//! A sale that was complete before eventfold heard of it (a store's till, a purchase log
+//! imported or uploaded) is recorded in one event, `OrderRecorded`: created, paid and completed
+//! at once, so a sale from a file costs one event, not the five of an order's life.
 
 use eventfold_core::{Actor, Aggregate};
 use serde::{Deserialize, Serialize};
@@ -134,6 +138,26 @@ pub enum OrderCommand {
         /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
     },
+    /// Records a sale completed elsewhere (a store's till, an imported purchase log): a new
+    /// order, paid in full and COMPLETED in one event.
+    Record {
+        /// Customer id.
+        customer_id: String,
+        /// Store id.
+        store_id: String,
+        /// At least one line, all in one currency.
+        lines: Vec<OrderLine>,
+        /// Payment reference.
+        payment_id: String,
+        /// Who acts (recorded as the event's actor).
+        actor: Actor,
+        /// Why, as the actor gave it, if given (at most 500 characters), e.g. the upload it
+        /// came in.
+        reason: Option<String>,
+        /// The store's business calendar (`None`: the default); recorded with the sale, which
+        /// the sales views date by it.
+        calendar: Option<BusinessCalendar>,
+    },
     /// PENDING, PAID or CONFIRMED -> CANCELLED; refunds what was paid.
     Cancel {
         /// Who acts (recorded as the event's actor).
@@ -205,6 +229,30 @@ pub enum OrderEvent {
         actor: Actor,
         /// Why, as the actor gave it, if given (at most 500 characters).
         reason: Option<String>,
+    },
+    /// A sale completed elsewhere (a store's till, an imported purchase log), recorded at once:
+    /// the order exists, is paid in full (`total`) and COMPLETED. The sales views count it as
+    /// a sale on its event time, as an `OrderPaid`.
+    OrderRecorded {
+        /// Customer id.
+        customer_id: String,
+        /// Store id.
+        store_id: String,
+        /// The order's lines: SKU, units and each line's total.
+        lines: Vec<OrderLine>,
+        /// Sum of the lines, paid in full.
+        total: Money,
+        /// Payment reference.
+        payment_id: String,
+        /// Who acts (recorded as the event's actor).
+        actor: Actor,
+        /// Why, as the actor gave it, if given (at most 500 characters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The store's business calendar when the sale was made (`None`: the default, UTC
+        /// days reported at D+1 02:00); the sales views date the sale by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calendar: Option<BusinessCalendar>,
     },
     /// Cancelled before shipping.
     OrderCancelled {
@@ -339,6 +387,31 @@ impl Order {
         self.status.ok_or(OrderError::NotFound)
     }
 
+    /// Checks a new order's ids and lines: its lines (amounts normalized) and total.
+    fn new_order(
+        &self,
+        customer_id: &str,
+        store_id: &str,
+        lines: Vec<OrderLine>,
+    ) -> Result<(Vec<OrderLine>, Money), OrderError> {
+        if self.status.is_some() {
+            return Err(OrderError::AlreadyExists);
+        }
+        validate_id("customer_id", customer_id).map_err(OrderError::Invalid)?;
+        validate_id("store_id", store_id).map_err(OrderError::Invalid)?;
+        let total = order_total(&lines)?;
+        let lines = lines
+            .into_iter()
+            .map(|l| {
+                Ok(OrderLine {
+                    amount: Money::new(l.amount.amount, l.amount.currency)?,
+                    ..l
+                })
+            })
+            .collect::<Result<_, MoneyError>>()?;
+        Ok((lines, total))
+    }
+
     fn transition(
         &self,
         action: &'static str,
@@ -373,27 +446,36 @@ impl Aggregate for Order {
                 actor,
                 calendar,
             } => {
-                if self.status.is_some() {
-                    return Err(OrderError::AlreadyExists);
-                }
-                validate_id("customer_id", &customer_id).map_err(OrderError::Invalid)?;
-                validate_id("store_id", &store_id).map_err(OrderError::Invalid)?;
-                let total = order_total(&lines)?;
-                let lines = lines
-                    .into_iter()
-                    .map(|l| {
-                        Ok(OrderLine {
-                            amount: Money::new(l.amount.amount, l.amount.currency)?,
-                            ..l
-                        })
-                    })
-                    .collect::<Result<_, MoneyError>>()?;
+                let (lines, total) = self.new_order(&customer_id, &store_id, lines)?;
                 OrderEvent::OrderCreated {
                     customer_id,
                     store_id,
                     lines,
                     total,
                     actor,
+                    calendar,
+                }
+            }
+            OrderCommand::Record {
+                customer_id,
+                store_id,
+                lines,
+                payment_id,
+                actor,
+                reason,
+                calendar,
+            } => {
+                let (lines, total) = self.new_order(&customer_id, &store_id, lines)?;
+                validate_id("payment_id", &payment_id).map_err(OrderError::Invalid)?;
+                check_reason(reason.as_deref(), false)?;
+                OrderEvent::OrderRecorded {
+                    customer_id,
+                    store_id,
+                    lines,
+                    total,
+                    payment_id,
+                    actor,
+                    reason,
                     calendar,
                 }
             }
@@ -477,6 +559,25 @@ impl Aggregate for Order {
                 self.lines.clone_from(lines);
                 self.total = Some(*total);
                 (OrderStatus::Pending, actor, None)
+            }
+            OrderEvent::OrderRecorded {
+                customer_id,
+                store_id,
+                lines,
+                total,
+                payment_id,
+                actor,
+                reason,
+                calendar,
+            } => {
+                self.calendar = *calendar;
+                self.customer_id.clone_from(customer_id);
+                self.store_id.clone_from(store_id);
+                self.lines.clone_from(lines);
+                self.total = Some(*total);
+                self.paid = Some(*total);
+                self.payment_id = Some(payment_id.clone());
+                (OrderStatus::Completed, actor, reason.as_ref())
             }
             OrderEvent::OrderPaid {
                 amount,
@@ -827,5 +928,76 @@ mod tests {
                 actor: user()
             })
             .is_ok());
+    }
+
+    fn record(lines: Vec<OrderLine>) -> OrderCommand {
+        OrderCommand::Record {
+            customer_id: "c-1".into(),
+            store_id: "s-1".into(),
+            lines,
+            payment_id: "till-7".into(),
+            actor: user(),
+            reason: Some("store upload".into()),
+            calendar: None,
+        }
+    }
+
+    #[test]
+    fn a_recorded_sale_is_one_event_and_a_completed_paid_order_that_can_be_refunded() {
+        let line = OrderLine {
+            sku: "cd".into(),
+            quantity: 2,
+            amount: usd("20.00"),
+        };
+        let state = AggregateTest::<Order>::given_no_previous_events()
+            .when(record(vec![line.clone()]))
+            .then_expect_events(vec![OrderEvent::OrderRecorded {
+                customer_id: "c-1".into(),
+                store_id: "s-1".into(),
+                lines: vec![line.clone()],
+                total: usd("20.00"),
+                payment_id: "till-7".into(),
+                actor: user(),
+                reason: Some("store upload".into()),
+                calendar: None,
+            }]);
+        assert_eq!(state.status, Some(Completed));
+        assert_eq!(state.last_reason.as_deref(), Some("store upload"));
+        assert_eq!(state.paid, Some(usd("20")));
+        assert_eq!(state.payment_id.as_deref(), Some("till-7"));
+        for refused in ["pay", "confirm", "ship", "complete", "cancel"] {
+            assert_eq!(
+                state.handle(command(refused)).unwrap_err(),
+                OrderError::IllegalTransition {
+                    action: name_static(refused),
+                    from: Completed
+                }
+            );
+        }
+        assert_eq!(
+            state.handle(command("refund")).unwrap(),
+            vec![OrderEvent::OrderRefunded {
+                calendar: None,
+                actor: admin(),
+                reason: "damaged".into(),
+                amount: usd("20"),
+                store_id: "s-1".into(),
+            }]
+        );
+        AggregateTest::<Order>::given(history_to(Pending))
+            .when(record(vec![line.clone()]))
+            .then_expect_error(|e| e.code() == "order_exists");
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(record(vec![]))
+            .then_expect_error(|e| e.code() == "invalid_order");
+        let mut bad_payment = record(vec![line]);
+        if let OrderCommand::Record { payment_id, .. } = &mut bad_payment {
+            *payment_id = "a b".into();
+        }
+        AggregateTest::<Order>::given_no_previous_events()
+            .when(bad_payment)
+            .then_expect_error(|e| {
+                e.code() == "invalid_order" && e.to_string().contains("payment_id")
+            });
     }
 }

@@ -120,6 +120,13 @@ impl Projection for OrderSummaryProjection {
                     lines,
                     total,
                     ..
+                }
+                | OrderEvent::OrderRecorded {
+                    customer_id,
+                    store_id,
+                    lines,
+                    total,
+                    ..
                 },
             ) => OrderSummary {
                 order_id: aggregate_id::<Order>(event).unwrap_or_default().to_owned(),
@@ -141,6 +148,15 @@ impl Projection for OrderSummaryProjection {
         };
         let (status, actor, reason) = match &input {
             OrderEvent::OrderCreated { actor, .. } => (OrderStatus::Pending, actor, None),
+            OrderEvent::OrderRecorded {
+                total,
+                actor,
+                reason,
+                ..
+            } => {
+                doc.paid = Some(*total);
+                (OrderStatus::Completed, actor, reason.clone())
+            }
             OrderEvent::OrderPaid { amount, actor, .. } => {
                 doc.paid = Some(*amount);
                 (OrderStatus::Paid, actor, None)
@@ -622,6 +638,60 @@ mod tests {
         docs.into_iter()
             .filter_map(|(k, d)| d.bucket().cloned().map(|b| (k, b)))
             .collect()
+    }
+
+    /// A sale recorded complete (`OrderRecorded`, one event) counts as a paid sale in every
+    /// sales view, on its own date, shows as a completed paid order, and places its lines for
+    /// the windows.
+    #[test]
+    fn a_recorded_sale_counts_everywhere_an_order_placed_and_paid_does() {
+        use crate::order::OrderLine;
+        let usd = |s| Money::parse(s, Currency::USD).unwrap();
+        let event = recorded(
+            "order-till-1",
+            1,
+            &OrderEvent::OrderRecorded {
+                customer_id: "c".into(),
+                store_id: "s".into(),
+                lines: vec![OrderLine {
+                    sku: "cd".into(),
+                    quantity: 3,
+                    amount: usd("7.50"),
+                }],
+                total: usd("7.50"),
+                payment_id: "till-1".into(),
+                actor: Actor::parse("user:1").unwrap(),
+                reason: Some("store upload".into()),
+                calendar: None,
+            },
+            "2026-01-05",
+        );
+        let events = [event.clone()];
+        for (clock, key) in [
+            (SalesClock::EventTimeDaily, "s|2026-01-05|USD"),
+            (SalesClock::PlacedTimeDaily, "s|2026-01-05|USD"),
+            (SalesClock::IngestTimeHourly, "s|2026-11-21T05:00:00Z|USD"),
+        ] {
+            let b = buckets(fold(&SalesProjection(clock), &events));
+            assert_eq!(
+                b.get(key).map(|b| (b.total.to_string(), b.orders)),
+                Some(("7.50".to_string(), 1)),
+                "{clock:?}: {b:?}"
+            );
+        }
+        let summary = fold(&OrderSummaryProjection, &events);
+        let doc = summary.values().next().expect("a summary");
+        assert_eq!(
+            (doc.status, doc.paid, doc.lines, doc.last_reason.as_deref()),
+            (
+                OrderStatus::Completed,
+                Some(usd("7.50")),
+                1,
+                Some("store upload")
+            )
+        );
+        let placed = crate::windows::placed_order(&event).unwrap().unwrap();
+        assert_eq!((placed.store.as_str(), placed.lines[0].units), ("s", 3));
     }
 
     #[test]

@@ -292,8 +292,9 @@ impl SaleEffect {
     }
 }
 
-/// The sales effect of an event: `OrderPaid`, a refunding `OrderCancelled` and `OrderRefunded`
-/// of an order stream; `None` for every other event.
+/// The sales effect of an event: `OrderPaid`, `OrderRecorded` (a sale paid when recorded), a
+/// refunding `OrderCancelled` and `OrderRefunded` of an order stream; `None` for every other
+/// event.
 ///
 /// # Errors
 /// The event is of an order stream and type but does not decode (a poison event).
@@ -301,7 +302,7 @@ pub fn sale_effect(event: &RecordedEvent) -> Result<Option<SaleEffect>, String> 
     if Order::id_of_stream(&event.stream_id).is_none()
         || !matches!(
             event.event_type.as_str(),
-            "OrderPaid" | "OrderCancelled" | "OrderRefunded"
+            "OrderPaid" | "OrderRecorded" | "OrderCancelled" | "OrderRefunded"
         )
     {
         return Ok(None);
@@ -309,6 +310,12 @@ pub fn sale_effect(event: &RecordedEvent) -> Result<Option<SaleEffect>, String> 
     let effect = match decode_recorded::<Order>(event).map_err(|e| e.to_string())? {
         OrderEvent::OrderPaid {
             amount,
+            store_id,
+            calendar,
+            ..
+        }
+        | OrderEvent::OrderRecorded {
+            total: amount,
             store_id,
             calendar,
             ..

@@ -263,17 +263,27 @@ pub struct PlacedOrder {
     pub lines: Vec<PlacedLine>,
 }
 
-/// The order an `OrderCreated` event of an order stream places (`None` for every other event).
-/// Windows count demand as it happens: the lines of orders placed, at the order's event time.
+/// The order an `OrderCreated` or `OrderRecorded` event of an order stream places (`None` for
+/// every other event). Windows count demand as it happens: the lines of orders placed (or sales
+/// recorded at a till), at the order's event time.
 ///
 /// # Errors
-/// The event is an order's `OrderCreated` but does not decode (a poison event).
+/// The event is an order's `OrderCreated` or `OrderRecorded` but does not decode (a poison
+/// event).
 pub fn placed_order(event: &RecordedEvent) -> Result<Option<PlacedOrder>, String> {
-    if event.event_type != "OrderCreated" || Order::id_of_stream(&event.stream_id).is_none() {
+    if !matches!(event.event_type.as_str(), "OrderCreated" | "OrderRecorded")
+        || Order::id_of_stream(&event.stream_id).is_none()
+    {
         return Ok(None);
     }
     match decode_recorded::<Order>(event).map_err(|e| e.to_string())? {
         OrderEvent::OrderCreated {
+            store_id,
+            lines,
+            total,
+            ..
+        }
+        | OrderEvent::OrderRecorded {
             store_id,
             lines,
             total,

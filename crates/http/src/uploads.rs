@@ -43,7 +43,7 @@ pub struct UploadSummary {
     pub orders_appended: usize,
     /// Orders stored already by an earlier upload of the same lines (nothing appended).
     pub orders_already_present: usize,
-    /// Events appended now (five per order).
+    /// Events appended now (one per order: `OrderRecorded`).
     pub events_appended: u64,
     /// Lines whose order id holds other events (nothing appended for them; every other line
     /// was applied).

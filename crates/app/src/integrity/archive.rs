@@ -51,11 +51,17 @@ use files::{read_file, sync_dir, MonthWriter};
 
 /// Per stream category, the event types that close a stream of it: a stream whose last event is
 /// one of these is closed and its old events may be archived. An order is final when cancelled
-/// or refunded; a completed order can still be refunded, which works from the hot tail (the
-/// stream's version stays hot), but a replay of it needs `restore` first.
+/// or refunded; a completed order (or a sale recorded complete) can still be refunded, which
+/// works from the hot tail (the stream's version stays hot), but a replay of it needs `restore`
+/// first.
 pub const CLOSING_EVENTS: &[(&str, &[&str])] = &[(
     "order",
-    &["OrderCompleted", "OrderCancelled", "OrderRefunded"],
+    &[
+        "OrderCompleted",
+        "OrderRecorded",
+        "OrderCancelled",
+        "OrderRefunded",
+    ],
 )];
 
 /// Rows read from the store per batch.

@@ -6,9 +6,11 @@
 //!
 //! Which events notify: `OrderCreated` ("Order received"), `OrderPaid` ("Payment received"),
 //! `OrderShipped` ("Order shipped"), `OrderCancelled` ("Order cancelled"), `OrderRefunded`
-//! ("Refund issued"); the rest produce nothing. The recipient is the order's customer: carried by
-//! `OrderCreated`, and for later events read from the order stream's first event (immutable, so
-//! the transform stays a function of the message and stored history, as a retried transaction
+//! ("Refund issued"); the rest produce nothing, `OrderRecorded` included (a sale recorded from a
+//! till or a file was complete before eventfold heard of it; the customer holds the receipt).
+//! The recipient is the order's customer: carried by `OrderCreated`, and for later events read
+//! from the order stream's first event (`OrderCreated` or `OrderRecorded`; immutable, so the
+//! transform stays a function of the message and stored history, as a retried transaction
 //! needs).
 //!
 //! Output: key = order id; value `{"user_id", "event_type", "title", "body", "created_at"}` (the
@@ -59,7 +61,9 @@ pub fn render(order_id: &str, event: &OrderEvent) -> Option<(&'static str, Strin
             "Refund issued",
             format!("We refunded {amount} for order {order_id}."),
         )),
-        OrderEvent::OrderConfirmed { .. } | OrderEvent::OrderCompleted { .. } => None,
+        OrderEvent::OrderConfirmed { .. }
+        | OrderEvent::OrderCompleted { .. }
+        | OrderEvent::OrderRecorded { .. } => None,
     }
 }
 
@@ -98,7 +102,9 @@ pub async fn transform(store: &Arc<dyn EventStore>, topic: &str, m: Inbound) -> 
         _ => match customer_of(store, stream_id).await {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Transformed::Poison(format!("{at}: {stream_id} has no OrderCreated"))
+                return Transformed::Poison(format!(
+                    "{at}: {stream_id} has no OrderCreated or OrderRecorded"
+                ))
             }
             Err(StoreError::Unavailable(e)) => {
                 return Transformed::Retry(format!("store unavailable: {e}"))
@@ -138,7 +144,10 @@ async fn customer_of(
     let first = store.read_stream(stream_id, 1, 1).await?;
     Ok(first.first().and_then(
         |e| match decode_event::<OrderEvent>(&e.event_type, &e.payload) {
-            Ok(OrderEvent::OrderCreated { customer_id, .. }) => Some(customer_id),
+            Ok(
+                OrderEvent::OrderCreated { customer_id, .. }
+                | OrderEvent::OrderRecorded { customer_id, .. },
+            ) => Some(customer_id),
             _ => None,
         },
     ))

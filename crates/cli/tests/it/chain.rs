@@ -429,12 +429,12 @@ fn the_cli_verifies_signs_and_refuses_bad_keys_and_anchors() {
             )
         })
     };
+    // Ten purchases: ten events (one `OrderRecorded` each).
     let file = dir.path().join("cdnow.txt");
-    std::fs::write(
-        &file,
-        " 00001 19970101  1   11.77\n 00002 19970102  2   20.00\n",
-    )
-    .unwrap();
+    let rows: String = (1..=10)
+        .map(|c| format!(" {c:05} 199701{c:02}  {c}   1{c}.77\n"))
+        .collect();
+    std::fs::write(&file, rows).unwrap();
     assert!(
         run(&["import", "cdnow", file.to_str().unwrap(), "--backfill"])
             .status

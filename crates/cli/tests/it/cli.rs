@@ -64,7 +64,7 @@ fn import_history_state_and_projections() {
             summary["orders_appended"].as_u64(),
             summary["events_appended"].as_u64()
         ),
-        (Some(2), Some(2), Some(10))
+        (Some(2), Some(2), Some(2))
     );
     assert_eq!(summary["skipped"][0]["line"], 4);
 
@@ -73,22 +73,25 @@ fn import_history_state_and_projections() {
     assert!(
         history.status.success()
             && text.contains("system:import-cdnow")
-            && text.contains("OrderCompleted"),
+            && text.contains("OrderRecorded"),
         "{text}"
     );
     let entries = ok_json(&eventfold(
         &store,
         &["history", "order-cdnow-00001-19970101-2", "--json"],
     ));
-    assert_eq!(entries[4]["state_before"]["status"], "SHIPPED");
+    // One event per imported purchase: the order recorded complete and paid.
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+    assert_eq!(entries[0]["state_after"]["status"], "COMPLETED");
+    assert_eq!(entries[0]["state_after"]["paid"]["amount"], "30.00");
 
     let state = ok_json(&eventfold(
         &store,
-        &["state", "order-cdnow-00001-19970101-2", "--version", "2"],
+        &["state", "order-cdnow-00001-19970101-2", "--version", "1"],
     ));
     assert_eq!(
         (state["version"].as_u64(), state["state"]["status"].as_str()),
-        (Some(2), Some("PAID"))
+        (Some(1), Some("COMPLETED"))
     );
     let past = eventfold(
         &store,
@@ -118,17 +121,17 @@ fn import_history_state_and_projections() {
         &store,
         &["projections", "rebuild", "daily_sales_by_store", "--json"],
     ));
-    assert_eq!(rebuilt["position"], 10);
+    assert_eq!(rebuilt["position"], 2);
     assert_eq!(rebuilt["rebuilt"][0]["version"], 1);
     let unknown = eventfold(&store, &["projections", "rebuild", "nope"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("order_summary"));
-    // The rebuild is recorded (position 11); every version stands at 10.
+    // The rebuild is recorded (position 3); every version stands at 2.
     let status = ok_json(&eventfold(&store, &["projections", "status", "--json"]));
     let status = status.as_array().unwrap();
     assert!(
         status
             .iter()
-            .all(|p| p["checkpoint"] == 10 && p["head"] == 11 && p["lag_events"] == 1),
+            .all(|p| p["checkpoint"] == 2 && p["head"] == 3 && p["lag_events"] == 1),
         "{status:?}"
     );
     let daily: Vec<(&Value, &Value)> = status
@@ -536,7 +539,8 @@ fn relay_once_publishes_the_log_to_kafka() {
     };
     let first = ok_json(&relay(&["--json"]));
     let published = first["published"].as_u64().unwrap();
-    assert_eq!(published, 12, "{first}");
+    // Two orders (one `OrderRecorded` each) and two notices.
+    assert_eq!(published, 4, "{first}");
     assert_eq!(ok_json(&relay(&["--json"]))["published"], 0);
 
     let topic = |category: &str| -> String {
@@ -549,7 +553,7 @@ fn relay_once_publishes_the_log_to_kafka() {
     };
     let text = topic("order");
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 10, "{text}");
+    assert_eq!(lines.len(), 2, "{text}");
     let notices = topic("salescorrection");
     let notice_lines: Vec<&str> = notices.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(notice_lines.len(), 2, "{notices}");
@@ -565,7 +569,7 @@ fn relay_once_publishes_the_log_to_kafka() {
             "{} ",
             eventfold_core::tenant::partition_key("order-cdnow-00001-19970101-1")
         )) && l.contains("stream_id=order-cdnow-00001-19970101-1,")
-            && l.contains("event_type=OrderCreated")),
+            && l.contains("event_type=OrderRecorded")),
         "{text}"
     );
 

@@ -165,7 +165,7 @@ async fn late_upload_of_half_the_file(app: TestApp) {
     );
     assert_eq!(
         reply.body["events_appended"].as_u64(),
-        Some(late.len() as u64 * 5)
+        Some(late.len() as u64)
     );
     assert_eq!(reply.body["conflicts"], Value::Array(vec![]));
     assert_eq!(app.notice_corrections().await, late.len() as u64);

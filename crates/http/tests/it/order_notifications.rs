@@ -75,8 +75,27 @@ async fn each_customer_facing_order_event_becomes_one_notification_for_its_custo
         )
         .await;
     }
-    // created 12 + paid 6 + shipped 3 + cancelled 3 (confirmations notify nobody).
-    let expected = 24;
+    // Two sales of a store's till, uploaded: one `OrderRecorded` each, which notifies nobody;
+    // a refund of one of them notifies its customer, found in that first event.
+    let till = app
+        .raw(
+            axum::http::Request::builder()
+                .method(Method::POST)
+                .uri("/stores/web/uploads")
+                .header("content-type", "text/csv")
+                .body(axum::body::Body::from(format!(
+                    "order_id,customer_id,occurred_at,sku,quantity,amount,currency\n\
+                     o12,c12,{now},cd,1,10.00,USD\no13,c13,{now},cd,1,10.00,USD\n",
+                    now = chrono::Utc::now().to_rfc3339()
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(till.status, StatusCode::OK, "{}", till.body);
+    post(&app, "/orders/o12/refund", json!({"reason": "returned"})).await;
+    // created 12 + paid 6 + shipped 3 + cancelled 3 (confirmations notify nobody) + the
+    // till sale's refund.
+    let expected = 25;
 
     let cluster = MockCluster::new(1).unwrap();
     for topic in ["shop.order", "notifications", "shop.order.dlq"] {
@@ -91,7 +110,11 @@ async fn each_customer_facing_order_event_becomes_one_notification_for_its_custo
         .publish_pending()
         .await
         .unwrap();
-    assert_eq!(published.published, 12 + 6 + 3 + 3 + 3, "every order event");
+    assert_eq!(
+        published.published,
+        12 + 6 + 3 + 3 + 3 + 2 + 1,
+        "every order event"
+    );
 
     let config = ExactlyOnceConfig::new(
         ConsumerConfig::new(&bootstrap, ORDER_NOTIFICATIONS, &["shop.order"]),
@@ -145,6 +168,8 @@ async fn each_customer_facing_order_event_becomes_one_notification_for_its_custo
     assert_eq!(per_order["o4"], ["OrderCreated", "OrderPaid"]);
     assert_eq!(per_order["o7"], ["OrderCreated"]);
     assert_eq!(per_order["o10"], ["OrderCreated", "OrderCancelled"]);
+    assert_eq!(per_order["o12"], ["OrderRefunded"]);
+    assert!(!per_order.contains_key("o13"));
     // Notification ids are stable functions of their source events (a retried transaction
     // produces the same ids).
     let ids: std::collections::HashSet<&String> =
