@@ -3,8 +3,8 @@
 //! The file (`CDNOW_master.txt`, 69,659 purchases from 1997-01-01 to 1998-06-30) has a header line,
 //! CRLF line ends and space-aligned columns `customer_id date number_of_cds dollar_value`, e.g.
 //! ` 00001 19970101  1   11.77`. Each row becomes one order of store `cdnow` (or `--store-id`) for
-//! that customer on that date (event time = the date, 00:00 UTC): created, paid, confirmed, shipped
-//! and completed by `system:import-cdnow`. Zero-value rows are real orders and count. One customer
+//! that customer on that date (event time = the date, 00:00 UTC), recorded complete and paid in one
+//! `OrderRecorded` event by `system:import-cdnow`. Zero-value rows are real orders and count. One customer
 //! can buy several times a day, so the order id is `{store}-{customer}-{yyyymmdd}-{n}` with `n` the
 //! row's rank among that customer's rows of that day. Event ids are derived from the order id, so
 //! re-importing the same file appends nothing.
@@ -62,8 +62,8 @@ impl CdnowRow {
     }
 }
 
-/// One sale from a source (a CDNOW row, an upload line): an order of one line, created and paid
-/// at its event time, then confirmed, shipped and completed.
+/// One sale from a source (a CDNOW row, an upload line): an order of one line, recorded complete
+/// and paid at its event time (`OrderRecorded`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaleRecord {
     /// 1-based line number in the source.

@@ -50,8 +50,9 @@ pub struct UploadSummary {
     pub conflicts: Vec<UploadConflict>,
 }
 
-/// Applies a store's upload of sales (see the module docs). Each sale becomes an order created,
-/// paid, confirmed, shipped and completed at its `occurred_at`, recorded by the caller.
+/// Applies a store's upload of sales (see the module docs). Each sale becomes one event,
+/// `OrderRecorded` (an order created, paid and completed at once) at its `occurred_at`,
+/// recorded by the caller.
 #[utoipa::path(post, path = "/stores/{store}/uploads",
     params(("store" = String, Path, description = "Store id")),
     request_body(content(
