@@ -58,6 +58,9 @@ pub const NOTIFIER_STATE: &str = "sales_correction_state";
 /// Events the notifier reads per batch.
 const BATCH: usize = 10_000;
 
+/// Notices and exceptions per append while the rest of a batch's are built.
+const APPEND_CHUNK: usize = 2_500;
+
 /// A business day's running total as the notifier has seen it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DayTotal {
@@ -307,13 +310,37 @@ impl CorrectionNotifier {
                     message,
                 })?;
         }
-        let mut appends = Vec::new();
+        // The notices go to the store in chunks while the later ones are still being built: one
+        // task appends the chunks in order (their positions follow the fold), so encoding the
+        // next chunk overlaps the database writing the one before.
+        let (chunks, mut queued) = tokio::sync::mpsc::channel::<Vec<(Derived, AppendRequest)>>(2);
+        let notifier = self.clone();
+        let writer = tokio::spawn(async move {
+            let mut appended = 0;
+            while let Some(chunk) = queued.recv().await {
+                appended += notifier.append(chunk).await?;
+            }
+            Ok::<u64, StoreError>(appended)
+        });
+        let mut chunk = Vec::new();
         for item in items {
             if let Some(append) = self.decide(&mut state, item)? {
-                appends.push(append);
+                chunk.push(append);
+                // A failed send means the writer stopped on an error, which its join returns.
+                if chunk.len() == APPEND_CHUNK
+                    && chunks.send(std::mem::take(&mut chunk)).await.is_err()
+                {
+                    break;
+                }
             }
         }
-        let appended = self.append(appends).await?;
+        if !chunk.is_empty() {
+            let _ = chunks.send(chunk).await;
+        }
+        drop(chunks);
+        let appended = writer.await.map_err(|e| {
+            StoreError::Unavailable(format!("the correction notices' writer stopped: {e}").into())
+        })??;
         match self
             .read_models
             .commit_projections(vec![ProjectionCommit {
