@@ -4,9 +4,9 @@
 //! CRLF line ends and space-aligned columns `customer_id date number_of_cds dollar_value`, e.g.
 //! ` 00001 19970101  1   11.77`. Each row becomes one order of store `cdnow` (or `--store-id`) for
 //! that customer on that date (event time = the date, 00:00 UTC), recorded complete and paid in one
-//! `OrderRecorded` event by `system:import-cdnow`. Zero-value rows are real orders and count. One customer
-//! can buy several times a day, so the order id is `{store}-{customer}-{yyyymmdd}-{n}` with `n` the
-//! row's rank among that customer's rows of that day. Event ids are derived from the order id, so
+//! `OrderRecorded` event by `system:import-cdnow`. Zero-value rows are real orders and count. One
+//! customer can buy several times a day, so the order id is `{store}-{customer}-{yyyymmdd}-{n}`
+//! with `n` the row's rank among that customer's rows of that day. Event ids are derived from the order id, so
 //! re-importing the same file appends nothing.
 //!
 //! An import with `backfill` records its events as **history** (`EventMetadata::backfill`): they

@@ -21,8 +21,8 @@
 //! Blank lines are skipped. A bad line is reported with its 1-based line number and the field
 //! that is wrong, and the upload then appends nothing. Each sale becomes one event, as a CDNOW
 //! row does: `OrderRecorded` (an order created, paid and completed at the till), with an event
-//! id derived from the order id, so uploading a file again appends nothing. Sales of a day already reported are late:
-//! the correction notifier records a notice for each.
+//! id derived from the order id, so uploading a file again appends nothing. Sales of a day
+//! already reported are late: the correction notifier records a notice for each.
 
 use chrono::{DateTime, Utc};
 use eventfold_domain::reporting::parse_event_time;
