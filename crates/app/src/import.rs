@@ -321,8 +321,8 @@ pub fn cdnow_sales(
         .collect()
 }
 
-/// Orders per append batch (one event each; four batches in flight fill one group commit of
-/// the appender).
+/// Orders per append batch (one event each; four batches in flight, so the appender always
+/// has the next group waiting).
 const ORDERS_PER_BATCH: usize = 2_500;
 
 /// What appending sales did.

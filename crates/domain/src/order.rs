@@ -412,6 +412,22 @@ impl Order {
         Ok((lines, total))
     }
 
+    /// Takes a new order's facts (of `OrderCreated` or `OrderRecorded`).
+    fn place(
+        &mut self,
+        customer_id: &str,
+        store_id: &str,
+        lines: &[OrderLine],
+        total: Money,
+        calendar: Option<BusinessCalendar>,
+    ) {
+        self.calendar = calendar;
+        self.customer_id = customer_id.to_owned();
+        self.store_id = store_id.to_owned();
+        self.lines = lines.to_vec();
+        self.total = Some(total);
+    }
+
     fn transition(
         &self,
         action: &'static str,
@@ -553,11 +569,7 @@ impl Aggregate for Order {
                 actor,
                 calendar,
             } => {
-                self.calendar = *calendar;
-                self.customer_id.clone_from(customer_id);
-                self.store_id.clone_from(store_id);
-                self.lines.clone_from(lines);
-                self.total = Some(*total);
+                self.place(customer_id, store_id, lines, *total, *calendar);
                 (OrderStatus::Pending, actor, None)
             }
             OrderEvent::OrderRecorded {
@@ -570,11 +582,7 @@ impl Aggregate for Order {
                 reason,
                 calendar,
             } => {
-                self.calendar = *calendar;
-                self.customer_id.clone_from(customer_id);
-                self.store_id.clone_from(store_id);
-                self.lines.clone_from(lines);
-                self.total = Some(*total);
+                self.place(customer_id, store_id, lines, *total, *calendar);
                 self.paid = Some(*total);
                 self.payment_id = Some(payment_id.clone());
                 (OrderStatus::Completed, actor, reason.as_ref())
