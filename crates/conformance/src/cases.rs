@@ -711,6 +711,97 @@ pub async fn projection_commit_checks_checkpoint<S: Backend>(store: Arc<S>) {
     assert!(store.range_docs("p", "", "~", 10).await.unwrap().is_empty());
 }
 
+/// A range read returns every document in it up to the limit, in key order, however many there
+/// are (a store may read small ranges one way and large ones another).
+pub async fn ranges_of_every_size_read_whole<S: Backend>(store: Arc<S>) {
+    let keys: Vec<String> = (0..600).map(|n| format!("r|{n:04}")).collect();
+    store
+        .commit_projections(vec![ProjectionCommit {
+            projection: "ranges".into(),
+            writes: keys
+                .iter()
+                .map(|k| DocWrite {
+                    key: k.clone(),
+                    doc: Some(format!("{{\"k\":\"{k}\"}}")),
+                })
+                .collect(),
+            from_checkpoint: 0,
+            to_checkpoint: 1,
+        }])
+        .await
+        .unwrap();
+    for (from, to, limit, want) in [
+        ("r|", "r|~", 10_000, 600),
+        ("r|", "r|~", 600, 600),
+        ("r|", "r|~", 300, 300),
+        ("r|", "r|~", 257, 257),
+        ("r|", "r|~", 256, 256),
+        ("r|", "r|~", 3, 3),
+        ("r|0100", "r|0399", 10_000, 300),
+        ("r|0100", "r|0355", 10_000, 256),
+        ("r|0100", "r|0356", 10_000, 257),
+        ("r|0100", "r|0100", 10_000, 1),
+        ("s|", "s|~", 10_000, 0),
+    ] {
+        let got = store.range_docs("ranges", from, to, limit).await.unwrap();
+        let first = keys.iter().position(|k| k.as_str() >= from).unwrap_or(0);
+        let expected: Vec<(String, String)> = keys[first..]
+            .iter()
+            .filter(|k| k.as_str() <= to)
+            .take(want)
+            .map(|k| (k.clone(), format!("{{\"k\":\"{k}\"}}")))
+            .collect();
+        assert_eq!(got.len(), want, "{from}..={to} limit {limit}");
+        assert_eq!(got, expected, "{from}..={to} limit {limit}");
+    }
+}
+
+/// Documents and a stream's version read together, where a store offers that, agree with the
+/// two reads made apart: the documents found (none for a missing key), the version (0 for a
+/// stream that does not exist).
+pub async fn docs_and_stream_version_agree_with_separate_reads<S: Backend>(store: Arc<S>) {
+    append(&*store, "order-1", ExpectedVersion::NoStream, events(0, 3))
+        .await
+        .unwrap();
+    store
+        .commit_projections(vec![ProjectionCommit {
+            projection: "summary".into(),
+            writes: vec![DocWrite {
+                key: "1".into(),
+                doc: Some("{\"version\":3}".into()),
+            }],
+            from_checkpoint: 0,
+            to_checkpoint: 3,
+        }])
+        .await
+        .unwrap();
+    for (keys, stream) in [
+        (vec!["1".to_string()], "order-1"),
+        (vec!["1".to_string(), "2".to_string()], "order-1"),
+        (vec!["2".to_string()], "order-2"),
+        (vec![], "order-1"),
+    ] {
+        let Some((docs, version)) = store
+            .docs_and_stream_version("summary", &keys, stream)
+            .await
+            .unwrap()
+        else {
+            // This store reads them apart: nothing more to compare.
+            return;
+        };
+        let mut apart = store.get_docs("summary", &keys).await.unwrap();
+        let mut docs = docs;
+        docs.sort();
+        apart.sort();
+        assert_eq!(docs, apart, "{keys:?}");
+        assert_eq!(
+            version,
+            store.stream_version(stream).await.unwrap(),
+            "{stream}"
+        );
+    }
+}
+
 /// A copy built beside a projection replaces it in one step (documents and checkpoint, the
 /// copy left empty); a retired projection has no documents and refuses every commit.
 pub async fn projection_replace_and_retire<S: Backend>(store: Arc<S>) {

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! It expands to one `#[tokio::test]` per case in [`cases`], so each failure is reported by name.
-//! The 21 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
+//! The 24 cases cover concurrency conflicts, ordering, reads from any position, checkpoint resume,
 //! idempotent retries, projection commits, fencing tokens and the hash chain.
 
 pub mod cases;
@@ -38,6 +38,8 @@ macro_rules! store_conformance {
             checkpoint_resume,
             subscription_wakes_on_append,
             projection_commit_checks_checkpoint,
+            ranges_of_every_size_read_whole,
+            docs_and_stream_version_agree_with_separate_reads,
             projection_replace_and_retire,
             fencing_token_refuses_a_stale_holder,
             appends_keep_one_hash_chain

@@ -6,12 +6,58 @@ use eventfold_core::{ProjectionMaintenance, ReadModelStore, StoreError, RETIRED_
 use eventfold_store_support::sql_limit as limit;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::{backend, Job, SqliteStore};
+use crate::{backend, Job, SqliteStore, INLINE_ROWS};
 
 pub(crate) fn read_checkpoint(conn: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
     conn.prepare_cached("SELECT position FROM checkpoints WHERE name = ?1")
         .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
         .map_err(backend)
+}
+
+/// Most keys [`ReadModelStore::get_docs`] looks up on the calling thread (one indexed lookup
+/// each); more go to the blocking pool.
+pub(crate) const INLINE_KEYS: usize = 16;
+
+pub(crate) fn docs_by_key(
+    conn: &Connection,
+    projection: &str,
+    keys: impl IntoIterator<Item = String>,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT doc FROM read_models WHERE projection = ?1 AND key = ?2")
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for key in keys {
+        let doc: Option<String> = stmt
+            .query_row(params![projection, key], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        if let Some(doc) = doc {
+            out.push((key, doc));
+        }
+    }
+    Ok(out)
+}
+
+/// At most `max_count` documents of `projection` with keys in `from..=to`, in key order.
+fn docs_in_range(
+    conn: &Connection,
+    projection: &str,
+    (from, to): (&str, &str),
+    max_count: usize,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT key, doc FROM read_models WHERE projection = ?1 AND key >= ?2 AND key <= ?3 \
+             ORDER BY key LIMIT ?4",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![projection, from, to, limit(max_count)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
 
 #[async_trait]
@@ -21,25 +67,13 @@ impl ReadModelStore for SqliteStore {
         projection: &str,
         keys: &[String],
     ) -> Result<Vec<(String, String)>, StoreError> {
+        if keys.len() <= INLINE_KEYS {
+            return self.read_now(|conn| docs_by_key(conn, projection, keys.iter().cloned()));
+        }
         let projection = projection.to_owned();
         let keys = keys.to_vec();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT doc FROM read_models WHERE projection = ?1 AND key = ?2")
-                .map_err(backend)?;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let doc: Option<String> = stmt
-                    .query_row(params![projection, key], |r| r.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                if let Some(doc) = doc {
-                    out.push((key, doc));
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.read(move |conn| docs_by_key(conn, &projection, keys))
+            .await
     }
 
     async fn range_docs(
@@ -49,26 +83,26 @@ impl ReadModelStore for SqliteStore {
         to_key: &str,
         max_count: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        // A range is read on the calling thread when it holds at most INLINE_ROWS documents (a
+        // look one row further tells); a longer one is read again, whole, in the blocking pool.
+        let first = self.read_now(|conn| {
+            docs_in_range(
+                conn,
+                projection,
+                (from_key, to_key),
+                max_count.min(INLINE_ROWS + 1),
+            )
+        })?;
+        if first.len() <= INLINE_ROWS || first.len() >= max_count {
+            return Ok(first);
+        }
         let (projection, from_key, to_key) = (
             projection.to_owned(),
             from_key.to_owned(),
             to_key.to_owned(),
         );
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, doc FROM read_models WHERE projection = ?1 AND key >= ?2 AND key <= ?3 \
-                     ORDER BY key LIMIT ?4",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![projection, from_key, to_key, limit(max_count)], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-        })
-        .await
+        self.read(move |conn| docs_in_range(conn, &projection, (&from_key, &to_key), max_count))
+            .await
     }
 
     async fn commit_projections(&self, commits: Vec<ProjectionCommit>) -> Result<(), StoreError> {
