@@ -369,6 +369,35 @@ impl Views {
         Ok(docs)
     }
 
+    /// The active version's documents of `projection` under `keys` and then the version of
+    /// stream `stream_id`, for a read-your-writes check: in one read where the event store
+    /// keeps the read models beside the events (see
+    /// [`eventfold_core::EventStore::docs_and_stream_version`]), else one read of each, at once.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn get_docs_and_stream_version(
+        &self,
+        projection: &str,
+        keys: &[String],
+        stream_id: &str,
+    ) -> Result<(Vec<(String, String)>, u64), StoreError> {
+        let store = self.service.store();
+        let storage = self.storage(projection);
+        let read = match store
+            .docs_and_stream_version(&storage, keys, stream_id)
+            .await?
+        {
+            Some(read) => read,
+            None => tokio::try_join!(
+                self.read_models.get_docs(&storage, keys),
+                store.stream_version(stream_id)
+            )?,
+        };
+        self.maybe_shadow(projection, || Query::Keys(keys.to_vec()));
+        Ok(read)
+    }
+
     /// The active version's documents of `projection` in a key range (see
     /// [`ReadModelStore::range_docs`]).
     ///

@@ -446,6 +446,26 @@ pub trait EventStore: CheckpointStore {
     /// Infrastructure failures.
     async fn stream_version(&self, stream_id: &str) -> Result<u64, StoreError>;
 
+    /// The documents of read model `storage` under `keys` (as
+    /// [`crate::ReadModelStore::get_docs`]) and then the version of stream `stream_id` (as
+    /// [`EventStore::stream_version`]), read together (one connection, one round trip) by a store
+    /// that keeps its read models beside its events; `None` from one that does not, whose caller
+    /// asks each store in turn. The version is read no earlier than the documents, so a document
+    /// that records a stream version at or above it is current: what a read-your-writes check
+    /// needs.
+    ///
+    /// # Errors
+    /// Infrastructure failures.
+    async fn docs_and_stream_version(
+        &self,
+        storage: &str,
+        keys: &[String],
+        stream_id: &str,
+    ) -> Result<Option<(Vec<(String, String)>, u64)>, StoreError> {
+        let _ = (storage, keys, stream_id);
+        Ok(None)
+    }
+
     /// Reads up to `max_count` events of the global log with position greater than
     /// `after_position`, in position order. Archived events are left out: their positions
     /// are gaps here, and [`EventStore::read_chain`] shows their stubs.

@@ -271,14 +271,11 @@ pub async fn get_order(
     check_id("order id", &id)?;
     let scoped = caller.scope(&id);
     let stream_id = Order::stream_id(&scoped);
-    let store = state.app.service.store();
-    let (docs, version) = tokio::try_join!(
-        state
-            .app
-            .views
-            .get_docs(ORDER_SUMMARY, std::slice::from_ref(&scoped)),
-        store.stream_version(&stream_id)
-    )?;
+    let (docs, version) = state
+        .app
+        .views
+        .get_docs_and_stream_version(ORDER_SUMMARY, std::slice::from_ref(&scoped), &stream_id)
+        .await?;
     let summary: Option<OrderSummary> = docs.first().map(|(_, d)| decode_doc(d)).transpose()?;
     let summary = match summary {
         Some(s) if s.version >= version => Some(s),

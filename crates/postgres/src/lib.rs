@@ -603,6 +603,38 @@ impl EventStore for PostgresStore {
         Ok(v as u64)
     }
 
+    async fn docs_and_stream_version(
+        &self,
+        storage: &str,
+        keys: &[String],
+        stream_id: &str,
+    ) -> Result<Option<(Vec<(String, String)>, u64)>, StoreError> {
+        // One statement, so one snapshot and one round trip (and, fenced, one transaction
+        // instead of two). Planned per call, as `get_docs` is.
+        let rows = sqlx::query(
+            "SELECT d.key, d.doc, v.version FROM \
+             (SELECT coalesce(max(stream_version), 0) AS version FROM events WHERE stream_id = $3) v \
+             LEFT JOIN read_models d ON d.projection = $1 AND d.key = ANY($2)",
+        )
+        .bind(storage)
+        .bind(keys)
+        .bind(stream_id)
+        .persistent(false)
+        .fetch_all(self.read_conn().await?.conn())
+        .await
+        .map_err(backend)?;
+        let mut version = 0;
+        let mut docs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            version = row.try_get::<i64, _>(2).map_err(backend)? as u64;
+            let key: Option<String> = row.try_get(0).map_err(backend)?;
+            if let Some(key) = key {
+                docs.push((key, row.try_get(1).map_err(backend)?));
+            }
+        }
+        Ok(Some((docs, version)))
+    }
+
     async fn read_all(
         &self,
         after_position: u64,
