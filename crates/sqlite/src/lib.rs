@@ -214,12 +214,16 @@ impl SqliteStore {
     /// few rows (one key, a version, at most [`INLINE_ROWS`] documents), which take a few tens of
     /// microseconds, less than the two thread switches of a trip through the blocking pool
     /// (`bench http`: a point read answered 1.5-2x as often this way). A WAL reader never waits
-    /// for the writer, so the thread is not held for long.
-    fn read_now<T>(
+    /// for the writer, so the thread is not held for long. Each read spends a unit of the task's
+    /// cooperative budget, as a socket read would: a loop of reads that are all ready at once
+    /// still lets the other futures of its task (and the runtime's other tasks) run.
+    async fn read_now<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        with_reader(&self.inner, f)
+        let result = with_reader(&self.inner, f);
+        tokio::task::coop::consume_budget().await;
+        result
     }
 }
 
@@ -332,7 +336,7 @@ fn from_micros(
 #[async_trait]
 impl CheckpointStore for SqliteStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        self.read_now(|conn| read_checkpoint(conn, name))
+        self.read_now(|conn| read_checkpoint(conn, name)).await
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<(), StoreError> {
@@ -442,6 +446,7 @@ impl EventStore for SqliteStore {
                 .and_then(|mut s| s.query_row([stream_id], |r| r.get(0)))
                 .map_err(backend)
         })
+        .await
     }
 
     async fn docs_and_stream_version(
@@ -461,6 +466,7 @@ impl EventStore for SqliteStore {
                 .map_err(backend)?;
             Ok(Some((docs, version)))
         })
+        .await
     }
 
     async fn read_all(
@@ -546,6 +552,7 @@ impl EventStore for SqliteStore {
             })
             .map_err(backend)
         })
+        .await
     }
 
     async fn wait_for_append(&self, after_position: u64) {
@@ -577,5 +584,6 @@ impl EventStore for SqliteStore {
             })
             .map_err(backend)
         })
+        .await
     }
 }

@@ -68,7 +68,9 @@ impl ReadModelStore for SqliteStore {
         keys: &[String],
     ) -> Result<Vec<(String, String)>, StoreError> {
         if keys.len() <= INLINE_KEYS {
-            return self.read_now(|conn| docs_by_key(conn, projection, keys.iter().cloned()));
+            return self
+                .read_now(|conn| docs_by_key(conn, projection, keys.iter().cloned()))
+                .await;
         }
         let projection = projection.to_owned();
         let keys = keys.to_vec();
@@ -85,14 +87,16 @@ impl ReadModelStore for SqliteStore {
     ) -> Result<Vec<(String, String)>, StoreError> {
         // A range is read on the calling thread when it holds at most INLINE_ROWS documents (a
         // look one row further tells); a longer one is read again, whole, in the blocking pool.
-        let first = self.read_now(|conn| {
-            docs_in_range(
-                conn,
-                projection,
-                (from_key, to_key),
-                max_count.min(INLINE_ROWS + 1),
-            )
-        })?;
+        let first = self
+            .read_now(|conn| {
+                docs_in_range(
+                    conn,
+                    projection,
+                    (from_key, to_key),
+                    max_count.min(INLINE_ROWS + 1),
+                )
+            })
+            .await?;
         if first.len() <= INLINE_ROWS || first.len() >= max_count {
             return Ok(first);
         }
