@@ -67,66 +67,14 @@ impl ReadModelStore for PostgresStore {
             .begin_with("BEGIN; SET LOCAL synchronous_commit TO OFF")
             .await
             .map_err(backend)?;
-        for commit in commits {
-            let name = projection_checkpoint_name(&commit.projection);
-            let actual: Option<i64> =
-                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE")
-                    .bind(&name)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            commit.expect_from(actual.unwrap_or(0) as u64)?;
-            let (puts, deletes): (Vec<_>, Vec<_>) =
-                commit.writes.into_iter().partition(|w| w.doc.is_some());
-            if !puts.is_empty() {
-                let (keys, docs): (Vec<String>, Vec<String>) = puts
-                    .into_iter()
-                    .map(|w| (w.key, w.doc.unwrap_or_default()))
-                    .unzip();
-                sqlx::query(
-                    "INSERT INTO read_models (projection, key, doc) SELECT $1, k, d FROM UNNEST($2::text[], $3::text[]) AS t(k, d) \
-                     ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
-                )
-                .bind(&commit.projection)
-                .bind(keys)
-                .bind(docs)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-            }
-            if !deletes.is_empty() {
-                let keys: Vec<String> = deletes.into_iter().map(|w| w.key).collect();
-                sqlx::query("DELETE FROM read_models WHERE projection = $1 AND key = ANY($2)")
-                    .bind(&commit.projection)
-                    .bind(keys)
-                    .persistent(false)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            }
-            // A first commit of two racing runners: the insert conflicts and one of them fails.
-            let moved = sqlx::query(
-                "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position WHERE checkpoints.position = $3",
-            )
-            .bind(&name)
-            .bind(version(commit.to_checkpoint))
-            .bind(version(commit.from_checkpoint))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
-            if moved.rows_affected() != 1 {
-                let actual: i64 =
-                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-                        .bind(&name)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                return Err(StoreError::checkpoint_moved(
-                    &commit.projection,
-                    commit.from_checkpoint,
-                    actual as u64,
-                ));
+        let names: std::collections::HashSet<&str> =
+            commits.iter().map(|c| c.projection.as_str()).collect();
+        if names.len() == commits.len() {
+            apply_commits(&mut tx, &commits).await?;
+        } else {
+            // One projection twice: each commit starts where the one before it ended.
+            for commit in &commits {
+                apply_commits(&mut tx, std::slice::from_ref(commit)).await?;
             }
         }
         tx.commit().await.map_err(backend)
@@ -217,4 +165,124 @@ fn key_docs(rows: &[PgRow]) -> Result<Vec<(String, String)>, StoreError> {
             ))
         })
         .collect()
+}
+
+/// Applies `commits` (each of a different projection) in `tx` with four statements whatever
+/// their number: lock and check the checkpoints, write the documents, delete the removed ones,
+/// move the checkpoints. The live runner commits about ten projections per batch, and a few
+/// statements per projection were most of its commit time.
+async fn apply_commits(
+    tx: &mut sqlx::PgConnection,
+    commits: &[ProjectionCommit],
+) -> Result<(), StoreError> {
+    let names: Vec<String> = commits
+        .iter()
+        .map(|c| projection_checkpoint_name(&c.projection))
+        .collect();
+    // Locked in name order, so two runners committing the same projections cannot deadlock.
+    let rows = sqlx::query(
+        "SELECT name, position FROM checkpoints WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let mut actual = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let name: String = row.try_get(0).map_err(backend)?;
+        actual.insert(name, row.try_get::<i64, _>(1).map_err(backend)? as u64);
+    }
+    for (commit, name) in commits.iter().zip(&names) {
+        commit.expect_from(actual.get(name).copied().unwrap_or(0))?;
+    }
+    let (mut put, mut delete) = (Columns::default(), Columns::default());
+    for commit in commits {
+        for w in &commit.writes {
+            let to = if w.doc.is_some() {
+                &mut put
+            } else {
+                &mut delete
+            };
+            to.projections.push(commit.projection.clone());
+            to.keys.push(w.key.clone());
+            to.docs.push(w.doc.clone().unwrap_or_default());
+        }
+    }
+    if !put.keys.is_empty() {
+        sqlx::query(
+            "INSERT INTO read_models (projection, key, doc) \
+             SELECT p, k, d FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(p, k, d) \
+             ON CONFLICT (projection, key) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(put.projections)
+        .bind(put.keys)
+        .bind(put.docs)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    if !delete.keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM read_models r USING UNNEST($1::text[], $2::text[]) AS t(p, k) \
+             WHERE r.projection = t.p AND r.key = t.k",
+        )
+        .bind(delete.projections)
+        .bind(delete.keys)
+        .persistent(false)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    }
+    // A first commit of two racing runners: the insert conflicts and one of them fails.
+    let froms: Vec<i64> = commits.iter().map(|c| version(c.from_checkpoint)).collect();
+    let tos: Vec<i64> = commits.iter().map(|c| version(c.to_checkpoint)).collect();
+    let moved = sqlx::query(
+        "INSERT INTO checkpoints (name, position) \
+         SELECT n, t FROM UNNEST($1::text[], $2::bigint[]) AS u(n, t) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position \
+         WHERE checkpoints.position = \
+             (SELECT f FROM UNNEST($1::text[], $3::bigint[]) AS v(n, f) WHERE v.n = excluded.name)",
+    )
+    .bind(&names)
+    .bind(tos)
+    .bind(froms)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
+    if moved.rows_affected() != commits.len() as u64 {
+        // The checkpoints locked above cannot have moved; one that did not exist then was
+        // inserted since by another runner (nothing of this commit stays: the caller's
+        // transaction is rolled back).
+        for (commit, name) in commits.iter().zip(&names) {
+            if !actual.contains_key(name) {
+                let now: i64 =
+                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                if now as u64 != commit.from_checkpoint {
+                    return Err(StoreError::checkpoint_moved(
+                        &commit.projection,
+                        commit.from_checkpoint,
+                        now as u64,
+                    ));
+                }
+            }
+        }
+        return Err(StoreError::Corrupt(format!(
+            "{} of {} projection checkpoints moved, none of them found moved",
+            commits.len() as u64 - moved.rows_affected(),
+            commits.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Document writes as one array per column (for `UNNEST`).
+#[derive(Default)]
+struct Columns {
+    projections: Vec<String>,
+    keys: Vec<String>,
+    docs: Vec<String>,
 }
