@@ -160,13 +160,11 @@ async fn commit_group(
 ) -> Result<(Vec<Result<AppendOutcome, StoreError>>, u64), sqlx::Error> {
     // Ingest time at the precision PostgreSQL keeps, so the hashed value is the stored one.
     let now = whole_micros(Utc::now());
-    if let Some(single) = lone_append(requests) {
-        return match commit_lone(conn, single, requests, chain, now).await? {
-            Some(done) => Ok(done),
-            None => commit_checked(conn, requests, chain, now).await,
-        };
-    }
-    match commit_assumed(conn, requests, chain, now).await? {
+    let written = match lone_append(requests) {
+        Some(lone) => commit_lone(conn, lone, chain, now).await?,
+        None => commit_assumed(conn, requests, chain, now).await?,
+    };
+    match written {
         Some(done) => Ok(done),
         None => commit_checked(conn, requests, chain, now).await,
     }
@@ -202,12 +200,11 @@ fn lone_append<'a>(requests: &[&'a AppendRequest]) -> Option<(&'a AppendRequest,
 async fn commit_lone(
     conn: &mut PgConnection,
     (request, expected): (&AppendRequest, u64),
-    requests: &[&AppendRequest],
     chain: bool,
     now: DateTime<Utc>,
 ) -> Result<Option<(Vec<Result<AppendOutcome, StoreError>>, u64)>, sqlx::Error> {
     let mut plan = plan(
-        requests,
+        std::slice::from_ref(&request),
         0,
         HashMap::from([(request.stream_id.clone(), expected)]),
         &HashMap::new(),

@@ -86,7 +86,8 @@ impl ReadModelStore for SqliteStore {
         max_count: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
         // A range is read on the calling thread when it holds at most INLINE_ROWS documents (a
-        // look one row further tells); a longer one is read again, whole, in the blocking pool.
+        // look one row further tells) or the limit stops it there; a longer one is read again,
+        // whole, in the blocking pool.
         let first = self
             .read_now(|conn| {
                 docs_in_range(
@@ -97,7 +98,7 @@ impl ReadModelStore for SqliteStore {
                 )
             })
             .await?;
-        if first.len() <= INLINE_ROWS || first.len() >= max_count {
+        if first.len() <= INLINE_ROWS || max_count <= INLINE_ROWS + 1 {
             return Ok(first);
         }
         let (projection, from_key, to_key) = (
