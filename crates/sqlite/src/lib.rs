@@ -63,6 +63,11 @@ pub struct SqliteConfig {
     /// chain costs (`bench append --hash-chain off`): events appended with it off have no hashes
     /// and `eventfold verify` reports the first of them.
     pub hash_chain: bool,
+    /// Events appended between two moves of the stream tail into the stream index (default
+    /// 256; see ARCHITECTURE.md, "The SQLite stream index"): a commit writes the tail's few
+    /// pages instead of one index page per stream it touches. Larger batches write fewer index
+    /// pages; reads look a stream up in both tables whatever the size.
+    pub stream_tail_rows: usize,
     /// Page cache per connection, in KiB (default 65,536: 64 MiB, for replays of long streams).
     /// A process that only writes small tables (the notification sink) needs far less.
     pub cache_kib: u32,
@@ -77,6 +82,7 @@ impl Default for SqliteConfig {
             checkpoint_interval: Duration::from_millis(200),
             wal_autocheckpoint_pages: 20_000,
             hash_chain: true,
+            stream_tail_rows: 256,
             cache_kib: 65_536,
         }
     }
@@ -144,7 +150,7 @@ impl SqliteStore {
             conn,
             jobs_rx,
             head_tx,
-            config.max_batch_requests,
+            (config.max_batch_requests, config.stream_tail_rows),
             config.hash_chain,
             counters.clone(),
         )?;

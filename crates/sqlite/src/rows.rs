@@ -8,49 +8,76 @@ use uuid::Uuid;
 
 use crate::{backend, from_micros};
 
-/// A stream's version: its highest event version, found through the `(stream_id, stream_version)`
-/// index (0 when the stream does not exist).
+/// A stream's version: its highest event version, in `stream_index` or, when the stream was
+/// appended to since the writer last filled the index, in `stream_tail` (0 when the stream does
+/// not exist). Two probes of a primary key.
 pub(crate) const STREAM_VERSION_SQL: &str =
-    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = ?1";
+    "SELECT max(coalesce((SELECT max(stream_version) FROM stream_tail WHERE stream_id = ?1), 0), \
+     coalesce((SELECT max(stream_version) FROM stream_index WHERE stream_id = ?1), 0))";
 
-/// The columns [`row_to_event`] reads, in its order.
-macro_rules! select_events {
-    () => {
-        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         archived_digest IS NOT NULL, via, backfill IS NOT NULL FROM events "
+/// `$select` (columns of `events e`, the stream version at 1-based place `$version`, read as
+/// `i.stream_version`) over the events of stream ?1 from version ?2 on, at most ?3, in version
+/// order: those in `stream_index`, then those in `stream_tail` (every tail version is above
+/// every indexed one of the same stream). SQLite merges the two halves, each read in key order
+/// (no sort: hence `i.stream_version`, the key's column, not the equal `e.stream_version`), and
+/// stops at the limit.
+macro_rules! stream_events {
+    ($select:expr, $version:literal) => {
+        concat!(
+            $select,
+            " FROM stream_index i JOIN events e ON e.position = i.position \
+             WHERE i.stream_id = ?1 AND i.stream_version >= ?2 UNION ALL ",
+            $select,
+            " FROM stream_tail i JOIN events e ON e.position = i.position \
+             WHERE i.stream_id = ?1 AND i.stream_version >= ?2 ORDER BY ",
+            $version,
+            " LIMIT ?3"
+        )
     };
 }
 
-pub(crate) const READ_STREAM_SQL: &str = concat!(
-    select_events!(),
-    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
+/// The columns [`row_to_event`] reads, in its order (table alias `e`; the stream version from
+/// table `$v`).
+macro_rules! select_events {
+    ($v:literal) => {
+        concat!(
+            "SELECT e.position, e.stream_id, ",
+            $v,
+            ".stream_version, e.event_id, e.event_type, \
+         e.schema_version, e.event_time, e.ingest_time, e.actor, e.causation_id, \
+         e.correlation_id, e.tenant_id, e.payload, e.archived_digest IS NOT NULL, e.via, \
+         e.backfill IS NOT NULL"
+        )
+    };
+}
+
+pub(crate) const READ_STREAM_SQL: &str = stream_events!(select_events!("i"), "3");
+pub(crate) const REPLAY_STREAM_SQL: &str = stream_events!(
+    "SELECT i.stream_version, e.event_type, e.schema_version, e.event_time, e.payload, \
+     e.archived_digest IS NOT NULL, e.position",
+    "1"
 );
-pub(crate) const REPLAY_STREAM_SQL: &str =
-    "SELECT stream_version, event_type, schema_version, event_time, payload, \
-     archived_digest IS NOT NULL, position FROM events WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3";
 pub(crate) const READ_ALL_SQL: &str = concat!(
-    select_events!(),
-    "WHERE position > ?1 AND archived_digest IS NULL ORDER BY position LIMIT ?2"
+    select_events!("e"),
+    " FROM events e WHERE e.position > ?1 AND e.archived_digest IS NULL ORDER BY e.position LIMIT ?2"
 );
 
-/// The columns [`row_into_chain`] reads, in its order.
+/// The columns [`row_into_chain`] reads, in its order (table alias `e`; the stream version from
+/// table `$v`).
 macro_rules! select_chain {
-    () => {
-        "SELECT position, stream_id, stream_version, event_id, event_type, schema_version, \
-         event_time, ingest_time, actor, causation_id, correlation_id, tenant_id, payload, \
-         prev_hash, hash, archived_digest, via, backfill IS NOT NULL FROM events "
+    ($v:literal) => {
+        concat!("SELECT e.position, e.stream_id, ", $v, ".stream_version, e.event_id, e.event_type, \
+         e.schema_version, e.event_time, e.ingest_time, e.actor, e.causation_id, \
+         e.correlation_id, e.tenant_id, e.payload, e.prev_hash, e.hash, e.archived_digest, e.via, \
+         e.backfill IS NOT NULL")
     };
 }
 
 pub(crate) const READ_CHAIN_SQL: &str = concat!(
-    select_chain!(),
-    "WHERE position > ?1 ORDER BY position LIMIT ?2"
+    select_chain!("e"),
+    " FROM events e WHERE e.position > ?1 ORDER BY e.position LIMIT ?2"
 );
-pub(crate) const READ_STREAM_CHAIN_SQL: &str = concat!(
-    select_chain!(),
-    "WHERE stream_id = ?1 AND stream_version >= ?2 ORDER BY stream_version LIMIT ?3"
-);
+pub(crate) const READ_STREAM_CHAIN_SQL: &str = stream_events!(select_chain!("i"), "3");
 
 /// A text or blob column's bytes as stored (`None` for NULL), borrowed from the statement.
 pub(crate) fn raw_col<'r>(

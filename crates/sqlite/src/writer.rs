@@ -128,6 +128,10 @@ pub(crate) struct Writer {
     chain: bool,
     data_version: Cell<i64>,
     counters: Arc<Counters>,
+    /// Rows in `stream_tail` as this writer last wrote or counted them; dropped with `versions`.
+    tail_rows: Cell<Option<usize>>,
+    /// Rows in `stream_tail` at which a group moves them into `stream_index`.
+    tail_limit: usize,
 }
 
 /// Longest the writer waits for more requests before committing a group (see `Writer::run`).
@@ -141,7 +145,7 @@ impl Writer {
         conn: Connection,
         jobs: mpsc::Receiver<Job>,
         head: watch::Sender<u64>,
-        max_batch: usize,
+        (max_batch, tail_limit): (usize, usize),
         chain: bool,
         counters: Arc<Counters>,
     ) -> Result<(), StoreError> {
@@ -155,6 +159,8 @@ impl Writer {
             chain,
             data_version: Cell::new(-1),
             counters,
+            tail_rows: Cell::new(None),
+            tail_limit: tail_limit.max(1),
         };
         std::thread::Builder::new()
             .name("eventfold-sqlite-writer".into())
@@ -209,6 +215,7 @@ impl Writer {
             })
             .sum();
         let done: Vec<Done> = group.into_iter().map(|job| self.run_job(job)).collect();
+        self.move_tail_if_full();
         match self.exec("COMMIT") {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Relaxed);
@@ -349,6 +356,54 @@ impl Writer {
     fn forget_heads(&self) {
         self.versions.borrow_mut().clear();
         self.log_head.set(None);
+        self.tail_rows.set(None);
+    }
+
+    /// The stream index: every appended event gets a row `(stream_id, stream_version,
+    /// position)` in `stream_tail`, a table of a few pages; once it holds `tail_limit` rows, the
+    /// group moves them into `stream_index` in one sorted insert (one leaf page per stream it
+    /// names, once per `tail_limit` events instead of once per commit) and empties it. Readers
+    /// look a stream up in both, in one statement. A move that fails (it would only if a
+    /// version were in both tables, which the version check prevents) is rolled back on its
+    /// own, logged, and tried again by the next group; the events stay readable through the
+    /// tail.
+    fn move_tail_if_full(&self) {
+        let rows = match self.tail_rows.get() {
+            Some(rows) => rows,
+            None => match self
+                .conn
+                .prepare_cached("SELECT count(*) FROM stream_tail")
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, usize>(0)))
+            {
+                Ok(rows) => {
+                    self.tail_rows.set(Some(rows));
+                    rows
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count the stream tail");
+                    return;
+                }
+            },
+        };
+        if rows < self.tail_limit {
+            return;
+        }
+        let moved = self.in_savepoint(|c| {
+            c.prepare_cached(
+                "INSERT INTO stream_index (stream_id, stream_version, position) \
+                 SELECT stream_id, stream_version, position FROM stream_tail",
+            )
+            .and_then(|mut s| s.execute([]))
+            .and_then(|_| c.prepare_cached("DELETE FROM stream_tail"))
+            .and_then(|mut s| s.execute([]))
+            .map_err(backend)
+        });
+        match moved {
+            Ok(_) => self.tail_rows.set(Some(0)),
+            Err(e) => {
+                tracing::error!(error = %e, rows, "cannot move the stream tail into the stream index")
+            }
+        }
     }
 
     /// The log's last position and its event's hash ([`ZERO_HASH`] for an empty log or an
@@ -381,8 +436,11 @@ impl Writer {
         let head = self
             .conn
             .prepare_cached(
-                "SELECT stream_version, hash FROM events WHERE stream_id = ?1 \
-                 ORDER BY stream_version DESC LIMIT 1",
+                "SELECT e.stream_version, e.hash FROM events e WHERE e.position = coalesce(\
+                 (SELECT position FROM stream_tail WHERE stream_id = ?1 \
+                  ORDER BY stream_version DESC LIMIT 1), \
+                 (SELECT position FROM stream_index WHERE stream_id = ?1 \
+                  ORDER BY stream_version DESC LIMIT 1))",
             )
             .and_then(|mut s| {
                 s.query_row([stream_id], |r| {
@@ -431,6 +489,9 @@ impl Writer {
         }
         let heads = (self.log_head()?, (current, stream_hash));
         let (outcome, last_hash) = write_events(conn, incoming, heads, self.chain)?;
+        if let Some(rows) = self.tail_rows.get() {
+            self.tail_rows.set(Some(rows + request.events.len()));
+        }
         self.versions.borrow_mut().insert(
             request.stream_id.clone(),
             (outcome.stream_version, last_hash),

@@ -314,8 +314,8 @@ async fn every_change_in_the_database_is_caught(new_app: impl AsyncFn() -> TestA
 }
 
 /// Rows written before the chain existed: the migration chains them exactly as the appender
-/// does. The chain and archive columns are dropped and the schema set back to before the chain
-/// (two migrations: the chain's, then the archive's), then the store is opened again.
+/// does. The chain and archive columns (and, on SQLite, the stream index tables) are dropped and
+/// the schema set back to before the chain, then the store is opened again.
 async fn old_rows_are_chained_by_the_migration(app: TestApp) {
     fixture(&app.backend.events).await;
     let before = app.backend.events.read_chain(0, 100).await.unwrap();
@@ -327,7 +327,8 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
                  ALTER TABLE events DROP COLUMN hash; \
                  ALTER TABLE events DROP COLUMN archived_digest; \
                  ALTER TABLE events DROP COLUMN via; \
-                 ALTER TABLE events DROP COLUMN backfill; PRAGMA user_version = 2;",
+                 ALTER TABLE events DROP COLUMN backfill; \
+                 DROP TABLE stream_index; DROP TABLE stream_tail; PRAGMA user_version = 2;",
             )
             .await;
             format!("sqlite://{}", path.display())
@@ -353,9 +354,10 @@ async fn old_rows_are_chained_by_the_migration(app: TestApp) {
     };
     let reopened = Backend::open(&url).await.unwrap();
     // The chain, archive, notification-table, `via` and `backfill` migrations run again (and,
-    // on PostgreSQL, the tenant fence's and the generic-plan append function's).
+    // on SQLite, the stream index's; on PostgreSQL, the tenant fence's and the generic-plan
+    // append function's).
     let rerun = match &app.backend.url {
-        StoreUrl::Sqlite(_) => 5,
+        StoreUrl::Sqlite(_) => 6,
         StoreUrl::Postgres(_) => 7,
         StoreUrl::Nats(_) => {
             unreachable!("these tests change SQL rows: SQLite and PostgreSQL only")

@@ -91,7 +91,9 @@ pub(super) fn stored_id_at(
     version: u64,
 ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
     conn.prepare_cached(
-        "SELECT event_id, position FROM events WHERE stream_id = ?1 AND stream_version = ?2",
+        "SELECT e.event_id, e.position FROM events e WHERE e.position = coalesce(\
+         (SELECT position FROM stream_tail WHERE stream_id = ?1 AND stream_version = ?2), \
+         (SELECT position FROM stream_index WHERE stream_id = ?1 AND stream_version = ?2))",
     )
     .and_then(|mut s| {
         s.query_row(params![stream_id, version], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -216,6 +218,11 @@ pub(super) fn write_events(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )
         .map_err(backend)?;
+    let mut tail = conn
+        .prepare_cached(
+            "INSERT INTO stream_tail (stream_id, stream_version, position) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?;
     let mut last_hash = stream_hash;
     for (i, e) in request.events.iter().enumerate() {
         let m = &e.metadata;
@@ -265,6 +272,8 @@ pub(super) fn write_events(
             }
             return Err(backend(err));
         }
+        tail.execute(params![request.stream_id, version, position])
+            .map_err(backend)?;
         last_hash = links.map_or(ZERO_HASH, |l| l.hash);
     }
     let outcome = AppendOutcome {

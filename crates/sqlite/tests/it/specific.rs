@@ -165,3 +165,86 @@ async fn concurrent_appends_share_commits() {
     assert!(stats.commits < 128, "{stats:?}");
     assert_eq!(store.head_position().await.unwrap(), 256);
 }
+
+#[tokio::test]
+async fn the_stream_tail_moves_into_the_stream_index_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let config = eventfold_sqlite::SqliteConfig {
+        stream_tail_rows: 8,
+        ..eventfold_sqlite::SqliteConfig::default()
+    };
+    let store = SqliteStore::open_with(&path, config).unwrap();
+    let streams = ["a", "b", "c"];
+    for v in 0..10u64 {
+        for s in streams {
+            let expected = if v == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(v)
+            };
+            store
+                .append(AppendRequest::new(s, expected, vec![ev(v as u32)]))
+                .await
+                .unwrap();
+        }
+    }
+    let counts = |path: &std::path::Path| -> (u64, u64) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let count = |t: &str| -> u64 {
+            conn.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (count("stream_tail"), count("stream_index"))
+    };
+    let (tail, index) = counts(&path);
+    assert_eq!(tail + index, 30, "every event is in one of the two tables");
+    assert!(tail < 8, "the tail is moved once it holds 8 rows: {tail}");
+    assert!(index >= 23, "{index}");
+    let read_all = |store: SqliteStore| async move {
+        let mut out = Vec::new();
+        for s in streams {
+            let events = store.read_stream(s, 1, 100).await.unwrap();
+            let versions: Vec<u64> = events.iter().map(|e| e.stream_version).collect();
+            assert_eq!(versions, (1..=10).collect::<Vec<_>>(), "stream {s}");
+            // From a version in the index through the tail, and one page at a time.
+            let from_4: Vec<u64> = store
+                .read_stream(s, 4, 3)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.stream_version)
+                .collect();
+            assert_eq!(from_4, vec![4, 5, 6], "stream {s}");
+            assert_eq!(store.stream_version(s).await.unwrap(), 10);
+            out.push(events);
+        }
+        out
+    };
+    let before = read_all(store.clone()).await;
+    // A stale version is still refused whichever table holds the stream's head.
+    let stale = store
+        .append(AppendRequest::new(
+            "a",
+            ExpectedVersion::Exact(9),
+            vec![ev(99)],
+        ))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::VersionConflict { actual: 10, .. })),
+        "{stale:?}"
+    );
+    drop(store);
+    // Another writer with the default batch reads the same and appends after it.
+    let reopened = SqliteStore::open(&path).unwrap();
+    assert_eq!(read_all(reopened.clone()).await, before);
+    let out = reopened
+        .append(AppendRequest::new(
+            "b",
+            ExpectedVersion::Exact(10),
+            vec![ev(11)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!((out.stream_version, out.last_position), (11, 31));
+}
