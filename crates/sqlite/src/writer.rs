@@ -140,6 +140,8 @@ pub(crate) struct Writer {
     tail_rows: Cell<Option<usize>>,
     /// Rows in `stream_tail` at which a group moves them into `stream_index`.
     tail_limit: usize,
+    /// Set when an append without a savepoint failed on a store error: the group rolls back.
+    half_written: Cell<bool>,
 }
 
 /// Longest the writer waits for more requests before committing a group (see `Writer::run`).
@@ -169,6 +171,7 @@ impl Writer {
             counters,
             tail_rows: Cell::new(None),
             tail_limit: tail_limit.max(1),
+            half_written: Cell::new(false),
         };
         std::thread::Builder::new()
             .name("eventfold-sqlite-writer".into())
@@ -236,7 +239,14 @@ impl Writer {
             .sum();
         let done: Vec<Done> = group.into_iter().map(|job| self.run_job(job)).collect();
         self.move_tail_if_full();
-        match self.exec("COMMIT") {
+        // A request appended without a savepoint that failed on a store error may have written
+        // its event and not its stream tail row: then nothing of the group may stand.
+        let commit = if self.half_written.replace(false) {
+            Err("an append without a savepoint failed after its first write".to_owned())
+        } else {
+            self.exec("COMMIT").map_err(|e| e.to_string())
+        };
+        match commit {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Relaxed);
                 self.counters
@@ -307,11 +317,16 @@ impl Writer {
                 let results = requests
                     .into_iter()
                     .map(|incoming| {
-                        // One event without an idempotency record is one write, atomic on its
-                        // own: it needs no savepoint.
+                        // One event without an idempotency record is refused on input before it
+                        // writes (a stale version, a reused event id) and needs no savepoint;
+                        // a store error after its event's row fails the whole group.
                         let r = &incoming.request;
                         if r.events.len() == 1 && r.idempotency.is_none() && r.fence.is_none() {
-                            self.append_one(&incoming)
+                            let result = self.append_one(&incoming);
+                            if matches!(result, Err(StoreError::Backend(_))) {
+                                self.half_written.set(true);
+                            }
+                            result
                         } else {
                             self.in_savepoint(|_| self.append_one(&incoming))
                         }

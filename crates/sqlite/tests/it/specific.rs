@@ -248,3 +248,46 @@ async fn the_stream_tail_moves_into_the_stream_index_in_batches() {
         .unwrap();
     assert_eq!((out.stream_version, out.last_position), (11, 31));
 }
+
+#[tokio::test]
+async fn an_append_whose_stream_tail_row_fails_writes_nothing() {
+    // A stream tail row that should not be there (written by hand) makes the lone append's
+    // second write fail after its event's row: the whole group rolls back.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.db");
+    let store = SqliteStore::open(&path).unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO stream_tail (stream_id, stream_version, position) VALUES ('s-1', 1, 99)",
+            [],
+        )
+        .unwrap();
+    let failed = store
+        .append(AppendRequest::new(
+            "s-1",
+            ExpectedVersion::NoStream,
+            vec![ev(1)],
+        ))
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert_eq!(store.head_position().await.unwrap(), 0);
+    let events: u64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 0, "the event's row was rolled back with the group");
+    // Another stream appends as before.
+    let out = store
+        .append(AppendRequest::new(
+            "s-2",
+            ExpectedVersion::NoStream,
+            vec![ev(2)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.last_position, 1);
+}
