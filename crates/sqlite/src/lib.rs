@@ -399,15 +399,7 @@ impl EventStore for SqliteStore {
         let stream_id = stream_id.to_owned();
         self.read(move |conn| {
             // Size the result once: the stream's version bounds how many events come back.
-            let version: u64 = conn
-                .prepare_cached(STREAM_VERSION_SQL)
-                .and_then(|mut s| s.query_row([&stream_id], |r| r.get(0)))
-                .map_err(backend)?;
-            let expected = version.saturating_sub(from_version.max(1)) + 1;
-            let capacity = usize::try_from(expected)
-                .unwrap_or(0)
-                .min(max_count)
-                .min(1 << 20);
+            let capacity = stream_capacity(conn, &stream_id, from_version, max_count)?;
             query_events(
                 conn,
                 READ_STREAM_SQL,
